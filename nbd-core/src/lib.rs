@@ -1,0 +1,3 @@
+//! Sans-IO NBD protocol core.
+#![no_std]
+#![forbid(unsafe_code)]

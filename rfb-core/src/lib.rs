@@ -1,0 +1,3 @@
+//! Sans-IO RFB (VNC) protocol core.
+#![no_std]
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! kvmio
+fn main() {}
