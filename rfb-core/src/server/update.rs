@@ -1,0 +1,535 @@
+//! Framebuffer updates: the application lends its framebuffer and damage list, the server
+//! encodes straight from it into the caller's output buffer, resumable across calls.
+
+use super::encode::{HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next};
+use super::{Server, pref};
+use crate::error::Error;
+use crate::pixel::{Framebuffer, Translator, effective_format};
+use crate::wire::*;
+
+/// What changed in the framebuffer since the last update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Damage {
+    /// These pixels changed.
+    Changed(Rect),
+    /// `dst` now holds what was at `(src_x, src_y)` (scrolling, window moves). Sent as CopyRect
+    /// when the client supports it, else as changed pixels.
+    Copied {
+        /// Destination area (already updated in the framebuffer).
+        dst: Rect,
+        /// Source left edge (before the copy).
+        src_x: u16,
+        /// Source top edge (before the copy).
+        src_y: u16,
+    },
+}
+
+/// A cursor shape for clients that draw the cursor themselves (Cursor pseudo-encoding).
+#[derive(Debug, Clone, Copy)]
+pub struct CursorShape<'a> {
+    /// Hotspot x inside the image.
+    pub hotspot_x: u16,
+    /// Hotspot y inside the image.
+    pub hotspot_y: u16,
+    /// The image (at most 256 × 256).
+    pub image: Framebuffer<'a>,
+    /// Validity bitmask: rows of `(width + 7) / 8` bytes, most significant bit leftmost.
+    pub mask: &'a [u8],
+}
+
+/// Everything one update is made from, lent by the application. Pass the same source to every
+/// [`Server::encode_update`] call of one update.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateSource<'a> {
+    /// The current framebuffer in its native format. A size different from the session's is a
+    /// resize (sent as ExtendedDesktopSize or DesktopSize).
+    pub framebuffer: Framebuffer<'a>,
+    /// Changed areas (clipped to the framebuffer; empty ones are skipped).
+    pub damage: &'a [Damage],
+    /// A new cursor shape, sent if the client supports the Cursor pseudo-encoding.
+    pub cursor: Option<CursorShape<'a>>,
+    /// A new desktop name (≤ 1024 bytes), sent if the client supports DesktopName.
+    pub desktop_name: Option<&'a [u8]>,
+    /// Screen layout for ExtendedDesktopSize (≤ 16; empty means one screen covering everything).
+    pub screens: &'a [Screen],
+}
+
+impl<'a> UpdateSource<'a> {
+    /// A source with only a framebuffer and damage.
+    pub fn new(framebuffer: Framebuffer<'a>, damage: &'a [Damage]) -> Self {
+        Self { framebuffer, damage, cursor: None, desktop_name: None, screens: &[] }
+    }
+}
+
+/// Progress of [`Server::encode_update`].
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EncodeStatus {
+    /// Bytes written to the output buffer; send them.
+    pub written: usize,
+    /// The update is complete.
+    pub done: bool,
+}
+
+/// Height of the horizontal bands ZRLE rectangles are cut into (bounds the compression buffer).
+#[cfg(feature = "alloc")]
+pub(crate) const ZRLE_BAND: u16 = 64;
+
+const PSEUDO_SIZE: u8 = 1;
+const PSEUDO_NAME: u8 = 2;
+const PSEUDO_QEMU_KEY: u8 = 4;
+const PSEUDO_CURSOR: u8 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Header,
+    Pseudo,
+    Damage,
+    LastRect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RectState {
+    /// The next damage entry starts.
+    Start,
+    Raw { y: u16, x: u16 },
+    Rre { bg: u32, cx: u16, cy: u16 },
+    Hextile { tx: u16, ty: u16, carry: HextileCarry },
+    #[cfg(feature = "alloc")]
+    Zrle { band: u16, sent: usize, len: usize },
+    Cursor { row: u16, mask_sent: usize },
+}
+
+/// Resumable position inside an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UpdateState {
+    stage: Stage,
+    pseudo: u8,
+    size_ext: bool,
+    rects: u16,
+    last_rect: bool,
+    damage: usize,
+    rect: RectState,
+    encoding: Encoding,
+}
+
+/// Smallest output buffer [`Server::encode_update`] works with.
+pub const MIN_ENCODE_BUFFER: usize = 2048;
+
+fn piece_count(r: &Rect, encoding: Encoding) -> u32 {
+    #[cfg(feature = "alloc")]
+    if encoding == Encoding::Zrle {
+        return u32::from(r.height.div_ceil(ZRLE_BAND));
+    }
+    let _ = (r, encoding);
+    1
+}
+
+impl Server {
+    /// Whether `d` goes out as CopyRect in this update.
+    fn as_copy(&self, d: &Damage, fb: &Framebuffer<'_>) -> Option<(Rect, u16, u16)> {
+        match *d {
+            Damage::Copied { dst, src_x, src_y }
+                if self.prefs.flags & pref::COPYRECT != 0 && !self.full_update_requested =>
+            {
+                let src = Rect::new(src_x, src_y, dst.width, dst.height);
+                (dst.fits_in(fb.width(), fb.height()) && src.fits_in(fb.width(), fb.height()) && !dst.is_empty())
+                    .then_some((dst, src_x, src_y))
+            }
+            _ => None,
+        }
+    }
+
+    fn damage_rect(d: &Damage, fb: &Framebuffer<'_>) -> Rect {
+        match *d {
+            Damage::Changed(r) | Damage::Copied { dst: r, .. } => r.clip_to(fb.width(), fb.height()),
+        }
+    }
+
+    fn start_update(&mut self, src: &UpdateSource<'_>) -> Result<UpdateState, Error> {
+        if self.phase != super::Phase::Normal || !(self.update_requested || self.continuous.is_some()) {
+            return Err(Error::InvalidState);
+        }
+        if !self.out.is_empty() || self.colour_map_pending.is_some() {
+            return Err(Error::QueueFull);
+        }
+        let fb = &src.framebuffer;
+        if !fb.format().true_colour || src.screens.len() > 16 || src.desktop_name.is_some_and(|n| n.len() > 1024) {
+            return Err(Error::InvalidArgument);
+        }
+        let flags = self.prefs.flags;
+        let resized = (fb.width(), fb.height()) != (self.width, self.height);
+        let ext = flags & pref::EXT_DESKTOP_SIZE != 0;
+        let mut pseudo = 0u8;
+        if resized || (ext && (self.full_update_requested || self.desktop_size_reply.is_some())) {
+            if !ext && (flags & pref::DESKTOP_SIZE == 0) {
+                // The client cannot follow a resize; the application must disconnect it.
+                return Err(Error::InvalidArgument);
+            }
+            pseudo |= PSEUDO_SIZE;
+        }
+        if src.desktop_name.is_some() && flags & pref::DESKTOP_NAME != 0 {
+            pseudo |= PSEUDO_NAME;
+        }
+        if self.qemu_key_ack_pending {
+            pseudo |= PSEUDO_QEMU_KEY;
+        }
+        if let Some(c) = &src.cursor {
+            if flags & pref::CURSOR != 0 {
+                let (w, h) = (c.image.width(), c.image.height());
+                let mask_len = usize::from(w.div_ceil(8)) * usize::from(h);
+                if w > 256 || h > 256 || c.mask.len() < mask_len || !c.image.format().true_colour {
+                    return Err(Error::InvalidArgument);
+                }
+                pseudo |= PSEUDO_CURSOR;
+            }
+        }
+        let encoding = self.prefs.encoding;
+        let mut rects = pseudo.count_ones();
+        for d in src.damage {
+            if self.as_copy(d, fb).is_some() {
+                rects += 1;
+            } else {
+                let r = Self::damage_rect(d, fb);
+                if !r.is_empty() {
+                    rects += piece_count(&r, encoding);
+                }
+            }
+        }
+        let last_rect = rects > 0xfffe;
+        if last_rect && flags & pref::LAST_RECT == 0 {
+            return Err(Error::InvalidArgument);
+        }
+        if resized {
+            self.width = fb.width();
+            self.height = fb.height();
+        }
+        Ok(UpdateState {
+            stage: Stage::Header,
+            pseudo,
+            size_ext: ext,
+            rects: if last_rect { 0xffff } else { rects as u16 },
+            last_rect,
+            damage: 0,
+            rect: RectState::Start,
+            encoding,
+        })
+    }
+
+    /// Encodes (part of) a FramebufferUpdate from `src` into `out` (at least
+    /// [`MIN_ENCODE_BUFFER`] bytes). Call while [`wants_update`](Self::wants_update) is true,
+    /// with the same `src` until `done`; send each `written` prefix in order. Other messages
+    /// wait in `poll_transmit` until the update is done; drain `poll_transmit` before the first
+    /// call (else [`Error::QueueFull`]).
+    ///
+    /// Pixels are translated from the framebuffer's format into the client's and encoded with
+    /// the client's preferred supported encoding (ZRLE, Hextile, RRE or Raw); copied areas go
+    /// out as CopyRect when the client asked for it.
+    pub fn encode_update(&mut self, src: &UpdateSource<'_>, out: &mut [u8]) -> Result<EncodeStatus, Error> {
+        if out.len() < MIN_ENCODE_BUFFER {
+            return Err(Error::InvalidArgument);
+        }
+        let mut st = match self.update {
+            Some(st) => st,
+            None => self.start_update(src)?,
+        };
+        let fb = &src.framebuffer;
+        if (fb.width(), fb.height()) != (self.width, self.height) {
+            // The application changed the framebuffer in the middle of an update.
+            return Err(Error::InvalidArgument);
+        }
+        let wire = effective_format(&self.client_format);
+        let tr = Translator::new(&fb.format(), &wire).ok_or(Error::InvalidArgument)?;
+        let source = Source { fb, tr: &tr, bpp: wire.bytes_per_pixel() };
+        let mut pos = 0usize;
+        let done = loop {
+            match st.stage {
+                Stage::Header => {
+                    FramebufferUpdateRepr { rects: st.rects }.emit(&mut out[pos..]);
+                    pos += FramebufferUpdateRepr::LEN;
+                    st.stage = Stage::Pseudo;
+                }
+                Stage::Pseudo => {
+                    if st.pseudo == 0 {
+                        st.stage = Stage::Damage;
+                        continue;
+                    }
+                    match self.encode_pseudo(&mut st, src, &source, &mut out[pos..]) {
+                        Some(n) => pos += n,
+                        None => break false,
+                    }
+                }
+                Stage::Damage => {
+                    if st.damage >= src.damage.len() {
+                        st.stage = Stage::LastRect;
+                        continue;
+                    }
+                    match self.encode_damage(&mut st, src, &source, &mut out[pos..])? {
+                        Some(n) => pos += n,
+                        None => break false,
+                    }
+                }
+                Stage::LastRect => {
+                    if st.last_rect {
+                        if out.len() - pos < RectHeaderRepr::LEN {
+                            break false;
+                        }
+                        RectHeaderRepr { rect: Rect::default(), encoding: Encoding::LastRect }.emit(&mut out[pos..]);
+                        pos += RectHeaderRepr::LEN;
+                    }
+                    break true;
+                }
+            }
+        };
+        if done {
+            self.desktop_size_reply = None;
+            self.qemu_key_ack_pending = false;
+            self.finish_update();
+        } else {
+            self.update = Some(st);
+        }
+        Ok(EncodeStatus { written: pos, done })
+    }
+
+    /// Writes the next pseudo-rectangle (or part of the cursor); `None` if `out` is too full.
+    fn encode_pseudo(&mut self, st: &mut UpdateState, src: &UpdateSource<'_>, source: &Source<'_, '_>, out: &mut [u8]) -> Option<usize> {
+        let fb = &src.framebuffer;
+        let (w, h) = (fb.width(), fb.height());
+        if st.pseudo & PSEUDO_SIZE != 0 {
+            if st.size_ext {
+                let default = [Screen { id: 0, rect: Rect::new(0, 0, w, h), flags: 0 }];
+                let screens = if src.screens.is_empty() { &default[..] } else { src.screens };
+                let n = RectHeaderRepr::LEN + ExtendedDesktopSizeRepr::LEN + 16 * screens.len();
+                if out.len() < n {
+                    return None;
+                }
+                let (reason, status) = match self.desktop_size_reply {
+                    Some(s) => (1, s),
+                    None => (0, 0),
+                };
+                RectHeaderRepr { rect: Rect::new(reason, status, w, h), encoding: Encoding::ExtendedDesktopSize }.emit(out);
+                ExtendedDesktopSizeRepr { screens: screens.len() as u8 }.emit(&mut out[12..]);
+                for (i, s) in screens.iter().enumerate() {
+                    s.emit(&mut out[16 + 16 * i..]);
+                }
+                st.pseudo &= !PSEUDO_SIZE;
+                return Some(n);
+            }
+            if out.len() < RectHeaderRepr::LEN {
+                return None;
+            }
+            RectHeaderRepr { rect: Rect::new(0, 0, w, h), encoding: Encoding::DesktopSize }.emit(out);
+            st.pseudo &= !PSEUDO_SIZE;
+            return Some(RectHeaderRepr::LEN);
+        }
+        if st.pseudo & PSEUDO_NAME != 0 {
+            let name = src.desktop_name.unwrap_or_default();
+            let n = RectHeaderRepr::LEN + 4 + name.len();
+            if out.len() < n {
+                return None;
+            }
+            RectHeaderRepr { rect: Rect::default(), encoding: Encoding::DesktopName }.emit(out);
+            put32(out, 12, name.len() as u32);
+            out[16..n].copy_from_slice(name);
+            st.pseudo &= !PSEUDO_NAME;
+            return Some(n);
+        }
+        if st.pseudo & PSEUDO_QEMU_KEY != 0 {
+            if out.len() < RectHeaderRepr::LEN {
+                return None;
+            }
+            RectHeaderRepr { rect: Rect::new(0, 0, w, h), encoding: Encoding::QemuExtendedKeyEvent }.emit(out);
+            st.pseudo &= !PSEUDO_QEMU_KEY;
+            return Some(RectHeaderRepr::LEN);
+        }
+        // Cursor: header, then rows of translated pixels, then the mask.
+        let c = src.cursor?;
+        let img = &c.image;
+        let wire = effective_format(&self.client_format);
+        let tr = Translator::new(&img.format(), &wire)?;
+        let bpp = source.bpp;
+        let mut pos = 0;
+        if st.rect != RectState::Start && !matches!(st.rect, RectState::Cursor { .. }) {
+            return None;
+        }
+        if st.rect == RectState::Start {
+            if out.len() < RectHeaderRepr::LEN {
+                return None;
+            }
+            let hx = c.hotspot_x.min(img.width().saturating_sub(1));
+            let hy = c.hotspot_y.min(img.height().saturating_sub(1));
+            RectHeaderRepr { rect: Rect::new(hx, hy, img.width(), img.height()), encoding: Encoding::Cursor }.emit(out);
+            pos = RectHeaderRepr::LEN;
+            st.rect = RectState::Cursor { row: 0, mask_sent: 0 };
+        }
+        let RectState::Cursor { mut row, mut mask_sent } = st.rect else { return None };
+        let row_len = usize::from(img.width()) * bpp;
+        while row < img.height() {
+            if out.len() - pos < row_len {
+                st.rect = RectState::Cursor { row, mask_sent };
+                return Some(pos);
+            }
+            tr.row(img.row(0, row, img.width()), &mut out[pos..pos + row_len]);
+            pos += row_len;
+            row += 1;
+        }
+        let mask_len = usize::from(img.width().div_ceil(8)) * usize::from(img.height());
+        let n = (mask_len - mask_sent).min(out.len() - pos);
+        out[pos..pos + n].copy_from_slice(&c.mask[mask_sent..mask_sent + n]);
+        pos += n;
+        mask_sent += n;
+        if mask_sent < mask_len {
+            st.rect = RectState::Cursor { row, mask_sent };
+        } else {
+            st.rect = RectState::Start;
+            st.pseudo &= !PSEUDO_CURSOR;
+        }
+        Some(pos)
+    }
+
+    /// Writes (part of) the current damage rectangle; `None` if nothing fit.
+    fn encode_damage(&mut self, st: &mut UpdateState, src: &UpdateSource<'_>, source: &Source<'_, '_>, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        let fb = &src.framebuffer;
+        let d = &src.damage[st.damage];
+        let bpp = source.bpp;
+        let mut pos = 0usize;
+        if st.rect == RectState::Start {
+            if let Some((dst, sx, sy)) = self.as_copy(d, fb) {
+                if out.len() < RectHeaderRepr::LEN + 4 {
+                    return Ok(None);
+                }
+                RectHeaderRepr { rect: dst, encoding: Encoding::CopyRect }.emit(out);
+                put16(out, 12, sx);
+                put16(out, 14, sy);
+                st.damage += 1;
+                return Ok(Some(16));
+            }
+            let r = Self::damage_rect(d, fb);
+            if r.is_empty() {
+                st.damage += 1;
+                return Ok(Some(0));
+            }
+            match st.encoding {
+                #[cfg(feature = "alloc")]
+                Encoding::Zrle => {
+                    st.rect = RectState::Zrle { band: 0, sent: 0, len: 0 };
+                }
+                Encoding::Hextile => {
+                    if out.len() < RectHeaderRepr::LEN {
+                        return Ok(None);
+                    }
+                    RectHeaderRepr { rect: r, encoding: Encoding::Hextile }.emit(out);
+                    pos = RectHeaderRepr::LEN;
+                    st.rect = RectState::Hextile { tx: 0, ty: 0, carry: HextileCarry::default() };
+                }
+                Encoding::Rre => {
+                    let bg = source.pixel(r.x, r.y);
+                    let count = rre_count(source, r.x, r.y, r.width, r.height, bg);
+                    let n = RectHeaderRepr::LEN + 4 + bpp;
+                    if out.len() < n {
+                        return Ok(None);
+                    }
+                    RectHeaderRepr { rect: r, encoding: Encoding::Rre }.emit(out);
+                    put32(out, 12, count);
+                    put_px(&mut out[16..], bg, bpp);
+                    pos = n;
+                    st.rect = RectState::Rre { bg, cx: 0, cy: 0 };
+                }
+                _ => {
+                    if out.len() < RectHeaderRepr::LEN {
+                        return Ok(None);
+                    }
+                    RectHeaderRepr { rect: r, encoding: Encoding::Raw }.emit(out);
+                    pos = RectHeaderRepr::LEN;
+                    st.rect = RectState::Raw { y: 0, x: 0 };
+                }
+            }
+        }
+        let r = Self::damage_rect(d, fb);
+        #[cfg(feature = "alloc")]
+        if matches!(st.rect, RectState::Zrle { .. }) {
+            let (n, finished) = self.encode_zrle_step(st, r, source, &mut out[pos..])?;
+            pos += n;
+            if finished {
+                st.rect = RectState::Start;
+                st.damage += 1;
+            }
+            return Ok(if pos == 0 && !finished { None } else { Some(pos) });
+        }
+        let finished = match &mut st.rect {
+            RectState::Raw { y, x } => {
+                while *y < r.height {
+                    let fit = ((out.len() - pos) / bpp).min(usize::from(r.width - *x)) as u16;
+                    if fit == 0 {
+                        break;
+                    }
+                    let n = usize::from(fit) * bpp;
+                    source.write_row(r.x + *x, r.y + *y, fit, &mut out[pos..pos + n]);
+                    pos += n;
+                    *x += fit;
+                    if *x == r.width {
+                        *x = 0;
+                        *y += 1;
+                    }
+                }
+                *y >= r.height
+            }
+            RectState::Rre { bg, cx, cy } => {
+                let mut done = false;
+                loop {
+                    if out.len() - pos < bpp + 8 {
+                        break;
+                    }
+                    match rre_next(source, (r.x, r.y, r.width, r.height), *bg, cx, cy) {
+                        Some((p, sx, sy, sw)) => {
+                            put_px(&mut out[pos..], p, bpp);
+                            put16(out, pos + bpp, sx);
+                            put16(out, pos + bpp + 2, sy);
+                            put16(out, pos + bpp + 4, sw);
+                            put16(out, pos + bpp + 6, 1);
+                            pos += bpp + 8;
+                        }
+                        None => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                done
+            }
+            RectState::Hextile { tx, ty, carry } => {
+                let mut px = [0u32; 256];
+                let max = hextile_max(bpp);
+                let tiles_x = r.width.div_ceil(16);
+                let tiles_y = r.height.div_ceil(16);
+                while *ty < tiles_y {
+                    if out.len() - pos < max {
+                        break;
+                    }
+                    let x = r.x + *tx * 16;
+                    let y = r.y + *ty * 16;
+                    let w = (r.x + r.width - x).min(16);
+                    let h = (r.y + r.height - y).min(16);
+                    source.load(x, y, w, h, &mut px);
+                    pos += hextile_tile(&px, usize::from(w), usize::from(h), bpp, carry, &mut out[pos..]);
+                    *tx += 1;
+                    if *tx == tiles_x {
+                        *tx = 0;
+                        *ty += 1;
+                    }
+                }
+                *ty >= tiles_y
+            }
+            #[cfg(feature = "alloc")]
+            RectState::Zrle { .. } => true,
+            RectState::Start | RectState::Cursor { .. } => true,
+        };
+        if finished {
+            st.rect = RectState::Start;
+            st.damage += 1;
+        }
+        Ok(if pos == 0 && !finished { None } else { Some(pos) })
+    }
+}
