@@ -1,0 +1,72 @@
+//! Helpers for fuzz targets and external tests (feature `test-support`, or `--cfg fuzzing`).
+//!
+//! A later cargo-fuzz target can call [`fuzz_server`] with arbitrary bytes:
+//! they are fed as ciphertext from a client to a fresh server [`TlsLayer`], cut into pieces
+//! at points taken from the input itself, followed by EOF. Nothing may panic.
+
+use crate::{TlsLayer, TlsServerConfig};
+
+/// Feeds `data` to a server layer made from `config`: the first byte chooses a chunk size
+/// (1..=256), the rest is ciphertext, then EOF. Returns the layer for inspection.
+pub fn feed_server(config: &TlsServerConfig, data: &[u8]) -> Option<TlsLayer> {
+    let mut layer = TlsLayer::server(config).ok()?;
+    let (chunk, rest) = match data.split_first() {
+        Some((c, rest)) => (usize::from(*c) + 1, rest),
+        None => (1, data),
+    };
+    let mut out = [0u8; 4096];
+    for piece in rest.chunks(chunk) {
+        let mut off = 0;
+        while off < piece.len() {
+            match layer.handle_ciphertext(&piece[off..]) {
+                Ok(0) => {
+                    let n = layer.plaintext().len();
+                    layer.consume_plaintext(n);
+                    if layer.handle_ciphertext(&piece[off..]) == Ok(0) {
+                        break;
+                    }
+                }
+                Ok(n) => off += n,
+                Err(_) => break,
+            }
+        }
+        while let Ok(Some(_)) = layer.poll_transmit(&mut out) {}
+        if layer.error().is_some() {
+            break;
+        }
+    }
+    let _ = layer.handle_eof();
+    Some(layer)
+}
+
+/// A server configuration with freshly generated credentials (cached per process),
+/// for fuzzing. Needs `std` and `generate`.
+#[cfg(all(
+    feature = "generate",
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+))]
+pub fn fuzz_server_config() -> &'static TlsServerConfig {
+    static CONFIG: std::sync::OnceLock<TlsServerConfig> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let dir = std::env::temp_dir().join(std::format!("tls-glue-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::generate_qemu_layout(&dir, &crate::GenerateOptions::default())
+            .expect("generate fuzz credentials");
+        let creds = crate::TlsCreds::load_dir(
+            &dir,
+            crate::CredsOptions::system(crate::Endpoint::Server).verify_peer(false),
+        )
+        .expect("load fuzz credentials");
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::TlsServerConfig::new(&creds).expect("fuzz server config")
+    })
+}
+
+/// The fuzz entry point: arbitrary bytes into a server [`TlsLayer`].
+#[cfg(all(
+    feature = "generate",
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+))]
+pub fn fuzz_server(data: &[u8]) {
+    let _ = feed_server(fuzz_server_config(), data);
+}
