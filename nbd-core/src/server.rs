@@ -1234,8 +1234,11 @@ impl<'a> Server<'a> {
             return Ok(consumed(0));
         };
         let hdr = self.tx.style.request_len();
+        // With extended headers the spec wants PAYLOAD_LEN on every WRITE, but QEMU (10.0)
+        // sends extended WRITEs without it, and its own server reads the payload anyway: so
+        // does ours, or the data would be parsed as requests.
         let payload_len = if extended {
-            if req.flags.contains(CommandFlags::PAYLOAD_LEN) {
+            if req.flags.contains(CommandFlags::PAYLOAD_LEN) || req.command == CommandType::Write {
                 req.length
             } else {
                 0
@@ -1387,9 +1390,6 @@ impl<'a> Server<'a> {
         }
         let payload = req.flags.contains(F::PAYLOAD_LEN);
         match command {
-            Command::Write if extended && !payload => {
-                return Err((EINVAL, "an extended WRITE must set PAYLOAD_LEN"));
-            }
             Command::BlockStatus if payload => {
                 if !t.contains(T::BLOCK_STATUS_PAYLOAD) {
                     return Err((EINVAL, "block status payload form not offered"));

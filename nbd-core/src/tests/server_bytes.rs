@@ -755,7 +755,7 @@ fn extended_payloads() {
         true,
     ));
     b.extend(vec![7u8; 100]);
-    // An extended WRITE without PAYLOAD_LEN: EINVAL, no payload.
+    // An extended WRITE without PAYLOAD_LEN, as QEMU sends them: the payload is read anyway.
     b.extend(request(
         CommandType::Write,
         CommandFlags::empty(),
@@ -764,6 +764,7 @@ fn extended_payloads() {
         512,
         true,
     ));
+    b.extend(vec![8u8; 512]);
     // A proper one.
     b.extend(request(
         CommandType::Write,
@@ -774,9 +775,21 @@ fn extended_payloads() {
         true,
     ));
     b.extend(vec![9u8; 512]);
+    // PAYLOAD_LEN on a READ: payload drained, EINVAL.
+    b.extend(request(
+        CommandType::Read,
+        CommandFlags::PAYLOAD_LEN,
+        4,
+        0,
+        16,
+        true,
+    ));
+    b.extend(vec![7u8; 16]);
     assert_eq!(s.feed(&b).unwrap(), b.len());
-    assert_eq!(s.lent.len(), 1);
-    assert_eq!(s.writes, vec![9u8; 512]);
+    assert_eq!(s.lent.len(), 2);
+    let mut expect = vec![8u8; 512];
+    expect.extend(vec![9u8; 512]);
+    assert_eq!(s.writes, expect);
     // Two extended ERROR chunks, each with the request offset.
     let mut pos = 0;
     let mut seen = Vec::new();
@@ -790,7 +803,7 @@ fn extended_payloads() {
         seen.push((h.cookie, e.error));
         pos += 32 + h.length as usize;
     }
-    assert_eq!(seen, [(1, 22), (2, 22)]);
+    assert_eq!(seen, [(1, 22), (4, 22)]);
 }
 
 #[test]

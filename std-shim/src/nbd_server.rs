@@ -1,0 +1,345 @@
+//! The NBD server session: glues `nbd_core::server::Server` to a [`Backend`] per export.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use nbd_core::server::{Command, Event, Lent, Request, Server, ServerConfig};
+use nbd_core::wire::{CommandFlags, ErrorCode, Extent};
+use nbd_core::{Export, ExportFeatures};
+
+use crate::backend::{Backend, errno};
+use crate::pump::{Control, HIGH_WATER, OutBuf, PeerInfo, Processed, Session};
+
+/// One export: its name, description and storage.
+pub struct ExportSpec {
+    /// Name clients select.
+    pub name: String,
+    /// Description shown by LIST and INFO.
+    pub description: String,
+    /// Storage.
+    pub backend: Arc<dyn Backend>,
+    /// Refuse writes.
+    pub read_only: bool,
+    /// Reachable only over TLS (selective mode).
+    pub tls_only: bool,
+}
+
+/// The exports a server offers and the core's view of them.
+pub struct Catalog {
+    specs: Vec<ExportSpec>,
+    exports: Vec<Export<'static>>,
+}
+
+impl Catalog {
+    /// Builds the catalog.
+    pub fn new(specs: Vec<ExportSpec>) -> Result<Self> {
+        let exports = specs
+            .iter()
+            .map(|s| {
+                let mut features = s.backend.features();
+                if s.read_only {
+                    features.remove(
+                        ExportFeatures::TRIM
+                            | ExportFeatures::WRITE_ZEROES
+                            | ExportFeatures::FAST_ZERO,
+                    );
+                }
+                Export {
+                    // The names live as long as the catalog; the core borrows them from here.
+                    name: leak(&s.name),
+                    description: leak(&s.description),
+                    size: s.backend.size(),
+                    read_only: s.read_only,
+                    tls_only: s.tls_only,
+                    block_size: nbd_core::wire::BlockSize {
+                        minimum: 1,
+                        preferred: 4096,
+                        maximum: MAX_PAYLOAD,
+                    },
+                    features,
+                }
+            })
+            .collect::<Vec<_>>();
+        ServerConfig::new(&exports)
+            .validate()
+            .map_err(|e| anyhow!("exports: {e}"))?;
+        Ok(Self { specs, exports })
+    }
+
+    /// The core's export table.
+    pub fn exports(&self) -> &[Export<'static>] {
+        &self.exports
+    }
+
+    /// The specs.
+    pub fn specs(&self) -> &[ExportSpec] {
+        &self.specs
+    }
+}
+
+/// Catalogs live for the whole process (built once at start), so their strings can be leaked
+/// for the `'static` the core's tables want.
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+/// Largest READ/WRITE payload: 32 MiB, the spec's default.
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+
+/// Most extents sent in one BLOCK_STATUS reply.
+const MAX_EXTENTS: usize = 1 << 16;
+
+struct WriteInProgress {
+    req: Request,
+    remaining: u64,
+    error: Option<ErrorCode>,
+}
+
+/// One NBD server connection.
+pub struct NbdServerSession<'c> {
+    server: Server<'c>,
+    catalog: &'c Catalog,
+    backend: Option<Arc<dyn Backend>>,
+    write: Option<WriteInProgress>,
+    extents: Vec<Extent>,
+    epoch: Instant,
+    peer: String,
+}
+
+impl<'c> NbdServerSession<'c> {
+    /// A session for a connection from `peer` (for logs).
+    pub fn new(catalog: &'c Catalog, config: ServerConfig<'c>, peer: String) -> Result<Self> {
+        let epoch = Instant::now();
+        let server = Server::new(config, nbd_core::Instant::ZERO).map_err(|e| anyhow!("{e}"))?;
+        Ok(Self {
+            server,
+            catalog,
+            backend: None,
+            write: None,
+            extents: Vec::new(),
+            epoch,
+            peer,
+        })
+    }
+
+    /// The input buffer the session needs.
+    pub fn input_buffer_len(&self) -> usize {
+        self.server.config().input_buffer_len()
+    }
+
+    fn drain(&mut self, out: &mut OutBuf) -> Result<Option<Control>> {
+        loop {
+            let buf = out.tail(64 * 1024);
+            match self.server.poll_transmit(buf) {
+                Ok(Some(n)) => out.commit(n),
+                Ok(None) => break,
+                Err(e) => bail!("nbd: {e}"),
+            }
+        }
+        let mut control = None;
+        while let Some(e) = self.server.poll_event() {
+            match e {
+                Event::StartTls => {
+                    log::debug!("{}: STARTTLS", self.peer);
+                    control = Some(Control::StartTls);
+                }
+                Event::Ready(r) => {
+                    let spec = &self.catalog.specs[r.export];
+                    log::info!(
+                        "{}: export {:?} ({} bytes), {:?} replies{}",
+                        self.peer,
+                        spec.name,
+                        r.size,
+                        r.style,
+                        if self.server.tls_active() {
+                            ", TLS"
+                        } else {
+                            ""
+                        }
+                    );
+                    self.backend = Some(spec.backend.clone());
+                }
+                Event::Finished => control = Some(Control::Close),
+                Event::TimedOut => {
+                    log::warn!("{}: handshake timed out", self.peer);
+                    control = Some(Control::Close);
+                }
+                _ => {}
+            }
+        }
+        Ok(control)
+    }
+
+    fn execute(&mut self, r: Request, out: &mut OutBuf) -> Result<()> {
+        let b = self.backend.clone().ok_or_else(|| anyhow!("no export"))?;
+        let result = match r.command {
+            Command::Read => return self.read(&r, out),
+            Command::Write => {
+                self.write = Some(WriteInProgress {
+                    req: r,
+                    remaining: r.length,
+                    error: None,
+                });
+                return Ok(());
+            }
+            Command::Flush => b.flush(),
+            Command::Trim => b.trim(r.offset, r.length),
+            Command::Cache => b.cache(r.offset, r.length),
+            Command::WriteZeroes => b.write_zeroes(
+                r.offset,
+                r.length,
+                !r.flags.contains(CommandFlags::NO_HOLE),
+                r.flags.contains(CommandFlags::FAST_ZERO),
+            ),
+            Command::BlockStatus => {
+                self.extents.clear();
+                let max = if r.flags.contains(CommandFlags::REQ_ONE) {
+                    1
+                } else {
+                    MAX_EXTENTS
+                };
+                match b.extents(r.offset, r.length, max, &mut self.extents) {
+                    Ok(()) => {
+                        let need = 64 + 16 * self.extents.len();
+                        let n = self
+                            .server
+                            .reply_block_status(&r, &self.extents, out.tail(need))
+                            .map_err(|e| anyhow!("{e}"))?;
+                        out.commit(n);
+                        return Ok(());
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        self.finish(&r, result, out)
+    }
+
+    fn finish(&mut self, r: &Request, result: std::io::Result<()>, out: &mut OutBuf) -> Result<()> {
+        let n = match result {
+            Ok(()) => self.server.reply_ok(r, out.tail(64)),
+            Err(e) => {
+                let code = errno(&e);
+                if code != ErrorCode::NotSup {
+                    log::warn!(
+                        "{}: {:?} at {}+{}: {e}",
+                        self.peer,
+                        r.command,
+                        r.offset,
+                        r.length
+                    );
+                }
+                let msg = e.to_string();
+                self.server
+                    .reply_error(r, code, &msg, out.tail(64 + msg.len()))
+            }
+        }
+        .map_err(|e| anyhow!("{e}"))?;
+        out.commit(n);
+        Ok(())
+    }
+
+    fn read(&mut self, r: &Request, out: &mut OutBuf) -> Result<()> {
+        let h = self.server.read_data_header_len();
+        let len = r.length as usize;
+        let b = self.backend.clone().ok_or_else(|| anyhow!("no export"))?;
+        let buf = out.tail(h + len);
+        match b.read_at(&mut buf[h..], r.offset) {
+            Ok(()) => {
+                let n = self
+                    .server
+                    .reply_read_data(r, r.offset, r.length, true, &mut buf[..h])
+                    .map_err(|e| anyhow!("{e}"))?;
+                debug_assert_eq!(n, h);
+                out.commit(h + len);
+                Ok(())
+            }
+            Err(e) => self.finish(r, Err(e), out),
+        }
+    }
+
+    fn write_data(&mut self, offset: u64, data: &[u8], out: &mut OutBuf) -> Result<()> {
+        let Some(w) = self.write.as_mut() else {
+            bail!("write data without a write");
+        };
+        w.remaining -= data.len() as u64;
+        let last = w.remaining == 0;
+        let fua = last && w.req.flags.contains(CommandFlags::FUA);
+        if w.error.is_none() {
+            let b = self
+                .backend
+                .as_deref()
+                .ok_or_else(|| anyhow!("no export"))?;
+            if let Err(e) = b.write_at(data, offset, fua) {
+                log::warn!("{}: write at {offset}: {e}", self.peer);
+                w.error = Some(errno(&e));
+            }
+        }
+        if last {
+            let w = self.write.take().expect("write in progress");
+            let result = match w.error {
+                None => Ok(()),
+                Some(code) => Err(std::io::Error::other(format!("write failed: {code}"))),
+            };
+            self.finish(&w.req, result, out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Session for NbdServerSession<'_> {
+    fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed> {
+        let mut consumed = 0;
+        loop {
+            if let Some(control) = self.drain(out)? {
+                return Ok(Processed { consumed, control });
+            }
+            if out.len() >= HIGH_WATER {
+                break;
+            }
+            let p = self
+                .server
+                .handle_input(&input[consumed..])
+                .map_err(|e| anyhow!("nbd: {e}"))?;
+            consumed += p.consumed;
+            match p.lent {
+                Some(Lent::Request(r)) => self.execute(r, out)?,
+                Some(Lent::WriteData { offset, data, .. }) => self.write_data(offset, data, out)?,
+                None if p.consumed == 0 => break,
+                None => {}
+            }
+        }
+        let control = self.drain(out)?.unwrap_or(Control::Continue);
+        Ok(Processed { consumed, control })
+    }
+
+    fn tls_established(&mut self, peer: &PeerInfo) -> Result<()> {
+        log::info!(
+            "{}: TLS {}{}",
+            self.peer,
+            peer.cipher,
+            peer.subject
+                .as_deref()
+                .map(|s| format!(", client {s}"))
+                .unwrap_or_default()
+        );
+        self.server.tls_established().map_err(|e| anyhow!("{e}"))
+    }
+
+    fn eof(&mut self) -> Result<()> {
+        self.server.handle_eof().map_err(|e| anyhow!("nbd: {e}"))
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.server
+            .poll_timeout()
+            .map(|t| self.epoch + std::time::Duration::from_micros(t.as_micros()))
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        let t = now.saturating_duration_since(self.epoch);
+        self.server
+            .handle_timeout(nbd_core::Instant::from_micros(t.as_micros() as u64));
+    }
+}

@@ -1,0 +1,448 @@
+//! The one step function every I/O loop shares.
+//!
+//! A [`Pump`] sits between a transport and a protocol [`Session`]: it owns the receive and send
+//! buffers, runs the TLS layer when the session asks for it (STARTTLS, VeNCrypt), and tells the
+//! loop what to do next: send these bytes, receive into this buffer, or stop. The blocking loop
+//! ([`run_blocking`]) and the tokio loop ([`run_tokio`]) are a dozen lines each around it, so no
+//! protocol or TLS logic exists twice.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// What a session wants after processing input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Keep going (more input, or call again if something was consumed).
+    Continue,
+    /// Send what is pending in the clear, then run a TLS handshake on this connection.
+    StartTls,
+    /// Send what is pending, then close the connection (TLS close_notify first).
+    Close,
+}
+
+/// The result of [`Session::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Processed {
+    /// Input bytes consumed.
+    pub consumed: usize,
+    /// What to do next.
+    pub control: Control,
+}
+
+/// Who is at the other end of a TLS connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer certificate's subject DN (RFC 4514), if it sent one.
+    pub subject: Option<String>,
+    /// Negotiated protocol version and cipher suite, for logs.
+    pub cipher: String,
+}
+
+/// A protocol conversation driven by bytes (an NBD or VNC server or client session).
+pub trait Session {
+    /// Handles buffered plaintext input and appends output to `out`. Stops early when `out`
+    /// holds a lot (the pump sends it and calls again).
+    fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed>;
+    /// The TLS handshake the session asked for is complete and the peer verified.
+    fn tls_established(&mut self, peer: &PeerInfo) -> Result<()>;
+    /// The peer closed its side. `Ok` if that ends the conversation cleanly.
+    fn eof(&mut self) -> Result<()>;
+    /// When `timeout` should be called.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// The deadline passed.
+    fn timeout(&mut self, _now: Instant) {}
+}
+
+/// TLS as the pump needs it: ciphertext in, plaintext out (the `tls-glue` layer behind it).
+pub trait SecureLink: Send {
+    /// Feeds received ciphertext; returns the bytes consumed (the rest is an incomplete record).
+    fn feed(&mut self, ciphertext: &[u8]) -> Result<usize>;
+    /// Decrypted plaintext not yet consumed.
+    fn plaintext(&self) -> &[u8];
+    /// Drops `n` bytes from the front of `plaintext()`.
+    fn consume_plaintext(&mut self, n: usize);
+    /// Appends handshake or alert bytes the layer wants sent.
+    fn take_output(&mut self, out: &mut Vec<u8>) -> Result<()>;
+    /// Encrypts `plain` into records appended to `out`.
+    fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<()>;
+    /// Whether the handshake is still running.
+    fn is_handshaking(&self) -> bool;
+    /// Whether the peer sent close_notify.
+    fn peer_closed(&self) -> bool;
+    /// Appends a close_notify alert.
+    fn close_notify(&mut self, out: &mut Vec<u8>);
+    /// The verified peer (after the handshake).
+    fn peer(&self) -> PeerInfo;
+}
+
+/// Makes a [`SecureLink`] for a connection whose session asked for TLS.
+pub type TlsStarter = Box<dyn FnMut() -> Result<Box<dyn SecureLink>> + Send>;
+
+/// An output buffer that is reused without being zeroed again: `tail(n)` hands out `n` writable
+/// bytes at the end (a READ's data is read straight into it) and `commit` keeps them.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl OutBuf {
+    /// Bytes produced so far.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Number of bytes produced.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `n` writable bytes after the produced ones (contents unspecified).
+    pub fn tail(&mut self, n: usize) -> &mut [u8] {
+        if self.buf.len() < self.len + n {
+            self.buf.resize((self.len + n).next_power_of_two(), 0);
+        }
+        &mut self.buf[self.len..self.len + n]
+    }
+
+    /// Keeps `n` bytes of the last `tail`.
+    pub fn commit(&mut self, n: usize) {
+        self.len = (self.len + n).min(self.buf.len());
+    }
+
+    /// Appends bytes.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.tail(data.len()).copy_from_slice(data);
+        self.commit(data.len());
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// A receive buffer: bytes `[start, end)` are pending; reads go to `[end, ..)`.
+#[derive(Debug)]
+struct RxBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl RxBuf {
+    fn new(cap: usize) -> Self {
+        Self {
+            buf: vec![0u8; cap],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Handshaking,
+    Closing,
+    Done,
+}
+
+/// What the I/O loop must do next.
+#[derive(Debug)]
+pub enum Action<'a> {
+    /// Write all of these bytes, then call [`Pump::sent`].
+    Send(&'a [u8]),
+    /// Read into this buffer (respecting [`Pump::deadline`]), then call [`Pump::received`].
+    Receive(&'a mut [u8]),
+    /// The conversation is over; close the transport.
+    Done,
+}
+
+/// The step function: buffers, TLS and a session, without I/O.
+pub struct Pump<S> {
+    session: S,
+    rx: RxBuf,
+    out: OutBuf,
+    wire: Vec<u8>,
+    /// `out` (plain) or `wire` (TLS) holds bytes to send.
+    send_plain: bool,
+    tls: Option<Box<dyn SecureLink>>,
+    starter: Option<TlsStarter>,
+    state: State,
+    /// More input may be processable without reading (the session consumed something).
+    again: bool,
+}
+
+/// Output above this is sent before the session processes more input.
+pub const HIGH_WATER: usize = 4 << 20;
+
+impl<S: Session> Pump<S> {
+    /// A pump with an input buffer of `rx_capacity` bytes (at least what the session needs for
+    /// one whole message); `starter` makes TLS layers when the session asks for one.
+    pub fn new(session: S, rx_capacity: usize, starter: Option<TlsStarter>) -> Self {
+        Self {
+            session,
+            rx: RxBuf::new(rx_capacity.max(64 * 1024)),
+            out: OutBuf::default(),
+            wire: Vec::new(),
+            send_plain: false,
+            tls: None,
+            starter,
+            state: State::Running,
+            again: true,
+        }
+    }
+
+    /// The session.
+    pub fn session(&self) -> &S {
+        &self.session
+    }
+
+    /// The session, mutably.
+    pub fn session_mut(&mut self) -> &mut S {
+        &mut self.session
+    }
+
+    /// When the loop must give up waiting for input and call [`Pump::timeout`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.session.deadline()
+    }
+
+    /// The deadline passed without input.
+    pub fn timeout(&mut self, now: Instant) {
+        self.session.timeout(now);
+        self.again = true;
+    }
+
+    /// The next thing to do.
+    pub fn step(&mut self) -> Result<Action<'_>> {
+        loop {
+            if self.send_plain {
+                return Ok(Action::Send(self.out.as_slice()));
+            }
+            if !self.wire.is_empty() {
+                return Ok(Action::Send(&self.wire));
+            }
+            match self.state {
+                State::Done => return Ok(Action::Done),
+                State::Closing => {
+                    self.state = State::Done;
+                    if let Some(t) = self.tls.as_mut() {
+                        t.close_notify(&mut self.wire);
+                    }
+                    continue;
+                }
+                State::Handshaking => {
+                    let t = self.tls.as_mut().context("TLS layer missing")?;
+                    t.take_output(&mut self.wire)?;
+                    if !self.wire.is_empty() {
+                        continue;
+                    }
+                    if t.is_handshaking() {
+                        return Ok(Action::Receive(self.rx.spare()));
+                    }
+                    let peer = t.peer();
+                    log::debug!("TLS established: {}", peer.cipher);
+                    self.session.tls_established(&peer)?;
+                    self.state = State::Running;
+                    self.again = true;
+                    continue;
+                }
+                State::Running => {}
+            }
+            if !self.again {
+                return Ok(Action::Receive(self.rx.spare()));
+            }
+            let p = match self.tls.as_ref() {
+                Some(t) => {
+                    let p = self.session.process(t.plaintext(), &mut self.out)?;
+                    if let Some(t) = self.tls.as_mut() {
+                        t.consume_plaintext(p.consumed);
+                    }
+                    p
+                }
+                None => {
+                    let p = self.session.process(self.rx.data(), &mut self.out)?;
+                    self.rx.consume(p.consumed);
+                    p
+                }
+            };
+            self.again = p.consumed > 0;
+            match p.control {
+                Control::Continue => {}
+                Control::Close => self.state = State::Closing,
+                Control::StartTls => {
+                    if self.tls.is_some() {
+                        bail!("TLS requested twice");
+                    }
+                    let starter = self
+                        .starter
+                        .as_mut()
+                        .context("TLS requested but not configured")?;
+                    let mut t = starter()?;
+                    // Whatever already arrived after the STARTTLS point is ciphertext.
+                    let n = t.feed(self.rx.data())?;
+                    self.rx.consume(n);
+                    self.tls = Some(t);
+                    self.state = State::Handshaking;
+                }
+            }
+            if !self.out.is_empty() {
+                match self.tls.as_mut() {
+                    // Before TLS starts (and for the STARTTLS ACK itself) output is plaintext.
+                    Some(t) if self.state != State::Handshaking => {
+                        t.encrypt(self.out.as_slice(), &mut self.wire)?;
+                        self.out.clear();
+                    }
+                    _ => self.send_plain = true,
+                }
+            }
+        }
+    }
+
+    /// The bytes of the last `Send` went out.
+    pub fn sent(&mut self) {
+        if self.send_plain {
+            self.send_plain = false;
+            self.out.clear();
+        } else {
+            self.wire.clear();
+        }
+    }
+
+    /// `n` bytes arrived in the last `Receive` buffer (0: end of stream).
+    pub fn received(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            if self.state == State::Handshaking {
+                bail!("connection closed during the TLS handshake");
+            }
+            self.session.eof()?;
+            self.state = State::Done;
+            return Ok(());
+        }
+        self.rx.end += n;
+        self.again = true;
+        if let Some(t) = self.tls.as_mut() {
+            let c = t.feed(self.rx.data())?;
+            self.rx.consume(c);
+            if t.peer_closed() && self.state == State::Running {
+                self.session.eof()?;
+                self.state = State::Done;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Runs a pump over a blocking stream. `set_timeout` applies a read timeout (None: block).
+pub fn run_blocking<S: Session, T: io::Read + io::Write>(
+    pump: &mut Pump<S>,
+    io: &mut T,
+    mut set_timeout: impl FnMut(&mut T, Option<Duration>) -> io::Result<()>,
+) -> Result<()> {
+    let mut timeout_set = false;
+    loop {
+        let deadline = pump.deadline();
+        match pump.step()? {
+            Action::Done => return Ok(()),
+            Action::Send(bytes) => {
+                io.write_all(bytes).context("send")?;
+                pump.sent();
+            }
+            Action::Receive(buf) => {
+                let wait = deadline.map(|d| {
+                    d.saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1))
+                });
+                if wait.is_some() || timeout_set {
+                    set_timeout(io, wait)?;
+                    timeout_set = wait.is_some();
+                }
+                match io.read(buf) {
+                    Ok(n) => pump.received(n)?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if is_timeout(&e) => pump.timeout(Instant::now()),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => pump.received(0)?,
+                    Err(e) => return Err(e).context("receive"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs a pump over a tokio stream.
+#[cfg(feature = "tokio")]
+pub async fn run_tokio<S: Session, T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    pump: &mut Pump<S>,
+    io: &mut T,
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let deadline = pump.deadline();
+        match pump.step()? {
+            Action::Done => {
+                io.shutdown().await.ok();
+                return Ok(());
+            }
+            Action::Send(bytes) => {
+                io.write_all(bytes).await.context("send")?;
+                pump.sent();
+            }
+            Action::Receive(buf) => {
+                let r = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), io.read(buf)).await {
+                        Ok(r) => Some(r),
+                        Err(_) => None,
+                    },
+                    None => Some(io.read(buf).await),
+                };
+                match r {
+                    None => pump.timeout(Instant::now()),
+                    Some(Ok(n)) => pump.received(n)?,
+                    Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        pump.received(0)?
+                    }
+                    Some(Err(e)) => return Err(e).context("receive"),
+                }
+            }
+        }
+    }
+}

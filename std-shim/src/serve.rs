@@ -1,0 +1,236 @@
+//! Listening sockets: TCP and Unix, a thread per connection (blocking driver) or a task per
+//! connection (tokio driver), a connection cap, and clean shutdown.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path (removed first if it exists, and on shutdown).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A connected stream of either kind.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Sets the read timeout.
+    pub fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(t),
+            Self::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Closes both directions.
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Self::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Self::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+impl io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    fn bind(e: &Endpoint) -> Result<Self> {
+        Ok(match e {
+            Endpoint::Tcp(a) => {
+                Self::Tcp(TcpListener::bind(a).with_context(|| format!("listen on {a}"))?)
+            }
+            Endpoint::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                Self::Unix(
+                    UnixListener::bind(p).with_context(|| format!("listen on {}", p.display()))?,
+                    p.clone(),
+                )
+            }
+        })
+    }
+
+    fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Self::Tcp(l) => {
+                let (s, a) = l.accept()?;
+                s.set_nodelay(true)?;
+                Ok((Stream::Tcp(s), a.to_string()))
+            }
+            Self::Unix(l, p) => {
+                let (s, _) = l.accept()?;
+                Ok((Stream::Unix(s), format!("unix:{}", p.display())))
+            }
+        }
+    }
+
+    fn local(&self) -> String {
+        match self {
+            Self::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Self::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Self::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Shared state of a running server: the connection count and the stop flag.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Connections being served.
+    pub active: AtomicUsize,
+    /// Set to stop accepting.
+    pub stopping: AtomicBool,
+}
+
+/// Binds every endpoint and serves each connection on its own thread with `handler`, keeping at
+/// most `max_connections` at once (further ones are closed at once). Returns the bound
+/// addresses through `on_bound` (useful with port 0) before serving.
+pub fn serve_threads(
+    endpoints: &[Endpoint],
+    max_connections: usize,
+    control: Arc<Control>,
+    on_bound: impl FnOnce(&[String]),
+    handler: impl Fn(Stream, String) -> Result<()> + Send + Sync + 'static,
+) -> Result<()> {
+    let listeners = endpoints
+        .iter()
+        .map(Listener::bind)
+        .collect::<Result<Vec<_>>>()?;
+    on_bound(&listeners.iter().map(Listener::local).collect::<Vec<_>>());
+    let handler = Arc::new(handler);
+    std::thread::scope(|scope| {
+        for l in &listeners {
+            let handler = handler.clone();
+            let control = control.clone();
+            scope.spawn(move || {
+                loop {
+                    let (stream, peer) = match l.accept() {
+                        Ok(x) => x,
+                        Err(e) => {
+                            log::warn!("accept: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    if control.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if control.active.load(Ordering::SeqCst) >= max_connections {
+                        log::warn!("{peer}: refused, {max_connections} connections already");
+                        stream.shutdown();
+                        continue;
+                    }
+                    control.active.fetch_add(1, Ordering::SeqCst);
+                    let handler = handler.clone();
+                    let control = control.clone();
+                    std::thread::spawn(move || {
+                        log::debug!("{peer}: connected");
+                        match handler(stream, peer.clone()) {
+                            Ok(()) => log::debug!("{peer}: closed"),
+                            Err(e) => log::warn!("{peer}: {e:#}"),
+                        }
+                        control.active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Parses sizes like `64M`, `1G`, `512K`, `4096` (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_lowercase();
+            let m = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1u64,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => anyhow::bail!("unknown size unit in {s:?}"),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad size {s:?}"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+    }
+}
