@@ -428,10 +428,7 @@ pub async fn run_tokio<S: Session, T: tokio::io::AsyncRead + tokio::io::AsyncWri
             }
             Action::Receive(buf) => {
                 let r = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d.into(), io.read(buf)).await {
-                        Ok(r) => Some(r),
-                        Err(_) => None,
-                    },
+                    Some(d) => tokio::time::timeout_at(d.into(), io.read(buf)).await.ok(),
                     None => Some(io.read(buf).await),
                 };
                 match r {
