@@ -172,6 +172,14 @@ impl TlsClientConfig {
     /// (with CRLs) and its host name or IP against the certificate's subject alternative
     /// names; then the optional validator decides. The client certificate is sent if loaded.
     pub fn with_options(creds: &TlsCreds, opts: &ClientOptions) -> Result<Self, ConfigError> {
+        Self::build(creds, opts, opts.versions.list())
+    }
+
+    pub(crate) fn build(
+        creds: &TlsCreds,
+        opts: &ClientOptions,
+        versions: &'static [&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Self, ConfigError> {
         let c = &creds.inner;
         if c.opts.endpoint != Endpoint::Client {
             return Err(ConfigError(
@@ -193,7 +201,7 @@ impl TlsClientConfig {
             provider,
             Arc::new(RustlsTime(c.opts.time.clone())),
         )
-        .with_protocol_versions(opts.versions.list())
+        .with_protocol_versions(versions)
         .map_err(|e| cfg_err("the crypto backend does not support these TLS versions", e))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);

@@ -323,17 +323,27 @@ impl TlsLayer {
         let mapped = map_rustls(&e, self.is_server(), self.has_validator);
         self.error = Some(mapped);
         // rustls queues an alert for the peer; collect it for poll_transmit.
-        for _ in 0..4 {
+        // Exactly one more call: it pops the queued alert before deframing anything. A second
+        // call would deframe the offending bytes again and trip rustls' "one fatal alert"
+        // debug assertion. Always hand rustls the same unconsumed bytes: its handshake
+        // deframer remembers positions inside that buffer (an empty slice makes it panic).
+        {
             let Self {
-                conn, plain, tx, ..
+                conn,
+                rx,
+                rx_start,
+                rx_end,
+                plain,
+                tx,
+                ..
             } = self;
-            let (_, r) = match conn {
-                Conn::Server(c) => handle_state(c.process_tls_records(&mut []), plain, tx),
-                Conn::Client(c) => handle_state(c.process_tls_records(&mut []), plain, tx),
+            let buf = &mut rx[*rx_start..*rx_end];
+            let (discard, r) = match conn {
+                Conn::Server(c) => handle_state(c.process_tls_records(buf), plain, tx),
+                Conn::Client(c) => handle_state(c.process_tls_records(buf), plain, tx),
             };
-            if !matches!(r, Ok(Step::Continue)) {
-                break;
-            }
+            *rx_start = (*rx_start + discard).min(*rx_end);
+            let _ = r;
         }
         mapped
     }
@@ -486,11 +496,20 @@ impl TlsLayer {
                 }));
             }
             let Self {
-                conn, plain, tx, ..
+                conn,
+                rx,
+                rx_start,
+                rx_end,
+                plain,
+                tx,
+                ..
             } = self;
+            let buf = &mut rx[*rx_start..*rx_end];
+            let mut discard;
             macro_rules! go {
                 ($c:expr) => {{
-                    let st = $c.process_tls_records(&mut []);
+                    let st = $c.process_tls_records(buf);
+                    discard = st.discard;
                     match st.state {
                         Ok(ConnectionState::WriteTraffic(mut w)) => match f.take() {
                             Some(f) => Out::Wrote(f(&mut w, &mut out[pending..])),
@@ -498,17 +517,18 @@ impl TlsLayer {
                         },
                         Ok(ConnectionState::BlockedHandshake) => Out::Blocked,
                         Ok(ConnectionState::Closed) => Out::Closed,
-                        other => Out::Other(
-                            handle_state(
+                        other => {
+                            let (d, r) = handle_state(
                                 UnbufferedStatus {
                                     discard: 0,
                                     state: other,
                                 },
                                 plain,
                                 tx,
-                            )
-                            .1,
-                        ),
+                            );
+                            discard += d;
+                            Out::Other(r)
+                        }
                     }
                 }};
             }
@@ -516,6 +536,7 @@ impl TlsLayer {
                 Conn::Server(c) => go!(c),
                 Conn::Client(c) => go!(c),
             };
+            *rx_start = (*rx_start + discard).min(*rx_end);
             match r {
                 Out::Wrote(r) => return self.finish_write(r, out, pending),
                 Out::Blocked => return Err(EncryptError::HandshakeNotComplete),

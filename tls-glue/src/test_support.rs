@@ -70,3 +70,11 @@ pub fn fuzz_server_config() -> &'static TlsServerConfig {
 pub fn fuzz_server(data: &[u8]) {
     let _ = feed_server(fuzz_server_config(), data);
 }
+
+/// A client configuration that offers TLS 1.2 only: stands in for an old peer in tests.
+#[cfg(feature = "tls12")]
+pub fn tls12_only_client(creds: &crate::TlsCreds) -> crate::TlsClientConfig {
+    static V12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    crate::TlsClientConfig::build(creds, &crate::ClientOptions::default(), V12)
+        .expect("TLS 1.2 client configuration")
+}
