@@ -23,6 +23,7 @@ pub use pixel::{Framebuffer, FramebufferMut, Translator};
 pub use time::{Duration, Instant};
 
 mod outq;
+pub mod client;
 pub mod server;
 
 pub use outq::{AppPayload, Transmit};
@@ -42,3 +43,6 @@ impl<P> Progress<P> {
         Self { consumed, payload }
     }
 }
+
+#[cfg(test)]
+mod tests;

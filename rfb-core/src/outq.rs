@@ -51,7 +51,7 @@ impl<const N: usize> OutQueue<N> {
 
     /// Appends one message of `n` bytes written by `f`, or fails with `QueueFull`.
     pub(crate) fn push(&mut self, n: usize, f: impl FnOnce(&mut [u8])) -> Result<(), Error> {
-        if n > self.free() || self.payload.is_some() {
+        if n > self.free() {
             return Err(Error::QueueFull);
         }
         let start = usize::from(self.len);
@@ -62,9 +62,12 @@ impl<const N: usize> OutQueue<N> {
         Ok(())
     }
 
-    /// Appends a message followed by an application payload; nothing else can be queued until
-    /// it has been handed out.
+    /// Appends a message followed by an application payload (one at a time); `pop_into` stops
+    /// after it so that the application's bytes come right behind it.
     pub(crate) fn push_with_payload(&mut self, n: usize, p: AppPayload, f: impl FnOnce(&mut [u8])) -> Result<(), Error> {
+        if self.payload.is_some() {
+            return Err(Error::QueueFull);
+        }
         self.push(n, f)?;
         self.payload = Some((self.len, p));
         Ok(())
@@ -101,6 +104,8 @@ impl<const N: usize> OutQueue<N> {
         self.ends = rest;
         if then.is_some() {
             self.payload = None;
+        } else if let Some((at, p)) = self.payload {
+            self.payload = Some((at - take as u16, p));
         }
         Ok(Some(Transmit { len: take, then }))
     }

@@ -355,3 +355,21 @@ impl Translator {
         }
     }
 }
+
+/// ZRLE's compressed pixel: `(bytes per CPIXEL, offset of those bytes inside the wire pixel)`.
+///
+/// 32-bit true colour with depth ≤ 24 whose colour bits fit in the three least (preferred) or
+/// most significant bytes uses three bytes.
+pub(crate) fn cpixel_layout(pf: &PixelFormat) -> (usize, usize) {
+    let pf = effective_format(pf);
+    if pf.true_colour && pf.bits_per_pixel == 32 && pf.depth <= 24 {
+        let used = pf.used_bits();
+        if used < 1 << 24 {
+            return (3, usize::from(pf.big_endian));
+        }
+        if used & 0xff == 0 {
+            return (3, usize::from(!pf.big_endian));
+        }
+    }
+    (pf.bytes_per_pixel(), 0)
+}
