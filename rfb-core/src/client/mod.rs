@@ -382,7 +382,7 @@ pub struct Client {
     security: SecurityType,
     subtype: Option<VencryptSubtype>,
     challenge: [u8; CHALLENGE_LEN],
-    out: OutQueue<400>,
+    out: OutQueue<352>,
     events: heapless::Deque<Ev, 4>,
     deadline: Option<Instant>,
     text: heapless::Vec<u8, 128>,
@@ -560,7 +560,7 @@ impl Client {
         Ok(())
     }
 
-    /// Answers [`Credentials::Plain`]; username and password together may be 392 bytes.
+    /// Answers [`Credentials::Plain`]; username and password together may be 344 bytes.
     pub fn send_plain_credentials(&mut self, username: &[u8], password: &[u8]) -> Result<(), Error> {
         if self.phase != Phase::NeedPlain {
             return Err(Error::InvalidState);

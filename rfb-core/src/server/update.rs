@@ -115,6 +115,17 @@ pub(crate) struct UpdateState {
     encoding: Encoding,
 }
 
+impl UpdateState {
+    #[cfg(feature = "alloc")]
+    pub(crate) fn rect_state(&self) -> RectState {
+        self.rect
+    }
+    #[cfg(feature = "alloc")]
+    pub(crate) fn set_rect_state(&mut self, r: RectState) {
+        self.rect = r;
+    }
+}
+
 /// Smallest output buffer [`Server::encode_update`] works with.
 pub const MIN_ENCODE_BUFFER: usize = 2048;
 

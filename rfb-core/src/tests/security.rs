@@ -533,3 +533,53 @@ fn auth_failure_is_delayed_for_throttling() {
     assert_eq!(&out(&mut s)[..4], [0, 0, 0, 1]);
     assert_eq!(s.poll_event(), Some(server::Event::Closed));
 }
+
+#[cfg(feature = "alloc")]
+#[test]
+fn client_rejects_malformed_zrle() {
+    use miniz_oxide::deflate::compress_to_vec_zlib;
+    let zrle = |tiles: &[u8], w: u16, h: u16| {
+        // A fresh zlib stream per test connection.
+        let z = compress_to_vec_zlib(tiles, 6);
+        let mut body = (z.len() as u32).to_be_bytes().to_vec();
+        body.extend_from_slice(&z);
+        update(Rect::new(0, 0, w, h), Encoding::Zrle, &body)
+    };
+    let bad = |tiles: &[u8], w: u16, h: u16| {
+        let mut c = running_client(PixelFormat::RGB888, &[Encoding::Zrle]);
+        client_err(&mut c, &zrle(tiles, w, h))
+    };
+    let e = Some(Error::Protocol(ProtocolError::MalformedZrle));
+    // A good solid tile (CPIXEL is 3 bytes for RGB888).
+    assert_eq!(bad(&[1, 1, 2, 3], 4, 4), None);
+    // Unused sub-encodings.
+    assert_eq!(bad(&[17], 4, 4), e);
+    assert_eq!(bad(&[129], 4, 4), e);
+    // Palette index past the palette.
+    assert_eq!(bad(&[130, 1, 2, 3, 4, 5, 6, 5], 4, 4), e);
+    // Plain RLE run longer than the tile.
+    assert_eq!(bad(&[128, 1, 2, 3, 255, 255], 4, 4), e);
+    // Packed palette with an index beyond a 3-entry palette (2-bit field value 3).
+    assert_eq!(bad(&[3, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0xff, 0, 0, 0], 4, 4), e);
+    // Trailing data after the last tile.
+    assert_eq!(bad(&[1, 1, 2, 3, 9, 9], 4, 4), e);
+    // Data ends before the tiles do.
+    assert_eq!(bad(&[0, 1, 2, 3], 4, 4), e);
+    // Corrupt zlib.
+    let mut c = running_client(PixelFormat::RGB888, &[Encoding::Zrle]);
+    let m = update(Rect::new(0, 0, 4, 4), Encoding::Zrle, &[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(client_err(&mut c, &m), Some(Error::Protocol(ProtocolError::ZlibError)));
+    // An endless run-length (all 255) is bounded, not buffered forever.
+    let mut tiles = std::vec![128, 1, 2, 3];
+    tiles.extend(std::iter::repeat_n(255u8, 100_000));
+    assert_eq!(bad(&tiles, 64, 64), e);
+}
+
+#[test]
+fn state_sizes_fit_in_1k() {
+    let s = core::mem::size_of::<Server>();
+    let c = core::mem::size_of::<Client>();
+    std::println!("size_of::<Server>() = {s}, size_of::<Client>() = {c}");
+    assert!(s <= 1024, "server state {s} bytes");
+    assert!(c <= 1024, "client state {c} bytes");
+}

@@ -81,7 +81,8 @@ fn every_encoding_every_format_pixel_exact() {
                     let expect = p.expected_client_fb(&wire);
                     assert_eq!(p.client_fb.len(), expect.len());
                     assert!(p.client_fb == expect, "{enc:?} native {native:?} wire {wire:?} fb {client_fb:?}");
-                    assert!(p.client_events.iter().any(|e| e.starts_with("Rect")), "{:?}", p.client_events);
+                    let tag = format!("encoding: {enc:?} }}");
+                    assert!(p.client_events.iter().any(|e| e.starts_with("Rect") && e.ends_with(&tag)), "{:?}", p.client_events);
                 }
             }
         }

@@ -1,0 +1,342 @@
+//! ZRLE decoding (`alloc`): the rectangle's zlib bytes are inflated as they arrive into a bounded
+//! buffer and parsed tile element by tile element; one zlib stream per connection.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use miniz_oxide::inflate::stream::{InflateState, inflate};
+use miniz_oxide::{DataFormat, MZFlush};
+
+use super::decode::Sink;
+use crate::error::ProtocolError;
+use crate::wire::{Rect, be32};
+
+/// Decompressed bytes kept at most (plus one inflate step).
+const CHUNK: usize = 32 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tile {
+    Start,
+    Raw { i: usize },
+    Packed { row: u16 },
+    Rle { i: usize },
+    PaletteRle { i: usize },
+}
+
+/// Per-connection ZRLE decoder.
+pub(crate) struct ZrleDecoder {
+    inflate: Box<InflateState>,
+    buf: Vec<u8>,
+    start: usize,
+    rect: Rect,
+    bpp: usize,
+    cpb: usize,
+    coff: usize,
+    /// Compressed bytes of this rectangle still to come (`None` before the length word).
+    zlib_left: Option<u32>,
+    tx: u16,
+    ty: u16,
+    tile: Tile,
+    palette: [[u8; 4]; 128],
+    plen: usize,
+}
+
+impl core::fmt::Debug for ZrleDecoder {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ZrleDecoder")
+    }
+}
+
+impl ZrleDecoder {
+    pub(crate) fn new() -> Self {
+        Self {
+            inflate: InflateState::new_boxed(DataFormat::Zlib),
+            buf: Vec::with_capacity(2 * CHUNK),
+            start: 0,
+            rect: Rect::default(),
+            bpp: 4,
+            cpb: 4,
+            coff: 0,
+            zlib_left: None,
+            tx: 0,
+            ty: 0,
+            tile: Tile::Start,
+            palette: [[0; 4]; 128],
+            plen: 0,
+        }
+    }
+
+    /// Starts a rectangle.
+    pub(crate) fn start(&mut self, r: Rect, bpp: usize, (cpb, coff): (usize, usize)) {
+        self.rect = r;
+        self.bpp = bpp;
+        self.cpb = cpb;
+        self.coff = coff;
+        self.zlib_left = None;
+        self.tx = 0;
+        self.ty = 0;
+        self.tile = Tile::Start;
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    fn tiles_done(&self) -> bool {
+        self.rect.is_empty() || self.ty >= self.rect.height.div_ceil(64)
+    }
+
+    fn tile_rect(&self) -> Rect {
+        let r = &self.rect;
+        let x = r.x + self.tx * 64;
+        let y = r.y + self.ty * 64;
+        Rect::new(x, y, (r.x + r.width - x).min(64), (r.y + r.height - y).min(64))
+    }
+
+    fn next_tile(&mut self) {
+        self.tile = Tile::Start;
+        self.tx += 1;
+        if self.tx == self.rect.width.div_ceil(64) {
+            self.tx = 0;
+            self.ty += 1;
+        }
+    }
+
+    #[inline]
+    fn wire_px(&self, c: &[u8]) -> [u8; 4] {
+        let mut w = [0u8; 4];
+        if self.cpb == self.bpp {
+            w[..self.bpp].copy_from_slice(&c[..self.bpp]);
+        } else {
+            w[self.coff..self.coff + self.cpb].copy_from_slice(&c[..self.cpb]);
+        }
+        w
+    }
+
+    /// Fills pixels `i .. i + len` (row-major) of tile `t` with `px`.
+    fn fill_span(sink: &mut Sink<'_, '_>, t: &Rect, i: usize, len: usize, px: &[u8]) {
+        let w = usize::from(t.width);
+        let mut i = i;
+        let end = i + len;
+        while i < end {
+            let x = i % w;
+            let n = (w - x).min(end - i);
+            sink.fill(Rect::new(t.x + x as u16, t.y + (i / w) as u16, n as u16, 1), px);
+            i += n;
+        }
+    }
+
+    /// Reads a run length (`255…, last`) at `b`; `None` if incomplete.
+    fn run_len(b: &[u8]) -> Option<(usize, usize)> {
+        let mut len = 1usize;
+        for (k, &v) in b.iter().enumerate() {
+            len += usize::from(v);
+            if v != 255 {
+                return Some((len, k + 1));
+            }
+        }
+        None
+    }
+
+    /// Parses as many tile elements as the decompressed bytes allow.
+    fn parse(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ProtocolError> {
+        use ProtocolError::MalformedZrle as Bad;
+        let (bpp, cpb) = (self.bpp, self.cpb);
+        while !self.tiles_done() {
+            let t = self.tile_rect();
+            let total = usize::from(t.width) * usize::from(t.height);
+            let b = &self.buf[self.start..];
+            match self.tile {
+                Tile::Start => {
+                    let Some(&sub) = b.first() else { return Ok(()) };
+                    let plen = match sub {
+                        0 | 128 => 0,
+                        1 => 1,
+                        2..=16 => usize::from(sub),
+                        130..=255 => usize::from(sub - 128),
+                        _ => return Err(Bad),
+                    };
+                    if b.len() < 1 + plen * cpb {
+                        return Ok(());
+                    }
+                    for k in 0..plen {
+                        self.palette[k] = self.wire_px(&b[1 + k * cpb..]);
+                    }
+                    self.plen = plen;
+                    self.start += 1 + plen * cpb;
+                    match sub {
+                        0 => self.tile = Tile::Raw { i: 0 },
+                        1 => {
+                            let px = self.palette[0];
+                            sink.fill(t, &px[..bpp]);
+                            self.next_tile();
+                        }
+                        128 => self.tile = Tile::Rle { i: 0 },
+                        2..=16 => self.tile = Tile::Packed { row: 0 },
+                        _ => self.tile = Tile::PaletteRle { i: 0 },
+                    }
+                }
+                Tile::Raw { i } => {
+                    let n = (b.len() / cpb).min(total - i);
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    let mut row = [0u8; 64 * 4];
+                    let w = usize::from(t.width);
+                    let mut k = 0;
+                    while k < n {
+                        let pi = i + k;
+                        let x = pi % w;
+                        let seg = (w - x).min(n - k);
+                        for s in 0..seg {
+                            let px = self.wire_px(&b[(k + s) * cpb..]);
+                            row[s * bpp..s * bpp + bpp].copy_from_slice(&px[..bpp]);
+                        }
+                        sink.put_row(t.x + x as u16, t.y + (pi / w) as u16, &row[..seg * bpp]);
+                        k += seg;
+                    }
+                    self.start += n * cpb;
+                    if i + n == total {
+                        self.next_tile();
+                    } else {
+                        self.tile = Tile::Raw { i: i + n };
+                    }
+                }
+                Tile::Packed { row } => {
+                    let bits = match self.plen {
+                        2 => 1,
+                        3 | 4 => 2,
+                        _ => 4,
+                    };
+                    let w = usize::from(t.width);
+                    let row_len = (w * bits).div_ceil(8);
+                    if b.len() < row_len {
+                        return Ok(());
+                    }
+                    let mut out = [0u8; 64 * 4];
+                    for x in 0..w {
+                        let bit = x * bits;
+                        let idx = usize::from((b[bit / 8] >> (8 - bits - bit % 8)) & ((1 << bits) - 1) as u8);
+                        if idx >= self.plen {
+                            return Err(Bad);
+                        }
+                        out[x * bpp..x * bpp + bpp].copy_from_slice(&self.palette[idx][..bpp]);
+                    }
+                    sink.put_row(t.x, t.y + row, &out[..w * bpp]);
+                    self.start += row_len;
+                    if row + 1 == t.height {
+                        self.next_tile();
+                    } else {
+                        self.tile = Tile::Packed { row: row + 1 };
+                    }
+                }
+                Tile::Rle { i } => {
+                    if b.len() < cpb + 1 {
+                        return Ok(());
+                    }
+                    let Some((len, n)) = Self::run_len(&b[cpb..]) else { return Ok(()) };
+                    if i + len > total {
+                        return Err(Bad);
+                    }
+                    let px = self.wire_px(b);
+                    Self::fill_span(sink, &t, i, len, &px[..bpp]);
+                    self.start += cpb + n;
+                    if i + len == total {
+                        self.next_tile();
+                    } else {
+                        self.tile = Tile::Rle { i: i + len };
+                    }
+                }
+                Tile::PaletteRle { i } => {
+                    let Some(&v) = b.first() else { return Ok(()) };
+                    let idx = usize::from(v & 127);
+                    if idx >= self.plen {
+                        return Err(Bad);
+                    }
+                    let (len, n) = if v & 128 == 0 {
+                        (1, 1)
+                    } else {
+                        match Self::run_len(&b[1..]) {
+                            Some((len, n)) => (len, n + 1),
+                            None => return Ok(()),
+                        }
+                    };
+                    if i + len > total {
+                        return Err(Bad);
+                    }
+                    let px = self.palette[idx];
+                    Self::fill_span(sink, &t, i, len, &px[..bpp]);
+                    self.start += n;
+                    if i + len == total {
+                        self.next_tile();
+                    } else {
+                        self.tile = Tile::PaletteRle { i: i + len };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inflates `input` (compressed bytes of this rectangle) into the buffer; returns
+    /// `(consumed, produced)`.
+    fn inflate_some(&mut self, input: &[u8]) -> Result<(usize, usize), ProtocolError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let at = self.buf.len();
+        self.buf.resize(at + CHUNK, 0);
+        let res = inflate(&mut self.inflate, input, &mut self.buf[at..], MZFlush::None);
+        self.buf.truncate(at + res.bytes_written);
+        match res.status {
+            Ok(_) | Err(miniz_oxide::MZError::Buf) => Ok((res.bytes_consumed, res.bytes_written)),
+            Err(_) => Err(ProtocolError::ZlibError),
+        }
+    }
+
+    /// Consumes as much of `input` as belongs to this rectangle. Returns `(consumed, finished)`.
+    pub(crate) fn decode(&mut self, input: &[u8], sink: &mut Sink<'_, '_>) -> Result<(usize, bool), ProtocolError> {
+        let mut pos = 0;
+        let left = match self.zlib_left {
+            Some(l) => l,
+            None => {
+                if input.len() < 4 {
+                    return Ok((0, false));
+                }
+                pos = 4;
+                let l = be32(input, 0);
+                self.zlib_left = Some(l);
+                l
+            }
+        };
+        let mut left = left as usize;
+        loop {
+            self.parse(sink)?;
+            if self.tiles_done() && self.start < self.buf.len() {
+                return Err(ProtocolError::MalformedZrle);
+            }
+            // Keep the decompressed backlog bounded: parse before inflating more.
+            if self.buf.len() - self.start >= CHUNK {
+                return Err(ProtocolError::MalformedZrle);
+            }
+            let take = left.min(input.len() - pos);
+            let (used, produced) = self.inflate_some(&input[pos..pos + take])?;
+            pos += used;
+            left -= used;
+            self.zlib_left = Some(left as u32);
+            if used == 0 && produced == 0 {
+                break;
+            }
+        }
+        self.parse(sink)?;
+        if self.tiles_done() && self.start < self.buf.len() {
+            return Err(ProtocolError::MalformedZrle);
+        }
+        if left == 0 {
+            if !self.tiles_done() {
+                return Err(ProtocolError::MalformedZrle);
+            }
+            return Ok((pos, true));
+        }
+        Ok((pos, false))
+    }
+}
