@@ -506,6 +506,10 @@ fn parse_key(data: &[u8], label: &str, report: &mut Report) -> Option<PrivateKey
         return None;
     }
     match PrivateKeyDer::from_pem_slice(data) {
+        Ok(PrivateKeyDer::Sec1(k)) => match x509::normalize_sec1(k.secret_sec1_der()) {
+            Some(fixed) => Some(PrivateKeyDer::Sec1(fixed.into())),
+            None => Some(PrivateKeyDer::Sec1(k)),
+        },
         Ok(k) => Some(k),
         Err(e) => {
             report.push(
@@ -603,9 +607,10 @@ fn check_ca(c: &Cert<'_>, now: i64, label: &str, report: &mut Report) {
         ),
         _ => {}
     }
-    if let Some(k) = c.key_usage {
-        if k.value & ku::KEY_CERT_SIGN == 0 {
-            report.push(
+    if let Some(k) = c.key_usage
+        && k.value & ku::KEY_CERT_SIGN == 0
+    {
+        report.push(
                 if k.critical { Severity::Error } else { Severity::Warning },
                 Problem::KeyUsage,
                 label,
@@ -615,16 +620,16 @@ fn check_ca(c: &Cert<'_>, now: i64, label: &str, report: &mut Report) {
                     if k.critical { "" } else { "; the extension is not critical, but webpki-based peers will still refuse it" }
                 ),
             );
-        }
     }
 }
 
 fn check_leaf(c: &Cert<'_>, now: i64, label: &str, endpoint: Endpoint, report: &mut Report) {
     let role = endpoint.word();
     check_times(c, now, label, role, report);
-    if let Some(bc) = c.basic_constraints {
-        if bc.value {
-            report.push(
+    if let Some(bc) = c.basic_constraints
+        && bc.value
+    {
+        report.push(
                 Severity::Error,
                 Problem::LeafIsCa,
                 label,
@@ -633,7 +638,6 @@ fn check_leaf(c: &Cert<'_>, now: i64, label: &str, endpoint: Endpoint, report: &
                     describe(c)
                 ),
             );
-        }
     }
     // Key usage, judged by the key algorithm and the TLS versions rustls offers: every suite
     // is (EC)DHE with signatures, so digitalSignature is what matters. keyEncipherment only
@@ -943,12 +947,9 @@ fn load(pem: &CredsPem<'_>, opts: CredsOptions, l: &Labels) -> Result<TlsCreds, 
             if let Issued::By(_) = find_issuer(&current, &cas, &opts.backend) {
                 break;
             }
-            match find_issuer(&current, &parsed_chain[1..], &opts.backend) {
-                Issued::By(i) => {
-                    current = parsed_chain[1 + i].clone();
-                    continue;
-                }
-                _ => {}
+            if let Issued::By(i) = find_issuer(&current, &parsed_chain[1..], &opts.backend) {
+                current = parsed_chain[1 + i].clone();
+                continue;
             }
             match find_issuer(&current, &cas, &opts.backend) {
                 Issued::By(_) => {}
@@ -1064,30 +1065,31 @@ fn load(pem: &CredsPem<'_>, opts: CredsOptions, l: &Labels) -> Result<TlsCreds, 
                             }
                         }
                     }
-                    if let Some(next) = crl.next_update {
-                        if next < now {
-                            report.push(
+                    if let Some(next) = crl.next_update
+                        && next < now
+                    {
+                        report.push(
                                 Severity::Warning,
                                 Problem::CrlOutdated,
                                 &l.crl,
                                 format!("CRL #{} is out of date: its next update was due on {} (now {}); get a fresh CRL from the CA", i + 1, format_unix(next), format_unix(now)),
                             );
-                        }
                     }
-                    if let Some(leaf) = parsed_chain.first() {
-                        if crl.issuer == leaf.issuer && crl.lists(leaf.serial) {
-                            report.push(
-                                Severity::Error,
-                                Problem::Revoked,
-                                &l.cert,
-                                format!(
-                                    "the {} {} is revoked by {}",
-                                    endpoint.word(),
-                                    describe(leaf),
-                                    l.crl
-                                ),
-                            );
-                        }
+                    if let Some(leaf) = parsed_chain.first()
+                        && crl.issuer == leaf.issuer
+                        && crl.lists(leaf.serial)
+                    {
+                        report.push(
+                            Severity::Error,
+                            Problem::Revoked,
+                            &l.cert,
+                            format!(
+                                "the {} {} is revoked by {}",
+                                endpoint.word(),
+                                describe(leaf),
+                                l.crl
+                            ),
+                        );
                     }
                 }
                 Err(_) => report.push(

@@ -1224,18 +1224,7 @@ impl Signer for KeySigner {
     }
 }
 
-fn der_push(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
-    out.push(tag);
-    let n = content.len();
-    if n < 0x80 {
-        out.push(n as u8);
-    } else if n < 0x100 {
-        out.extend_from_slice(&[0x81, n as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
-    }
-    out.extend_from_slice(content);
-}
+use crate::x509::der_push;
 
 fn spki(alg_contents: &[u8], key: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();

@@ -106,6 +106,64 @@ pub(crate) fn single(data: &[u8], tag: u8) -> R<Tlv<'_>> {
     if r.is_empty() { Ok(t) } else { Err(DerError) }
 }
 
+/// Appends one DER TLV.
+pub(crate) fn der_push(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+    out.push(tag);
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n < 0x100 {
+        out.extend_from_slice(&[0x81, n as u8]);
+    } else if n < 0x1_0000 {
+        out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
+    } else {
+        out.extend_from_slice(&[0x83, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    }
+    out.extend_from_slice(content);
+}
+
+/// Re-encodes a SEC1 `ECPrivateKey` whose private scalar has the wrong length (gnutls'
+/// certtool writes P-256 scalars as 33 bytes with a leading zero, which *ring* refuses).
+/// Returns `None` when the key is already canonical or not understood.
+pub(crate) fn normalize_sec1(der: &[u8]) -> Option<Vec<u8>> {
+    let seq = single(der, TAG_SEQUENCE).ok()?;
+    let mut r = Reader::new(seq.value);
+    let version = r.expect(TAG_INTEGER).ok()?;
+    let private = r.expect(TAG_OCTET_STRING).ok()?;
+    let rest_start = seq.value.len() - r.data.len();
+    let rest = &seq.value[rest_start..];
+    let mut look = Reader::new(rest);
+    let params = look.optional(0xa0).ok()??;
+    let curve = single(params.value, TAG_OID).ok()?.value;
+    let n = match curve {
+        oid::P256 => 32,
+        oid::P384 => 48,
+        oid::P521 => 66,
+        _ => return None,
+    };
+    let p = private.value;
+    if p.len() == n {
+        return None;
+    }
+    let mut scalar = alloc::vec![0u8; n];
+    if p.len() > n {
+        let (lead, tail) = p.split_at(p.len() - n);
+        if lead.iter().any(|b| *b != 0) {
+            return None;
+        }
+        scalar.copy_from_slice(tail);
+    } else {
+        scalar[n - p.len()..].copy_from_slice(p);
+    }
+    let mut body = Vec::new();
+    body.extend_from_slice(version.raw);
+    der_push(&mut body, TAG_OCTET_STRING, &scalar);
+    body.extend_from_slice(rest);
+    let mut out = Vec::new();
+    der_push(&mut out, TAG_SEQUENCE, &body);
+    Some(out)
+}
+
 /// The public key algorithm of a certificate or private key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyAlg {
@@ -379,10 +437,10 @@ impl<'a> Cert<'a> {
                         let bits = bit_string(single(value, TAG_BIT_STRING)?)?;
                         let mut v = 0u16;
                         for i in 0..9usize {
-                            if let Some(byte) = bits.get(i / 8) {
-                                if byte & (0x80 >> (i % 8)) != 0 {
-                                    v |= 1 << i;
-                                }
+                            if let Some(byte) = bits.get(i / 8)
+                                && byte & (0x80 >> (i % 8)) != 0
+                            {
+                                v |= 1 << i;
                             }
                         }
                         cert.key_usage = Some(Ext { value: v, critical });
@@ -502,10 +560,10 @@ impl<'a> Crl<'a> {
         let mut r = Reader::new(list);
         while let Ok(entry) = r.expect(TAG_SEQUENCE) {
             let mut e = Reader::new(entry.value);
-            if let Ok(s) = e.expect(TAG_INTEGER) {
-                if s.value == serial {
-                    return true;
-                }
+            if let Ok(s) = e.expect(TAG_INTEGER)
+                && s.value == serial
+            {
+                return true;
             }
         }
         false
@@ -576,12 +634,12 @@ fn decode_string(tag: u8, v: &[u8]) -> Option<String> {
     match tag {
         0x0c | 0x13 | 0x16 | 0x12 | 0x1a => core::str::from_utf8(v).ok().map(String::from),
         0x14 => Some(v.iter().map(|&b| char::from(b)).collect()),
-        0x1e if v.len() % 2 == 0 => {
+        0x1e if v.len().is_multiple_of(2) => {
             char::decode_utf16(v.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])))
                 .collect::<Result<String, _>>()
                 .ok()
         }
-        0x1c if v.len() % 4 == 0 => v
+        0x1c if v.len().is_multiple_of(4) => v
             .chunks(4)
             .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),

@@ -1,6 +1,9 @@
 //! The failure matrix at the TLS level: each case gives the specific `TlsError` on the side
 //! that detects it (and a peer alert on the other side where TLS has one).
-#![cfg(all(feature = "std", any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")))]
+#![cfg(all(
+    feature = "std",
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+))]
 
 mod common;
 
@@ -14,7 +17,12 @@ fn run(
     scfg: &TlsServerConfig,
     ccfg: &TlsClientConfig,
     host: &str,
-) -> (Result<(), TlsError>, Result<(), TlsError>, TlsLayer, TlsLayer) {
+) -> (
+    Result<(), TlsError>,
+    Result<(), TlsError>,
+    TlsLayer,
+    TlsLayer,
+) {
     let mut c = TlsLayer::client(ccfg, host).unwrap();
     let mut s = TlsLayer::server(scfg).unwrap();
     let (rc, rs) = handshake(&mut c, &mut s);
@@ -23,9 +31,22 @@ fn run(
     (rc, rs, c, s)
 }
 
-fn server_cfg(pki_ca: &str, crl: Option<&str>, leaf: &Leaf, verify: bool, acl: Option<Acl>) -> TlsServerConfig {
+fn server_cfg(
+    pki_ca: &str,
+    crl: Option<&str>,
+    leaf: &Leaf,
+    verify: bool,
+    acl: Option<Acl>,
+) -> TlsServerConfig {
     let creds = server_creds_with(pki_ca, crl, leaf, verify, default_backend());
-    TlsServerConfig::with_options(&creds, &ServerOptions { acl, ..Default::default() }).unwrap()
+    TlsServerConfig::with_options(
+        &creds,
+        &ServerOptions {
+            acl,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn client_cfg(ca: &str, crl: Option<&str>, leaf: Option<&Leaf>) -> TlsClientConfig {
@@ -57,7 +78,12 @@ fn long_lived_pki() -> Pki {
     let old = |p: &mut rcgen::CertificateParams| p.not_before = now() - Duration::days(30);
     Pki {
         server: ca.leaf_with("localhost", true, rcgen::KeyPair::generate().unwrap(), old),
-        client: ca.leaf_with("client.example.com", false, rcgen::KeyPair::generate().unwrap(), old),
+        client: ca.leaf_with(
+            "client.example.com",
+            false,
+            rcgen::KeyPair::generate().unwrap(),
+            old,
+        ),
         ca,
     }
 }
@@ -95,14 +121,24 @@ fn wrong_ca() {
 #[test]
 fn expired_and_not_yet_valid_server() {
     let pki = long_lived_pki();
-    let expired = pki.ca.leaf_with("localhost", true, rcgen::KeyPair::generate().unwrap(), |p| {
-        p.not_before = now() - Duration::days(10);
-        p.not_after = now() - Duration::days(1);
-    });
-    let future = pki.ca.leaf_with("localhost", true, rcgen::KeyPair::generate().unwrap(), |p| {
-        p.not_before = now() + Duration::days(1);
-        p.not_after = now() + Duration::days(10);
-    });
+    let expired = pki.ca.leaf_with(
+        "localhost",
+        true,
+        rcgen::KeyPair::generate().unwrap(),
+        |p| {
+            p.not_before = now() - Duration::days(10);
+            p.not_after = now() - Duration::days(1);
+        },
+    );
+    let future = pki.ca.leaf_with(
+        "localhost",
+        true,
+        rcgen::KeyPair::generate().unwrap(),
+        |p| {
+            p.not_before = now() + Duration::days(1);
+            p.not_after = now() + Duration::days(10);
+        },
+    );
     for (leaf, at, want) in [
         (&expired, now() - Duration::days(5), TlsError::Expired),
         (&future, now() + Duration::days(5), TlsError::NotYetValid),
@@ -111,18 +147,32 @@ fn expired_and_not_yet_valid_server() {
         let scfg = TlsServerConfig::new(&sc).unwrap();
         let (rc, rs, ..) = run(&scfg, &client_cfg(&pki.ca.pem, None, None), "localhost");
         assert_eq!(rc, Err(want));
-        assert!(matches!(rs, Err(TlsError::PeerAlert(45 | 46 | 42))), "{rs:?}");
+        assert!(
+            matches!(rs, Err(TlsError::PeerAlert(45 | 46 | 42))),
+            "{rs:?}"
+        );
     }
 }
 
 #[test]
 fn expired_client_detected_by_server() {
     let pki = long_lived_pki();
-    let expired = pki.ca.leaf_with("client.example.com", false, rcgen::KeyPair::generate().unwrap(), |p| {
-        p.not_before = now() - Duration::days(10);
-        p.not_after = now() - Duration::days(1);
-    });
-    let cc = creds_at(Endpoint::Client, &pki.ca.pem, Some(&expired), unix(now() - Duration::days(5)), true);
+    let expired = pki.ca.leaf_with(
+        "client.example.com",
+        false,
+        rcgen::KeyPair::generate().unwrap(),
+        |p| {
+            p.not_before = now() - Duration::days(10);
+            p.not_after = now() - Duration::days(1);
+        },
+    );
+    let cc = creds_at(
+        Endpoint::Client,
+        &pki.ca.pem,
+        Some(&expired),
+        unix(now() - Duration::days(5)),
+        true,
+    );
     let (_rc, rs, ..) = run(
         &server_cfg(&pki.ca.pem, None, &pki.server, true, None),
         &TlsClientConfig::new(&cc).unwrap(),
@@ -170,10 +220,17 @@ fn hostname_mismatch() {
     let (rc, rs, ..) = run(&scfg, &ccfg, "other.example.com");
     assert_eq!(rc, Err(TlsError::HostnameMismatch));
     assert!(matches!(rs, Err(TlsError::PeerAlert(_))));
-    assert!(rc.unwrap_err().to_string().contains("subject alternative names"));
+    assert!(
+        rc.unwrap_err()
+            .to_string()
+            .contains("subject alternative names")
+    );
     // the IP address in the SAN works, another does not
     assert_eq!(run(&scfg, &ccfg, "127.0.0.1").0, Ok(()));
-    assert_eq!(run(&scfg, &ccfg, "127.0.0.2").0, Err(TlsError::HostnameMismatch));
+    assert_eq!(
+        run(&scfg, &ccfg, "127.0.0.2").0,
+        Err(TlsError::HostnameMismatch)
+    );
 }
 
 #[test]
@@ -205,7 +262,11 @@ fn dn_not_in_acl() {
     // exact (authz-simple) and glob (authz-list format=glob) allow
     for acl in [
         Acl::allow_only([dn]),
-        Acl::new(AclPolicy::Deny).rule(AclPolicy::Allow, AclFormat::Glob, "C=GB,*,CN=*.example.com"),
+        Acl::new(AclPolicy::Deny).rule(
+            AclPolicy::Allow,
+            AclFormat::Glob,
+            "C=GB,*,CN=*.example.com",
+        ),
     ] {
         let (rc, rs, _, s) = run(
             &server_cfg(&pki.ca.pem, None, &pki.server, true, Some(acl)),
@@ -228,7 +289,10 @@ fn dn_not_in_acl() {
     let creds = server_creds_with(&pki.ca.pem, None, &pki.server, false, default_backend());
     let e = TlsServerConfig::with_options(
         &creds,
-        &ServerOptions { acl: Some(Acl::allow_only([dn])), ..Default::default() },
+        &ServerOptions {
+            acl: Some(Acl::allow_only([dn])),
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert!(e.to_string().contains("verify-peer"));
@@ -243,7 +307,10 @@ fn pinning_refuses_a_changed_certificate() {
     let cc = client_creds_with(&pki.ca.pem, None, None, default_backend());
     let ccfg = TlsClientConfig::with_options(
         &cc,
-        &ClientOptions { validator: Some(store.clone()), ..Default::default() },
+        &ClientOptions {
+            validator: Some(store.clone()),
+            ..Default::default()
+        },
     )
     .unwrap();
     let scfg = server_cfg(&pki.ca.pem, None, &pki.server, false, None);
@@ -266,7 +333,11 @@ fn pinning_refuses_a_changed_certificate() {
     let rogue_ca = Ca::new("Rogue");
     let rogue = rogue_ca.leaf("localhost", true);
     store.forget("localhost").unwrap();
-    let (rc, ..) = run(&server_cfg(&rogue_ca.pem, None, &rogue, false, None), &ccfg, "localhost");
+    let (rc, ..) = run(
+        &server_cfg(&rogue_ca.pem, None, &rogue, false, None),
+        &ccfg,
+        "localhost",
+    );
     assert_eq!(rc, Err(TlsError::UnknownCa));
     assert!(store.pinned("localhost").unwrap().is_none());
     // names cannot escape the directory

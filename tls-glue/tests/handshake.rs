@@ -1,6 +1,9 @@
 //! In-memory client ↔ server handshakes and data, per backend and TLS version; split
 //! invariance; abort at every handshake byte.
-#![cfg(all(feature = "std", any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")))]
+#![cfg(all(
+    feature = "std",
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+))]
 
 mod common;
 
@@ -16,8 +19,22 @@ fn pair(
 ) -> (TlsLayer, TlsLayer) {
     let sc = server_creds_with(&pki.ca.pem, None, &pki.server, true, sb);
     let cc = client_creds_with(&pki.ca.pem, None, Some(&pki.client), cb);
-    let scfg = TlsServerConfig::with_options(&sc, &ServerOptions { versions, ..Default::default() }).unwrap();
-    let ccfg = TlsClientConfig::with_options(&cc, &ClientOptions { versions, ..Default::default() }).unwrap();
+    let scfg = TlsServerConfig::with_options(
+        &sc,
+        &ServerOptions {
+            versions,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ccfg = TlsClientConfig::with_options(
+        &cc,
+        &ClientOptions {
+            versions,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     (
         TlsLayer::client(&ccfg, "localhost").unwrap(),
         TlsLayer::server(&scfg).unwrap(),
@@ -33,7 +50,10 @@ fn exchange(c: &mut TlsLayer, s: &mut TlsLayer) {
         s.peer_subject_dn().as_deref(),
         Some("C=GB,ST=London,L=City Of London,O=Test Org,CN=client.example.com")
     );
-    assert_eq!(c.peer_subject_dn().as_deref(), Some("C=GB,ST=London,L=City Of London,O=Test Org,CN=localhost"));
+    assert_eq!(
+        c.peer_subject_dn().as_deref(),
+        Some("C=GB,ST=London,L=City Of London,O=Test Org,CN=localhost")
+    );
     assert_eq!(send(c, s, b"hello server"), b"hello server");
     assert_eq!(send(s, c, b"hello client"), b"hello client");
     // a large write becomes several full records and arrives intact
@@ -72,7 +92,10 @@ fn tls12_every_backend() {
         let sc = server_creds_with(&pki.ca.pem, None, &pki.server, true, b.clone());
         let scfg = TlsServerConfig::with_options(
             &sc,
-            &ServerOptions { versions: TlsVersions::Tls12AndTls13, ..Default::default() },
+            &ServerOptions {
+                versions: TlsVersions::Tls12AndTls13,
+                ..Default::default()
+            },
         )
         .unwrap();
         exchange(&mut c, &mut s);
@@ -117,7 +140,12 @@ fn cross_backend_interop() {
         for cb in &all {
             let (mut c, mut s) = pair(&pki, sb.clone(), cb.clone(), TlsVersions::Tls13);
             let (rc, rs) = handshake(&mut c, &mut s);
-            assert!(rc.is_ok() && rs.is_ok(), "{} server, {} client: {rc:?} {rs:?}", sb.name(), cb.name());
+            assert!(
+                rc.is_ok() && rs.is_ok(),
+                "{} server, {} client: {rc:?} {rs:?}",
+                sb.name(),
+                cb.name()
+            );
             assert_eq!(send(&mut c, &mut s, b"x"), b"x");
         }
     }
@@ -149,7 +177,11 @@ fn key_types_every_backend() {
         for b in backends() {
             let (mut c, mut s) = pair(&pki, b.clone(), b.clone(), TlsVersions::Tls13);
             let (rc, rs) = handshake(&mut c, &mut s);
-            assert!(rc.is_ok() && rs.is_ok(), "{alg:?} on {}: {rc:?} {rs:?}", b.name());
+            assert!(
+                rc.is_ok() && rs.is_ok(),
+                "{alg:?} on {}: {rc:?} {rs:?}",
+                b.name()
+            );
             assert_eq!(send(&mut s, &mut c, b"ok"), b"ok");
         }
     }
@@ -161,7 +193,8 @@ fn backpressure_keeps_plaintext_contiguous() {
     let b = default_backend();
     let sc = server_creds_with(&pki.ca.pem, None, &pki.server, true, b.clone());
     let cc = client_creds_with(&pki.ca.pem, None, Some(&pki.client), b);
-    let mut s = TlsLayer::server_with(&TlsServerConfig::new(&sc).unwrap(), LayerOptions::small()).unwrap();
+    let mut s =
+        TlsLayer::server_with(&TlsServerConfig::new(&sc).unwrap(), LayerOptions::small()).unwrap();
     let mut c = TlsLayer::client(&TlsClientConfig::new(&cc).unwrap(), "localhost").unwrap();
     let (rc, rs) = handshake(&mut c, &mut s);
     rc.unwrap();
@@ -191,20 +224,35 @@ fn backpressure_keeps_plaintext_contiguous() {
 #[test]
 fn encrypt_reports_insufficient_size_without_side_effects() {
     let pki = Pki::new();
-    let (mut c, mut s) = pair(&pki, default_backend(), default_backend(), TlsVersions::Tls13);
+    let (mut c, mut s) = pair(
+        &pki,
+        default_backend(),
+        default_backend(),
+        TlsVersions::Tls13,
+    );
     let (rc, rs) = handshake(&mut c, &mut s);
     rc.unwrap();
     rs.unwrap();
     let mut small = [0u8; 10];
     match c.encrypt(b"some data here", &mut small) {
-        Err(EncryptError::InsufficientSize(InsufficientSize { required })) => assert!(required > 10),
+        Err(EncryptError::InsufficientSize(InsufficientSize { required })) => {
+            assert!(required > 10)
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(send(&mut c, &mut s, b"after"), b"after");
     // encrypt before the handshake is misuse, not fatal
-    let (mut c2, _s2) = pair(&pki, default_backend(), default_backend(), TlsVersions::Tls13);
+    let (mut c2, _s2) = pair(
+        &pki,
+        default_backend(),
+        default_backend(),
+        TlsVersions::Tls13,
+    );
     let mut out = [0u8; 4096];
-    assert_eq!(c2.encrypt(b"x", &mut out), Err(EncryptError::HandshakeNotComplete));
+    assert_eq!(
+        c2.encrypt(b"x", &mut out),
+        Err(EncryptError::HandshakeNotComplete)
+    );
     assert!(c2.error().is_none());
 }
 
@@ -296,7 +344,11 @@ fn abort_at_every_handshake_byte() {
         let mut s = TlsLayer::server(&scfg).unwrap();
         let r = s.handle_ciphertext(&hello[..cut]);
         assert!(r.is_ok(), "a prefix is not an error");
-        assert_eq!(s.handle_eof(), Err(TlsError::ClosedDuringHandshake), "cut {cut}");
+        assert_eq!(
+            s.handle_eof(),
+            Err(TlsError::ClosedDuringHandshake),
+            "cut {cut}"
+        );
     }
     // client side: the server's flight cut at every byte, then EOF
     for cut in 0..server_flight.len() {

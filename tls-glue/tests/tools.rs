@@ -1,6 +1,9 @@
 //! Certificates made by certtool (QEMU's documented recipe) load and handshake with us, and
 //! `generate_qemu_layout` makes certificates that load here and that gnutls accepts.
-#![cfg(all(feature = "std", any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")))]
+#![cfg(all(
+    feature = "std",
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+))]
 
 mod common;
 
@@ -26,12 +29,20 @@ fn certtool(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("certtool not found: install gnutls-bin (reference/peers.md §0.1)");
-    assert!(out.status.success(), "certtool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "certtool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// peers.md §0.3 `gen-pki.sh`, with a choice of key type.
 fn certtool_pki(dir: &Path, key_type: &[&str]) {
-    std::fs::write(dir.join("ca.info"), "cn = Test CA\nca\ncert_signing_key\nexpiration_days = 3650\n").unwrap();
+    std::fs::write(
+        dir.join("ca.info"),
+        "cn = Test CA\nca\ncert_signing_key\nexpiration_days = 3650\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("server.info"),
         "organization = Test Org\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\nip_address = ::1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 3650\n",
@@ -49,14 +60,35 @@ fn certtool_pki(dir: &Path, key_type: &[&str]) {
         args.extend_from_slice(&["--outfile", &key]);
         certtool(dir, &args);
     }
-    certtool(dir, &["--no-text", "--generate-self-signed", "--load-privkey", "ca-key.pem", "--template", "ca.info", "--outfile", "ca-cert.pem"]);
+    certtool(
+        dir,
+        &[
+            "--no-text",
+            "--generate-self-signed",
+            "--load-privkey",
+            "ca-key.pem",
+            "--template",
+            "ca.info",
+            "--outfile",
+            "ca-cert.pem",
+        ],
+    );
     for who in ["server", "client"] {
         certtool(
             dir,
             &[
-                "--no-text", "--generate-certificate", "--load-ca-certificate", "ca-cert.pem",
-                "--load-ca-privkey", "ca-key.pem", "--load-privkey", &format!("{who}-key.pem"),
-                "--template", &format!("{who}.info"), "--outfile", &format!("{who}-cert.pem"),
+                "--no-text",
+                "--generate-certificate",
+                "--load-ca-certificate",
+                "ca-cert.pem",
+                "--load-ca-privkey",
+                "ca-key.pem",
+                "--load-privkey",
+                &format!("{who}-key.pem"),
+                "--template",
+                &format!("{who}.info"),
+                "--outfile",
+                &format!("{who}-cert.pem"),
             ],
         );
     }
@@ -68,7 +100,14 @@ fn handshake_dir(dir: &Path, backend: &CryptoBackend, acl: Option<Acl>) -> (TlsL
     let sc = TlsCreds::load_dir(dir, sopts).unwrap_or_else(|r| panic!("{}: {r}", backend.name()));
     let cc = TlsCreds::load_dir(dir, copts).unwrap_or_else(|r| panic!("{}: {r}", backend.name()));
     assert!(!sc.report().has_errors());
-    let scfg = TlsServerConfig::with_options(&sc, &ServerOptions { acl, ..Default::default() }).unwrap();
+    let scfg = TlsServerConfig::with_options(
+        &sc,
+        &ServerOptions {
+            acl,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut s = TlsLayer::server(&scfg).unwrap();
     let mut c = TlsLayer::client(&TlsClientConfig::new(&cc).unwrap(), "localhost").unwrap();
     let (rc, rs) = handshake(&mut c, &mut s);
@@ -87,7 +126,12 @@ fn certtool_made_certificates() {
         certtool_pki(&dir, key_type);
         // the keys are PKCS#1 (RSA) or SEC1 (EC) PEM as certtool writes them
         let key = std::fs::read_to_string(dir.join("server-key.pem")).unwrap();
-        assert!(key.contains("BEGIN RSA PRIVATE KEY") || key.contains("BEGIN EC PRIVATE KEY") || key.contains("BEGIN PRIVATE KEY"), "{key}");
+        assert!(
+            key.contains("BEGIN RSA PRIVATE KEY")
+                || key.contains("BEGIN EC PRIVATE KEY")
+                || key.contains("BEGIN PRIVATE KEY"),
+            "{key}"
+        );
         for b in backends() {
             let (_c, s) = handshake_dir(&dir, &b, Some(Acl::allow_only([CLIENT_DN])));
             // the DN as gnutls/QEMU print it (peers.md §0.3)
@@ -102,7 +146,11 @@ fn certtool_made_certificates() {
 #[cfg(feature = "generate")]
 #[test]
 fn generated_layout_loads_and_gnutls_accepts_it() {
-    for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa2048] {
+    for alg in [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::Ed25519,
+        KeyAlgorithm::Rsa2048,
+    ] {
         let dir = tmpdir(&format!("gen-{alg:?}"));
         let opts = GenerateOptions {
             hostnames: vec!["localhost".into(), "nbd.example.com".into()],
@@ -127,23 +175,40 @@ fn generated_layout_loads_and_gnutls_accepts_it() {
         for ep in [Endpoint::Server, Endpoint::Client] {
             let r = check_dir(&dir, ep);
             assert!(!r.has_errors(), "{alg:?} {ep:?}: {r}");
-            assert!(r.diagnostics.iter().all(|d| d.severity == Severity::Note), "{alg:?}: {r}");
+            assert!(
+                r.diagnostics.iter().all(|d| d.severity == Severity::Note),
+                "{alg:?}: {r}"
+            );
         }
         for b in backends() {
             let (c, s) = handshake_dir(&dir, &b, Some(Acl::allow_only([out.client_dn.clone()])));
-            assert_eq!(s.peer_subject_dn().as_deref(), Some("O=kvmio,CN=laptop.example.com"));
-            let fp = format_fingerprint(&fingerprint_sha256(c.peer_certificates().unwrap().next().unwrap()));
+            assert_eq!(
+                s.peer_subject_dn().as_deref(),
+                Some("O=kvmio,CN=laptop.example.com")
+            );
+            let fp = format_fingerprint(&fingerprint_sha256(
+                c.peer_certificates().unwrap().next().unwrap(),
+            ));
             assert_eq!(fp, out.server_fingerprint);
         }
         // gnutls (what qemu-nbd, nbdkit and libnbd use) verifies the chain too
         for leaf in ["server-cert.pem", "client-cert.pem"] {
             let o = Command::new("certtool")
                 .current_dir(&dir)
-                .args(["--verify", "--load-ca-certificate", "ca-cert.pem", "--infile", leaf])
+                .args([
+                    "--verify",
+                    "--load-ca-certificate",
+                    "ca-cert.pem",
+                    "--infile",
+                    leaf,
+                ])
                 .output()
                 .expect("certtool not found: install gnutls-bin");
             let text = String::from_utf8_lossy(&o.stdout);
-            assert!(o.status.success() && text.contains("Chain verification output: Verified"), "{alg:?} {leaf}: {text}");
+            assert!(
+                o.status.success() && text.contains("Chain verification output: Verified"),
+                "{alg:?} {leaf}: {text}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

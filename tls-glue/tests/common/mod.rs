@@ -22,6 +22,7 @@ pub fn next_serial() -> SerialNumber {
     SerialNumber::from(SERIAL.fetch_add(1, Ordering::Relaxed))
 }
 
+#[allow(clippy::vec_init_then_push)]
 pub fn backends() -> Vec<CryptoBackend> {
     let mut v = Vec::new();
     #[cfg(feature = "aws-lc-rs")]
@@ -58,7 +59,11 @@ pub fn ku_ext(bits: &[usize], critical: bool) -> CustomExtension {
         bytes[b / 8] |= 0x80 >> (b % 8);
     }
     let last = bytes[nbytes - 1];
-    let unused = if last == 0 { 0 } else { last.trailing_zeros() as u8 };
+    let unused = if last == 0 {
+        0
+    } else {
+        last.trailing_zeros() as u8
+    };
     let mut der = vec![0x03, (nbytes + 1) as u8, unused];
     der.extend_from_slice(&bytes);
     let mut e = CustomExtension::from_oid_content(&[2, 5, 29, 15], der);
@@ -118,7 +123,11 @@ impl Ca {
         p.serial_number = Some(next_serial());
         f(&mut p);
         let pem = p.self_signed(&key).unwrap().pem();
-        Ca { key, params: p, pem }
+        Ca {
+            key,
+            params: p,
+            pem,
+        }
     }
 
     pub fn issuer(&self) -> Issuer<'_, &KeyPair> {
@@ -126,7 +135,13 @@ impl Ca {
     }
 
     /// A leaf like `generate_qemu_layout` makes, adjusted by `f`.
-    pub fn leaf_with(&self, cn: &str, server: bool, key: KeyPair, f: impl FnOnce(&mut CertificateParams)) -> Leaf {
+    pub fn leaf_with(
+        &self,
+        cn: &str,
+        server: bool,
+        key: KeyPair,
+        f: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CountryName, "GB");
@@ -221,7 +236,8 @@ pub fn server_creds_with(
     };
     TlsCreds::from_pem(
         &pem,
-        CredsOptions::new(Endpoint::Server, backend, Arc::new(SystemClock)).verify_peer(verify_peer),
+        CredsOptions::new(Endpoint::Server, backend, Arc::new(SystemClock))
+            .verify_peer(verify_peer),
     )
     .unwrap_or_else(|r| panic!("server creds: {r}"))
 }
@@ -246,7 +262,10 @@ pub fn client_creds_with(
 }
 
 /// Moves bytes both ways until nothing moves. Returns (client result, server result).
-pub fn handshake(c: &mut TlsLayer, s: &mut TlsLayer) -> (Result<(), TlsError>, Result<(), TlsError>) {
+pub fn handshake(
+    c: &mut TlsLayer,
+    s: &mut TlsLayer,
+) -> (Result<(), TlsError>, Result<(), TlsError>) {
     let mut buf = vec![0u8; 64 * 1024];
     let (mut rc, mut rs) = (Ok(()), Ok(()));
     for _ in 0..100 {
