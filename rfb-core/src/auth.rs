@@ -47,7 +47,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Server side: whether `response` answers `challenge` for `password`, compared in constant time.
-pub fn verify_vnc_response(password: &[u8], challenge: &[u8; CHALLENGE_LEN], response: &[u8; CHALLENGE_LEN]) -> bool {
+pub fn verify_vnc_response(
+    password: &[u8],
+    challenge: &[u8; CHALLENGE_LEN],
+    response: &[u8; CHALLENGE_LEN],
+) -> bool {
     constant_time_eq(&vnc_response(password, challenge), response)
 }
 
@@ -124,7 +128,11 @@ impl<const N: usize> AuthThrottle<N> {
                 if N == 0 {
                     return;
                 }
-                self.entries[i] = ThrottleEntry { key, used: true, ..ThrottleEntry::default() };
+                self.entries[i] = ThrottleEntry {
+                    key,
+                    used: true,
+                    ..ThrottleEntry::default()
+                };
                 i
             }
         };
@@ -132,7 +140,11 @@ impl<const N: usize> AuthThrottle<N> {
         e.failures = e.failures.saturating_add(1);
         e.last = now;
         if e.failures >= self.threshold {
-            e.block = if e.block.is_zero() { self.initial_block } else { (e.block * 2).min(self.max_block) };
+            e.block = if e.block.is_zero() {
+                self.initial_block
+            } else {
+                (e.block * 2).min(self.max_block)
+            };
             e.blocked_until = now + e.block;
         }
     }
@@ -162,12 +174,27 @@ mod test {
     /// protocols.md §1.1 vectors (verified there against OpenSSL DES and libvncserver d3des).
     #[test]
     fn des_vectors() {
-        assert_eq!(vnc_response(b"password", &CHALLENGE), hex("b866924125c8eebb9debc1db61c538e2"));
-        assert_eq!(vnc_response(b"", &CHALLENGE), hex("491e890de9ace932838a49792f2213f3"));
-        assert_eq!(vnc_response(b"secret", &CHALLENGE), hex("ee22539f33a5983ec12f9c2edbc995dd"));
-        assert_eq!(vnc_response(b"12345678abc", &CHALLENGE), hex("83dd2b4dbd04367f28578fdd5b142740"));
+        assert_eq!(
+            vnc_response(b"password", &CHALLENGE),
+            hex("b866924125c8eebb9debc1db61c538e2")
+        );
+        assert_eq!(
+            vnc_response(b"", &CHALLENGE),
+            hex("491e890de9ace932838a49792f2213f3")
+        );
+        assert_eq!(
+            vnc_response(b"secret", &CHALLENGE),
+            hex("ee22539f33a5983ec12f9c2edbc995dd")
+        );
+        assert_eq!(
+            vnc_response(b"12345678abc", &CHALLENGE),
+            hex("83dd2b4dbd04367f28578fdd5b142740")
+        );
         // Truncation: only the first 8 bytes count.
-        assert_eq!(vnc_response(b"12345678", &CHALLENGE), vnc_response(b"12345678abc", &CHALLENGE));
+        assert_eq!(
+            vnc_response(b"12345678", &CHALLENGE),
+            vnc_response(b"12345678abc", &CHALLENGE)
+        );
     }
 
     #[test]

@@ -79,9 +79,15 @@ impl fmt::Display for ProtocolError {
         match self {
             MalformedVersion => f.write_str("malformed ProtocolVersion message"),
             UnsupportedVersion => f.write_str("unsupported RFB protocol version"),
-            SecurityTypeNotOffered => f.write_str("client chose a security type that was not offered"),
-            SubtypeNotOffered => f.write_str("client chose a VeNCrypt sub-type that was not offered"),
-            NoAcceptableSecurityType => f.write_str("the server offered no acceptable security type"),
+            SecurityTypeNotOffered => {
+                f.write_str("client chose a security type that was not offered")
+            }
+            SubtypeNotOffered => {
+                f.write_str("client chose a VeNCrypt sub-type that was not offered")
+            }
+            NoAcceptableSecurityType => {
+                f.write_str("the server offered no acceptable security type")
+            }
             InvalidSecurityType => f.write_str("invalid security type"),
             VencryptVersion => f.write_str("unsupported VeNCrypt version (only 0.2 is supported)"),
             VencryptRefused => f.write_str("server refused the VeNCrypt sub-type"),
@@ -99,7 +105,9 @@ impl fmt::Display for ProtocolError {
             InvalidScreenLayout => f.write_str("invalid screen layout"),
             RectangleOutOfBounds => f.write_str("rectangle outside the framebuffer"),
             CopyRectSourceOutOfBounds => f.write_str("CopyRect source outside the framebuffer"),
-            UnrequestedEncoding(e) => write!(f, "rectangle uses encoding {e} which was not requested"),
+            UnrequestedEncoding(e) => {
+                write!(f, "rectangle uses encoding {e} which was not requested")
+            }
             TooManySubrectangles => f.write_str("too many sub-rectangles"),
             SubrectangleOutOfBounds => f.write_str("sub-rectangle outside its rectangle"),
             MalformedHextile => f.write_str("malformed Hextile data"),
@@ -145,7 +153,10 @@ pub enum Error {
 impl Error {
     /// Whether the connection must be closed after this error.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, Error::InvalidState | Error::InvalidArgument | Error::QueueFull)
+        !matches!(
+            self,
+            Error::InvalidState | Error::InvalidArgument | Error::QueueFull
+        )
     }
 }
 
@@ -181,7 +192,11 @@ pub struct InsufficientSize {
 
 impl fmt::Display for InsufficientSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "output buffer too small: {} bytes required", self.required)
+        write!(
+            f,
+            "output buffer too small: {} bytes required",
+            self.required
+        )
     }
 }
 

@@ -1,4 +1,135 @@
-//! Sans-IO RFB (VNC) protocol core.
+//! Sans-IO RFB (VNC) protocol core: server and client state machines for RFB 3.3, 3.7 and 3.8
+//! with None, VNC authentication and VeNCrypt (Plain, X509None, X509Vnc, X509Plain, and None/Vnc
+//! offered inside VeNCrypt), all client and server messages, and framebuffer encoders/decoders
+//! (Raw, CopyRect, RRE, Hextile; ZRLE with the `alloc` feature; DesktopSize,
+//! ExtendedDesktopSize, Cursor, LastRect, DesktopName and QEMU extended key pseudo-encodings).
+//!
+//! The crate does no I/O, reads no clock and draws no random numbers; it is `no_std` and does not
+//! allocate (except for ZRLE under `alloc`). The driver owns every buffer, the framebuffer too.
+//!
+//! # Shape
+//!
+//! [`server::Server`] and [`client::Client`] share one shape:
+//!
+//! * **A. getters** — `state()`, `version()`, …
+//! * **B. handlers** — `handle_input(&[u8]) -> Result<Progress<Payload>, Error>` consumes whole
+//!   protocol units from the front of the input (the caller drops `consumed` bytes and keeps the
+//!   rest; incomplete input consumes nothing and is never copied), stopping after each event, after
+//!   lending a [`Progress::payload`] (cut text, Plain credentials, cursor data … as slices of the
+//!   input) and at the TLS switch point. `handle_eof()` and `handle_timeout(now)` complete the set;
+//!   time is the driver's [`Instant`].
+//! * **C. commands** — the application's decisions and messages (`accept_auth`, `server_init`,
+//!   `send_password`, `request_update`, `key_event`, …). Misuse returns [`Error::InvalidState`]
+//!   (or `InvalidArgument` / `QueueFull`) and changes nothing.
+//! * **D. polls** — `poll_transmit(&mut [u8])`, `poll_event()`, `poll_timeout()`.
+//!
+//! **Drain order.** After every handler call and every command, drain `poll_transmit` until it
+//! returns `None`, then `poll_event` until `None`, then read `poll_timeout`. Transmit comes first
+//! so that bytes which must precede a protocol switch (the VeNCrypt sub-type ack before
+//! [`server::Event::StartTls`]) are on the wire before the driver acts on the event. Then call
+//! `handle_input` again with the unconsumed bytes while it makes progress.
+//!
+//! `poll_transmit` writes whole messages into the caller's buffer and reports
+//! [`InsufficientSize`] (writing nothing) if the next message does not fit (256 bytes always
+//! suffice except for Plain credentials and colour-map chunks: use 512). A [`Transmit`] may end
+//! with [`AppPayload::CutText`]: the application then sends its own clipboard bytes, which the core
+//! never copies.
+//!
+//! A fatal error (`Error::is_fatal`) ends the connection: drain `poll_transmit` once more (RFB 3.8
+//! failures carry a reason for the peer) and `poll_event` (the client reports the server's reason
+//! and the offered security types there), then close.
+//!
+//! # Driver loop (server)
+//!
+//! ```no_run
+//! use rfb_core::server::{Damage, Event, Server, ServerConfig, UpdateSource, MIN_ENCODE_BUFFER};
+//! use rfb_core::wire::{PixelFormat, Rect, SecurityType, VencryptSubtype};
+//! use rfb_core::{Framebuffer, Instant, verify_vnc_response};
+//! # fn now() -> Instant { Instant::ZERO }
+//! # fn random16() -> [u8; 16] { [7; 16] }
+//! # fn send(_: &[u8]) {}
+//! # fn recv(_: &mut [u8]) -> usize { 0 }
+//! let config = ServerConfig::with_security(&[SecurityType::VeNCrypt], &[VencryptSubtype::X509Vnc]);
+//! let mut server = Server::new(config, now(), random16());
+//! let (w, h) = (640u16, 480u16);
+//! let pixels = vec![0u8; 640 * 480 * 4];
+//! let mut inbuf = vec![0u8; 4096];
+//! let (mut have, mut out) = (0usize, vec![0u8; MIN_ENCODE_BUFFER.max(4096)]);
+//! loop {
+//!     have += recv(&mut inbuf[have..]);            // plaintext (after TLS: decrypted)
+//!     loop {
+//!         let (consumed, progressed) = {
+//!             let p = server.handle_input(&inbuf[..have])?;
+//!             // use p.payload (cut text chunk, Plain credentials) here, before the buffer moves
+//!             (p.consumed, p.consumed > 0 || p.payload.is_some())
+//!         };
+//!         inbuf.copy_within(consumed..have, 0);
+//!         have -= consumed;
+//!         while let Some(t) = server.poll_transmit(&mut out).unwrap() {
+//!             send(&out[..t.len]);                     // (+ the app's cut text if t.then)
+//!         }
+//!         while let Some(e) = server.poll_event() {
+//!             match e {
+//!                 Event::StartTls => { /* insert the TLS layer; unconsumed bytes go to it */ }
+//!                 Event::VncAuth { challenge, response } => {
+//!                     if verify_vnc_response(b"secret", &challenge, &response) {
+//!                         server.accept_auth()?;
+//!                     } else {
+//!                         server.reject_auth("Authentication failed")?;
+//!                     }
+//!                 }
+//!                 Event::ClientInit { .. } => server.server_init(w, h, PixelFormat::RGB888, b"desk")?,
+//!                 _ => {}
+//!             }
+//!             while let Some(t) = server.poll_transmit(&mut out).unwrap() {
+//!                 send(&out[..t.len]);
+//!             }
+//!         }
+//!         if !progressed { break; }
+//!     }
+//!     if server.wants_update() {
+//!         let fb = Framebuffer::new(&pixels, w, h, 640 * 4, PixelFormat::RGB888)?;
+//!         let damage = [Damage::Changed(Rect::new(0, 0, w, h))];
+//!         let src = UpdateSource::new(fb, &damage);
+//!         loop {
+//!             let st = server.encode_update(&src, &mut out)?;
+//!             send(&out[..st.written]);
+//!             if st.done { break; }
+//!         }
+//!     }
+//!     if let Some(t) = server.poll_timeout() { if now() >= t { server.handle_timeout(now()); } }
+//! }
+//! # #[allow(unreachable_code)] Ok::<(), rfb_core::Error>(())
+//! ```
+//!
+//! # TLS (VeNCrypt X509*)
+//!
+//! When the sub-type is agreed, the server queues the one-byte ack and emits `StartTls`; the
+//! client consumes that ack and emits `StartTls`. Neither consumes a byte past that point: bytes
+//! the driver already holds belong to the TLS engine (as ciphertext), never to the core. The driver
+//! runs the TLS handshake and calls `tls_established()`; the client driver must validate the
+//! server certificate first, and the client refuses to send any credential before that call.
+//! Afterwards the same `handle_input`/`poll_transmit` calls carry TLS plaintext. Anonymous-TLS
+//! sub-types (TLSNone/TLSVnc/TLSPlain) and security type 18 are parsed but never offered or
+//! chosen: rustls has no anonymous cipher suites.
+//!
+//! # Framebuffer updates
+//!
+//! The server never owns pixels: [`server::Server::encode_update`] borrows the framebuffer
+//! (native format and stride) and a damage list, translates to the client's pixel format and
+//! encodes tile by tile straight into the caller's buffer (≥ [`server::MIN_ENCODE_BUFFER`]),
+//! resuming where it stopped on the next call. The encoding follows the client's SetEncodings
+//! order among ZRLE, Hextile, RRE and Raw; `Damage::Copied` becomes CopyRect when allowed.
+//! The client decodes every rectangle into a [`FramebufferMut`] the application lends to
+//! [`client::Client::handle_input_fb`], clipping every write and checking every rectangle,
+//! sub-rectangle, CopyRect source, cursor size and colour-map range.
+//!
+//! # Fuzzing
+//!
+//! Every parser is reachable with arbitrary bytes through the public API: feed
+//! `Server::handle_input` / `Client::handle_input` (any split), the `wire::*Repr::parse`
+//! functions, and the decoders through `Client::handle_input_fb` after a handshake (see
+//! `fuzzing` (compiled with `--cfg fuzzing`, as cargo-fuzz sets it).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -22,8 +153,8 @@ pub use error::{Error, InsufficientSize, ProtocolError};
 pub use pixel::{Framebuffer, FramebufferMut, Translator};
 pub use time::{Duration, Instant};
 
-mod outq;
 pub mod client;
+mod outq;
 pub mod server;
 
 pub use outq::{AppPayload, Transmit};
@@ -46,3 +177,6 @@ impl<P> Progress<P> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;

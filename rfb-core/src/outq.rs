@@ -38,7 +38,12 @@ pub(crate) struct OutQueue<const N: usize> {
 
 impl<const N: usize> OutQueue<N> {
     pub(crate) const fn new() -> Self {
-        Self { buf: [0; N], len: 0, ends: heapless::Vec::new(), payload: None }
+        Self {
+            buf: [0; N],
+            len: 0,
+            ends: heapless::Vec::new(),
+            payload: None,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -46,7 +51,11 @@ impl<const N: usize> OutQueue<N> {
     }
 
     pub(crate) fn free(&self) -> usize {
-        if self.ends.is_full() { 0 } else { N - usize::from(self.len) }
+        if self.ends.is_full() {
+            0
+        } else {
+            N - usize::from(self.len)
+        }
     }
 
     /// Appends one message of `n` bytes written by `f`, or fails with `QueueFull`.
@@ -64,7 +73,12 @@ impl<const N: usize> OutQueue<N> {
 
     /// Appends a message followed by an application payload (one at a time); `pop_into` stops
     /// after it so that the application's bytes come right behind it.
-    pub(crate) fn push_with_payload(&mut self, n: usize, p: AppPayload, f: impl FnOnce(&mut [u8])) -> Result<(), Error> {
+    pub(crate) fn push_with_payload(
+        &mut self,
+        n: usize,
+        p: AppPayload,
+        f: impl FnOnce(&mut [u8]),
+    ) -> Result<(), Error> {
         if self.payload.is_some() {
             return Err(Error::QueueFull);
         }
@@ -74,12 +88,17 @@ impl<const N: usize> OutQueue<N> {
     }
 
     /// Copies as many whole messages as fit into `out`.
-    pub(crate) fn pop_into(&mut self, out: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
+    pub(crate) fn pop_into(
+        &mut self,
+        out: &mut [u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
         let Some(&first) = self.ends.first() else {
             return Ok(None);
         };
         if usize::from(first) > out.len() {
-            return Err(InsufficientSize { required: usize::from(first) });
+            return Err(InsufficientSize {
+                required: usize::from(first),
+            });
         }
         let mut take = 0usize;
         let mut msgs = 0usize;
@@ -90,17 +109,22 @@ impl<const N: usize> OutQueue<N> {
             }
             take = usize::from(end);
             msgs += 1;
-            if let Some((at, p)) = self.payload {
-                if at == end {
-                    then = Some(p);
-                    break;
-                }
+            if let Some((at, p)) = self.payload
+                && at == end
+            {
+                then = Some(p);
+                break;
             }
         }
         out[..take].copy_from_slice(&self.buf[..take]);
         self.buf.copy_within(take..usize::from(self.len), 0);
         self.len -= take as u16;
-        let rest: heapless::Vec<u16, 24> = self.ends.iter().skip(msgs).map(|e| e - take as u16).collect();
+        let rest: heapless::Vec<u16, 24> = self
+            .ends
+            .iter()
+            .skip(msgs)
+            .map(|e| e - take as u16)
+            .collect();
         self.ends = rest;
         if then.is_some() {
             self.payload = None;

@@ -13,11 +13,19 @@ pub struct Framebuffer<'a> {
     format: PixelFormat,
 }
 
-fn check_geometry(len: usize, width: u16, height: u16, stride: usize, format: &PixelFormat) -> Result<(), Error> {
+fn check_geometry(
+    len: usize,
+    width: u16,
+    height: u16,
+    stride: usize,
+    format: &PixelFormat,
+) -> Result<(), Error> {
     if !format.is_valid() {
         return Err(Error::InvalidArgument);
     }
-    let row = usize::from(width).checked_mul(format.bytes_per_pixel()).ok_or(Error::InvalidArgument)?;
+    let row = usize::from(width)
+        .checked_mul(format.bytes_per_pixel())
+        .ok_or(Error::InvalidArgument)?;
     if stride < row {
         return Err(Error::InvalidArgument);
     }
@@ -37,9 +45,21 @@ impl<'a> Framebuffer<'a> {
     /// A `width` × `height` framebuffer in `format` whose rows start `stride` bytes apart.
     ///
     /// Fails with [`Error::InvalidArgument`] if the format is invalid or `data` is too short.
-    pub fn new(data: &'a [u8], width: u16, height: u16, stride: usize, format: PixelFormat) -> Result<Self, Error> {
+    pub fn new(
+        data: &'a [u8],
+        width: u16,
+        height: u16,
+        stride: usize,
+        format: PixelFormat,
+    ) -> Result<Self, Error> {
         check_geometry(data.len(), width, height, stride, &format)?;
-        Ok(Self { data, width, height, stride, format })
+        Ok(Self {
+            data,
+            width,
+            height,
+            stride,
+            format,
+        })
     }
 
     /// Width in pixels.
@@ -84,14 +104,32 @@ pub struct FramebufferMut<'a> {
 
 impl<'a> FramebufferMut<'a> {
     /// A `width` × `height` framebuffer in `format` whose rows start `stride` bytes apart.
-    pub fn new(data: &'a mut [u8], width: u16, height: u16, stride: usize, format: PixelFormat) -> Result<Self, Error> {
+    pub fn new(
+        data: &'a mut [u8],
+        width: u16,
+        height: u16,
+        stride: usize,
+        format: PixelFormat,
+    ) -> Result<Self, Error> {
         check_geometry(data.len(), width, height, stride, &format)?;
-        Ok(Self { data, width, height, stride, format })
+        Ok(Self {
+            data,
+            width,
+            height,
+            stride,
+            format,
+        })
     }
 
     /// A 0 × 0 framebuffer: every rectangle is parsed and checked, and no pixel is stored.
     pub fn empty() -> FramebufferMut<'static> {
-        FramebufferMut { data: &mut [], width: 0, height: 0, stride: 0, format: PixelFormat::RGB888 }
+        FramebufferMut {
+            data: &mut [],
+            width: 0,
+            height: 0,
+            stride: 0,
+            format: PixelFormat::RGB888,
+        }
     }
 
     /// Width in pixels.
@@ -116,7 +154,13 @@ impl<'a> FramebufferMut<'a> {
     }
     /// A read-only view.
     pub fn as_framebuffer(&self) -> Framebuffer<'_> {
-        Framebuffer { data: self.data, width: self.width, height: self.height, stride: self.stride, format: self.format }
+        Framebuffer {
+            data: self.data,
+            width: self.width,
+            height: self.height,
+            stride: self.stride,
+            format: self.format,
+        }
     }
 
     /// Mutable bytes of `w` pixels of row `y` from `x` (caller guarantees the bounds).
@@ -167,8 +211,11 @@ impl<'a> FramebufferMut<'a> {
         }
         let bpp = self.format.bytes_per_pixel();
         let len = usize::from(cw) * bpp;
-        let rows: &mut dyn Iterator<Item = u16> =
-            if dst.y > src_y { &mut (0..ch).rev() } else { &mut (0..ch) };
+        let rows: &mut dyn Iterator<Item = u16> = if dst.y > src_y {
+            &mut (0..ch).rev()
+        } else {
+            &mut (0..ch)
+        };
         for i in rows {
             let s = usize::from(src_y + i) * self.stride + usize::from(src_x) * bpp;
             let d = usize::from(dst.y + i) * self.stride + usize::from(dst.x) * bpp;
@@ -221,7 +268,11 @@ pub(crate) fn unpack(p: u32) -> [u8; 4] {
 /// The colour of an RFB pixel format, as a value of the BGR233 colour map that servers send to
 /// colour-map clients (as QEMU does): treat such clients as BGR233 true colour.
 pub(crate) fn effective_format(pf: &PixelFormat) -> PixelFormat {
-    if pf.true_colour { *pf } else { PixelFormat::BGR233 }
+    if pf.true_colour {
+        *pf
+    } else {
+        PixelFormat::BGR233
+    }
 }
 
 /// Converts pixel values between two true-colour formats (or copies identical formats).
@@ -239,7 +290,10 @@ pub struct Translator {
 
 impl core::fmt::Debug for Translator {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Translator").field("from", &self.from).field("to", &self.to).finish()
+        f.debug_struct("Translator")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
     }
 }
 
@@ -264,7 +318,12 @@ impl Translator {
     /// differ (colour-map pixels pass through only unchanged).
     pub fn new(from: &PixelFormat, to: &PixelFormat) -> Option<Self> {
         if same_layout(from, to) {
-            return Some(Self { from: *from, to: *to, identity: true, lut: None });
+            return Some(Self {
+                from: *from,
+                to: *to,
+                identity: true,
+                lut: None,
+            });
         }
         if !from.true_colour || !to.true_colour {
             return None;
@@ -284,7 +343,12 @@ impl Translator {
         } else {
             None
         };
-        Some(Self { from: *from, to: *to, identity: false, lut })
+        Some(Self {
+            from: *from,
+            to: *to,
+            identity: false,
+            lut,
+        })
     }
 
     /// Whether pixels are copied unchanged.
@@ -360,6 +424,7 @@ impl Translator {
 ///
 /// 32-bit true colour with depth ≤ 24 whose colour bits fit in the three least (preferred) or
 /// most significant bytes uses three bytes.
+#[cfg(feature = "alloc")]
 pub(crate) fn cpixel_layout(pf: &PixelFormat) -> (usize, usize) {
     let pf = effective_format(pf);
     if pf.true_colour && pf.bits_per_pixel == 32 && pf.depth <= 24 {

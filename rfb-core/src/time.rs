@@ -63,7 +63,12 @@ impl Sub<Duration> for Instant {
 
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}s", self.micros / 1_000_000, self.micros % 1_000_000)
+        write!(
+            f,
+            "{}.{:06}s",
+            self.micros / 1_000_000,
+            self.micros % 1_000_000
+        )
     }
 }
 
@@ -76,7 +81,13 @@ mod test {
         let t = Instant::from_millis(1500);
         assert_eq!((t + Duration::from_millis(500)).as_micros(), 2_000_000);
         assert_eq!((t - Duration::from_secs(10)), Instant::ZERO);
-        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
-        assert_eq!(t.saturating_duration_since(Instant::from_millis(2000)), Duration::ZERO);
+        assert_eq!(
+            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
+            Instant::from_micros(u64::MAX)
+        );
+        assert_eq!(
+            t.saturating_duration_since(Instant::from_millis(2000)),
+            Duration::ZERO
+        );
     }
 }

@@ -85,13 +85,24 @@ enum TileState {
 
 impl Hextile {
     pub(crate) const fn new() -> Self {
-        Self { tx: 0, ty: 0, tile: TileState::Start, bg: None, fg: None }
+        Self {
+            tx: 0,
+            ty: 0,
+            tile: TileState::Start,
+            bg: None,
+            fg: None,
+        }
     }
 
     fn tile_rect(&self, r: &Rect) -> Rect {
         let x = r.x + self.tx * 16;
         let y = r.y + self.ty * 16;
-        Rect::new(x, y, (r.x + r.width - x).min(16), (r.y + r.height - y).min(16))
+        Rect::new(
+            x,
+            y,
+            (r.x + r.width - x).min(16),
+            (r.y + r.height - y).min(16),
+        )
     }
 
     fn next_tile(&mut self, r: &Rect) {
@@ -104,7 +115,12 @@ impl Hextile {
     }
 
     /// Decodes as much as `input` allows. Returns `(consumed, rectangle finished)`.
-    pub(crate) fn decode(&mut self, r: &Rect, input: &[u8], sink: &mut Sink<'_, '_>) -> Result<(usize, bool), ProtocolError> {
+    pub(crate) fn decode(
+        &mut self,
+        r: &Rect,
+        input: &[u8],
+        sink: &mut Sink<'_, '_>,
+    ) -> Result<(usize, bool), ProtocolError> {
         let bpp = sink.bpp;
         let mut pos = 0;
         let tiles_y = r.height.div_ceil(16);
@@ -116,7 +132,9 @@ impl Hextile {
             let inp = &input[pos..];
             match self.tile {
                 TileState::Start => {
-                    let Some(&mask) = inp.first() else { return Ok((pos, false)) };
+                    let Some(&mask) = inp.first() else {
+                        return Ok((pos, false));
+                    };
                     if mask & 1 != 0 {
                         self.tile = TileState::Raw { i: 0 };
                         self.bg = None;
@@ -162,7 +180,10 @@ impl Hextile {
                         return Err(ProtocolError::MalformedHextile);
                     }
                     if count > 0 {
-                        self.tile = TileState::Subrects { remaining: count, coloured };
+                        self.tile = TileState::Subrects {
+                            remaining: count,
+                            coloured,
+                        };
                     } else {
                         self.next_tile(r);
                     }
@@ -191,12 +212,19 @@ impl Hextile {
                         self.tile = TileState::Raw { i };
                     }
                 }
-                TileState::Subrects { remaining, coloured } => {
+                TileState::Subrects {
+                    remaining,
+                    coloured,
+                } => {
                     let len = if coloured { bpp + 2 } else { 2 };
                     if inp.len() < len {
                         return Ok((pos, false));
                     }
-                    let (px, xy, wh) = if coloured { (&inp[..bpp], inp[bpp], inp[bpp + 1]) } else { (&[][..], inp[0], inp[1]) };
+                    let (px, xy, wh) = if coloured {
+                        (&inp[..bpp], inp[bpp], inp[bpp + 1])
+                    } else {
+                        (&[][..], inp[0], inp[1])
+                    };
                     let (sx, sy) = (u16::from(xy >> 4), u16::from(xy & 15));
                     let (sw, sh) = (u16::from(wh >> 4) + 1, u16::from(wh & 15) + 1);
                     if sx + sw > t.width || sy + sh > t.height {
@@ -211,7 +239,10 @@ impl Hextile {
                     }
                     pos += len;
                     if remaining > 1 {
-                        self.tile = TileState::Subrects { remaining: remaining - 1, coloured };
+                        self.tile = TileState::Subrects {
+                            remaining: remaining - 1,
+                            coloured,
+                        };
                     } else {
                         self.next_tile(r);
                     }
@@ -222,7 +253,13 @@ impl Hextile {
 }
 
 /// Raw decoding: writes whole pixels as they arrive. Returns `(consumed, finished)`.
-pub(crate) fn raw(r: &Rect, x: &mut u16, y: &mut u16, input: &[u8], sink: &mut Sink<'_, '_>) -> (usize, bool) {
+pub(crate) fn raw(
+    r: &Rect,
+    x: &mut u16,
+    y: &mut u16,
+    input: &[u8],
+    sink: &mut Sink<'_, '_>,
+) -> (usize, bool) {
     let bpp = sink.bpp;
     let mut pos = 0;
     while *y < r.height {
@@ -243,13 +280,23 @@ pub(crate) fn raw(r: &Rect, x: &mut u16, y: &mut u16, input: &[u8], sink: &mut S
 }
 
 /// RRE sub-rectangles after the header. Returns `(consumed, finished)`.
-pub(crate) fn rre(r: &Rect, remaining: &mut u32, input: &[u8], sink: &mut Sink<'_, '_>) -> Result<(usize, bool), ProtocolError> {
+pub(crate) fn rre(
+    r: &Rect,
+    remaining: &mut u32,
+    input: &[u8],
+    sink: &mut Sink<'_, '_>,
+) -> Result<(usize, bool), ProtocolError> {
     let bpp = sink.bpp;
     let len = bpp + 8;
     let mut pos = 0;
     while *remaining > 0 && input.len() - pos >= len {
         let s = &input[pos..pos + len];
-        let (sx, sy, sw, sh) = (be16(s, bpp), be16(s, bpp + 2), be16(s, bpp + 4), be16(s, bpp + 6));
+        let (sx, sy, sw, sh) = (
+            be16(s, bpp),
+            be16(s, bpp + 2),
+            be16(s, bpp + 4),
+            be16(s, bpp + 6),
+        );
         let sub = Rect::new(sx, sy, sw, sh);
         if !sub.fits_in(r.width, r.height) {
             return Err(ProtocolError::SubrectangleOutOfBounds);

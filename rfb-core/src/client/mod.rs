@@ -27,7 +27,11 @@ pub struct ClientLimits {
 
 impl Default for ClientLimits {
     fn default() -> Self {
-        Self { max_cut_text: 1 << 20, max_cursor: 256, max_string: 1 << 16 }
+        Self {
+            max_cut_text: 1 << 20,
+            max_cursor: 256,
+            max_string: 1 << 16,
+        }
     }
 }
 
@@ -52,8 +56,16 @@ impl Default for ClientConfig {
     /// Prefers X.509 VeNCrypt (VNC, Plain, None inside), then VncAuth, then None.
     fn default() -> Self {
         Self::with_security(
-            &[SecurityType::VeNCrypt, SecurityType::VncAuth, SecurityType::None],
-            &[VencryptSubtype::X509Vnc, VencryptSubtype::X509Plain, VencryptSubtype::X509None],
+            &[
+                SecurityType::VeNCrypt,
+                SecurityType::VncAuth,
+                SecurityType::None,
+            ],
+            &[
+                VencryptSubtype::X509Vnc,
+                VencryptSubtype::X509Plain,
+                VencryptSubtype::X509None,
+            ],
         )
     }
 }
@@ -283,9 +295,14 @@ enum TextKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RectDecoder {
-    Raw { x: u16, y: u16 },
+    Raw {
+        x: u16,
+        y: u16,
+    },
     RreHeader,
-    Rre { remaining: u32 },
+    Rre {
+        remaining: u32,
+    },
     Hextile(Hextile),
     #[cfg(feature = "alloc")]
     Zrle,
@@ -296,13 +313,36 @@ enum RectDecoder {
 enum Msg {
     Idle,
     /// Inside a FramebufferUpdate, before the next rectangle header.
-    Rects { remaining: u16 },
-    Rect { remaining: u16, rect: Rect, encoding: Encoding, dec: RectDecoder },
-    Text { kind: TextKind, remaining: u32, after: u16 },
-    CursorData { remaining: u16, offset: u32, total: u32 },
-    Screens { remaining: u16, screens: u8 },
-    ColourMap { next: u16, left: u16 },
-    CutText { remaining: u32 },
+    Rects {
+        remaining: u16,
+    },
+    Rect {
+        remaining: u16,
+        rect: Rect,
+        encoding: Encoding,
+        dec: RectDecoder,
+    },
+    Text {
+        kind: TextKind,
+        remaining: u32,
+        after: u16,
+    },
+    CursorData {
+        remaining: u16,
+        offset: u32,
+        total: u32,
+    },
+    Screens {
+        remaining: u16,
+        screens: u8,
+    },
+    ColourMap {
+        next: u16,
+        left: u16,
+    },
+    CutText {
+        remaining: u32,
+    },
 }
 
 mod req {
@@ -361,9 +401,21 @@ enum Ev {
     Rect(Rect, Encoding),
     UpdateEnd,
     DesktopSize(u16, u16),
-    ExtDesktopSize { reason: u16, status: u16, width: u16, height: u16, screens: u8 },
+    ExtDesktopSize {
+        reason: u16,
+        status: u16,
+        width: u16,
+        height: u16,
+        screens: u8,
+    },
     Screen(Screen),
-    Cursor { hx: u16, hy: u16, w: u16, h: u16, len: u32 },
+    Cursor {
+        hx: u16,
+        hy: u16,
+        w: u16,
+        h: u16,
+        len: u32,
+    },
     DesktopName,
     QemuKey,
     ColourMap(u16, u16),
@@ -476,7 +528,11 @@ impl Client {
     /// Consumes whole protocol units and stops after an event, a lent payload or the TLS switch
     /// point; call again with the unconsumed rest after draining. Incomplete input consumes
     /// nothing and is kept by the caller, never copied here.
-    pub fn handle_input_fb<'i>(&mut self, input: &'i [u8], fb: &mut FramebufferMut<'_>) -> Result<Progress<Payload<'i>>, Error> {
+    pub fn handle_input_fb<'i>(
+        &mut self,
+        input: &'i [u8],
+        fb: &mut FramebufferMut<'_>,
+    ) -> Result<Progress<Payload<'i>>, Error> {
         match self.phase {
             Phase::Closed => return Err(Error::Closed),
             Phase::AwaitTls(_) => return Err(Error::InvalidState),
@@ -503,7 +559,9 @@ impl Client {
                     return Err(e);
                 }
             }
-            if self.events.len() != before || matches!(self.phase, Phase::AwaitTls(_) | Phase::Closed) {
+            if self.events.len() != before
+                || matches!(self.phase, Phase::AwaitTls(_) | Phase::Closed)
+            {
                 break;
             }
         }
@@ -515,25 +573,37 @@ impl Client {
     /// [`Error::AuthenticationFailed`].
     pub fn handle_eof(&mut self) -> Result<(), Error> {
         let failure = matches!(self.phase, Phase::ReasonLength)
-            || matches!(self.msg, Msg::Text { kind: TextKind::Failure, .. });
-        let clean = self.phase == Phase::Closed || (self.phase == Phase::Normal && self.msg == Msg::Idle);
+            || matches!(
+                self.msg,
+                Msg::Text {
+                    kind: TextKind::Failure,
+                    ..
+                }
+            );
+        let clean =
+            self.phase == Phase::Closed || (self.phase == Phase::Normal && self.msg == Msg::Idle);
         self.phase = Phase::Closed;
         if failure {
             self.msg = Msg::Idle;
             self.push(Ev::Failed);
             return Err(Error::AuthenticationFailed);
         }
-        if clean { Ok(()) } else { Err(Error::Protocol(ProtocolError::UnexpectedEof)) }
+        if clean {
+            Ok(())
+        } else {
+            Err(Error::Protocol(ProtocolError::UnexpectedEof))
+        }
     }
 
     /// Tells the client the time.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(d) = self.deadline {
-            if now >= d && !matches!(self.phase, Phase::Normal | Phase::Closed) {
-                self.phase = Phase::Closed;
-                self.deadline = None;
-                self.push(Ev::TimedOut);
-            }
+        if let Some(d) = self.deadline
+            && now >= d
+            && !matches!(self.phase, Phase::Normal | Phase::Closed)
+        {
+            self.phase = Phase::Closed;
+            self.deadline = None;
+            self.push(Ev::TimedOut);
         }
     }
 
@@ -561,7 +631,11 @@ impl Client {
     }
 
     /// Answers [`Credentials::Plain`]; username and password together may be 344 bytes.
-    pub fn send_plain_credentials(&mut self, username: &[u8], password: &[u8]) -> Result<(), Error> {
+    pub fn send_plain_credentials(
+        &mut self,
+        username: &[u8],
+        password: &[u8],
+    ) -> Result<(), Error> {
         if self.phase != Phase::NeedPlain {
             return Err(Error::InvalidState);
         }
@@ -577,7 +651,11 @@ impl Client {
     // ---- C. commands: session ----
 
     fn running(&self) -> Result<(), Error> {
-        if self.phase == Phase::Normal { Ok(()) } else { Err(Error::InvalidState) }
+        if self.phase == Phase::Normal {
+            Ok(())
+        } else {
+            Err(Error::InvalidState)
+        }
     }
 
     /// SetPixelFormat: later updates arrive in `format` (do not have an update request
@@ -607,7 +685,10 @@ impl Client {
             return Err(Error::InvalidArgument);
         }
         self.out.push(n, |b| {
-            SetEncodingsHeaderRepr { count: encodings.len() as u16 }.emit(b);
+            SetEncodingsHeaderRepr {
+                count: encodings.len() as u16,
+            }
+            .emit(b);
             for (i, e) in encodings.iter().enumerate() {
                 put32(b, 4 + 4 * i, i32::from(*e) as u32);
             }
@@ -620,7 +701,8 @@ impl Client {
     pub fn request_update(&mut self, incremental: bool, rect: Rect) -> Result<(), Error> {
         self.running()?;
         let m = FramebufferUpdateRequestRepr { incremental, rect };
-        self.out.push(FramebufferUpdateRequestRepr::LEN, |b| m.emit(b))
+        self.out
+            .push(FramebufferUpdateRequestRepr::LEN, |b| m.emit(b))
     }
 
     /// KeyEvent.
@@ -636,7 +718,11 @@ impl Client {
         if self.have & HAVE_QEMU_KEY == 0 {
             return Err(Error::InvalidState);
         }
-        let m = QemuKeyEventRepr { down, keysym, keycode };
+        let m = QemuKeyEventRepr {
+            down,
+            keysym,
+            keycode,
+        };
         self.out.push(QemuKeyEventRepr::LEN, |b| m.emit(b))
     }
 
@@ -651,13 +737,20 @@ impl Client {
     /// `len` bytes itself. `Extended` needs the ExtendedClipboard pseudo-encoding.
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
-        if let CutTextLength::Extended(n) = len {
-            if self.requested & req::EXT_CLIPBOARD == 0 || n == 0 || n > 1 << 31 {
-                return Err(Error::InvalidArgument);
-            }
+        if let CutTextLength::Extended(n) = len
+            && (self.requested & req::EXT_CLIPBOARD == 0 || n == 0 || n > 1 << 31)
+        {
+            return Err(Error::InvalidArgument);
         }
-        let h = CutTextHeaderRepr { message_type: 6, length: len.to_wire() };
-        self.out.push_with_payload(CutTextHeaderRepr::LEN, AppPayload::CutText { len: len.len() }, |b| h.emit(b))
+        let h = CutTextHeaderRepr {
+            message_type: 6,
+            length: len.to_wire(),
+        };
+        self.out.push_with_payload(
+            CutTextHeaderRepr::LEN,
+            AppPayload::CutText { len: len.len() },
+            |b| h.emit(b),
+        )
     }
 
     /// EnableContinuousUpdates (after [`Event::EndOfContinuousUpdates`] showed support).
@@ -667,7 +760,8 @@ impl Client {
             return Err(Error::InvalidState);
         }
         let m = EnableContinuousUpdatesRepr { enable, rect };
-        self.out.push(EnableContinuousUpdatesRepr::LEN, |b| m.emit(b))
+        self.out
+            .push(EnableContinuousUpdatesRepr::LEN, |b| m.emit(b))
     }
 
     /// ClientFence (after the server sent a fence).
@@ -677,13 +771,19 @@ impl Client {
             return Err(Error::InvalidState);
         }
         let mut p = heapless::Vec::new();
-        p.extend_from_slice(payload).map_err(|_| Error::InvalidArgument)?;
+        p.extend_from_slice(payload)
+            .map_err(|_| Error::InvalidArgument)?;
         let f = FenceRepr { flags, payload: p };
         self.out.push(f.buffer_len(), |b| f.emit(b))
     }
 
     /// SetDesktopSize (after an ExtendedDesktopSize arrived); at most 16 screens.
-    pub fn set_desktop_size(&mut self, width: u16, height: u16, screens: &[Screen]) -> Result<(), Error> {
+    pub fn set_desktop_size(
+        &mut self,
+        width: u16,
+        height: u16,
+        screens: &[Screen],
+    ) -> Result<(), Error> {
         self.running()?;
         if self.have & HAVE_EXT_DESKTOP == 0 {
             return Err(Error::InvalidState);
@@ -691,13 +791,18 @@ impl Client {
         if screens.is_empty() || screens.len() > 16 {
             return Err(Error::InvalidArgument);
         }
-        let h = SetDesktopSizeHeaderRepr { width, height, screens: screens.len() as u8 };
-        self.out.push(SetDesktopSizeHeaderRepr::LEN + 16 * screens.len(), |b| {
-            h.emit(b);
-            for (i, s) in screens.iter().enumerate() {
-                s.emit(&mut b[8 + 16 * i..]);
-            }
-        })
+        let h = SetDesktopSizeHeaderRepr {
+            width,
+            height,
+            screens: screens.len() as u8,
+        };
+        self.out
+            .push(SetDesktopSizeHeaderRepr::LEN + 16 * screens.len(), |b| {
+                h.emit(b);
+                for (i, s) in screens.iter().enumerate() {
+                    s.emit(&mut b[8 + 16 * i..]);
+                }
+            })
     }
 
     // ---- D. polls ----
@@ -713,7 +818,10 @@ impl Client {
         Some(match e {
             Ev::StartTls => Event::StartTls,
             Ev::Need(c) => Event::NeedCredentials(c),
-            Ev::NoCommon => Event::NoCommonSecurity { types: &self.offered, subtypes: &self.offered_sub },
+            Ev::NoCommon => Event::NoCommonSecurity {
+                types: &self.offered,
+                subtypes: &self.offered_sub,
+            },
             Ev::Failed => Event::SecurityFailed { reason: &self.text },
             Ev::Authenticated => Event::Authenticated,
             Ev::ServerInit => Event::ServerInit {
@@ -726,13 +834,27 @@ impl Client {
             Ev::Rect(rect, encoding) => Event::Rect { rect, encoding },
             Ev::UpdateEnd => Event::UpdateEnd,
             Ev::DesktopSize(width, height) => Event::DesktopSize { width, height },
-            Ev::ExtDesktopSize { reason, status, width, height, screens } => {
-                Event::ExtendedDesktopSize { reason, status, width, height, screens }
-            }
+            Ev::ExtDesktopSize {
+                reason,
+                status,
+                width,
+                height,
+                screens,
+            } => Event::ExtendedDesktopSize {
+                reason,
+                status,
+                width,
+                height,
+                screens,
+            },
             Ev::Screen(s) => Event::Screen(s),
-            Ev::Cursor { hx, hy, w, h, len } => {
-                Event::Cursor { hotspot_x: hx, hotspot_y: hy, width: w, height: h, data_len: len }
-            }
+            Ev::Cursor { hx, hy, w, h, len } => Event::Cursor {
+                hotspot_x: hx,
+                hotspot_y: hy,
+                width: w,
+                height: h,
+                data_len: len,
+            },
             Ev::DesktopName => Event::DesktopName { name: &self.text },
             Ev::QemuKey => Event::QemuKeyEventsSupported,
             Ev::ColourMap(first, count) => Event::ColourMap { first, count },
@@ -745,7 +867,8 @@ impl Client {
 
     /// When to call [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline.filter(|_| !matches!(self.phase, Phase::Normal | Phase::Closed))
+        self.deadline
+            .filter(|_| !matches!(self.phase, Phase::Normal | Phase::Closed))
     }
 
     // ---- internals ----
@@ -782,7 +905,11 @@ impl Client {
         }
     }
 
-    fn step<'i>(&mut self, input: &'i [u8], fb: &mut FramebufferMut<'_>) -> Result<(usize, Option<Payload<'i>>), Error> {
+    fn step<'i>(
+        &mut self,
+        input: &'i [u8],
+        fb: &mut FramebufferMut<'_>,
+    ) -> Result<(usize, Option<Payload<'i>>), Error> {
         use ProtocolError as P;
         match self.phase {
             Phase::Version => {
@@ -791,11 +918,16 @@ impl Client {
                     Err(WireError::Truncated { .. }) => return Ok((0, None)),
                     Err(WireError::Malformed) => return Err(P::MalformedVersion.into()),
                 };
-                let sv = Version::from_numbers(v.major, v.minor).ok_or(Error::Protocol(P::UnsupportedVersion))?;
+                let sv = Version::from_numbers(v.major, v.minor)
+                    .ok_or(Error::Protocol(P::UnsupportedVersion))?;
                 self.version = sv.min(self.config.max_version);
                 let r = ProtocolVersionRepr::of(self.version);
                 self.out.push(ProtocolVersionRepr::LEN, |b| r.emit(b))?;
-                self.phase = if self.version == Version::V3_3 { Phase::Security33 } else { Phase::SecurityList };
+                self.phase = if self.version == Version::V3_3 {
+                    Phase::Security33
+                } else {
+                    Phase::SecurityList
+                };
                 Ok((ProtocolVersionRepr::LEN, None))
             }
             Phase::Security33 => {
@@ -839,8 +971,10 @@ impl Client {
                     let _ = self.offered.push(t);
                 }
                 let choice = self.config.security_types.iter().copied().find(|t| {
-                    matches!(t, SecurityType::None | SecurityType::VncAuth | SecurityType::VeNCrypt)
-                        && list.types.contains(&u8::from(*t))
+                    matches!(
+                        t,
+                        SecurityType::None | SecurityType::VncAuth | SecurityType::VeNCrypt
+                    ) && list.types.contains(&u8::from(*t))
                 });
                 let Some(t) = choice else {
                     self.push(Ev::NoCommon);
@@ -870,9 +1004,13 @@ impl Client {
                 self.push(Ev::Need(Credentials::Password));
                 Ok((CHALLENGE_LEN, None))
             }
-            Phase::NeedPassword | Phase::NeedPlain | Phase::AwaitTls(_) | Phase::Closed => Ok((0, None)),
+            Phase::NeedPassword | Phase::NeedPlain | Phase::AwaitTls(_) | Phase::Closed => {
+                Ok((0, None))
+            }
             Phase::VencryptVersion => {
-                let Ok(v) = VencryptVersionRepr::parse(input) else { return Ok((0, None)) };
+                let Ok(v) = VencryptVersionRepr::parse(input) else {
+                    return Ok((0, None));
+                };
                 if (v.major, v.minor) < (0, 2) {
                     return Err(P::VencryptVersion.into());
                 }
@@ -882,7 +1020,9 @@ impl Client {
                 Ok((2, None))
             }
             Phase::VencryptAck => {
-                let Some(&ack) = input.first() else { return Ok((0, None)) };
+                let Some(&ack) = input.first() else {
+                    return Ok((0, None));
+                };
                 if ack != 0 {
                     return Err(P::VencryptVersion.into());
                 }
@@ -921,11 +1061,15 @@ impl Client {
                 Ok((VencryptSubtypesRepr::buffer_len_for(list.len()), None))
             }
             Phase::VencryptTlsAck => {
-                let Some(&ack) = input.first() else { return Ok((0, None)) };
+                let Some(&ack) = input.first() else {
+                    return Ok((0, None));
+                };
                 if ack != 1 {
                     return Err(P::VencryptRefused.into());
                 }
-                let Some(sub) = self.subtype else { return Err(Error::InvalidState) };
+                let Some(sub) = self.subtype else {
+                    return Err(Error::InvalidState);
+                };
                 self.phase = Phase::AwaitTls(sub);
                 self.push(Ev::StartTls);
                 Ok((1, None))
@@ -959,14 +1103,20 @@ impl Client {
                 }
                 self.text.clear();
                 self.phase = Phase::Normal;
-                self.msg = Msg::Text { kind: TextKind::Failure, remaining: len, after: 0 };
+                self.msg = Msg::Text {
+                    kind: TextKind::Failure,
+                    remaining: len,
+                    after: 0,
+                };
                 if len == 0 {
                     return self.finish_text(TextKind::Failure, 0).map(|_| (4, None));
                 }
                 Ok((4, None))
             }
             Phase::ServerInit => {
-                let Ok(h) = ServerInitRepr::parse(input) else { return Ok((0, None)) };
+                let Ok(h) = ServerInitRepr::parse(input) else {
+                    return Ok((0, None));
+                };
                 if !h.format.is_valid() {
                     return Err(P::InvalidPixelFormat.into());
                 }
@@ -980,7 +1130,11 @@ impl Client {
                 self.text.clear();
                 self.phase = Phase::Normal;
                 self.deadline = None;
-                self.msg = Msg::Text { kind: TextKind::ServerInit, remaining: h.name_len, after: 0 };
+                self.msg = Msg::Text {
+                    kind: TextKind::ServerInit,
+                    remaining: h.name_len,
+                    after: 0,
+                };
                 if h.name_len == 0 {
                     self.finish_text(TextKind::ServerInit, 0)?;
                 }
@@ -1029,16 +1183,33 @@ impl Client {
         } else {
             Some(Translator::new(&self.format, &fb.format()).ok_or(Error::InvalidArgument)?)
         };
-        Ok(Sink { fb, tr, bpp: self.format.bytes_per_pixel() })
+        Ok(Sink {
+            fb,
+            tr,
+            bpp: self.format.bytes_per_pixel(),
+        })
     }
 
-    fn step_normal<'i>(&mut self, input: &'i [u8], fb: &mut FramebufferMut<'_>) -> Result<(usize, Option<Payload<'i>>), Error> {
+    fn step_normal<'i>(
+        &mut self,
+        input: &'i [u8],
+        fb: &mut FramebufferMut<'_>,
+    ) -> Result<(usize, Option<Payload<'i>>), Error> {
         use ProtocolError as P;
         match self.msg {
             Msg::Idle => {}
             Msg::Rects { remaining } => return self.rect_header(input, remaining),
-            Msg::Rect { remaining, rect, encoding, dec } => return self.rect_data(input, fb, remaining, rect, encoding, dec),
-            Msg::Text { kind, remaining, after } => {
+            Msg::Rect {
+                remaining,
+                rect,
+                encoding,
+                dec,
+            } => return self.rect_data(input, fb, remaining, rect, encoding, dec),
+            Msg::Text {
+                kind,
+                remaining,
+                after,
+            } => {
                 let n = input.len().min(remaining as usize);
                 if n == 0 {
                     return Ok((0, None));
@@ -1048,11 +1219,19 @@ impl Client {
                 if remaining == 0 {
                     self.finish_text(kind, after)?;
                 } else {
-                    self.msg = Msg::Text { kind, remaining, after };
+                    self.msg = Msg::Text {
+                        kind,
+                        remaining,
+                        after,
+                    };
                 }
                 return Ok((n, None));
             }
-            Msg::CursorData { remaining, offset, total } => {
+            Msg::CursorData {
+                remaining,
+                offset,
+                total,
+            } => {
                 let n = input.len().min((total - offset) as usize);
                 if n == 0 {
                     return Ok((0, None));
@@ -1061,15 +1240,30 @@ impl Client {
                 if offset2 == total {
                     self.end_rect(remaining, None);
                 } else {
-                    self.msg = Msg::CursorData { remaining, offset: offset2, total };
+                    self.msg = Msg::CursorData {
+                        remaining,
+                        offset: offset2,
+                        total,
+                    };
                 }
-                return Ok((n, Some(Payload::CursorData { offset, data: &input[..n] })));
+                return Ok((
+                    n,
+                    Some(Payload::CursorData {
+                        offset,
+                        data: &input[..n],
+                    }),
+                ));
             }
             Msg::Screens { remaining, screens } => {
-                let Ok(s) = Screen::parse(input) else { return Ok((0, None)) };
+                let Ok(s) = Screen::parse(input) else {
+                    return Ok((0, None));
+                };
                 self.push(Ev::Screen(s));
                 if screens > 1 {
-                    self.msg = Msg::Screens { remaining, screens: screens - 1 };
+                    self.msg = Msg::Screens {
+                        remaining,
+                        screens: screens - 1,
+                    };
                 } else {
                     self.end_rect(remaining, None);
                 }
@@ -1081,8 +1275,21 @@ impl Client {
                     return Ok((0, None));
                 }
                 let left2 = left - n as u16;
-                self.msg = if left2 == 0 { Msg::Idle } else { Msg::ColourMap { next: next.wrapping_add(n as u16), left: left2 } };
-                return Ok((6 * n, Some(Payload::ColourMapEntries { first: next, data: &input[..6 * n] })));
+                self.msg = if left2 == 0 {
+                    Msg::Idle
+                } else {
+                    Msg::ColourMap {
+                        next: next.wrapping_add(n as u16),
+                        left: left2,
+                    }
+                };
+                return Ok((
+                    6 * n,
+                    Some(Payload::ColourMapEntries {
+                        first: next,
+                        data: &input[..6 * n],
+                    }),
+                ));
             }
             Msg::CutText { remaining } => {
                 let n = input.len().min(remaining as usize);
@@ -1090,14 +1297,29 @@ impl Client {
                     return Ok((0, None));
                 }
                 let remaining = remaining - n as u32;
-                self.msg = if remaining == 0 { Msg::Idle } else { Msg::CutText { remaining } };
-                return Ok((n, Some(Payload::CutText { data: &input[..n], last: remaining == 0 })));
+                self.msg = if remaining == 0 {
+                    Msg::Idle
+                } else {
+                    Msg::CutText { remaining }
+                };
+                return Ok((
+                    n,
+                    Some(Payload::CutText {
+                        data: &input[..n],
+                        last: remaining == 0,
+                    }),
+                ));
             }
         }
-        let Some(&t) = input.first() else { return Ok((0, None)) };
+        let Some(&t) = input.first() else {
+            return Ok((0, None));
+        };
+        trace!("rfb client: message type {}", t);
         match ServerMessageType::from(t) {
             ServerMessageType::FramebufferUpdate => {
-                let Ok(h) = FramebufferUpdateRepr::parse(input) else { return Ok((0, None)) };
+                let Ok(h) = FramebufferUpdateRepr::parse(input) else {
+                    return Ok((0, None));
+                };
                 self.push(Ev::UpdateBegin(h.rects));
                 if h.rects == 0 {
                     self.push(Ev::UpdateEnd);
@@ -1107,12 +1329,17 @@ impl Client {
                 Ok((FramebufferUpdateRepr::LEN, None))
             }
             ServerMessageType::SetColourMapEntries => {
-                let Ok(h) = SetColourMapEntriesRepr::parse(input) else { return Ok((0, None)) };
+                let Ok(h) = SetColourMapEntriesRepr::parse(input) else {
+                    return Ok((0, None));
+                };
                 if u32::from(h.first) + u32::from(h.count) > 65536 {
                     return Err(P::ColourMapOutOfRange.into());
                 }
                 if h.count > 0 {
-                    self.msg = Msg::ColourMap { next: h.first, left: h.count };
+                    self.msg = Msg::ColourMap {
+                        next: h.first,
+                        left: h.count,
+                    };
                 }
                 self.push(Ev::ColourMap(h.first, h.count));
                 Ok((SetColourMapEntriesRepr::LEN, None))
@@ -1122,13 +1349,17 @@ impl Client {
                 Ok((1, None))
             }
             ServerMessageType::ServerCutText => {
-                let Ok(h) = CutTextHeaderRepr::parse(input) else { return Ok((0, None)) };
+                let Ok(h) = CutTextHeaderRepr::parse(input) else {
+                    return Ok((0, None));
+                };
                 let len = h.decode(self.requested & req::EXT_CLIPBOARD != 0);
                 if len.len() > self.config.limits.max_cut_text {
                     return Err(P::CutTextTooLong.into());
                 }
                 if !len.is_empty() {
-                    self.msg = Msg::CutText { remaining: len.len() };
+                    self.msg = Msg::CutText {
+                        remaining: len.len(),
+                    };
                 }
                 self.push(Ev::CutText(len));
                 Ok((CutTextHeaderRepr::LEN, None))
@@ -1142,18 +1373,29 @@ impl Client {
                 if input.len() >= 9 && input[8] > 64 {
                     return Err(P::FencePayloadTooLong.into());
                 }
-                let Ok(m) = FenceRepr::parse(input) else { return Ok((0, None)) };
+                let Ok(m) = FenceRepr::parse(input) else {
+                    return Ok((0, None));
+                };
                 let len = m.buffer_len();
                 self.have |= HAVE_FENCE;
                 if m.flags & fence_flags::REQUEST != 0 {
-                    let reply = FenceRepr { flags: m.flags & fence_flags::KNOWN & !fence_flags::REQUEST, payload: m.payload };
+                    let reply = FenceRepr {
+                        flags: m.flags & fence_flags::KNOWN & !fence_flags::REQUEST,
+                        payload: m.payload,
+                    };
                     if self.out.free() < reply.buffer_len() {
                         return Ok((0, None));
                     }
                     self.out.push(reply.buffer_len(), |b| reply.emit(b))?;
                     Ok((len, None))
                 } else {
-                    Ok((len, Some(Payload::FenceResponse { flags: m.flags, data: &input[9..len] })))
+                    Ok((
+                        len,
+                        Some(Payload::FenceResponse {
+                            flags: m.flags,
+                            data: &input[9..len],
+                        }),
+                    ))
                 }
             }
             ServerMessageType::Qemu => {
@@ -1166,23 +1408,47 @@ impl Client {
         }
     }
 
-    fn rect_header<'i>(&mut self, input: &'i [u8], remaining: u16) -> Result<(usize, Option<Payload<'i>>), Error> {
+    fn rect_header<'i>(
+        &mut self,
+        input: &'i [u8],
+        remaining: u16,
+    ) -> Result<(usize, Option<Payload<'i>>), Error> {
         use ProtocolError as P;
-        let Ok(h) = RectHeaderRepr::parse(input) else { return Ok((0, None)) };
+        let Ok(h) = RectHeaderRepr::parse(input) else {
+            return Ok((0, None));
+        };
         let n = RectHeaderRepr::LEN;
         let r = h.rect;
-        let remaining = if remaining == 0xffff { 0xffff } else { remaining - 1 };
-        let bit = req_bit(h.encoding).ok_or(Error::Protocol(P::UnrequestedEncoding(h.encoding.into())))?;
+        let remaining = if remaining == 0xffff {
+            0xffff
+        } else {
+            remaining - 1
+        };
+        let bit = req_bit(h.encoding)
+            .ok_or(Error::Protocol(P::UnrequestedEncoding(h.encoding.into())))?;
         if bit != 0 && self.requested & bit == 0 {
             return Err(P::UnrequestedEncoding(h.encoding.into()).into());
         }
-        let pixel_rect = |dec: RectDecoder| Msg::Rect { remaining, rect: r, encoding: h.encoding, dec };
+        let pixel_rect = |dec: RectDecoder| Msg::Rect {
+            remaining,
+            rect: r,
+            encoding: h.encoding,
+            dec,
+        };
         match h.encoding {
-            Encoding::Raw | Encoding::Rre | Encoding::Hextile | Encoding::Zrle | Encoding::CopyRect => {
+            Encoding::Raw
+            | Encoding::Rre
+            | Encoding::Hextile
+            | Encoding::Zrle
+            | Encoding::CopyRect => {
                 if !r.fits_in(self.width, self.height) {
                     return Err(P::RectangleOutOfBounds.into());
                 }
-                if r.is_empty() && h.encoding != Encoding::CopyRect && h.encoding != Encoding::Zrle && h.encoding != Encoding::Rre {
+                if r.is_empty()
+                    && h.encoding != Encoding::CopyRect
+                    && h.encoding != Encoding::Zrle
+                    && h.encoding != Encoding::Rre
+                {
                     self.end_rect(remaining, Some((r, h.encoding)));
                     return Ok((n, None));
                 }
@@ -1193,13 +1459,18 @@ impl Client {
                     #[cfg(feature = "alloc")]
                     Encoding::Zrle => RectDecoder::Zrle,
                     // CopyRect reuses the RRE-header slot for its 4 bytes (see rect_data).
-                    _ => RectDecoder::Raw { x: u16::MAX, y: u16::MAX },
+                    _ => RectDecoder::Raw {
+                        x: u16::MAX,
+                        y: u16::MAX,
+                    },
                 });
                 #[cfg(feature = "alloc")]
                 if h.encoding == Encoding::Zrle {
                     let bpp = self.format.bytes_per_pixel();
                     let cp = crate::pixel::cpixel_layout(&self.format);
-                    self.zrle.get_or_insert_with(|| alloc::boxed::Box::new(zrle::ZrleDecoder::new())).start(r, bpp, cp);
+                    self.zrle
+                        .get_or_insert_with(|| alloc::boxed::Box::new(zrle::ZrleDecoder::new()))
+                        .start(r, bpp, cp);
                 }
                 Ok((n, None))
             }
@@ -1218,18 +1489,28 @@ impl Client {
                 if input.len() < n + ExtendedDesktopSizeRepr::LEN {
                     return Ok((0, None));
                 }
-                let e = ExtendedDesktopSizeRepr::parse(&input[n..]).map_err(|_| Error::Protocol(P::InvalidScreenLayout))?;
+                let e = ExtendedDesktopSizeRepr::parse(&input[n..])
+                    .map_err(|_| Error::Protocol(P::InvalidScreenLayout))?;
                 let (reason, status) = (r.x, r.y);
                 if reason != 1 || status == 0 {
                     self.width = r.width;
                     self.height = r.height;
                 }
                 self.have |= HAVE_EXT_DESKTOP;
-                self.push(Ev::ExtDesktopSize { reason, status, width: r.width, height: r.height, screens: e.screens });
+                self.push(Ev::ExtDesktopSize {
+                    reason,
+                    status,
+                    width: r.width,
+                    height: r.height,
+                    screens: e.screens,
+                });
                 if e.screens == 0 {
                     self.end_rect(remaining, None);
                 } else {
-                    self.msg = Msg::Screens { remaining, screens: e.screens };
+                    self.msg = Msg::Screens {
+                        remaining,
+                        screens: e.screens,
+                    };
                 }
                 Ok((n + ExtendedDesktopSizeRepr::LEN, None))
             }
@@ -1242,11 +1523,21 @@ impl Client {
                 let len = u64::from(r.width) * u64::from(r.height) * bpp
                     + u64::from(r.width.div_ceil(8)) * u64::from(r.height);
                 let len = u32::try_from(len).map_err(|_| Error::Protocol(P::CursorTooLarge))?;
-                self.push(Ev::Cursor { hx: r.x, hy: r.y, w: r.width, h: r.height, len });
+                self.push(Ev::Cursor {
+                    hx: r.x,
+                    hy: r.y,
+                    w: r.width,
+                    h: r.height,
+                    len,
+                });
                 if len == 0 {
                     self.end_rect(remaining, None);
                 } else {
-                    self.msg = Msg::CursorData { remaining, offset: 0, total: len };
+                    self.msg = Msg::CursorData {
+                        remaining,
+                        offset: 0,
+                        total: len,
+                    };
                 }
                 Ok((n, None))
             }
@@ -1262,7 +1553,11 @@ impl Client {
                 if len == 0 {
                     self.finish_text(TextKind::DesktopName, remaining)?;
                 } else {
-                    self.msg = Msg::Text { kind: TextKind::DesktopName, remaining: len, after: remaining };
+                    self.msg = Msg::Text {
+                        kind: TextKind::DesktopName,
+                        remaining: len,
+                        after: remaining,
+                    };
                 }
                 Ok((n + 4, None))
             }
@@ -1306,7 +1601,9 @@ impl Client {
                 (n, done, RectDecoder::Raw { x, y })
             }
             (_, RectDecoder::RreHeader) => {
-                let Some((count, bg)) = decode::rre_header(input, bpp) else { return Ok((0, None)) };
+                let Some((count, bg)) = decode::rre_header(input, bpp) else {
+                    return Ok((0, None));
+                };
                 if count > r.area() {
                     return Err(P::TooManySubrectangles.into());
                 }
@@ -1331,7 +1628,12 @@ impl Client {
         if finished {
             self.end_rect(remaining, Some((r, encoding)));
         } else {
-            self.msg = Msg::Rect { remaining, rect: r, encoding, dec };
+            self.msg = Msg::Rect {
+                remaining,
+                rect: r,
+                encoding,
+                dec,
+            };
         }
         Ok((n, None))
     }

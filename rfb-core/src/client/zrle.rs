@@ -88,7 +88,12 @@ impl ZrleDecoder {
         let r = &self.rect;
         let x = r.x + self.tx * 64;
         let y = r.y + self.ty * 64;
-        Rect::new(x, y, (r.x + r.width - x).min(64), (r.y + r.height - y).min(64))
+        Rect::new(
+            x,
+            y,
+            (r.x + r.width - x).min(64),
+            (r.y + r.height - y).min(64),
+        )
     }
 
     fn next_tile(&mut self) {
@@ -119,7 +124,10 @@ impl ZrleDecoder {
         while i < end {
             let x = i % w;
             let n = (w - x).min(end - i);
-            sink.fill(Rect::new(t.x + x as u16, t.y + (i / w) as u16, n as u16, 1), px);
+            sink.fill(
+                Rect::new(t.x + x as u16, t.y + (i / w) as u16, n as u16, 1),
+                px,
+            );
             i += n;
         }
     }
@@ -214,7 +222,9 @@ impl ZrleDecoder {
                     let mut out = [0u8; 64 * 4];
                     for x in 0..w {
                         let bit = x * bits;
-                        let idx = usize::from((b[bit / 8] >> (8 - bits - bit % 8)) & ((1 << bits) - 1) as u8);
+                        let idx = usize::from(
+                            (b[bit / 8] >> (8 - bits - bit % 8)) & ((1 << bits) - 1) as u8,
+                        );
                         if idx >= self.plen {
                             return Err(Bad);
                         }
@@ -232,7 +242,9 @@ impl ZrleDecoder {
                     if b.len() < cpb + 1 {
                         return Ok(());
                     }
-                    let Some((len, n)) = Self::run_len(&b[cpb..]) else { return Ok(()) };
+                    let Some((len, n)) = Self::run_len(&b[cpb..]) else {
+                        return Ok(());
+                    };
                     if i + len > total {
                         return Err(Bad);
                     }
@@ -294,7 +306,11 @@ impl ZrleDecoder {
     }
 
     /// Consumes as much of `input` as belongs to this rectangle. Returns `(consumed, finished)`.
-    pub(crate) fn decode(&mut self, input: &[u8], sink: &mut Sink<'_, '_>) -> Result<(usize, bool), ProtocolError> {
+    pub(crate) fn decode(
+        &mut self,
+        input: &[u8],
+        sink: &mut Sink<'_, '_>,
+    ) -> Result<(usize, bool), ProtocolError> {
         let mut pos = 0;
         let left = match self.zlib_left {
             Some(l) => l,

@@ -87,7 +87,15 @@ pub(crate) const fn hextile_max(bpp: usize) -> usize {
 /// Finds the sub-rectangle of colour `c` starting at `(x, y)`: the larger of the
 /// right-then-down and down-then-right extents over uncovered pixels.
 #[inline]
-fn subrect(px: &[u32], w: usize, h: usize, covered: &[u16; 16], x: usize, y: usize, c: u32) -> (usize, usize) {
+fn subrect(
+    px: &[u32],
+    w: usize,
+    h: usize,
+    covered: &[u16; 16],
+    x: usize,
+    y: usize,
+    c: u32,
+) -> (usize, usize) {
     let same = |xx: usize, yy: usize| px[yy * w + xx] == c && covered[yy] & (1 << xx) == 0;
     // Right, then down.
     let mut x2 = x + 1;
@@ -119,12 +127,23 @@ fn subrect(px: &[u32], w: usize, h: usize, covered: &[u16; 16], x: usize, y: usi
         x3 += 1;
     }
     let (w2, h2) = (x3 - x, y3 - y);
-    if w2 * h2 > w1 * h1 { (w2, h2) } else { (w1, h1) }
+    if w2 * h2 > w1 * h1 {
+        (w2, h2)
+    } else {
+        (w1, h1)
+    }
 }
 
 /// Encodes one tile of packed pixels (`w` × `h`, row-major) into `out`, which must hold
 /// [`hextile_max`]`(bpp)` bytes. Returns the bytes written.
-pub(crate) fn hextile_tile(px: &[u32], w: usize, h: usize, bpp: usize, carry: &mut HextileCarry, out: &mut [u8]) -> usize {
+pub(crate) fn hextile_tile(
+    px: &[u32],
+    w: usize,
+    h: usize,
+    bpp: usize,
+    carry: &mut HextileCarry,
+    out: &mut [u8],
+) -> usize {
     let n = w * h;
     let px = &px[..n];
     let raw_len = 1 + n * bpp;
@@ -262,7 +281,13 @@ pub(crate) fn rre_count(src: &Source<'_, '_>, x: u16, y: u16, w: u16, h: u16, bg
 
 /// Finds the run starting at or after `(cx, cy)` (rectangle-relative) in row-major order.
 /// Returns `(colour, x, y, width)` and advances the cursor past it.
-pub(crate) fn rre_next(src: &Source<'_, '_>, r: (u16, u16, u16, u16), bg: u32, cx: &mut u16, cy: &mut u16) -> Option<(u32, u16, u16, u16)> {
+pub(crate) fn rre_next(
+    src: &Source<'_, '_>,
+    r: (u16, u16, u16, u16),
+    bg: u32,
+    cx: &mut u16,
+    cy: &mut u16,
+) -> Option<(u32, u16, u16, u16)> {
     let (x, y, w, h) = r;
     while *cy < h {
         while *cx < w {

@@ -7,9 +7,9 @@ mod zrle;
 
 pub use update::{CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, UpdateSource};
 
+use crate::Progress;
 use crate::auth::CHALLENGE_LEN;
 use crate::error::{Error, InsufficientSize, ProtocolError};
-use crate::Progress;
 use crate::outq::{AppPayload, OutQueue, Transmit};
 use crate::time::{Duration, Instant};
 use crate::wire::*;
@@ -33,7 +33,13 @@ pub struct ServerLimits {
 
 impl Default for ServerLimits {
     fn default() -> Self {
-        Self { max_cut_text: 1 << 20, max_encodings: 1024, max_username: 255, max_password: 255, max_screens: 16 }
+        Self {
+            max_cut_text: 1 << 20,
+            max_encodings: 1024,
+            max_username: 255,
+            max_password: 255,
+            max_screens: 16,
+        }
     }
 }
 
@@ -61,9 +67,15 @@ impl core::fmt::Display for ConfigError {
                 "VeNCrypt sub-type {} needs anonymous TLS, which the TLS backend (rustls) does not support; use the X509 sub-types",
                 u32::from(*s)
             ),
-            ConfigError::UnsupportedSubtype(s) => write!(f, "VeNCrypt sub-type {} is not supported", u32::from(*s)),
-            ConfigError::UnsupportedType(t) => write!(f, "security type {} is not supported", u8::from(*t)),
-            ConfigError::VencryptMismatch => f.write_str("VeNCrypt needs at least one sub-type, and sub-types need VeNCrypt"),
+            ConfigError::UnsupportedSubtype(s) => {
+                write!(f, "VeNCrypt sub-type {} is not supported", u32::from(*s))
+            }
+            ConfigError::UnsupportedType(t) => {
+                write!(f, "security type {} is not supported", u8::from(*t))
+            }
+            ConfigError::VencryptMismatch => {
+                f.write_str("VeNCrypt needs at least one sub-type, and sub-types need VeNCrypt")
+            }
             ConfigError::NothingOffered => f.write_str("no security type offered"),
         }
     }
@@ -124,7 +136,10 @@ impl ServerConfig {
     /// here (it drops it), so call this at start-up to report mistakes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for t in &self.security_types {
-            if !matches!(t, SecurityType::None | SecurityType::VncAuth | SecurityType::VeNCrypt) {
+            if !matches!(
+                t,
+                SecurityType::None | SecurityType::VncAuth | SecurityType::VeNCrypt
+            ) {
                 return Err(ConfigError::UnsupportedType(*t));
             }
         }
@@ -362,15 +377,16 @@ pub(crate) struct Prefs {
 
 impl Prefs {
     const fn new() -> Self {
-        Self { encoding: Encoding::Raw, flags: 0, level: 6 }
+        Self {
+            encoding: Encoding::Raw,
+            flags: 0,
+            level: 6,
+        }
     }
     fn fold(&mut self, e: Encoding, first_pixel_encoding: &mut bool) {
         use pref::*;
-        let supported_pixel = match e {
-            Encoding::Raw | Encoding::Rre | Encoding::Hextile => true,
-            Encoding::Zrle => cfg!(feature = "alloc"),
-            _ => false,
-        };
+        let supported_pixel = matches!(e, Encoding::Raw | Encoding::Rre | Encoding::Hextile)
+            || (e == Encoding::Zrle && cfg!(feature = "alloc"));
         if supported_pixel && *first_pixel_encoding {
             self.encoding = e;
             *first_pixel_encoding = false;
@@ -461,7 +477,10 @@ impl Server {
             phase: Phase::Version,
             version: config.max_version,
             challenge,
-            method: AuthMethod { security_type: SecurityType::Invalid, subtype: None },
+            method: AuthMethod {
+                security_type: SecurityType::Invalid,
+                subtype: None,
+            },
             out: OutQueue::new(),
             events: heapless::Deque::new(),
             deadline: config.handshake_timeout.map(|d| now + d),
@@ -536,7 +555,8 @@ impl Server {
     /// Whether an update may be sent now: a request is pending (or continuous updates are on)
     /// and no update is in progress.
     pub fn wants_update(&self) -> bool {
-        self.phase == Phase::Normal && (self.update_requested || self.continuous.is_some()) || self.update.is_some()
+        self.phase == Phase::Normal && (self.update_requested || self.continuous.is_some())
+            || self.update.is_some()
     }
 
     /// Whether an update is half-sent (call [`encode_update`](Self::encode_update) again).
@@ -577,7 +597,10 @@ impl Server {
                 }
             }
             if self.events.len() != before
-                || matches!(self.phase, Phase::AwaitTls(_) | Phase::Closing | Phase::Closed | Phase::AuthDecision)
+                || matches!(
+                    self.phase,
+                    Phase::AwaitTls(_) | Phase::Closing | Phase::Closed | Phase::AuthDecision
+                )
             {
                 break;
             }
@@ -587,25 +610,33 @@ impl Server {
 
     /// The client closed its side of the connection.
     pub fn handle_eof(&mut self) -> Result<(), Error> {
-        let clean = matches!(self.phase, Phase::Normal | Phase::Closing | Phase::Closed) && self.partial == Partial::None;
+        let clean = matches!(self.phase, Phase::Normal | Phase::Closing | Phase::Closed)
+            && self.partial == Partial::None;
         self.phase = Phase::Closed;
-        if clean { Ok(()) } else { Err(Error::Protocol(ProtocolError::UnexpectedEof)) }
+        if clean {
+            Ok(())
+        } else {
+            Err(Error::Protocol(ProtocolError::UnexpectedEof))
+        }
     }
 
     /// Tells the server the time; spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.fail_hold {
-            Some(FailHold::Unarmed) => self.fail_hold = Some(FailHold::Until(now + self.config.auth_failure_delay)),
+            Some(FailHold::Unarmed) => {
+                self.fail_hold = Some(FailHold::Until(now + self.config.auth_failure_delay))
+            }
             Some(FailHold::Until(t)) if now >= t => self.release_failure(),
             _ => {}
         }
-        if let Some(d) = self.deadline {
-            if now >= d && !matches!(self.phase, Phase::Normal | Phase::Closed | Phase::Closing) {
-                debug!("rfb server: handshake timeout");
-                self.phase = Phase::Closed;
-                self.deadline = None;
-                self.push_event(Event::TimedOut);
-            }
+        if let Some(d) = self.deadline
+            && now >= d
+            && !matches!(self.phase, Phase::Normal | Phase::Closed | Phase::Closing)
+        {
+            debug!("rfb server: handshake timeout");
+            self.phase = Phase::Closed;
+            self.deadline = None;
+            self.push_event(Event::TimedOut);
         }
     }
 
@@ -656,14 +687,25 @@ impl Server {
 
     /// Answers ClientInit: the framebuffer size, its native pixel format and the desktop name
     /// (at most 200 bytes; UTF-8 recommended).
-    pub fn server_init(&mut self, width: u16, height: u16, format: PixelFormat, name: &[u8]) -> Result<(), Error> {
+    pub fn server_init(
+        &mut self,
+        width: u16,
+        height: u16,
+        format: PixelFormat,
+        name: &[u8],
+    ) -> Result<(), Error> {
         if self.phase != Phase::ServerInit {
             return Err(Error::InvalidState);
         }
         if !format.is_valid() || !format.true_colour || name.len() > 200 {
             return Err(Error::InvalidArgument);
         }
-        let repr = ServerInitRepr { width, height, format, name_len: name.len() as u32 };
+        let repr = ServerInitRepr {
+            width,
+            height,
+            format,
+            name_len: name.len() as u32,
+        };
         self.out.push(ServerInitRepr::LEN + name.len(), |b| {
             repr.emit(b);
             b[ServerInitRepr::LEN..].copy_from_slice(name);
@@ -688,13 +730,20 @@ impl Server {
     /// extended-clipboard support.
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
-        if let CutTextLength::Extended(n) = len {
-            if self.prefs.flags & pref::EXT_CLIPBOARD == 0 || n == 0 || n > 1 << 31 {
-                return Err(Error::InvalidArgument);
-            }
+        if let CutTextLength::Extended(n) = len
+            && (self.prefs.flags & pref::EXT_CLIPBOARD == 0 || n == 0 || n > 1 << 31)
+        {
+            return Err(Error::InvalidArgument);
         }
-        let h = CutTextHeaderRepr { message_type: 3, length: len.to_wire() };
-        self.out.push_with_payload(CutTextHeaderRepr::LEN, AppPayload::CutText { len: len.len() }, |b| h.emit(b))
+        let h = CutTextHeaderRepr {
+            message_type: 3,
+            length: len.to_wire(),
+        };
+        self.out.push_with_payload(
+            CutTextHeaderRepr::LEN,
+            AppPayload::CutText { len: len.len() },
+            |b| h.emit(b),
+        )
     }
 
     /// Sends a ServerFence (the client must have asked for the Fence pseudo-encoding).
@@ -704,7 +753,8 @@ impl Server {
             return Err(Error::InvalidState);
         }
         let mut p = heapless::Vec::new();
-        p.extend_from_slice(payload).map_err(|_| Error::InvalidArgument)?;
+        p.extend_from_slice(payload)
+            .map_err(|_| Error::InvalidArgument)?;
         let f = FenceRepr { flags, payload: p };
         self.out.push(f.buffer_len(), |b| f.emit(b))
     }
@@ -730,10 +780,10 @@ impl Server {
         if self.update.is_some() {
             return Ok(None);
         }
-        if let Some(next) = self.colour_map_pending {
-            if self.out.is_empty() {
-                return self.emit_colour_map(next, buf);
-            }
+        if let Some(next) = self.colour_map_pending
+            && self.out.is_empty()
+        {
+            return self.emit_colour_map(next, buf);
         }
         self.out.pop_into(buf)
     }
@@ -757,7 +807,9 @@ impl Server {
             Some(FailHold::Until(t)) => Some(t),
             None => None,
         };
-        let deadline = self.deadline.filter(|_| !matches!(self.phase, Phase::Normal | Phase::Closed | Phase::Closing));
+        let deadline = self
+            .deadline
+            .filter(|_| !matches!(self.phase, Phase::Normal | Phase::Closed | Phase::Closing));
         match (hold, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -767,7 +819,11 @@ impl Server {
     // ---- internals ----
 
     fn running(&self) -> Result<(), Error> {
-        if self.phase == Phase::Normal { Ok(()) } else { Err(Error::InvalidState) }
+        if self.phase == Phase::Normal {
+            Ok(())
+        } else {
+            Err(Error::InvalidState)
+        }
     }
 
     fn push_event(&mut self, e: Event) {
@@ -783,7 +839,9 @@ impl Server {
 
     /// Queues a connection failure before security is agreed (3.3: U32 0; 3.7+: U8 0) plus reason.
     fn refuse(&mut self, reason: &'static str) {
-        let r = FailureReasonRepr { reason: reason.as_bytes() };
+        let r = FailureReasonRepr {
+            reason: reason.as_bytes(),
+        };
         let lead = if self.version == Version::V3_3 { 4 } else { 1 };
         let _ = self.out.push(lead + r.buffer_len(), |b| {
             b[..lead].fill(0);
@@ -794,7 +852,9 @@ impl Server {
 
     /// Queues a failed SecurityResult (reason only in 3.8).
     fn queue_security_failure(&mut self, reason: &str) {
-        let r = FailureReasonRepr { reason: reason.as_bytes() };
+        let r = FailureReasonRepr {
+            reason: reason.as_bytes(),
+        };
         let with_reason = self.version >= Version::V3_8;
         let n = 4 + if with_reason { r.buffer_len() } else { 0 };
         let _ = self.out.push(n, |b| {
@@ -823,7 +883,8 @@ impl Server {
         // RFB 3.3/3.7 skip SecurityResult for type None only (TigerVNC SConnection rule).
         let skip = self.version < Version::V3_8 && self.method.security_type == SecurityType::None;
         if !skip {
-            self.out.push(4, |b| put32(b, 0, u32::from(SecurityResult::Ok)))?;
+            self.out
+                .push(4, |b| put32(b, 0, u32::from(SecurityResult::Ok)))?;
         }
         self.phase = Phase::ClientInit;
         let m = self.method;
@@ -832,7 +893,10 @@ impl Server {
     }
 
     fn choose(&mut self, t: SecurityType) -> Result<(), Error> {
-        self.method = AuthMethod { security_type: t, subtype: None };
+        self.method = AuthMethod {
+            security_type: t,
+            subtype: None,
+        };
         match t {
             SecurityType::None => self.auth_success(),
             SecurityType::VncAuth => self.send_challenge(),
@@ -853,7 +917,9 @@ impl Server {
                 match $r {
                     Ok(v) => v,
                     Err(WireError::Truncated { .. }) => return Ok((0, None)),
-                    Err(WireError::Malformed) => return Err(Error::Protocol(ProtocolError::MalformedVersion)),
+                    Err(WireError::Malformed) => {
+                        return Err(Error::Protocol(ProtocolError::MalformedVersion))
+                    }
                 }
             };
         }
@@ -899,7 +965,9 @@ impl Server {
                 Ok((ProtocolVersionRepr::LEN, None))
             }
             Phase::SecurityChoice => {
-                let Some(&c) = input.first() else { return Ok((0, None)) };
+                let Some(&c) = input.first() else {
+                    return Ok((0, None));
+                };
                 let t = SecurityType::from(c);
                 if !self.config.security_types.contains(&t) {
                     debug!("rfb server: client chose unoffered security type {}", c);
@@ -917,7 +985,10 @@ impl Server {
                 let mut response = [0u8; CHALLENGE_LEN];
                 response.copy_from_slice(&input[..CHALLENGE_LEN]);
                 self.phase = Phase::AuthDecision;
-                self.push_event(Event::VncAuth { challenge: self.challenge, response });
+                self.push_event(Event::VncAuth {
+                    challenge: self.challenge,
+                    response,
+                });
                 Ok((CHALLENGE_LEN, None))
             }
             Phase::AuthDecision | Phase::ServerInit => Ok((0, None)),
@@ -981,12 +1052,22 @@ impl Server {
                 };
                 self.phase = Phase::AuthDecision;
                 self.push_event(Event::PlainAuth);
-                Ok((c.buffer_len(), Some(Payload::PlainCredentials { username: c.username, password: c.password })))
+                Ok((
+                    c.buffer_len(),
+                    Some(Payload::PlainCredentials {
+                        username: c.username,
+                        password: c.password,
+                    }),
+                ))
             }
             Phase::ClientInit => {
-                let Some(&shared) = input.first() else { return Ok((0, None)) };
+                let Some(&shared) = input.first() else {
+                    return Ok((0, None));
+                };
                 self.phase = Phase::ServerInit;
-                self.push_event(Event::ClientInit { shared: shared != 0 });
+                self.push_event(Event::ClientInit {
+                    shared: shared != 0,
+                });
                 Ok((1, None))
             }
             Phase::Normal => self.step_message(input),
@@ -1032,17 +1113,36 @@ impl Server {
                     return Ok((0, None));
                 }
                 let remaining = remaining - n as u32;
-                self.partial = if remaining == 0 { Partial::None } else { Partial::CutText { remaining } };
-                return Ok((n, Some(Payload::CutText { data: &input[..n], last: remaining == 0 })));
+                self.partial = if remaining == 0 {
+                    Partial::None
+                } else {
+                    Partial::CutText { remaining }
+                };
+                return Ok((
+                    n,
+                    Some(Payload::CutText {
+                        data: &input[..n],
+                        last: remaining == 0,
+                    }),
+                ));
             }
             Partial::Screens { remaining } => {
                 let s = need!(Screen::parse(input));
-                self.partial = if remaining > 1 { Partial::Screens { remaining: remaining - 1 } } else { Partial::None };
+                self.partial = if remaining > 1 {
+                    Partial::Screens {
+                        remaining: remaining - 1,
+                    }
+                } else {
+                    Partial::None
+                };
                 self.push_event(Event::Screen(s));
                 return Ok((Screen::LEN, None));
             }
         }
-        let Some(&t) = input.first() else { return Ok((0, None)) };
+        let Some(&t) = input.first() else {
+            return Ok((0, None));
+        };
+        trace!("rfb server: message type {}", t);
         match ClientMessageType::from(t) {
             ClientMessageType::SetPixelFormat => {
                 let m = need!(SetPixelFormatRepr::parse(input));
@@ -1069,7 +1169,10 @@ impl Server {
                     acc.encoding = Encoding::Raw;
                     self.apply_prefs(acc)?;
                 } else {
-                    self.partial = Partial::Encodings { remaining: h.count, acc };
+                    self.partial = Partial::Encodings {
+                        remaining: h.count,
+                        acc,
+                    };
                 }
                 Ok((SetEncodingsHeaderRepr::LEN, None))
             }
@@ -1083,17 +1186,27 @@ impl Server {
                 if !m.incremental {
                     self.full_update_requested = true;
                 }
-                self.push_event(Event::UpdateRequested { incremental: m.incremental, rect });
+                self.push_event(Event::UpdateRequested {
+                    incremental: m.incremental,
+                    rect,
+                });
                 Ok((FramebufferUpdateRequestRepr::LEN, None))
             }
             ClientMessageType::KeyEvent => {
                 let m = need!(KeyEventRepr::parse(input));
-                self.push_event(Event::Key { down: m.down, keysym: m.keysym });
+                self.push_event(Event::Key {
+                    down: m.down,
+                    keysym: m.keysym,
+                });
                 Ok((KeyEventRepr::LEN, None))
             }
             ClientMessageType::PointerEvent => {
                 let m = need!(PointerEventRepr::parse(input));
-                self.push_event(Event::Pointer { buttons: m.buttons, x: m.x, y: m.y });
+                self.push_event(Event::Pointer {
+                    buttons: m.buttons,
+                    x: m.x,
+                    y: m.y,
+                });
                 Ok((PointerEventRepr::LEN, None))
             }
             ClientMessageType::ClientCutText => {
@@ -1103,7 +1216,9 @@ impl Server {
                     return Err(Error::Protocol(ProtocolError::CutTextTooLong));
                 }
                 if !len.is_empty() {
-                    self.partial = Partial::CutText { remaining: len.len() };
+                    self.partial = Partial::CutText {
+                        remaining: len.len(),
+                    };
                 }
                 self.push_event(Event::CutText(len));
                 Ok((CutTextHeaderRepr::LEN, None))
@@ -1123,7 +1238,10 @@ impl Server {
                     self.continuous = None;
                     self.out.push(1, |b| b[0] = 150)?;
                 }
-                self.push_event(Event::ContinuousUpdates { enabled: m.enable, rect });
+                self.push_event(Event::ContinuousUpdates {
+                    enabled: m.enable,
+                    rect,
+                });
                 Ok((EnableContinuousUpdatesRepr::LEN, None))
             }
             ClientMessageType::ClientFence => {
@@ -1133,14 +1251,23 @@ impl Server {
                 let m = need!(FenceRepr::parse(input));
                 let len = m.buffer_len();
                 if m.flags & fence_flags::REQUEST != 0 {
-                    let reply = FenceRepr { flags: m.flags & fence_flags::KNOWN & !fence_flags::REQUEST, payload: m.payload };
+                    let reply = FenceRepr {
+                        flags: m.flags & fence_flags::KNOWN & !fence_flags::REQUEST,
+                        payload: m.payload,
+                    };
                     if self.out.free() < reply.buffer_len() {
                         return Ok((0, None));
                     }
                     self.out.push(reply.buffer_len(), |b| reply.emit(b))?;
                     Ok((len, None))
                 } else {
-                    Ok((len, Some(Payload::FenceResponse { flags: m.flags, data: &input[9..len] })))
+                    Ok((
+                        len,
+                        Some(Payload::FenceResponse {
+                            flags: m.flags,
+                            data: &input[9..len],
+                        }),
+                    ))
                 }
             }
             ClientMessageType::SetDesktopSize => {
@@ -1149,23 +1276,38 @@ impl Server {
                     return Err(Error::Protocol(ProtocolError::InvalidScreenLayout));
                 }
                 if h.screens > 0 {
-                    self.partial = Partial::Screens { remaining: h.screens };
+                    self.partial = Partial::Screens {
+                        remaining: h.screens,
+                    };
                 }
-                self.push_event(Event::SetDesktopSize { width: h.width, height: h.height, screens: h.screens });
+                self.push_event(Event::SetDesktopSize {
+                    width: h.width,
+                    height: h.height,
+                    screens: h.screens,
+                });
                 Ok((SetDesktopSizeHeaderRepr::LEN, None))
             }
             ClientMessageType::Qemu => {
                 if input.len() < 2 {
                     return Ok((0, None));
                 }
-                if input[1] != 0 || self.prefs.flags & pref::QEMU_KEY == 0 || !self.config.qemu_extended_key_events {
+                if input[1] != 0
+                    || self.prefs.flags & pref::QEMU_KEY == 0
+                    || !self.config.qemu_extended_key_events
+                {
                     return Err(Error::Protocol(ProtocolError::UnknownQemuMessage(input[1])));
                 }
                 let m = need!(QemuKeyEventRepr::parse(input));
-                self.push_event(Event::QemuKey { down: m.down, keysym: m.keysym, keycode: m.keycode });
+                self.push_event(Event::QemuKey {
+                    down: m.down,
+                    keysym: m.keysym,
+                    keycode: m.keycode,
+                });
                 Ok((QemuKeyEventRepr::LEN, None))
             }
-            ClientMessageType::Unknown(t) => Err(Error::Protocol(ProtocolError::UnknownMessageType(t))),
+            ClientMessageType::Unknown(t) => {
+                Err(Error::Protocol(ProtocolError::UnknownMessageType(t)))
+            }
         }
     }
 
@@ -1186,14 +1328,20 @@ impl Server {
             self.out.push(1, |b| b[0] = 150)?;
         }
         if new & pref::FENCE != 0 {
-            let f = FenceRepr { flags: fence_flags::REQUEST, payload: heapless::Vec::new() };
+            let f = FenceRepr {
+                flags: fence_flags::REQUEST,
+                payload: heapless::Vec::new(),
+            };
             let _ = self.out.push(f.buffer_len(), |b| f.emit(b));
         }
         if p.flags & pref::EXT_CLIPBOARD != 0 {
             // Caps: text, with request/notify/provide, max unsolicited text size.
             let caps: u32 = 1 | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 28);
             let max = self.config.limits.max_cut_text;
-            let h = CutTextHeaderRepr { message_type: 3, length: CutTextLength::Extended(8).to_wire() };
+            let h = CutTextHeaderRepr {
+                message_type: 3,
+                length: CutTextLength::Extended(8).to_wire(),
+            };
             let _ = self.out.push(16, |b| {
                 h.emit(b);
                 put32(b, 8, caps);
@@ -1228,14 +1376,22 @@ impl Server {
         }
     }
 
-    fn emit_colour_map(&mut self, next: u16, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
+    fn emit_colour_map(
+        &mut self,
+        next: u16,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
         const CHUNK: u16 = 32;
         let n = CHUNK.min(256 - next);
         let len = SetColourMapEntriesRepr::LEN + usize::from(n) * 6;
         if buf.len() < len {
             return Err(InsufficientSize { required: len });
         }
-        SetColourMapEntriesRepr { first: next, count: n }.emit(buf);
+        SetColourMapEntriesRepr {
+            first: next,
+            count: n,
+        }
+        .emit(buf);
         for i in 0..n {
             let v = u32::from(next + i);
             // BGR233: red bits 0-2, green 3-5, blue 6-7.
@@ -1245,7 +1401,11 @@ impl Server {
             put16(buf, at + 2, (g * 65535 / 7) as u16);
             put16(buf, at + 4, (b * 65535 / 3) as u16);
         }
-        self.colour_map_pending = if next + n >= 256 { None } else { Some(next + n) };
+        self.colour_map_pending = if next + n >= 256 {
+            None
+        } else {
+            Some(next + n)
+        };
         Ok(Some(Transmit { len, then: None }))
     }
 }

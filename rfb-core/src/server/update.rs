@@ -58,7 +58,13 @@ pub struct UpdateSource<'a> {
 impl<'a> UpdateSource<'a> {
     /// A source with only a framebuffer and damage.
     pub fn new(framebuffer: Framebuffer<'a>, damage: &'a [Damage]) -> Self {
-        Self { framebuffer, damage, cursor: None, desktop_name: None, screens: &[] }
+        Self {
+            framebuffer,
+            damage,
+            cursor: None,
+            desktop_name: None,
+            screens: &[],
+        }
     }
 }
 
@@ -94,12 +100,30 @@ enum Stage {
 pub(crate) enum RectState {
     /// The next damage entry starts.
     Start,
-    Raw { y: u16, x: u16 },
-    Rre { bg: u32, cx: u16, cy: u16 },
-    Hextile { tx: u16, ty: u16, carry: HextileCarry },
+    Raw {
+        y: u16,
+        x: u16,
+    },
+    Rre {
+        bg: u32,
+        cx: u16,
+        cy: u16,
+    },
+    Hextile {
+        tx: u16,
+        ty: u16,
+        carry: HextileCarry,
+    },
     #[cfg(feature = "alloc")]
-    Zrle { band: u16, sent: usize, len: usize },
-    Cursor { row: u16, mask_sent: usize },
+    Zrle {
+        band: u16,
+        sent: usize,
+        len: usize,
+    },
+    Cursor {
+        row: u16,
+        mask_sent: usize,
+    },
 }
 
 /// Resumable position inside an update.
@@ -146,8 +170,10 @@ impl Server {
                 if self.prefs.flags & pref::COPYRECT != 0 && !self.full_update_requested =>
             {
                 let src = Rect::new(src_x, src_y, dst.width, dst.height);
-                (dst.fits_in(fb.width(), fb.height()) && src.fits_in(fb.width(), fb.height()) && !dst.is_empty())
-                    .then_some((dst, src_x, src_y))
+                (dst.fits_in(fb.width(), fb.height())
+                    && src.fits_in(fb.width(), fb.height())
+                    && !dst.is_empty())
+                .then_some((dst, src_x, src_y))
             }
             _ => None,
         }
@@ -155,19 +181,26 @@ impl Server {
 
     fn damage_rect(d: &Damage, fb: &Framebuffer<'_>) -> Rect {
         match *d {
-            Damage::Changed(r) | Damage::Copied { dst: r, .. } => r.clip_to(fb.width(), fb.height()),
+            Damage::Changed(r) | Damage::Copied { dst: r, .. } => {
+                r.clip_to(fb.width(), fb.height())
+            }
         }
     }
 
     fn start_update(&mut self, src: &UpdateSource<'_>) -> Result<UpdateState, Error> {
-        if self.phase != super::Phase::Normal || !(self.update_requested || self.continuous.is_some()) {
+        if self.phase != super::Phase::Normal
+            || !(self.update_requested || self.continuous.is_some())
+        {
             return Err(Error::InvalidState);
         }
         if !self.out.is_empty() || self.colour_map_pending.is_some() {
             return Err(Error::QueueFull);
         }
         let fb = &src.framebuffer;
-        if !fb.format().true_colour || src.screens.len() > 16 || src.desktop_name.is_some_and(|n| n.len() > 1024) {
+        if !fb.format().true_colour
+            || src.screens.len() > 16
+            || src.desktop_name.is_some_and(|n| n.len() > 1024)
+        {
             return Err(Error::InvalidArgument);
         }
         let flags = self.prefs.flags;
@@ -187,15 +220,15 @@ impl Server {
         if self.qemu_key_ack_pending {
             pseudo |= PSEUDO_QEMU_KEY;
         }
-        if let Some(c) = &src.cursor {
-            if flags & pref::CURSOR != 0 {
-                let (w, h) = (c.image.width(), c.image.height());
-                let mask_len = usize::from(w.div_ceil(8)) * usize::from(h);
-                if w > 256 || h > 256 || c.mask.len() < mask_len || !c.image.format().true_colour {
-                    return Err(Error::InvalidArgument);
-                }
-                pseudo |= PSEUDO_CURSOR;
+        if let Some(c) = &src.cursor
+            && flags & pref::CURSOR != 0
+        {
+            let (w, h) = (c.image.width(), c.image.height());
+            let mask_len = usize::from(w.div_ceil(8)) * usize::from(h);
+            if w > 256 || h > 256 || c.mask.len() < mask_len || !c.image.format().true_colour {
+                return Err(Error::InvalidArgument);
             }
+            pseudo |= PSEUDO_CURSOR;
         }
         let encoding = self.prefs.encoding;
         let mut rects = pseudo.count_ones();
@@ -238,7 +271,11 @@ impl Server {
     /// Pixels are translated from the framebuffer's format into the client's and encoded with
     /// the client's preferred supported encoding (ZRLE, Hextile, RRE or Raw); copied areas go
     /// out as CopyRect when the client asked for it.
-    pub fn encode_update(&mut self, src: &UpdateSource<'_>, out: &mut [u8]) -> Result<EncodeStatus, Error> {
+    pub fn encode_update(
+        &mut self,
+        src: &UpdateSource<'_>,
+        out: &mut [u8],
+    ) -> Result<EncodeStatus, Error> {
         if out.len() < MIN_ENCODE_BUFFER {
             return Err(Error::InvalidArgument);
         }
@@ -253,7 +290,11 @@ impl Server {
         }
         let wire = effective_format(&self.client_format);
         let tr = Translator::new(&fb.format(), &wire).ok_or(Error::InvalidArgument)?;
-        let source = Source { fb, tr: &tr, bpp: wire.bytes_per_pixel() };
+        let source = Source {
+            fb,
+            tr: &tr,
+            bpp: wire.bytes_per_pixel(),
+        };
         let mut pos = 0usize;
         let done = loop {
             match st.stage {
@@ -287,7 +328,11 @@ impl Server {
                         if out.len() - pos < RectHeaderRepr::LEN {
                             break false;
                         }
-                        RectHeaderRepr { rect: Rect::default(), encoding: Encoding::LastRect }.emit(&mut out[pos..]);
+                        RectHeaderRepr {
+                            rect: Rect::default(),
+                            encoding: Encoding::LastRect,
+                        }
+                        .emit(&mut out[pos..]);
                         pos += RectHeaderRepr::LEN;
                     }
                     break true;
@@ -305,13 +350,27 @@ impl Server {
     }
 
     /// Writes the next pseudo-rectangle (or part of the cursor); `None` if `out` is too full.
-    fn encode_pseudo(&mut self, st: &mut UpdateState, src: &UpdateSource<'_>, source: &Source<'_, '_>, out: &mut [u8]) -> Option<usize> {
+    fn encode_pseudo(
+        &mut self,
+        st: &mut UpdateState,
+        src: &UpdateSource<'_>,
+        source: &Source<'_, '_>,
+        out: &mut [u8],
+    ) -> Option<usize> {
         let fb = &src.framebuffer;
         let (w, h) = (fb.width(), fb.height());
         if st.pseudo & PSEUDO_SIZE != 0 {
             if st.size_ext {
-                let default = [Screen { id: 0, rect: Rect::new(0, 0, w, h), flags: 0 }];
-                let screens = if src.screens.is_empty() { &default[..] } else { src.screens };
+                let default = [Screen {
+                    id: 0,
+                    rect: Rect::new(0, 0, w, h),
+                    flags: 0,
+                }];
+                let screens = if src.screens.is_empty() {
+                    &default[..]
+                } else {
+                    src.screens
+                };
                 let n = RectHeaderRepr::LEN + ExtendedDesktopSizeRepr::LEN + 16 * screens.len();
                 if out.len() < n {
                     return None;
@@ -320,8 +379,15 @@ impl Server {
                     Some(s) => (1, s),
                     None => (0, 0),
                 };
-                RectHeaderRepr { rect: Rect::new(reason, status, w, h), encoding: Encoding::ExtendedDesktopSize }.emit(out);
-                ExtendedDesktopSizeRepr { screens: screens.len() as u8 }.emit(&mut out[12..]);
+                RectHeaderRepr {
+                    rect: Rect::new(reason, status, w, h),
+                    encoding: Encoding::ExtendedDesktopSize,
+                }
+                .emit(out);
+                ExtendedDesktopSizeRepr {
+                    screens: screens.len() as u8,
+                }
+                .emit(&mut out[12..]);
                 for (i, s) in screens.iter().enumerate() {
                     s.emit(&mut out[16 + 16 * i..]);
                 }
@@ -331,7 +397,11 @@ impl Server {
             if out.len() < RectHeaderRepr::LEN {
                 return None;
             }
-            RectHeaderRepr { rect: Rect::new(0, 0, w, h), encoding: Encoding::DesktopSize }.emit(out);
+            RectHeaderRepr {
+                rect: Rect::new(0, 0, w, h),
+                encoding: Encoding::DesktopSize,
+            }
+            .emit(out);
             st.pseudo &= !PSEUDO_SIZE;
             return Some(RectHeaderRepr::LEN);
         }
@@ -341,7 +411,11 @@ impl Server {
             if out.len() < n {
                 return None;
             }
-            RectHeaderRepr { rect: Rect::default(), encoding: Encoding::DesktopName }.emit(out);
+            RectHeaderRepr {
+                rect: Rect::default(),
+                encoding: Encoding::DesktopName,
+            }
+            .emit(out);
             put32(out, 12, name.len() as u32);
             out[16..n].copy_from_slice(name);
             st.pseudo &= !PSEUDO_NAME;
@@ -351,7 +425,11 @@ impl Server {
             if out.len() < RectHeaderRepr::LEN {
                 return None;
             }
-            RectHeaderRepr { rect: Rect::new(0, 0, w, h), encoding: Encoding::QemuExtendedKeyEvent }.emit(out);
+            RectHeaderRepr {
+                rect: Rect::new(0, 0, w, h),
+                encoding: Encoding::QemuExtendedKeyEvent,
+            }
+            .emit(out);
             st.pseudo &= !PSEUDO_QEMU_KEY;
             return Some(RectHeaderRepr::LEN);
         }
@@ -371,11 +449,24 @@ impl Server {
             }
             let hx = c.hotspot_x.min(img.width().saturating_sub(1));
             let hy = c.hotspot_y.min(img.height().saturating_sub(1));
-            RectHeaderRepr { rect: Rect::new(hx, hy, img.width(), img.height()), encoding: Encoding::Cursor }.emit(out);
+            RectHeaderRepr {
+                rect: Rect::new(hx, hy, img.width(), img.height()),
+                encoding: Encoding::Cursor,
+            }
+            .emit(out);
             pos = RectHeaderRepr::LEN;
-            st.rect = RectState::Cursor { row: 0, mask_sent: 0 };
+            st.rect = RectState::Cursor {
+                row: 0,
+                mask_sent: 0,
+            };
         }
-        let RectState::Cursor { mut row, mut mask_sent } = st.rect else { return None };
+        let RectState::Cursor {
+            mut row,
+            mut mask_sent,
+        } = st.rect
+        else {
+            return None;
+        };
         let row_len = usize::from(img.width()) * bpp;
         while row < img.height() {
             if out.len() - pos < row_len {
@@ -401,7 +492,13 @@ impl Server {
     }
 
     /// Writes (part of) the current damage rectangle; `None` if nothing fit.
-    fn encode_damage(&mut self, st: &mut UpdateState, src: &UpdateSource<'_>, source: &Source<'_, '_>, out: &mut [u8]) -> Result<Option<usize>, Error> {
+    fn encode_damage(
+        &mut self,
+        st: &mut UpdateState,
+        src: &UpdateSource<'_>,
+        source: &Source<'_, '_>,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
         let fb = &src.framebuffer;
         let d = &src.damage[st.damage];
         let bpp = source.bpp;
@@ -411,7 +508,11 @@ impl Server {
                 if out.len() < RectHeaderRepr::LEN + 4 {
                     return Ok(None);
                 }
-                RectHeaderRepr { rect: dst, encoding: Encoding::CopyRect }.emit(out);
+                RectHeaderRepr {
+                    rect: dst,
+                    encoding: Encoding::CopyRect,
+                }
+                .emit(out);
                 put16(out, 12, sx);
                 put16(out, 14, sy);
                 st.damage += 1;
@@ -425,15 +526,27 @@ impl Server {
             match st.encoding {
                 #[cfg(feature = "alloc")]
                 Encoding::Zrle => {
-                    st.rect = RectState::Zrle { band: 0, sent: 0, len: 0 };
+                    st.rect = RectState::Zrle {
+                        band: 0,
+                        sent: 0,
+                        len: 0,
+                    };
                 }
                 Encoding::Hextile => {
                     if out.len() < RectHeaderRepr::LEN {
                         return Ok(None);
                     }
-                    RectHeaderRepr { rect: r, encoding: Encoding::Hextile }.emit(out);
+                    RectHeaderRepr {
+                        rect: r,
+                        encoding: Encoding::Hextile,
+                    }
+                    .emit(out);
                     pos = RectHeaderRepr::LEN;
-                    st.rect = RectState::Hextile { tx: 0, ty: 0, carry: HextileCarry::default() };
+                    st.rect = RectState::Hextile {
+                        tx: 0,
+                        ty: 0,
+                        carry: HextileCarry::default(),
+                    };
                 }
                 Encoding::Rre => {
                     let bg = source.pixel(r.x, r.y);
@@ -442,7 +555,11 @@ impl Server {
                     if out.len() < n {
                         return Ok(None);
                     }
-                    RectHeaderRepr { rect: r, encoding: Encoding::Rre }.emit(out);
+                    RectHeaderRepr {
+                        rect: r,
+                        encoding: Encoding::Rre,
+                    }
+                    .emit(out);
                     put32(out, 12, count);
                     put_px(&mut out[16..], bg, bpp);
                     pos = n;
@@ -452,7 +569,11 @@ impl Server {
                     if out.len() < RectHeaderRepr::LEN {
                         return Ok(None);
                     }
-                    RectHeaderRepr { rect: r, encoding: Encoding::Raw }.emit(out);
+                    RectHeaderRepr {
+                        rect: r,
+                        encoding: Encoding::Raw,
+                    }
+                    .emit(out);
                     pos = RectHeaderRepr::LEN;
                     st.rect = RectState::Raw { y: 0, x: 0 };
                 }
@@ -467,7 +588,11 @@ impl Server {
                 st.rect = RectState::Start;
                 st.damage += 1;
             }
-            return Ok(if pos == 0 && !finished { None } else { Some(pos) });
+            return Ok(if pos == 0 && !finished {
+                None
+            } else {
+                Some(pos)
+            });
         }
         let finished = match &mut st.rect {
             RectState::Raw { y, x } => {
@@ -524,7 +649,14 @@ impl Server {
                     let w = (r.x + r.width - x).min(16);
                     let h = (r.y + r.height - y).min(16);
                     source.load(x, y, w, h, &mut px);
-                    pos += hextile_tile(&px, usize::from(w), usize::from(h), bpp, carry, &mut out[pos..]);
+                    pos += hextile_tile(
+                        &px,
+                        usize::from(w),
+                        usize::from(h),
+                        bpp,
+                        carry,
+                        &mut out[pos..],
+                    );
                     *tx += 1;
                     if *tx == tiles_x {
                         *tx = 0;
@@ -541,6 +673,10 @@ impl Server {
             st.rect = RectState::Start;
             st.damage += 1;
         }
-        Ok(if pos == 0 && !finished { None } else { Some(pos) })
+        Ok(if pos == 0 && !finished {
+            None
+        } else {
+            Some(pos)
+        })
     }
 }

@@ -230,7 +230,14 @@ impl ZrleEncoder {
     }
 
     /// Encodes `band` of the rectangle into `self.wire` (header, length, zlib data).
-    fn band(&mut self, r: Rect, band: u16, source: &Source<'_, '_>, cpb: usize, coff: usize) -> Result<(), Error> {
+    fn band(
+        &mut self,
+        r: Rect,
+        band: u16,
+        source: &Source<'_, '_>,
+        cpb: usize,
+        coff: usize,
+    ) -> Result<(), Error> {
         let y0 = r.y + band * ZRLE_BAND;
         let bh = (r.y + r.height - y0).min(ZRLE_BAND);
         self.raw.clear();
@@ -250,7 +257,11 @@ impl ZrleEncoder {
         }
         self.wire.clear();
         self.wire.resize(RectHeaderRepr::LEN + 4, 0);
-        RectHeaderRepr { rect: Rect::new(r.x, y0, r.width, bh), encoding: Encoding::Zrle }.emit(&mut self.wire);
+        RectHeaderRepr {
+            rect: Rect::new(r.x, y0, r.width, bh),
+            encoding: Encoding::Zrle,
+        }
+        .emit(&mut self.wire);
         let mut input = &self.raw[..];
         loop {
             let at = self.wire.len();
@@ -283,12 +294,25 @@ fn push_run_len(out: &mut Vec<u8>, len: usize) {
 
 impl Server {
     /// Writes (part of) the ZRLE bands of `r`; returns `(bytes written, rectangle finished)`.
-    pub(crate) fn encode_zrle_step(&mut self, st: &mut UpdateState, r: Rect, source: &Source<'_, '_>, out: &mut [u8]) -> Result<(usize, bool), Error> {
+    pub(crate) fn encode_zrle_step(
+        &mut self,
+        st: &mut UpdateState,
+        r: Rect,
+        source: &Source<'_, '_>,
+        out: &mut [u8],
+    ) -> Result<(usize, bool), Error> {
         let level = self.prefs.level;
         let wire = effective_format(&self.client_format);
         let (cpb, coff) = cpixel_layout(&wire);
-        let z = self.zrle.get_or_insert_with(|| Box::new(ZrleEncoder::new(level)));
-        let RectState::Zrle { mut band, mut sent, mut len } = st.rect_state() else {
+        let z = self
+            .zrle
+            .get_or_insert_with(|| Box::new(ZrleEncoder::new(level)));
+        let RectState::Zrle {
+            mut band,
+            mut sent,
+            mut len,
+        } = st.rect_state()
+        else {
             return Err(Error::InvalidState);
         };
         let bands = r.height.div_ceil(ZRLE_BAND);

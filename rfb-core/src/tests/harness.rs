@@ -45,14 +45,32 @@ impl ServerFb {
                     0x00ff_ffff
                 };
                 let val = pack_rgb(&format, v);
-                crate::pixel::write_value(&mut data[y * stride + x * bpp..], val, bpp, format.big_endian);
+                crate::pixel::write_value(
+                    &mut data[y * stride + x * bpp..],
+                    val,
+                    bpp,
+                    format.big_endian,
+                );
             }
         }
-        Self { data, width, height, stride, format }
+        Self {
+            data,
+            width,
+            height,
+            stride,
+            format,
+        }
     }
 
     pub(crate) fn fb(&self) -> Framebuffer<'_> {
-        Framebuffer::new(&self.data, self.width, self.height, self.stride, self.format).unwrap()
+        Framebuffer::new(
+            &self.data,
+            self.width,
+            self.height,
+            self.stride,
+            self.format,
+        )
+        .unwrap()
     }
 }
 
@@ -92,7 +110,10 @@ impl Auth {
             Auth::X509Vnc => (&[T::VeNCrypt], &[S::X509Vnc]),
             Auth::X509Plain => (&[T::VeNCrypt], &[S::X509Plain]),
         };
-        (ServerConfig::with_security(t, s), ClientConfig::with_security(t, s))
+        (
+            ServerConfig::with_security(t, s),
+            ClientConfig::with_security(t, s),
+        )
     }
 }
 
@@ -128,7 +149,12 @@ impl Pair {
         Self::with_configs(sc, cc, fb, client_fb_format)
     }
 
-    pub(crate) fn with_configs(sc: ServerConfig, cc: ClientConfig, fb: ServerFb, client_fb_format: PixelFormat) -> Self {
+    pub(crate) fn with_configs(
+        sc: ServerConfig,
+        cc: ClientConfig,
+        fb: ServerFb,
+        client_fb_format: PixelFormat,
+    ) -> Self {
         Self {
             server: Server::new(sc, Instant::ZERO, CHALLENGE),
             client: Client::new(cc, Instant::ZERO),
@@ -172,7 +198,10 @@ impl Pair {
                     assert!(self.c2s.is_empty(), "plaintext after the VeNCrypt sub-type");
                     self.tls_server = true;
                 }
-                server::Event::VncAuth { challenge, response } => {
+                server::Event::VncAuth {
+                    challenge,
+                    response,
+                } => {
                     if crate::verify_vnc_response(PASSWORD, &challenge, &response) {
                         self.server.accept_auth().unwrap();
                     } else {
@@ -181,7 +210,9 @@ impl Pair {
                 }
                 server::Event::ClientInit { .. } => {
                     let fb = &self.server_fb;
-                    self.server.server_init(fb.width, fb.height, fb.format, b"test desktop").unwrap();
+                    self.server
+                        .server_init(fb.width, fb.height, fb.format, b"test desktop")
+                        .unwrap();
                     self.server_init_done = true;
                 }
                 server::Event::AuthFailed { .. } => self.auth_failed = true,
@@ -234,8 +265,15 @@ impl Pair {
                     self.resize_client_fb(width, height);
                     self.client_ready = true;
                 }
-                client::Event::DesktopSize { width, height } => self.resize_client_fb(width, height),
-                client::Event::ExtendedDesktopSize { width, height, status: 0, .. } => self.resize_client_fb(width, height),
+                client::Event::DesktopSize { width, height } => {
+                    self.resize_client_fb(width, height)
+                }
+                client::Event::ExtendedDesktopSize {
+                    width,
+                    height,
+                    status: 0,
+                    ..
+                } => self.resize_client_fb(width, height),
                 _ => {}
             }
         }
@@ -263,7 +301,9 @@ impl Pair {
                 let (w, h) = self.client_fb_size;
                 let bpp = self.client_fb_format.bytes_per_pixel();
                 let fmt = self.client_fb_format;
-                let mut fb = FramebufferMut::new(&mut self.client_fb, w, h, usize::from(w) * bpp, fmt).unwrap();
+                let mut fb =
+                    FramebufferMut::new(&mut self.client_fb, w, h, usize::from(w) * bpp, fmt)
+                        .unwrap();
                 match self.client.handle_input_fb(&self.s2c, &mut fb) {
                     Ok(p) => {
                         if let Some(pl) = p.payload {
@@ -291,7 +331,9 @@ impl Pair {
                                 if (username, password) == (&b"user"[..], &b"pass"[..]) {
                                     self.server.accept_auth().unwrap();
                                 } else {
-                                    self.server.reject_auth("Invalid username or password").unwrap();
+                                    self.server
+                                        .reject_auth("Invalid username or password")
+                                        .unwrap();
                                 }
                             }
                         }

@@ -38,7 +38,9 @@ fn feed_s(s: &mut Server, input: &[u8]) -> (Option<Error>, usize) {
                     }
                     any
                 };
-                if (p.consumed == 0 && p.payload.is_none() && !had_event) || s.state() == server::State::AwaitingTls {
+                if (p.consumed == 0 && p.payload.is_none() && !had_event)
+                    || s.state() == server::State::AwaitingTls
+                {
                     return (None, at);
                 }
             }
@@ -63,13 +65,19 @@ fn running_server(limits: Option<server::ServerLimits>) -> Server {
 #[test]
 fn cve_2006_2369_unoffered_type_is_rejected() {
     // Only VncAuth (2) and VeNCrypt (19) offered; the client picks None (1).
-    let c = ServerConfig::with_security(&[SecurityType::VncAuth, SecurityType::VeNCrypt], &[VencryptSubtype::X509Vnc]);
+    let c = ServerConfig::with_security(
+        &[SecurityType::VncAuth, SecurityType::VeNCrypt],
+        &[VencryptSubtype::X509Vnc],
+    );
     let mut s = Server::new(c, Instant::ZERO, CHALLENGE);
     out(&mut s);
     feed_s(&mut s, b"RFB 003.008\n");
     assert_eq!(out(&mut s), [2, 2, 19]);
     let (e, _) = feed_s(&mut s, &[1]);
-    assert_eq!(e, Some(Error::Protocol(ProtocolError::SecurityTypeNotOffered)));
+    assert_eq!(
+        e,
+        Some(Error::Protocol(ProtocolError::SecurityTypeNotOffered))
+    );
     let o = out(&mut s);
     assert_eq!(&o[..4], [0, 0, 0, 1]);
     assert_eq!(&o[8..], b"Security type not offered");
@@ -103,7 +111,10 @@ fn start_tls_stops_at_exact_byte() {
     input.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x05, 1]);
     let (e, at) = feed_s(&mut s, &input);
     assert_eq!(e, None);
-    assert_eq!(at, boundary, "the core must stop at the byte after the sub-type");
+    assert_eq!(
+        at, boundary,
+        "the core must stop at the byte after the sub-type"
+    );
     let o = out(&mut s);
     assert_eq!(*o.last().unwrap(), 1, "sub-type ack");
     assert_eq!(s.state(), server::State::AwaitingTls);
@@ -117,7 +128,13 @@ fn start_tls_stops_at_exact_byte() {
     creds.extend_from_slice(&3u32.to_be_bytes());
     creds.extend_from_slice(b"userpwd");
     let p = s.handle_input(&creds).unwrap();
-    assert_eq!(p.payload, Some(server::Payload::PlainCredentials { username: b"user", password: b"pwd" }));
+    assert_eq!(
+        p.payload,
+        Some(server::Payload::PlainCredentials {
+            username: b"user",
+            password: b"pwd"
+        })
+    );
 
     // Client side: the ack is the last plaintext byte consumed.
     let mut c = Client::new(ClientConfig::default(), Instant::ZERO);
@@ -165,7 +182,10 @@ fn client_sends_no_credential_before_tls_validated() {
         while c.poll_event().is_some() {}
     }
     // Credentials are refused until TLS is established.
-    assert_eq!(c.send_plain_credentials(b"u", b"p"), Err(Error::InvalidState));
+    assert_eq!(
+        c.send_plain_credentials(b"u", b"p"),
+        Err(Error::InvalidState)
+    );
     assert_eq!(c.send_password(b"p"), Err(Error::InvalidState));
     // What went out in plaintext: version, type, VeNCrypt version, sub-type. No secrets.
     let mut expect = Vec::new();
@@ -174,7 +194,10 @@ fn client_sends_no_credential_before_tls_validated() {
     expect.extend_from_slice(&262u32.to_be_bytes());
     assert_eq!(sent, expect);
     c.tls_established().unwrap();
-    assert_eq!(c.poll_event(), Some(client::Event::NeedCredentials(client::Credentials::Plain)));
+    assert_eq!(
+        c.poll_event(),
+        Some(client::Event::NeedCredentials(client::Credentials::Plain))
+    );
     c.send_plain_credentials(b"u", b"p").unwrap();
 }
 
@@ -184,19 +207,41 @@ fn cve_2018_7225_huge_cut_text() {
         let mut s = running_server(None);
         let mut m = std::vec![6, 0, 0, 0];
         m.extend_from_slice(&len.to_be_bytes());
-        assert_eq!(feed_s(&mut s, &m).0, Some(Error::Protocol(ProtocolError::CutTextTooLong)), "{len:#x}");
+        assert_eq!(
+            feed_s(&mut s, &m).0,
+            Some(Error::Protocol(ProtocolError::CutTextTooLong)),
+            "{len:#x}"
+        );
     }
     // Exactly at the limit is fine and is lent in chunks, never buffered.
-    let mut s = running_server(Some(server::ServerLimits { max_cut_text: 10, ..Default::default() }));
+    let mut s = running_server(Some(server::ServerLimits {
+        max_cut_text: 10,
+        ..Default::default()
+    }));
     let mut m = std::vec![6, 0, 0, 0, 0, 0, 0, 10];
     m.extend_from_slice(b"0123");
     let p = s.handle_input(&m).unwrap();
     assert_eq!(p.consumed, 8);
-    assert_eq!(s.poll_event(), Some(server::Event::CutText(CutTextLength::Text(10))));
+    assert_eq!(
+        s.poll_event(),
+        Some(server::Event::CutText(CutTextLength::Text(10)))
+    );
     let p = s.handle_input(&m[8..]).unwrap();
-    assert_eq!(p.payload, Some(server::Payload::CutText { data: b"0123", last: false }));
+    assert_eq!(
+        p.payload,
+        Some(server::Payload::CutText {
+            data: b"0123",
+            last: false
+        })
+    );
     let p = s.handle_input(b"456789").unwrap();
-    assert_eq!(p.payload, Some(server::Payload::CutText { data: b"456789", last: true }));
+    assert_eq!(
+        p.payload,
+        Some(server::Payload::CutText {
+            data: b"456789",
+            last: true
+        })
+    );
 }
 
 #[test]
@@ -212,41 +257,105 @@ fn cve_2023_3255_extended_clipboard_i32_min() {
         assert_eq!(feed_s(&mut s2, &m).0, None);
         let mut c = std::vec![6, 0, 0, 0];
         c.extend_from_slice(&(len as u32).to_be_bytes());
-        assert_eq!(feed_s(&mut s2, &c).0, Some(Error::Protocol(ProtocolError::CutTextTooLong)), "{len}");
+        assert_eq!(
+            feed_s(&mut s2, &c).0,
+            Some(Error::Protocol(ProtocolError::CutTextTooLong)),
+            "{len}"
+        );
     }
     // A small negative length is an extended message of |len| bytes.
     let mut c = std::vec![6, 0, 0, 0];
     c.extend_from_slice(&(-4i32 as u32).to_be_bytes());
     let _ = s.handle_input(&c).unwrap();
-    assert_eq!(s.poll_event(), Some(server::Event::CutText(CutTextLength::Extended(4))));
-    assert_eq!(CutTextHeaderRepr { message_type: 6, length: i32::MIN as u32 }.decode(true), CutTextLength::Extended(1 << 31));
+    assert_eq!(
+        s.poll_event(),
+        Some(server::Event::CutText(CutTextLength::Extended(4)))
+    );
+    assert_eq!(
+        CutTextHeaderRepr {
+            message_type: 6,
+            length: i32::MIN as u32
+        }
+        .decode(true),
+        CutTextLength::Extended(1 << 31)
+    );
 }
 
 #[test]
 fn cve_2014_7815_bad_pixel_formats() {
     let bad = [
-        PixelFormat { bits_per_pixel: 24, ..PixelFormat::RGB888 },
-        PixelFormat { bits_per_pixel: 0, ..PixelFormat::RGB888 },
-        PixelFormat { bits_per_pixel: 33, ..PixelFormat::RGB888 },
-        PixelFormat { depth: 0, ..PixelFormat::RGB888 },
-        PixelFormat { depth: 40, ..PixelFormat::RGB888 },
-        PixelFormat { red_max: 0, ..PixelFormat::RGB888 }, // CVE-2015-8504
-        PixelFormat { blue_max: 0, ..PixelFormat::RGB888 },
-        PixelFormat { green_max: 100, ..PixelFormat::RGB888 }, // not 2^n-1
-        PixelFormat { red_shift: 30, ..PixelFormat::RGB888 },  // outside the pixel
-        PixelFormat { red_shift: 200, ..PixelFormat::RGB888 },
-        PixelFormat { green_shift: 16, ..PixelFormat::RGB888 }, // overlaps red
-        PixelFormat { red_max: 0xffff, ..PixelFormat::RGB565 },
-        PixelFormat { bits_per_pixel: 16, true_colour: false, ..PixelFormat::COLOUR_MAP8 },
+        PixelFormat {
+            bits_per_pixel: 24,
+            ..PixelFormat::RGB888
+        },
+        PixelFormat {
+            bits_per_pixel: 0,
+            ..PixelFormat::RGB888
+        },
+        PixelFormat {
+            bits_per_pixel: 33,
+            ..PixelFormat::RGB888
+        },
+        PixelFormat {
+            depth: 0,
+            ..PixelFormat::RGB888
+        },
+        PixelFormat {
+            depth: 40,
+            ..PixelFormat::RGB888
+        },
+        PixelFormat {
+            red_max: 0,
+            ..PixelFormat::RGB888
+        }, // CVE-2015-8504
+        PixelFormat {
+            blue_max: 0,
+            ..PixelFormat::RGB888
+        },
+        PixelFormat {
+            green_max: 100,
+            ..PixelFormat::RGB888
+        }, // not 2^n-1
+        PixelFormat {
+            red_shift: 30,
+            ..PixelFormat::RGB888
+        }, // outside the pixel
+        PixelFormat {
+            red_shift: 200,
+            ..PixelFormat::RGB888
+        },
+        PixelFormat {
+            green_shift: 16,
+            ..PixelFormat::RGB888
+        }, // overlaps red
+        PixelFormat {
+            red_max: 0xffff,
+            ..PixelFormat::RGB565
+        },
+        PixelFormat {
+            bits_per_pixel: 16,
+            true_colour: false,
+            ..PixelFormat::COLOUR_MAP8
+        },
     ];
     for pf in bad {
         assert!(!pf.is_valid(), "{pf:?}");
         let mut s = running_server(None);
         let mut m = std::vec![0u8; 20];
         SetPixelFormatRepr { format: pf }.emit(&mut m);
-        assert_eq!(feed_s(&mut s, &m).0, Some(Error::Protocol(ProtocolError::InvalidPixelFormat)), "{pf:?}");
+        assert_eq!(
+            feed_s(&mut s, &m).0,
+            Some(Error::Protocol(ProtocolError::InvalidPixelFormat)),
+            "{pf:?}"
+        );
     }
-    for good in [PixelFormat::RGB888, PixelFormat::RGB565_BE, PixelFormat::BGR233, PixelFormat::COLOUR_MAP8, PixelFormat::RGB555] {
+    for good in [
+        PixelFormat::RGB888,
+        PixelFormat::RGB565_BE,
+        PixelFormat::BGR233,
+        PixelFormat::COLOUR_MAP8,
+        PixelFormat::RGB555,
+    ] {
         assert!(good.is_valid());
     }
 }
@@ -255,25 +364,46 @@ fn cve_2014_7815_bad_pixel_formats() {
 fn unknown_messages_end_the_connection() {
     for t in [1u8, 7, 127, 200, 249, 254] {
         let mut s = running_server(None);
-        assert_eq!(feed_s(&mut s, &[t, 0, 0, 0]).0, Some(Error::Protocol(ProtocolError::UnknownMessageType(t))));
+        assert_eq!(
+            feed_s(&mut s, &[t, 0, 0, 0]).0,
+            Some(Error::Protocol(ProtocolError::UnknownMessageType(t)))
+        );
     }
     // QEMU sub-message without negotiation.
     let mut s = running_server(None);
-    assert_eq!(feed_s(&mut s, &[255, 0, 0, 0]).0, Some(Error::Protocol(ProtocolError::UnknownQemuMessage(0))));
+    assert_eq!(
+        feed_s(&mut s, &[255, 0, 0, 0]).0,
+        Some(Error::Protocol(ProtocolError::UnknownQemuMessage(0)))
+    );
     // EnableContinuousUpdates without the pseudo-encoding.
     let mut s = running_server(None);
-    assert_eq!(feed_s(&mut s, &[150, 1, 0, 0, 0, 0, 0, 1, 0, 1]).0, Some(Error::Protocol(ProtocolError::UnexpectedMessage(150))));
+    assert_eq!(
+        feed_s(&mut s, &[150, 1, 0, 0, 0, 0, 0, 1, 0, 1]).0,
+        Some(Error::Protocol(ProtocolError::UnexpectedMessage(150)))
+    );
     // Fence payload over 64 bytes.
     let mut s = running_server(None);
-    assert_eq!(feed_s(&mut s, &[248, 0, 0, 0, 0x80, 0, 0, 0, 65]).0, Some(Error::Protocol(ProtocolError::FencePayloadTooLong)));
+    assert_eq!(
+        feed_s(&mut s, &[248, 0, 0, 0, 0x80, 0, 0, 0, 65]).0,
+        Some(Error::Protocol(ProtocolError::FencePayloadTooLong))
+    );
     // Too many encodings / screens.
     let mut s = running_server(None);
-    assert_eq!(feed_s(&mut s, &[2, 0, 0xff, 0xff]).0, Some(Error::Protocol(ProtocolError::TooManyEncodings)));
+    assert_eq!(
+        feed_s(&mut s, &[2, 0, 0xff, 0xff]).0,
+        Some(Error::Protocol(ProtocolError::TooManyEncodings))
+    );
     let mut s = running_server(None);
-    assert_eq!(feed_s(&mut s, &[251, 0, 0, 1, 0, 1, 200, 0]).0, Some(Error::Protocol(ProtocolError::InvalidScreenLayout)));
+    assert_eq!(
+        feed_s(&mut s, &[251, 0, 0, 1, 0, 1, 200, 0]).0,
+        Some(Error::Protocol(ProtocolError::InvalidScreenLayout))
+    );
     // Client: unknown server message.
     let mut c = running_client(PixelFormat::RGB888, &[]);
-    assert_eq!(c.handle_input(&[77]), Err(Error::Protocol(ProtocolError::UnknownMessageType(77))));
+    assert_eq!(
+        c.handle_input(&[77]),
+        Err(Error::Protocol(ProtocolError::UnknownMessageType(77)))
+    );
 }
 
 #[test]
@@ -286,7 +416,10 @@ fn plain_credentials_over_limit() {
     let mut m = Vec::new();
     m.extend_from_slice(&0xffff_ffffu32.to_be_bytes());
     m.extend_from_slice(&1u32.to_be_bytes());
-    assert_eq!(feed_s(&mut s, &m).0, Some(Error::Protocol(ProtocolError::CredentialsTooLong)));
+    assert_eq!(
+        feed_s(&mut s, &m).0,
+        Some(Error::Protocol(ProtocolError::CredentialsTooLong))
+    );
     let o = out(&mut s);
     assert_eq!(&o[..4], [0, 0, 0, 1]);
 }
@@ -294,11 +427,20 @@ fn plain_credentials_over_limit() {
 /// A client in the normal phase (None, 3.8) with a 64×64 server of `format`, having asked for
 /// `encodings`.
 pub(crate) fn running_client(format: PixelFormat, encodings: &[Encoding]) -> Client {
-    let mut c = Client::new(ClientConfig::with_security(&[SecurityType::None], &[]), Instant::ZERO);
+    let mut c = Client::new(
+        ClientConfig::with_security(&[SecurityType::None], &[]),
+        Instant::ZERO,
+    );
     let mut srv = Vec::new();
     srv.extend_from_slice(b"RFB 003.008\n\x01\x01\x00\x00\x00\x00");
     let mut init = [0u8; 24];
-    ServerInitRepr { width: 64, height: 64, format, name_len: 0 }.emit(&mut init);
+    ServerInitRepr {
+        width: 64,
+        height: 64,
+        format,
+        name_len: 0,
+    }
+    .emit(&mut init);
     srv.extend_from_slice(&init);
     let mut at = 0;
     while at < srv.len() {
@@ -340,7 +482,11 @@ fn client_err(c: &mut Client, msg: &[u8]) -> Option<Error> {
 fn update(rect: Rect, enc: Encoding, body: &[u8]) -> Vec<u8> {
     let mut m = std::vec![0, 0, 0, 1];
     let mut h = [0u8; 12];
-    RectHeaderRepr { rect, encoding: enc }.emit(&mut h);
+    RectHeaderRepr {
+        rect,
+        encoding: enc,
+    }
+    .emit(&mut h);
     m.extend_from_slice(&h);
     m.extend_from_slice(body);
     m
@@ -358,13 +504,20 @@ fn client_rejects_rectangles_outside_the_framebuffer() {
     ] {
         for e in [Raw, Rre, Hextile] {
             let mut c = running_client(PixelFormat::RGB888, &encs);
-            assert_eq!(client_err(&mut c, &update(r, e, &[])), Some(Error::Protocol(ProtocolError::RectangleOutOfBounds)), "{why} {e:?}");
+            assert_eq!(
+                client_err(&mut c, &update(r, e, &[])),
+                Some(Error::Protocol(ProtocolError::RectangleOutOfBounds)),
+                "{why} {e:?}"
+            );
         }
     }
     // CopyRect from outside (Kaspersky 2019 TigerVNC row).
     let mut c = running_client(PixelFormat::RGB888, &encs);
     assert_eq!(
-        client_err(&mut c, &update(Rect::new(0, 0, 8, 8), CopyRect, &[0, 60, 0, 0])),
+        client_err(
+            &mut c,
+            &update(Rect::new(0, 0, 8, 8), CopyRect, &[0, 60, 0, 0])
+        ),
         Some(Error::Protocol(ProtocolError::CopyRectSourceOutOfBounds))
     );
     // An encoding we never asked for.
@@ -374,7 +527,10 @@ fn client_rejects_rectangles_outside_the_framebuffer() {
         Some(Error::Protocol(ProtocolError::UnrequestedEncoding(5)))
     );
     let mut c = running_client(PixelFormat::RGB888, &[Raw]);
-    assert_eq!(client_err(&mut c, &update(Rect::new(0, 0, 8, 8), Tight, &[])), Some(Error::Protocol(ProtocolError::UnrequestedEncoding(7))));
+    assert_eq!(
+        client_err(&mut c, &update(Rect::new(0, 0, 8, 8), Tight, &[])),
+        Some(Error::Protocol(ProtocolError::UnrequestedEncoding(7)))
+    );
 }
 
 #[test]
@@ -384,23 +540,48 @@ fn client_rejects_huge_subrect_counts() {
     let mut c = running_client(PixelFormat::RGB888, &encs);
     let mut body = std::vec![0xff, 0xff, 0xff, 0xff];
     body.extend_from_slice(&[0; 4]);
-    assert_eq!(client_err(&mut c, &update(Rect::new(0, 0, 8, 8), Encoding::Rre, &body)), Some(Error::Protocol(ProtocolError::TooManySubrectangles)));
+    assert_eq!(
+        client_err(&mut c, &update(Rect::new(0, 0, 8, 8), Encoding::Rre, &body)),
+        Some(Error::Protocol(ProtocolError::TooManySubrectangles))
+    );
     // RRE sub-rectangle outside its rectangle.
     let mut c = running_client(PixelFormat::RGB888, &encs);
     let mut body = std::vec![0, 0, 0, 1, 0, 0, 0, 0];
     body.extend_from_slice(&[1, 2, 3, 4, 0, 4, 0, 4, 0, 5, 0, 5]);
-    assert_eq!(client_err(&mut c, &update(Rect::new(0, 0, 8, 8), Encoding::Rre, &body)), Some(Error::Protocol(ProtocolError::SubrectangleOutOfBounds)));
+    assert_eq!(
+        client_err(&mut c, &update(Rect::new(0, 0, 8, 8), Encoding::Rre, &body)),
+        Some(Error::Protocol(ProtocolError::SubrectangleOutOfBounds))
+    );
     // Hextile: 255 sub-rectangles, one of which leaves a 4×4 tile (CVE-2017-5884 class).
     let mut c = running_client(PixelFormat::RGB888, &encs);
     let body = [2 | 4 | 8, 1, 1, 1, 1, 2, 2, 2, 2, 255, 0x33, 0x11];
-    assert_eq!(client_err(&mut c, &update(Rect::new(0, 0, 4, 4), Encoding::Hextile, &body)), Some(Error::Protocol(ProtocolError::SubrectangleOutOfBounds)));
+    assert_eq!(
+        client_err(
+            &mut c,
+            &update(Rect::new(0, 0, 4, 4), Encoding::Hextile, &body)
+        ),
+        Some(Error::Protocol(ProtocolError::SubrectangleOutOfBounds))
+    );
     // Hextile: first tile without background.
     let mut c = running_client(PixelFormat::RGB888, &encs);
-    assert_eq!(client_err(&mut c, &update(Rect::new(0, 0, 4, 4), Encoding::Hextile, &[0])), Some(Error::Protocol(ProtocolError::MalformedHextile)));
+    assert_eq!(
+        client_err(
+            &mut c,
+            &update(Rect::new(0, 0, 4, 4), Encoding::Hextile, &[0])
+        ),
+        Some(Error::Protocol(ProtocolError::MalformedHextile))
+    );
     // Hextile: sub-rectangles without any foreground.
     let mut c = running_client(PixelFormat::RGB888, &encs);
     assert_eq!(
-        client_err(&mut c, &update(Rect::new(0, 0, 4, 4), Encoding::Hextile, &[2 | 8, 0, 0, 0, 0, 1, 0, 0])),
+        client_err(
+            &mut c,
+            &update(
+                Rect::new(0, 0, 4, 4),
+                Encoding::Hextile,
+                &[2 | 8, 0, 0, 0, 0, 1, 0, 0]
+            )
+        ),
         Some(Error::Protocol(ProtocolError::MalformedHextile))
     );
 }
@@ -409,24 +590,43 @@ fn client_rejects_huge_subrect_counts() {
 fn client_bounds_colour_map_cursor_and_cut_text() {
     // CVE-2017-5885: first + count past 65535.
     let mut c = running_client(PixelFormat::COLOUR_MAP8, &[]);
-    assert_eq!(client_err(&mut c, &[1, 0, 0xff, 0xff, 0, 2]), Some(Error::Protocol(ProtocolError::ColourMapOutOfRange)));
+    assert_eq!(
+        client_err(&mut c, &[1, 0, 0xff, 0xff, 0, 2]),
+        Some(Error::Protocol(ProtocolError::ColourMapOutOfRange))
+    );
     let mut c = running_client(PixelFormat::COLOUR_MAP8, &[]);
     assert_eq!(client_err(&mut c, &[1, 0, 0xff, 0x00, 1, 0]), None);
     // Cursor larger than the limit (CVE-2019-15690 class).
     let mut c = running_client(PixelFormat::RGB888, &[Encoding::Cursor]);
     assert_eq!(
-        client_err(&mut c, &update(Rect::new(0, 0, 0xffff, 0xffff), Encoding::Cursor, &[])),
+        client_err(
+            &mut c,
+            &update(Rect::new(0, 0, 0xffff, 0xffff), Encoding::Cursor, &[])
+        ),
         Some(Error::Protocol(ProtocolError::CursorTooLarge))
     );
     // ServerCutText 0xffffffff.
     let mut c = running_client(PixelFormat::RGB888, &[]);
-    assert_eq!(client_err(&mut c, &[3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]), Some(Error::Protocol(ProtocolError::CutTextTooLong)));
+    assert_eq!(
+        client_err(&mut c, &[3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        Some(Error::Protocol(ProtocolError::CutTextTooLong))
+    );
     let mut c = running_client(PixelFormat::RGB888, &[Encoding::ExtendedClipboard]);
-    assert_eq!(client_err(&mut c, &[3, 0, 0, 0, 0x80, 0, 0, 0]), Some(Error::Protocol(ProtocolError::CutTextTooLong)));
+    assert_eq!(
+        client_err(&mut c, &[3, 0, 0, 0, 0x80, 0, 0, 0]),
+        Some(Error::Protocol(ProtocolError::CutTextTooLong))
+    );
     // Desktop name longer than the limit.
     let mut c = running_client(PixelFormat::RGB888, &[Encoding::DesktopName]);
     assert_eq!(
-        client_err(&mut c, &update(Rect::default(), Encoding::DesktopName, &[0xff, 0xff, 0xff, 0xff])),
+        client_err(
+            &mut c,
+            &update(
+                Rect::default(),
+                Encoding::DesktopName,
+                &[0xff, 0xff, 0xff, 0xff]
+            )
+        ),
         Some(Error::Protocol(ProtocolError::StringTooLong))
     );
 }
@@ -441,7 +641,8 @@ fn truncated_handshakes_at_every_byte() {
         p.run();
         assert!(p.client_ready);
     }
-    let (c2s, s2c) = super::updates::transcript(Auth::X509Vnc, Encoding::Hextile, PixelFormat::RGB888);
+    let (c2s, s2c) =
+        super::updates::transcript(Auth::X509Vnc, Encoding::Hextile, PixelFormat::RGB888);
     for cut in 0..c2s.len() {
         let c = ServerConfig::with_security(&[SecurityType::VeNCrypt], &[VencryptSubtype::X509Vnc]);
         let mut s = Server::new(c, Instant::ZERO, CHALLENGE);
@@ -456,7 +657,9 @@ fn truncated_handshakes_at_every_byte() {
                         match e {
                             server::Event::StartTls => s.tls_established().unwrap(),
                             server::Event::VncAuth { .. } => s.accept_auth().unwrap(),
-                            server::Event::ClientInit { .. } => s.server_init(16, 16, PixelFormat::RGB888, b"").unwrap(),
+                            server::Event::ClientInit { .. } => {
+                                s.server_init(16, 16, PixelFormat::RGB888, b"").unwrap()
+                            }
                             _ => {}
                         }
                     }
@@ -520,9 +723,17 @@ fn auth_failure_is_delayed_for_throttling() {
     feed_s(&mut s, b"RFB 003.008\n\x02");
     out(&mut s);
     let _ = s.handle_input(&[0u8; 16]).unwrap();
-    assert!(matches!(s.poll_event(), Some(server::Event::VncAuth { .. })));
+    assert!(matches!(
+        s.poll_event(),
+        Some(server::Event::VncAuth { .. })
+    ));
     s.reject_auth("Authentication failed").unwrap();
-    assert_eq!(s.poll_event(), Some(server::Event::AuthFailed { delay: crate::Duration::from_millis(100) }));
+    assert_eq!(
+        s.poll_event(),
+        Some(server::Event::AuthFailed {
+            delay: crate::Duration::from_millis(100)
+        })
+    );
     assert_eq!(out(&mut s), b"", "held back");
     assert_eq!(s.poll_timeout(), Some(Instant::ZERO));
     s.handle_timeout(Instant::from_millis(5000));
@@ -567,8 +778,15 @@ fn client_rejects_malformed_zrle() {
     assert_eq!(bad(&[0, 1, 2, 3], 4, 4), e);
     // Corrupt zlib.
     let mut c = running_client(PixelFormat::RGB888, &[Encoding::Zrle]);
-    let m = update(Rect::new(0, 0, 4, 4), Encoding::Zrle, &[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef]);
-    assert_eq!(client_err(&mut c, &m), Some(Error::Protocol(ProtocolError::ZlibError)));
+    let m = update(
+        Rect::new(0, 0, 4, 4),
+        Encoding::Zrle,
+        &[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef],
+    );
+    assert_eq!(
+        client_err(&mut c, &m),
+        Some(Error::Protocol(ProtocolError::ZlibError))
+    );
     // An endless run-length (all 255) is bounded, not buffered forever.
     let mut tiles = std::vec![128, 1, 2, 3];
     tiles.extend(std::iter::repeat_n(255u8, 100_000));

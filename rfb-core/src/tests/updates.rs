@@ -34,15 +34,29 @@ pub(crate) fn encodings_for(e: Encoding) -> Vec<Encoding> {
 }
 
 /// Runs a session: handshake, SetPixelFormat(wire), SetEncodings, full update request, update.
-pub(crate) fn session(auth: Auth, enc: Encoding, native: PixelFormat, wire: PixelFormat, client_fb: PixelFormat, w: u16, h: u16) -> Pair {
+pub(crate) fn session(
+    auth: Auth,
+    enc: Encoding,
+    native: PixelFormat,
+    wire: PixelFormat,
+    client_fb: PixelFormat,
+    w: u16,
+    h: u16,
+) -> Pair {
     let fb = ServerFb::pattern(w, h, native, u32::from(w) * 7 + u32::from(h));
     let mut p = Pair::new(auth, fb, client_fb);
     p.out_chunk = crate::server::MIN_ENCODE_BUFFER;
     p.run();
-    assert!(p.client_ready, "{:?} / {:?}", p.client_events, p.server_events);
+    assert!(
+        p.client_ready,
+        "{:?} / {:?}",
+        p.client_events, p.server_events
+    );
     p.client.set_pixel_format(wire).unwrap();
     p.client.set_encodings(&encodings_for(enc)).unwrap();
-    p.client.request_update(false, Rect::new(0, 0, w, h)).unwrap();
+    p.client
+        .request_update(false, Rect::new(0, 0, w, h))
+        .unwrap();
     p.damage = vec![Damage::Changed(Rect::new(0, 0, w, h))];
     p.run();
     p
@@ -80,9 +94,18 @@ fn every_encoding_every_format_pixel_exact() {
                     let p = session(Auth::None, enc, native, wire, client_fb, 83, 45);
                     let expect = p.expected_client_fb(&wire);
                     assert_eq!(p.client_fb.len(), expect.len());
-                    assert!(p.client_fb == expect, "{enc:?} native {native:?} wire {wire:?} fb {client_fb:?}");
+                    assert!(
+                        p.client_fb == expect,
+                        "{enc:?} native {native:?} wire {wire:?} fb {client_fb:?}"
+                    );
                     let tag = format!("encoding: {enc:?} }}");
-                    assert!(p.client_events.iter().any(|e| e.starts_with("Rect") && e.ends_with(&tag)), "{:?}", p.client_events);
+                    assert!(
+                        p.client_events
+                            .iter()
+                            .any(|e| e.starts_with("Rect") && e.ends_with(&tag)),
+                        "{:?}",
+                        p.client_events
+                    );
                 }
             }
         }
@@ -92,11 +115,29 @@ fn every_encoding_every_format_pixel_exact() {
 #[test]
 fn colour_map_clients_get_bgr233_map() {
     for enc in pixel_encodings() {
-        let p = session(Auth::None, enc, PixelFormat::RGB888, PixelFormat::COLOUR_MAP8, PixelFormat::COLOUR_MAP8, 20, 20);
-        assert!(p.client_events.iter().any(|e| e == "ColourMap { first: 0, count: 32 }"), "{:?}", p.client_events);
+        let p = session(
+            Auth::None,
+            enc,
+            PixelFormat::RGB888,
+            PixelFormat::COLOUR_MAP8,
+            PixelFormat::COLOUR_MAP8,
+            20,
+            20,
+        );
+        assert!(
+            p.client_events
+                .iter()
+                .any(|e| e == "ColourMap { first: 0, count: 32 }"),
+            "{:?}",
+            p.client_events
+        );
         // Pixels are BGR233 indices.
         let expect = {
-            let mut q = Pair::new(Auth::None, ServerFb::pattern(20, 20, PixelFormat::RGB888, 20 * 7 + 20), PixelFormat::COLOUR_MAP8);
+            let mut q = Pair::new(
+                Auth::None,
+                ServerFb::pattern(20, 20, PixelFormat::RGB888, 20 * 7 + 20),
+                PixelFormat::COLOUR_MAP8,
+            );
             q.client_fb_format = PixelFormat::COLOUR_MAP8;
             q.expected_client_fb(&PixelFormat::COLOUR_MAP8)
         };
@@ -106,10 +147,29 @@ fn colour_map_clients_get_bgr233_map() {
 
 #[test]
 fn every_security_type_carries_updates() {
-    for auth in [Auth::None, Auth::Vnc, Auth::VencryptPlain, Auth::X509None, Auth::X509Vnc, Auth::X509Plain] {
+    for auth in [
+        Auth::None,
+        Auth::Vnc,
+        Auth::VencryptPlain,
+        Auth::X509None,
+        Auth::X509Vnc,
+        Auth::X509Plain,
+    ] {
         for enc in pixel_encodings() {
-            let p = session(auth, enc, PixelFormat::RGB888, PixelFormat::RGB565, PixelFormat::RGB888, 33, 17);
-            assert_eq!(p.client_fb, p.expected_client_fb(&PixelFormat::RGB565), "{auth:?} {enc:?}");
+            let p = session(
+                auth,
+                enc,
+                PixelFormat::RGB888,
+                PixelFormat::RGB565,
+                PixelFormat::RGB888,
+                33,
+                17,
+            );
+            assert_eq!(
+                p.client_fb,
+                p.expected_client_fb(&PixelFormat::RGB565),
+                "{auth:?} {enc:?}"
+            );
         }
     }
 }
@@ -117,7 +177,15 @@ fn every_security_type_carries_updates() {
 #[test]
 fn copyrect_and_incremental_updates() {
     for enc in pixel_encodings() {
-        let mut p = session(Auth::None, enc, PixelFormat::RGB888, PixelFormat::RGB888, PixelFormat::RGB888, 64, 48);
+        let mut p = session(
+            Auth::None,
+            enc,
+            PixelFormat::RGB888,
+            PixelFormat::RGB888,
+            PixelFormat::RGB888,
+            64,
+            48,
+        );
         // Scroll a band up by 8 rows on the server, then repaint the bottom strip.
         let sf = &mut p.server_fb;
         let stride = sf.stride;
@@ -127,41 +195,87 @@ fn copyrect_and_incremental_updates() {
         }
         for y in 32..40 {
             for x in 0..64 {
-                sf.data[y * stride + x * 4..][..4].copy_from_slice(&(0x0012_3456u32 + x as u32).to_le_bytes());
+                sf.data[y * stride + x * 4..][..4]
+                    .copy_from_slice(&(0x0012_3456u32 + x as u32).to_le_bytes());
             }
         }
-        p.client.request_update(true, Rect::new(0, 0, 64, 48)).unwrap();
+        p.client
+            .request_update(true, Rect::new(0, 0, 64, 48))
+            .unwrap();
         p.damage = vec![
-            Damage::Copied { dst: Rect::new(0, 0, 64, 32), src_x: 0, src_y: 8 },
+            Damage::Copied {
+                dst: Rect::new(0, 0, 64, 32),
+                src_x: 0,
+                src_y: 8,
+            },
             Damage::Changed(Rect::new(0, 32, 64, 8)),
             Damage::Changed(Rect::new(60, 40, 100, 100)), // clipped
-            Damage::Changed(Rect::new(100, 100, 5, 5)),  // outside: skipped
+            Damage::Changed(Rect::new(100, 100, 5, 5)),   // outside: skipped
         ];
         p.run();
-        assert!(p.client_events.iter().any(|e| e.contains("encoding: CopyRect")), "{:?}", p.client_events);
-        assert_eq!(p.client_fb, p.expected_client_fb(&PixelFormat::RGB888), "{enc:?}");
+        assert!(
+            p.client_events
+                .iter()
+                .any(|e| e.contains("encoding: CopyRect")),
+            "{:?}",
+            p.client_events
+        );
+        assert_eq!(
+            p.client_fb,
+            p.expected_client_fb(&PixelFormat::RGB888),
+            "{enc:?}"
+        );
     }
 }
 
 #[test]
 fn pseudo_encodings_resize_name_cursor_key() {
-    let mut p = session(Auth::None, Encoding::Hextile, PixelFormat::RGB888, PixelFormat::RGB888, PixelFormat::RGB888, 32, 32);
+    let mut p = session(
+        Auth::None,
+        Encoding::Hextile,
+        PixelFormat::RGB888,
+        PixelFormat::RGB888,
+        PixelFormat::RGB888,
+        32,
+        32,
+    );
     // Initial full request: ExtendedDesktopSize (reason 0) and the QEMU key ack came with it.
-    assert!(p.client_events.iter().any(|e| e.starts_with("ExtendedDesktopSize { reason: 0, status: 0, width: 32")), "{:?}", p.client_events);
-    assert!(p.client_events.iter().any(|e| e == "QemuKeyEventsSupported"));
-    assert!(p.client_events.iter().any(|e| e == "EndOfContinuousUpdates"));
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| e.starts_with("ExtendedDesktopSize { reason: 0, status: 0, width: 32")),
+        "{:?}",
+        p.client_events
+    );
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| e == "QemuKeyEventsSupported")
+    );
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| e == "EndOfContinuousUpdates")
+    );
     p.client.qemu_key_event(true, 0x61, 0x1e).unwrap();
     // Resize + name + cursor in one update.
     p.server_fb = ServerFb::pattern(40, 20, PixelFormat::RGB888, 9);
     let cur = ServerFb::pattern(5, 3, PixelFormat::RGB888, 4);
     let mask = [0xf8u8, 0x50, 0xa8];
-    p.client.request_update(true, Rect::new(0, 0, 40, 20)).unwrap();
+    p.client
+        .request_update(true, Rect::new(0, 0, 40, 20))
+        .unwrap();
     p.run();
     let damage = [Damage::Changed(Rect::new(0, 0, 40, 20))];
     let src = UpdateSource {
         framebuffer: p.server_fb.fb(),
         damage: &damage,
-        cursor: Some(server::CursorShape { hotspot_x: 2, hotspot_y: 1, image: cur.fb(), mask: &mask }),
+        cursor: Some(server::CursorShape {
+            hotspot_x: 2,
+            hotspot_y: 1,
+            image: cur.fb(),
+            mask: &mask,
+        }),
         desktop_name: Some(b"renamed"),
         screens: &[],
     };
@@ -176,33 +290,60 @@ fn pseudo_encodings_resize_name_cursor_key() {
     }
     p.run();
     let ev = p.client_events.join("\n");
-    assert!(ev.contains("ExtendedDesktopSize { reason: 0, status: 0, width: 40, height: 20, screens: 1 }"), "{ev}");
+    assert!(
+        ev.contains(
+            "ExtendedDesktopSize { reason: 0, status: 0, width: 40, height: 20, screens: 1 }"
+        ),
+        "{ev}"
+    );
     assert!(ev.contains("DesktopName { name: [114, 101"), "{ev}");
-    assert!(ev.contains("Cursor { hotspot_x: 2, hotspot_y: 1, width: 5, height: 3, data_len: 63 }"), "{ev}");
-    assert!(ev.contains("QemuKey { down: true, keysym: 97, keycode: 30 }") || p.server_events.iter().any(|e| e.contains("QemuKey")));
+    assert!(
+        ev.contains("Cursor { hotspot_x: 2, hotspot_y: 1, width: 5, height: 3, data_len: 63 }"),
+        "{ev}"
+    );
+    assert!(
+        ev.contains("QemuKey { down: true, keysym: 97, keycode: 30 }")
+            || p.server_events.iter().any(|e| e.contains("QemuKey"))
+    );
     assert_eq!(p.client.framebuffer_size(), (40, 20));
     assert_eq!(p.client_fb, p.expected_client_fb(&PixelFormat::RGB888));
 }
 
 #[test]
 fn small_messages_wait_for_update_and_cut_text_is_app_payload() {
-    let mut p = session(Auth::None, Encoding::Raw, PixelFormat::RGB888, PixelFormat::RGB888, PixelFormat::RGB888, 16, 16);
+    let mut p = session(
+        Auth::None,
+        Encoding::Raw,
+        PixelFormat::RGB888,
+        PixelFormat::RGB888,
+        PixelFormat::RGB888,
+        16,
+        16,
+    );
     p.server.send_cut_text(CutTextLength::Text(30)).unwrap();
     p.server.bell().unwrap();
     p.client.send_cut_text(CutTextLength::Text(5)).unwrap();
     p.client.key_event(true, 0xff0d).unwrap();
     p.client.pointer_event(1, 3, 4).unwrap();
-    p.client.send_fence(crate::wire::fence_flags::REQUEST | 1, b"abc").unwrap();
+    p.client
+        .send_fence(crate::wire::fence_flags::REQUEST | 1, b"abc")
+        .unwrap();
     p.run();
     let ev = p.client_events.join("\n");
     assert!(ev.contains("CutText(Text(30))"), "{ev}");
     assert!(ev.contains("Bell"));
     let sv = p.server_events.join("\n");
     assert!(sv.contains("CutText(Text(5))"), "{sv}");
-    assert!(sv.contains("payload CutText { data: [65, 66, 67, 68, 69], last: true }"), "{sv}");
+    assert!(
+        sv.contains("payload CutText { data: [65, 66, 67, 68, 69], last: true }"),
+        "{sv}"
+    );
     assert!(sv.contains("Key { down: true, keysym: 65293 }"));
     assert!(sv.contains("Pointer { buttons: 1, x: 3, y: 4 }"));
-    assert!(ev.contains("FenceResponse { flags: 1, data: [97, 98, 99] }"), "{ev}");
+    assert!(
+        ev.contains("FenceResponse { flags: 1, data: [97, 98, 99] }"),
+        "{ev}"
+    );
 }
 
 // ---- split invariance ----
@@ -217,7 +358,13 @@ struct Observed {
 
 impl core::fmt::Debug for Observed {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "events {:?}, {} output bytes, {} fb bytes", self.events, self.output.len(), self.fb.len())
+        write!(
+            f,
+            "events {:?}, {} output bytes, {} fb bytes",
+            self.events,
+            self.output.len(),
+            self.fb.len()
+        )
     }
 }
 
@@ -225,7 +372,11 @@ fn run_server_split(auth: Auth, input: &[u8], cuts: &[usize]) -> Observed {
     let (sc, _) = auth.configs();
     let mut s = Server::new(sc, Instant::ZERO, CHALLENGE);
     let fb = ServerFb::pattern(37, 21, PixelFormat::RGB888, 37 * 7 + 21);
-    let mut o = Observed { events: Vec::new(), output: Vec::new(), fb: Vec::new() };
+    let mut o = Observed {
+        events: Vec::new(),
+        output: Vec::new(),
+        fb: Vec::new(),
+    };
     let mut buf: Vec<u8> = Vec::new();
     let mut fed = 0;
     let mut tx = vec![0u8; 4096];
@@ -263,7 +414,9 @@ fn run_server_split(auth: Auth, input: &[u8], cuts: &[usize]) -> Observed {
                 match e {
                     server::Event::StartTls => s.tls_established().unwrap(),
                     server::Event::VncAuth { .. } => s.accept_auth().unwrap(),
-                    server::Event::ClientInit { .. } => s.server_init(37, 21, PixelFormat::RGB888, b"test desktop").unwrap(),
+                    server::Event::ClientInit { .. } => s
+                        .server_init(37, 21, PixelFormat::RGB888, b"test desktop")
+                        .unwrap(),
                     _ => {}
                 }
             }
@@ -293,10 +446,20 @@ fn run_server_split(auth: Auth, input: &[u8], cuts: &[usize]) -> Observed {
     o
 }
 
-fn run_client_split(auth: Auth, enc: Encoding, wire: PixelFormat, input: &[u8], cuts: &[usize]) -> Observed {
+fn run_client_split(
+    auth: Auth,
+    enc: Encoding,
+    wire: PixelFormat,
+    input: &[u8],
+    cuts: &[usize],
+) -> Observed {
     let (_, cc) = auth.configs();
     let mut c = Client::new(cc, Instant::ZERO);
-    let mut o = Observed { events: Vec::new(), output: Vec::new(), fb: Vec::new() };
+    let mut o = Observed {
+        events: Vec::new(),
+        output: Vec::new(),
+        fb: Vec::new(),
+    };
     let mut size = (0u16, 0u16);
     let mut configured = false;
     let mut buf: Vec<u8> = Vec::new();
@@ -311,7 +474,14 @@ fn run_client_split(auth: Auth, enc: Encoding, wire: PixelFormat, input: &[u8], 
         }
         loop {
             let (n, had_payload) = {
-                let mut fb = FramebufferMut::new(&mut o.fb, size.0, size.1, usize::from(size.0) * 4, PixelFormat::RGB888).unwrap();
+                let mut fb = FramebufferMut::new(
+                    &mut o.fb,
+                    size.0,
+                    size.1,
+                    usize::from(size.0) * 4,
+                    PixelFormat::RGB888,
+                )
+                .unwrap();
                 match c.handle_input_fb(&buf, &mut fb) {
                     Ok(p) => {
                         if let Some(pl) = p.payload {
@@ -332,11 +502,20 @@ fn run_client_split(auth: Auth, enc: Encoding, wire: PixelFormat, input: &[u8], 
                 o.events.push(format!("{e:?}"));
                 match e {
                     client::Event::StartTls => {}
-                    client::Event::NeedCredentials(Credentials::Password) => c.send_password(PASSWORD).unwrap(),
-                    client::Event::NeedCredentials(Credentials::Plain) => c.send_plain_credentials(b"user", b"pass").unwrap(),
+                    client::Event::NeedCredentials(Credentials::Password) => {
+                        c.send_password(PASSWORD).unwrap()
+                    }
+                    client::Event::NeedCredentials(Credentials::Plain) => {
+                        c.send_plain_credentials(b"user", b"pass").unwrap()
+                    }
                     client::Event::ServerInit { width, height, .. }
                     | client::Event::DesktopSize { width, height }
-                    | client::Event::ExtendedDesktopSize { width, height, status: 0, .. } => {
+                    | client::Event::ExtendedDesktopSize {
+                        width,
+                        height,
+                        status: 0,
+                        ..
+                    } => {
                         size = (width, height);
                         o.fb = vec![0; usize::from(width) * usize::from(height) * 4];
                     }
@@ -379,7 +558,12 @@ fn cut_sets(len: usize, seed: u64) -> Vec<Vec<usize>> {
         random.push(n);
         total += n;
     }
-    vec![vec![len], vec![1; len], random, vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31]]
+    vec![
+        vec![len],
+        vec![1; len],
+        random,
+        vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31],
+    ]
 }
 
 #[test]
@@ -388,21 +572,43 @@ fn split_invariance_fixed_cuts() {
     if cfg!(feature = "alloc") {
         encs.push(Encoding::Zrle);
     }
-    for auth in [Auth::None, Auth::Vnc, Auth::X509Vnc, Auth::X509Plain, Auth::VencryptPlain] {
+    for auth in [
+        Auth::None,
+        Auth::Vnc,
+        Auth::X509Vnc,
+        Auth::X509Plain,
+        Auth::VencryptPlain,
+    ] {
         for &enc in &encs {
             let (c2s, s2c) = transcript(auth, enc, PixelFormat::RGB565);
             let sets = cut_sets(c2s.len(), 7);
             let base = run_server_split(auth, &c2s, &sets[0]);
-            assert!(!base.events.iter().any(|e| e.starts_with("error")), "{:?}", base.events);
+            assert!(
+                !base.events.iter().any(|e| e.starts_with("error")),
+                "{:?}",
+                base.events
+            );
             for cuts in &sets[1..] {
                 assert_eq!(run_server_split(auth, &c2s, cuts), base, "{auth:?} {enc:?}");
             }
             let sets = cut_sets(s2c.len(), 11);
             let base = run_client_split(auth, enc, PixelFormat::RGB565, &s2c, &sets[0]);
-            assert!(!base.events.iter().any(|e| e.starts_with("error")), "{:?}", base.events);
-            assert!(base.events.iter().any(|e| e == "UpdateEnd"), "{:?}", base.events);
+            assert!(
+                !base.events.iter().any(|e| e.starts_with("error")),
+                "{:?}",
+                base.events
+            );
+            assert!(
+                base.events.iter().any(|e| e == "UpdateEnd"),
+                "{:?}",
+                base.events
+            );
             for cuts in &sets[1..] {
-                assert_eq!(run_client_split(auth, enc, PixelFormat::RGB565, &s2c, cuts), base, "{auth:?} {enc:?}");
+                assert_eq!(
+                    run_client_split(auth, enc, PixelFormat::RGB565, &s2c, cuts),
+                    base,
+                    "{auth:?} {enc:?}"
+                );
             }
         }
     }

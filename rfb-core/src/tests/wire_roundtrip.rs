@@ -7,12 +7,20 @@ use proptest::prelude::*;
 use crate::wire::*;
 
 fn rect() -> impl Strategy<Value = Rect> {
-    (any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>()).prop_map(|(x, y, w, h)| Rect::new(x, y, w, h))
+    (any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>())
+        .prop_map(|(x, y, w, h)| Rect::new(x, y, w, h))
 }
 
 fn pixel_format() -> impl Strategy<Value = PixelFormat> {
-    (any::<u8>(), any::<u8>(), any::<bool>(), any::<bool>(), any::<[u16; 3]>(), any::<[u8; 3]>()).prop_map(
-        |(bpp, depth, be, tc, max, shift)| PixelFormat {
+    (
+        any::<u8>(),
+        any::<u8>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<[u16; 3]>(),
+        any::<[u8; 3]>(),
+    )
+        .prop_map(|(bpp, depth, be, tc, max, shift)| PixelFormat {
             bits_per_pixel: bpp,
             depth,
             big_endian: be,
@@ -23,8 +31,7 @@ fn pixel_format() -> impl Strategy<Value = PixelFormat> {
             red_shift: shift[0],
             green_shift: shift[1],
             blue_shift: shift[2],
-        },
-    )
+        })
 }
 
 macro_rules! roundtrip {
@@ -35,7 +42,10 @@ macro_rules! roundtrip {
         prop_assert_eq!(&v, &Parse::parse(&buf).unwrap());
         // Every strict prefix is "truncated", never "malformed" or a panic.
         for cut in 0..buf.len() {
-            let truncated = matches!(Parse::parse_as(&v, &buf[..cut]), Err(WireError::Truncated { .. }));
+            let truncated = matches!(
+                Parse::parse_as(&v, &buf[..cut]),
+                Err(WireError::Truncated { .. })
+            );
             prop_assert!(truncated, "cut {}", cut);
         }
     }};
@@ -161,16 +171,29 @@ fn spec_byte_vectors() {
     let mut b = [0u8; 12];
     ProtocolVersionRepr::of(Version::V3_8).emit(&mut b);
     assert_eq!(&b, b"RFB 003.008\n");
-    assert_eq!(b, [0x52, 0x46, 0x42, 0x20, 0x30, 0x30, 0x33, 0x2e, 0x30, 0x30, 0x38, 0x0a]);
+    assert_eq!(
+        b,
+        [
+            0x52, 0x46, 0x42, 0x20, 0x30, 0x30, 0x33, 0x2e, 0x30, 0x30, 0x38, 0x0a
+        ]
+    );
     let mut b = [0u8; 16];
     PixelFormat::RGB888.emit(&mut b);
     assert_eq!(b, [32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
     let mut b = [0u8; 12];
-    QemuKeyEventRepr { down: true, keysym: 0xff53, keycode: 0xcd }.emit(&mut b);
+    QemuKeyEventRepr {
+        down: true,
+        keysym: 0xff53,
+        keycode: 0xcd,
+    }
+    .emit(&mut b);
     assert_eq!(b, [255, 0, 0, 1, 0, 0, 0xff, 0x53, 0, 0, 0, 0xcd]);
     assert_eq!(i32::from(Encoding::ExtendedClipboard) as u32, 0xc0a1_e5ce);
     assert_eq!(Encoding::from(-256).compress_level(), Some(0));
     assert_eq!(Encoding::from(-247).compress_level(), Some(9));
     assert!(ProtocolVersionRepr::parse(b"RFB 003.00x\n").is_err());
-    assert_eq!(ProtocolVersionRepr::parse(b"XFB"), Err(WireError::Malformed));
+    assert_eq!(
+        ProtocolVersionRepr::parse(b"XFB"),
+        Err(WireError::Malformed)
+    );
 }

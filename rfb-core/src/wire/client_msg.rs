@@ -43,7 +43,9 @@ impl SetPixelFormatRepr {
     /// Parses the message (type byte included).
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { format: PixelFormat::parse(&buf[4..])? })
+        Ok(Self {
+            format: PixelFormat::parse(&buf[4..])?,
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -70,7 +72,9 @@ impl SetEncodingsHeaderRepr {
     /// Parses the header.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { count: be16(buf, 2) })
+        Ok(Self {
+            count: be16(buf, 2),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -95,7 +99,12 @@ pub struct FramebufferUpdateRequestRepr {
 }
 
 pub(crate) fn parse_rect(buf: &[u8], at: usize) -> Rect {
-    Rect::new(be16(buf, at), be16(buf, at + 2), be16(buf, at + 4), be16(buf, at + 6))
+    Rect::new(
+        be16(buf, at),
+        be16(buf, at + 2),
+        be16(buf, at + 4),
+        be16(buf, at + 6),
+    )
 }
 
 pub(crate) fn put_rect(buf: &mut [u8], at: usize, r: &Rect) {
@@ -111,7 +120,10 @@ impl FramebufferUpdateRequestRepr {
     /// Parses the message.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { incremental: buf[1] != 0, rect: parse_rect(buf, 2) })
+        Ok(Self {
+            incremental: buf[1] != 0,
+            rect: parse_rect(buf, 2),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -141,7 +153,10 @@ impl KeyEventRepr {
     /// Parses the message.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { down: buf[1] != 0, keysym: be32(buf, 4) })
+        Ok(Self {
+            down: buf[1] != 0,
+            keysym: be32(buf, 4),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -172,7 +187,11 @@ impl PointerEventRepr {
     /// Parses the message.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { buttons: buf[1], x: be16(buf, 2), y: be16(buf, 4) })
+        Ok(Self {
+            buttons: buf[1],
+            x: be16(buf, 2),
+            y: be16(buf, 4),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -234,7 +253,10 @@ impl CutTextHeaderRepr {
     /// Parses the header.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { message_type: buf[0], length: be32(buf, 4) })
+        Ok(Self {
+            message_type: buf[0],
+            length: be32(buf, 4),
+        })
     }
     /// The length, read as S32 when the extended clipboard is negotiated. `i32::MIN` becomes
     /// `Extended(2³¹)` through `unsigned_abs`, never an overflow.
@@ -273,7 +295,10 @@ impl EnableContinuousUpdatesRepr {
     /// Parses the message.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { enable: buf[1] != 0, rect: parse_rect(buf, 2) })
+        Ok(Self {
+            enable: buf[1] != 0,
+            rect: parse_rect(buf, 2),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -322,8 +347,13 @@ impl FenceRepr {
         }
         check_len(buf, Self::HEADER_LEN + n)?;
         let mut payload = heapless::Vec::new();
-        payload.extend_from_slice(&buf[9..9 + n]).map_err(|_| WireError::Malformed)?;
-        Ok(Self { flags: be32(buf, 4), payload })
+        payload
+            .extend_from_slice(&buf[9..9 + n])
+            .map_err(|_| WireError::Malformed)?;
+        Ok(Self {
+            flags: be32(buf, 4),
+            payload,
+        })
     }
     /// Bytes needed by `emit`.
     pub fn buffer_len(&self) -> usize {
@@ -357,7 +387,11 @@ impl Screen {
     /// Parses a screen.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { id: be32(buf, 0), rect: parse_rect(buf, 4), flags: be32(buf, 12) })
+        Ok(Self {
+            id: be32(buf, 0),
+            rect: parse_rect(buf, 4),
+            flags: be32(buf, 12),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -389,7 +423,11 @@ impl SetDesktopSizeHeaderRepr {
     /// Parses the header.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { width: be16(buf, 2), height: be16(buf, 4), screens: buf[6] })
+        Ok(Self {
+            width: be16(buf, 2),
+            height: be16(buf, 4),
+            screens: buf[6],
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -427,7 +465,11 @@ impl QemuKeyEventRepr {
         if buf[1] != 0 {
             return Err(WireError::Malformed);
         }
-        Ok(Self { down: be16(buf, 2) != 0, keysym: be32(buf, 4), keycode: be32(buf, 8) })
+        Ok(Self {
+            down: be16(buf, 2) != 0,
+            keysym: be32(buf, 4),
+            keycode: be32(buf, 8),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {

@@ -47,7 +47,11 @@ impl core::error::Error for WireError {}
 
 #[inline]
 pub(crate) fn check_len(buf: &[u8], needed: usize) -> Result<(), WireError> {
-    if buf.len() < needed { Err(WireError::Truncated { needed }) } else { Ok(()) }
+    if buf.len() < needed {
+        Err(WireError::Truncated { needed })
+    } else {
+        Ok(())
+    }
 }
 
 #[inline]
@@ -88,7 +92,12 @@ pub struct Rect {
 impl Rect {
     /// A rectangle from its position and size.
     pub const fn new(x: u16, y: u16, width: u16, height: u16) -> Self {
-        Self { x, y, width, height }
+        Self {
+            x,
+            y,
+            width,
+            height,
+        }
     }
 
     /// Whether the rectangle covers no pixel.
@@ -103,7 +112,8 @@ impl Rect {
 
     /// Whether the rectangle lies fully inside a `width` × `height` framebuffer.
     pub const fn fits_in(&self, width: u16, height: u16) -> bool {
-        self.x as u32 + self.width as u32 <= width as u32 && self.y as u32 + self.height as u32 <= height as u32
+        self.x as u32 + self.width as u32 <= width as u32
+            && self.y as u32 + self.height as u32 <= height as u32
     }
 
     /// The part of the rectangle inside a `width` × `height` framebuffer (possibly empty).

@@ -62,7 +62,13 @@ impl PixelFormat {
     };
 
     /// A true-colour format.
-    pub const fn true_colour(bpp: u8, depth: u8, big_endian: bool, max: [u16; 3], shift: [u8; 3]) -> Self {
+    pub const fn true_colour(
+        bpp: u8,
+        depth: u8,
+        big_endian: bool,
+        max: [u16; 3],
+        shift: [u8; 3],
+    ) -> Self {
         Self {
             bits_per_pixel: bpp,
             depth,
@@ -87,7 +93,10 @@ impl PixelFormat {
     /// (CVE-2014-7815, libvncserver 2020 shift bugs) and no two channels overlap; colour maps
     /// only at 8 bits per pixel.
     pub fn is_valid(&self) -> bool {
-        if !matches!(self.bits_per_pixel, 8 | 16 | 32) || self.depth == 0 || self.depth > self.bits_per_pixel {
+        if !matches!(self.bits_per_pixel, 8 | 16 | 32)
+            || self.depth == 0
+            || self.depth > self.bits_per_pixel
+        {
             return false;
         }
         if !self.true_colour {
@@ -113,7 +122,11 @@ impl PixelFormat {
 
     /// `(max, shift)` for red, green and blue.
     pub const fn channels(&self) -> [(u16, u8); 3] {
-        [(self.red_max, self.red_shift), (self.green_max, self.green_shift), (self.blue_max, self.blue_shift)]
+        [
+            (self.red_max, self.red_shift),
+            (self.green_max, self.green_shift),
+            (self.blue_max, self.blue_shift),
+        ]
     }
 
     /// Bits of the pixel value used by the colour channels (true colour) or `0xff` (colour map).
@@ -121,7 +134,9 @@ impl PixelFormat {
         if !self.true_colour {
             return 0xff;
         }
-        self.channels().iter().fold(0u32, |m, &(max, shift)| m | (u32::from(max) << shift))
+        self.channels()
+            .iter()
+            .fold(0u32, |m, &(max, shift)| m | (u32::from(max) << shift))
     }
 
     /// Parses 16 bytes (no validation; see [`is_valid`](Self::is_valid)).

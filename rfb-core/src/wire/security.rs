@@ -87,12 +87,18 @@ pub enum SubAuth {
 impl VencryptSubtype {
     /// Whether this sub-type runs over X.509 TLS (the server acks it and TLS starts).
     pub fn is_x509(self) -> bool {
-        matches!(self, Self::X509None | Self::X509Vnc | Self::X509Plain | Self::X509Sasl | Self::X509Ident)
+        matches!(
+            self,
+            Self::X509None | Self::X509Vnc | Self::X509Plain | Self::X509Sasl | Self::X509Ident
+        )
     }
 
     /// Whether this sub-type needs anonymous (EC)DH TLS, which rustls cannot do.
     pub fn is_anonymous_tls(self) -> bool {
-        matches!(self, Self::TlsNone | Self::TlsVnc | Self::TlsPlain | Self::TlsSasl | Self::TlsIdent)
+        matches!(
+            self,
+            Self::TlsNone | Self::TlsVnc | Self::TlsPlain | Self::TlsSasl | Self::TlsIdent
+        )
     }
 
     /// Whether the server sends the one-byte ack (and TLS starts) after this sub-type is chosen.
@@ -142,7 +148,9 @@ impl<'a> SecurityTypesRepr<'a> {
         check_len(buf, 1)?;
         let n = usize::from(buf[0]);
         check_len(buf, 1 + n)?;
-        Ok(Self { types: &buf[1..1 + n] })
+        Ok(Self {
+            types: &buf[1..1 + n],
+        })
     }
     /// Bytes needed by `emit`.
     pub fn buffer_len(&self) -> usize {
@@ -168,7 +176,9 @@ impl<'a> FailureReasonRepr<'a> {
         check_len(buf, 4)?;
         let len = be32(buf, 0) as usize;
         check_len(buf, 4usize.saturating_add(len))?;
-        Ok(Self { reason: &buf[4..4 + len] })
+        Ok(Self {
+            reason: &buf[4..4 + len],
+        })
     }
     /// Bytes needed by `emit`.
     pub fn buffer_len(&self) -> usize {
@@ -198,7 +208,10 @@ impl VencryptVersionRepr {
     /// Parses two bytes.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, 2)?;
-        Ok(Self { major: buf[0], minor: buf[1] })
+        Ok(Self {
+            major: buf[0],
+            minor: buf[1],
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -223,7 +236,9 @@ impl<'a> VencryptSubtypesRepr<'a> {
         check_len(buf, 1)?;
         let n = usize::from(buf[0]);
         check_len(buf, 1 + 4 * n)?;
-        Ok(Self { raw: &buf[1..1 + 4 * n] })
+        Ok(Self {
+            raw: &buf[1..1 + 4 * n],
+        })
     }
     /// Number of sub-types.
     pub fn len(&self) -> usize {
@@ -235,7 +250,9 @@ impl<'a> VencryptSubtypesRepr<'a> {
     }
     /// The sub-types in the server's order.
     pub fn iter(&self) -> impl Iterator<Item = VencryptSubtype> + 'a {
-        self.raw.chunks_exact(4).map(|c| VencryptSubtype::from(be32(c, 0)))
+        self.raw
+            .chunks_exact(4)
+            .map(|c| VencryptSubtype::from(be32(c, 0)))
     }
     /// Bytes `emit_list` needs for `n` sub-types.
     pub const fn buffer_len_for(n: usize) -> usize {
@@ -270,7 +287,10 @@ impl<'a> PlainCredentialsRepr<'a> {
         let (u, p) = Self::parse_lengths(buf)?;
         let (u, p) = (u as usize, p as usize);
         check_len(buf, 8usize.saturating_add(u).saturating_add(p))?;
-        Ok(Self { username: &buf[8..8 + u], password: &buf[8 + u..8 + u + p] })
+        Ok(Self {
+            username: &buf[8..8 + u],
+            password: &buf[8 + u..8 + u + p],
+        })
     }
     /// Bytes needed by `emit`.
     pub fn buffer_len(&self) -> usize {

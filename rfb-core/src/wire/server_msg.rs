@@ -77,7 +77,9 @@ impl FramebufferUpdateRepr {
     /// Parses the header.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { rects: be16(buf, 2) })
+        Ok(Self {
+            rects: be16(buf, 2),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -107,7 +109,10 @@ impl RectHeaderRepr {
     /// Parses the header.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { rect: parse_rect(buf, 0), encoding: Encoding::from(be32(buf, 8) as i32) })
+        Ok(Self {
+            rect: parse_rect(buf, 0),
+            encoding: Encoding::from(be32(buf, 8) as i32),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {
@@ -138,7 +143,10 @@ impl SetColourMapEntriesRepr {
     /// Parses the header.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
-        Ok(Self { first: be16(buf, 2), count: be16(buf, 4) })
+        Ok(Self {
+            first: be16(buf, 2),
+            count: be16(buf, 4),
+        })
     }
     /// Bytes needed by `emit`.
     pub const fn buffer_len(&self) -> usize {

@@ -60,7 +60,10 @@ impl ProtocolVersionRepr {
 
     /// The message announcing `v`.
     pub const fn of(v: Version) -> Self {
-        Self { major: 3, minor: v.minor() }
+        Self {
+            major: 3,
+            minor: v.minor(),
+        }
     }
 
     /// Parses `RFB xxx.yyy\n` (three decimal digits each).
@@ -85,7 +88,10 @@ impl ProtocolVersionRepr {
         if buf[7] != b'.' || buf[11] != b'\n' {
             return Err(WireError::Malformed);
         }
-        Ok(Self { major: digits(&buf[4..7])?, minor: digits(&buf[8..11])? })
+        Ok(Self {
+            major: digits(&buf[4..7])?,
+            minor: digits(&buf[8..11])?,
+        })
     }
 
     /// Bytes needed by [`emit`](Self::emit).
