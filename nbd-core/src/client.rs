@@ -1453,22 +1453,25 @@ enum Step {
 }
 
 /// Runs a [`Plan`] on a [`Client`]: whenever the client can send an option, call
-/// [`Negotiator::step`]; it encodes the next option (or nothing, once the goal is reached).
-/// TLS itself is the driver's: on `Event::StartTls` it sets up the layer and calls
-/// `tls_established`, after which `step` continues.
+/// [`Negotiator::step`] with the plan; it encodes the next option (or nothing, once the goal is
+/// reached). TLS itself is the driver's: on `Event::StartTls` it sets up the layer and calls
+/// `tls_established`, after which `step` continues. The plan is passed on every call (it
+/// borrows strings the negotiator does not keep).
 #[derive(Debug, Clone, Copy)]
-pub struct Negotiator<'p> {
-    plan: Plan<'p>,
+pub struct Negotiator {
     step: Step,
 }
 
-impl<'p> Negotiator<'p> {
-    /// A negotiator for `plan`.
-    pub fn new(plan: Plan<'p>) -> Self {
-        Self {
-            plan,
-            step: Step::StartTls,
-        }
+impl Default for Negotiator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Negotiator {
+    /// A negotiator at the start of a plan.
+    pub fn new() -> Self {
+        Self { step: Step::StartTls }
     }
 
     /// Whether the plan has run to its end (transmission, or the goal's ABORT sent).
@@ -1476,17 +1479,18 @@ impl<'p> Negotiator<'p> {
         self.step == Step::Done
     }
 
-    /// Encodes the next option into `out` if the client can send one; `Ok(None)` when there is
-    /// nothing to send now.
+    /// Encodes the next option of `plan` into `out` if the client can send one; `Ok(None)`
+    /// when there is nothing to send now.
     pub fn step<const N: usize>(
         &mut self,
+        plan: &Plan<'_>,
         client: &mut Client<N>,
         out: &mut [u8],
     ) -> Result<Option<usize>, NegotiateError> {
         if !client.can_send_option() {
             return Ok(None);
         }
-        let plan = self.plan;
+        let plan = *plan;
         loop {
             let last = client.last_option();
             match self.step {

@@ -2,6 +2,10 @@
 //! tokio loops around it, NBD backends and sessions, and the pieces of the `kvmio` tool.
 
 pub mod backend;
+pub mod copy;
+pub mod nbd_client;
 pub mod nbd_server;
 pub mod pump;
 pub mod serve;
+pub mod tls;
+pub mod uri;

@@ -1,16 +1,23 @@
 //! `kvmio`: serve and use NBD virtual media and VNC consoles, with TLS.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nbd_core::client::Goal;
+use nbd_core::server::TlsMode;
+use nbd_core::wire::TransmissionFlags;
 use std_shim::backend::{Backend, FileBackend, RamBackend};
+use std_shim::copy::{CopyOptions, Place, copy};
+use std_shim::nbd_client::{self, ClientTls, InfoApp, ListApp};
 use std_shim::nbd_server::{Catalog, ExportSpec, NbdServerSession};
-use std_shim::pump::{Pump, run_blocking};
+use std_shim::pump::{Pump, TlsStarter, run_blocking};
 use std_shim::serve::{Control, Endpoint, parse_size, serve_threads};
+use std_shim::uri::NbdUri;
 
 #[derive(Parser)]
 #[command(
@@ -31,12 +38,89 @@ enum Top {
     /// NBD server and client tools.
     #[command(subcommand)]
     Nbd(NbdCommand),
+    /// TLS credentials in the QEMU directory layout.
+    #[command(subcommand)]
+    Creds(CredsCommand),
 }
 
 #[derive(Subcommand)]
 enum NbdCommand {
     /// Serve exports over NBD (default: a 64 MiB RAM disk "disk" on 127.0.0.1:10809).
     Serve(ServeArgs),
+    /// Show an export's size, flags, block sizes and metadata contexts.
+    Info {
+        /// nbd://host[:port]/export, nbds://…, nbd+unix:///export?socket=PATH, nbds+unix://…
+        uri: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+    },
+    /// List a server's exports.
+    List {
+        /// nbd://host[:port]/, nbds://…, nbd+unix:///?socket=PATH …
+        uri: String,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+    },
+    /// Copy between NBD exports, files and stdin/stdout (`-`).
+    Copy {
+        /// Source: an NBD URI, a file, or `-`.
+        src: String,
+        /// Destination: an NBD URI, a file, or `-`.
+        dst: String,
+        /// Most connections per NBD side (used when the server allows several).
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Request size.
+        #[arg(long, default_value = "1M")]
+        request_size: String,
+        /// Show a progress bar (default: when stderr is a terminal).
+        #[arg(long, overrides_with = "no_progress")]
+        progress: bool,
+        /// Never show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ClientTlsArgs {
+    /// TLS credentials directory (QEMU layout: ca-cert.pem, optional client-cert.pem and
+    /// client-key.pem) for nbds URIs; the URI's tls-certificates= wins.
+    #[arg(long, value_name = "DIR")]
+    tls_creds: Option<PathBuf>,
+    /// Also allow TLS 1.2 (default: TLS 1.3 only).
+    #[arg(long)]
+    tls12: bool,
+}
+
+impl ClientTlsArgs {
+    fn get(&self) -> ClientTls {
+        ClientTls {
+            creds: self.tls_creds.clone(),
+            tls12: self.tls12,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TlsArg {
+    /// No TLS (STARTTLS is refused).
+    Off,
+    /// TLS offered, plaintext allowed (nbdkit --tls=on).
+    On,
+    /// TLS required before anything is revealed (nbdkit --tls=require, QEMU with tls-creds).
+    Require,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum YesNo {
+    Yes,
+    No,
 }
 
 #[derive(Args)]
@@ -59,18 +143,86 @@ struct ServeArgs {
     /// Most connections served at once.
     #[arg(long, default_value_t = 64)]
     max_connections: usize,
-    /// Seconds a client may take to finish negotiation.
+    /// Seconds a client may take to finish negotiation (0: no limit).
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
+    /// TLS policy.
+    #[arg(long, value_enum, default_value_t = TlsArg::Off)]
+    tls: TlsArg,
+    /// TLS credentials directory in the QEMU layout (ca-cert.pem, server-cert.pem,
+    /// server-key.pem, optional ca-crl.pem); default $HOME/.pki/qemu or /etc/pki/qemu.
+    #[arg(long, value_name = "DIR")]
+    tls_creds: Option<PathBuf>,
+    /// Require and verify client certificates (default yes, as QEMU).
+    #[arg(long, value_enum, default_value_t = YesNo::Yes)]
+    tls_verify_peer: YesNo,
+    /// Allow only clients whose certificate DN matches (exact, or a glob with * and ?;
+    /// repeatable), e.g. 'C=GB,ST=London,L=City Of London,O=Test Org,CN=client.example.com'.
+    #[arg(long, value_name = "DN")]
+    tls_authz: Vec<String>,
+    /// Also allow TLS 1.2 (default: TLS 1.3 only).
+    #[arg(long)]
+    tls12: bool,
     /// Serve connections on tokio tasks instead of threads.
     #[arg(long, value_enum, default_value_t = Runtime::Threads)]
     runtime: Runtime,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Runtime {
     Threads,
     Tokio,
+}
+
+#[derive(Subcommand)]
+enum CredsCommand {
+    /// Create a CA, server and client certificates and an empty CRL in DIR (QEMU layout,
+    /// usable by qemu-nbd, nbdkit, libnbd and kvmio).
+    Generate {
+        /// Directory to create.
+        dir: PathBuf,
+        /// Server host names (repeatable; default localhost).
+        #[arg(long = "hostname", value_name = "H")]
+        hostnames: Vec<String>,
+        /// Server IP addresses (repeatable; default 127.0.0.1 and ::1).
+        #[arg(long = "ip", value_name = "A")]
+        ips: Vec<IpAddr>,
+        /// Common name of the client certificate.
+        #[arg(long, default_value = "client.example.com")]
+        client_cn: String,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Key type.
+        #[arg(long, value_enum, default_value_t = KeyArg::EcdsaP256)]
+        key: KeyArg,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the credentials in DIR as QEMU does at load time, and explain every problem.
+    Check {
+        /// Directory in the QEMU layout.
+        dir: PathBuf,
+        /// Which certificate to check.
+        #[arg(long, value_enum)]
+        endpoint: EndpointArg,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KeyArg {
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+    Rsa2048,
+    Rsa3072,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EndpointArg {
+    Server,
+    Client,
 }
 
 fn split_pair(s: &str) -> Result<(&str, &str)> {
@@ -79,11 +231,11 @@ fn split_pair(s: &str) -> Result<(&str, &str)> {
 }
 
 fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
-    let with_port = if addr.parse::<SocketAddr>().is_ok()
+    let has_port = addr.parse::<SocketAddr>().is_ok()
         || addr
             .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
+            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok());
+    let with_port = if has_port {
         addr.to_string()
     } else {
         format!("{addr}:10809")
@@ -138,12 +290,34 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
     if a.listen.is_empty() && a.unix.is_none() {
         endpoints.push(Endpoint::Tcp("127.0.0.1:10809".parse()?));
     }
+    let tls_mode = match a.tls {
+        TlsArg::Off => TlsMode::Off,
+        TlsArg::On => TlsMode::Selective,
+        TlsArg::Require => TlsMode::Forced,
+    };
+    let tls_config = if a.tls == TlsArg::Off {
+        if a.tls_creds.is_some() || !a.tls_authz.is_empty() {
+            bail!("--tls-creds and --tls-authz need --tls on or --tls require");
+        }
+        None
+    } else {
+        let dir = std_shim::tls::creds_dir(a.tls_creds.as_deref())?;
+        Some(std_shim::tls::server_config(
+            &dir,
+            a.tls_verify_peer == YesNo::Yes,
+            &a.tls_authz,
+            a.tls12,
+        )?)
+    };
     let timeout = Duration::from_secs(a.handshake_timeout);
     let config = move || {
         let mut c = nbd_core::server::ServerConfig::new(catalog.exports());
         c.handshake_timeout = (!timeout.is_zero()).then_some(timeout);
+        c.tls = tls_mode;
         c
     };
+    let starter =
+        move || -> Option<TlsStarter> { tls_config.clone().map(std_shim::tls::server_starter) };
     if a.runtime == Runtime::Tokio {
         bail!("the tokio runtime is not built in yet");
     }
@@ -153,7 +327,7 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
         a.max_connections,
         control,
         |bound| {
-            for (i, b) in bound.iter().enumerate() {
+            for b in bound {
                 for s in catalog.specs() {
                     eprintln!(
                         "kvmio: serving {:?} ({} bytes) on {b}",
@@ -161,23 +335,191 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
                         s.backend.size()
                     );
                 }
-                let _ = i;
             }
         },
         move |mut stream, peer| {
             let session = NbdServerSession::new(catalog, config(), peer)?;
             let cap = session.input_buffer_len();
-            let mut pump = Pump::new(session, cap.max(4 << 20), None);
+            let mut pump = Pump::new(session, cap.max(4 << 20), starter());
             run_blocking(&mut pump, &mut stream, |s, t| s.set_read_timeout(t))
         },
     )
 }
 
+fn human(n: u64) -> String {
+    let units = ["", "K", "M", "G", "T"];
+    let mut u = 0;
+    let mut v = n;
+    while v >= 1024 && v.is_multiple_of(1024) && u < units.len() - 1 {
+        v /= 1024;
+        u += 1;
+    }
+    format!("{v}{}", units[u])
+}
+
+fn nbd_info(uri: &str, json: bool, tls: &ClientTlsArgs) -> Result<()> {
+    let uri = NbdUri::parse(uri)?;
+    let info = nbd_client::run(&uri, &tls.get(), Goal::Go, InfoApp::default())?;
+    if json {
+        let f = TransmissionFlags::from_bits_retain(info.flags);
+        let v = serde_json::json!({
+            "protocol": format!("newstyle-fixed, {} replies", info.protocol),
+            "TLS": info.tls,
+            "export-name": info.name.clone().unwrap_or(uri.export.clone()),
+            "description": info.description,
+            "export-size": info.size,
+            "contexts": info.contexts,
+            "is_read_only": f.contains(TransmissionFlags::READ_ONLY),
+            "is_rotational": f.contains(TransmissionFlags::ROTATIONAL),
+            "can_flush": f.contains(TransmissionFlags::SEND_FLUSH),
+            "can_fua": f.contains(TransmissionFlags::SEND_FUA),
+            "can_trim": f.contains(TransmissionFlags::SEND_TRIM),
+            "can_zero": f.contains(TransmissionFlags::SEND_WRITE_ZEROES),
+            "can_fast_zero": f.contains(TransmissionFlags::SEND_FAST_ZERO),
+            "can_df": f.contains(TransmissionFlags::SEND_DF),
+            "can_multi_conn": f.contains(TransmissionFlags::CAN_MULTI_CONN),
+            "can_cache": f.contains(TransmissionFlags::SEND_CACHE),
+            "block_size_minimum": info.block_size.map(|b| b.0),
+            "block_size_preferred": info.block_size.map(|b| b.1),
+            "block_size_maximum": info.block_size.map(|b| b.2),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let f = TransmissionFlags::from_bits_retain(info.flags);
+    println!(
+        "protocol: newstyle-fixed {} TLS, using {} replies",
+        if info.tls { "with" } else { "without" },
+        info.protocol
+    );
+    println!(
+        "export={:?}:",
+        info.name.clone().unwrap_or(uri.export.clone())
+    );
+    if let Some(d) = info.description.as_ref().filter(|d| !d.is_empty()) {
+        println!("\tdescription: {d}");
+    }
+    println!("\texport-size: {} ({})", info.size, human(info.size));
+    println!("\turi: {uri}");
+    if !info.contexts.is_empty() {
+        println!("\tcontexts:");
+        for c in &info.contexts {
+            println!("\t\t{c}");
+        }
+    }
+    for (name, flag) in [
+        ("is_read_only", TransmissionFlags::READ_ONLY),
+        ("is_rotational", TransmissionFlags::ROTATIONAL),
+        ("can_cache", TransmissionFlags::SEND_CACHE),
+        ("can_df", TransmissionFlags::SEND_DF),
+        ("can_fast_zero", TransmissionFlags::SEND_FAST_ZERO),
+        ("can_flush", TransmissionFlags::SEND_FLUSH),
+        ("can_fua", TransmissionFlags::SEND_FUA),
+        ("can_multi_conn", TransmissionFlags::CAN_MULTI_CONN),
+        ("can_trim", TransmissionFlags::SEND_TRIM),
+        ("can_zero", TransmissionFlags::SEND_WRITE_ZEROES),
+    ] {
+        println!("\t{name}: {}", f.contains(flag));
+    }
+    if let Some((min, pref, max)) = info.block_size {
+        println!("\tblock_size_minimum: {min}");
+        println!("\tblock_size_preferred: {pref}");
+        println!("\tblock_size_maximum: {max}");
+    }
+    Ok(())
+}
+
+fn nbd_list(uri: &str, tls: &ClientTlsArgs) -> Result<()> {
+    let uri = NbdUri::parse(uri)?;
+    let list = nbd_client::run(&uri, &tls.get(), Goal::List, ListApp::default())?;
+    for (name, desc) in list.exports {
+        if desc.is_empty() {
+            println!("{name}");
+        } else {
+            println!("{name}\t{desc}");
+        }
+    }
+    Ok(())
+}
+
+fn creds(c: CredsCommand) -> Result<()> {
+    match c {
+        CredsCommand::Generate {
+            dir,
+            hostnames,
+            ips,
+            client_cn,
+            days,
+            key,
+            force,
+        } => {
+            let mut o = tls_glue::GenerateOptions::default();
+            if !hostnames.is_empty() {
+                o.hostnames = hostnames;
+            }
+            if !ips.is_empty() {
+                o.ips = ips;
+            }
+            o.client_cn = client_cn;
+            o.validity_days = days;
+            o.overwrite = force;
+            o.key_algorithm = match key {
+                KeyArg::EcdsaP256 => tls_glue::KeyAlgorithm::EcdsaP256,
+                KeyArg::EcdsaP384 => tls_glue::KeyAlgorithm::EcdsaP384,
+                KeyArg::Ed25519 => tls_glue::KeyAlgorithm::Ed25519,
+                KeyArg::Rsa2048 => tls_glue::KeyAlgorithm::Rsa2048,
+                KeyArg::Rsa3072 => tls_glue::KeyAlgorithm::Rsa3072,
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let g = tls_glue::generate_qemu_layout(&dir, &o)?;
+            for f in &g.files {
+                println!("wrote {}", f.display());
+            }
+            println!("client certificate DN (for --tls-authz): {}", g.client_dn);
+            println!("server certificate SHA-256: {}", g.server_fingerprint);
+            Ok(())
+        }
+        CredsCommand::Check { dir, endpoint } => {
+            let e = match endpoint {
+                EndpointArg::Server => tls_glue::Endpoint::Server,
+                EndpointArg::Client => tls_glue::Endpoint::Client,
+            };
+            let report = tls_glue::check_dir(&dir, e);
+            if report.diagnostics.is_empty() {
+                println!(
+                    "{}: the {} credentials are fine",
+                    dir.display(),
+                    endpoint_name(endpoint)
+                );
+                return Ok(());
+            }
+            print!("{report}");
+            if report.has_errors() {
+                bail!(
+                    "{}: the {} credentials cannot be used",
+                    dir.display(),
+                    endpoint_name(endpoint)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn endpoint_name(e: EndpointArg) -> &'static str {
+    match e {
+        EndpointArg::Server => "server",
+        EndpointArg::Client => "client",
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "info",
-        1 => "debug",
+    let serving = matches!(cli.command, Top::Nbd(NbdCommand::Serve(_)));
+    let level = match (cli.verbose, serving) {
+        (0, true) => "info",
+        (0, false) => "warn",
+        (1, _) => "debug",
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
@@ -185,6 +527,27 @@ fn main() {
         .init();
     let r = match cli.command {
         Top::Nbd(NbdCommand::Serve(a)) => nbd_serve(a),
+        Top::Nbd(NbdCommand::Info { uri, json, tls }) => nbd_info(&uri, json, &tls),
+        Top::Nbd(NbdCommand::List { uri, tls }) => nbd_list(&uri, &tls),
+        Top::Nbd(NbdCommand::Copy {
+            src,
+            dst,
+            connections,
+            request_size,
+            progress,
+            no_progress,
+            tls,
+        }) => (|| {
+            let opts = CopyOptions {
+                connections,
+                request_size: u32::try_from(parse_size(&request_size)?)
+                    .context("request size over 4 GiB")?,
+                tls: tls.get(),
+                progress: !no_progress && (progress || std::io::stderr().is_terminal()),
+            };
+            copy(&Place::parse(&src)?, &Place::parse(&dst)?, &opts).map(|_| ())
+        })(),
+        Top::Creds(c) => creds(c),
     };
     if let Err(e) = r {
         eprintln!("kvmio: {e:#}");

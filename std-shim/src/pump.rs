@@ -59,8 +59,12 @@ pub trait Session {
 
 /// TLS as the pump needs it: ciphertext in, plaintext out (the `tls-glue` layer behind it).
 pub trait SecureLink: Send {
-    /// Feeds received ciphertext; returns the bytes consumed (the rest is an incomplete record).
+    /// Feeds ciphertext the pump already holds; returns the bytes consumed.
     fn feed(&mut self, ciphertext: &[u8]) -> Result<usize>;
+    /// Where to read ciphertext from the transport (empty while plaintext waits to be consumed).
+    fn recv_buffer(&mut self) -> &mut [u8];
+    /// `n` bytes were read into `recv_buffer`.
+    fn commit(&mut self, n: usize) -> Result<()>;
     /// Decrypted plaintext not yet consumed.
     fn plaintext(&self) -> &[u8];
     /// Drops `n` bytes from the front of `plaintext()`.
@@ -178,6 +182,15 @@ enum State {
     Done,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    SendPlain,
+    SendWire,
+    ReceivePlain,
+    ReceiveTls,
+    Done,
+}
+
 /// What the I/O loop must do next.
 #[derive(Debug)]
 pub enum Action<'a> {
@@ -229,6 +242,11 @@ impl<S: Session> Pump<S> {
         &self.session
     }
 
+    /// Ends the pump, returning the session.
+    pub fn into_session(self) -> S {
+        self.session
+    }
+
     /// The session, mutably.
     pub fn session_mut(&mut self) -> &mut S {
         &mut self.session
@@ -247,15 +265,28 @@ impl<S: Session> Pump<S> {
 
     /// The next thing to do.
     pub fn step(&mut self) -> Result<Action<'_>> {
+        Ok(match self.decide()? {
+            Next::SendPlain => Action::Send(self.out.as_slice()),
+            Next::SendWire => Action::Send(&self.wire),
+            Next::ReceivePlain => Action::Receive(self.rx.spare()),
+            Next::ReceiveTls => match self.tls.as_mut() {
+                Some(t) => Action::Receive(t.recv_buffer()),
+                None => bail!("TLS layer missing"),
+            },
+            Next::Done => Action::Done,
+        })
+    }
+
+    fn decide(&mut self) -> Result<Next> {
         loop {
             if self.send_plain {
-                return Ok(Action::Send(self.out.as_slice()));
+                return Ok(Next::SendPlain);
             }
             if !self.wire.is_empty() {
-                return Ok(Action::Send(&self.wire));
+                return Ok(Next::SendWire);
             }
             match self.state {
-                State::Done => return Ok(Action::Done),
+                State::Done => return Ok(Next::Done),
                 State::Closing => {
                     self.state = State::Done;
                     if let Some(t) = self.tls.as_mut() {
@@ -270,7 +301,10 @@ impl<S: Session> Pump<S> {
                         continue;
                     }
                     if t.is_handshaking() {
-                        return Ok(Action::Receive(self.rx.spare()));
+                        if t.recv_buffer().is_empty() {
+                            bail!("TLS receive buffer full during the handshake");
+                        }
+                        return Ok(Next::ReceiveTls);
                     }
                     let peer = t.peer();
                     log::debug!("TLS established: {}", peer.cipher);
@@ -282,14 +316,30 @@ impl<S: Session> Pump<S> {
                 State::Running => {}
             }
             if !self.again {
-                return Ok(Action::Receive(self.rx.spare()));
+                let Some(t) = self.tls.as_mut() else {
+                    return Ok(Next::ReceivePlain);
+                };
+                // Alerts or key updates the layer produced while decrypting.
+                t.take_output(&mut self.wire)?;
+                if !self.wire.is_empty() {
+                    continue;
+                }
+                if t.peer_closed() {
+                    self.session.eof()?;
+                    self.state = State::Done;
+                    continue;
+                }
+                // Read into the layer's own buffer: no copy. Empty means decrypted plaintext
+                // is waiting that the session did not take.
+                if t.recv_buffer().is_empty() {
+                    bail!("peer sent more than the session can buffer");
+                }
+                return Ok(Next::ReceiveTls);
             }
-            let p = match self.tls.as_ref() {
+            let p = match self.tls.as_mut() {
                 Some(t) => {
                     let p = self.session.process(t.plaintext(), &mut self.out)?;
-                    if let Some(t) = self.tls.as_mut() {
-                        t.consume_plaintext(p.consumed);
-                    }
+                    t.consume_plaintext(p.consumed);
                     p
                 }
                 None => {
@@ -314,6 +364,9 @@ impl<S: Session> Pump<S> {
                     // Whatever already arrived after the STARTTLS point is ciphertext.
                     let n = t.feed(self.rx.data())?;
                     self.rx.consume(n);
+                    if !self.rx.data().is_empty() {
+                        bail!("too much data right after the TLS switch");
+                    }
                     self.tls = Some(t);
                     self.state = State::Handshaking;
                 }
@@ -347,21 +400,21 @@ impl<S: Session> Pump<S> {
             if self.state == State::Handshaking {
                 bail!("connection closed during the TLS handshake");
             }
+            if self.tls.as_ref().is_some_and(|t| !t.peer_closed()) {
+                log::debug!("connection closed without TLS close_notify");
+            }
             self.session.eof()?;
             self.state = State::Done;
             return Ok(());
         }
-        self.rx.end += n;
         self.again = true;
-        if let Some(t) = self.tls.as_mut() {
-            let c = t.feed(self.rx.data())?;
-            self.rx.consume(c);
-            if t.peer_closed() && self.state == State::Running {
-                self.session.eof()?;
-                self.state = State::Done;
+        match self.tls.as_mut() {
+            Some(t) => t.commit(n),
+            None => {
+                self.rx.end += n;
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 

@@ -55,7 +55,7 @@ pub(crate) struct Pair<'a> {
     pub cuts: Vec<usize>,
     cut_i: usize,
     pub log: Vec<Rec>,
-    pub negotiator: Option<Negotiator<'a>>,
+    pub negotiator: Option<(Plan<'a>, Negotiator)>,
     /// Requests the server lent, answered in FIFO order (several in flight).
     pending: VecDeque<Request>,
     write_buf: Vec<(u64, Vec<u8>)>,
@@ -84,7 +84,7 @@ impl<'a> Pair<'a> {
     }
 
     pub(crate) fn with_plan(mut self, plan: Plan<'a>) -> Self {
-        self.negotiator = Some(Negotiator::new(plan));
+        self.negotiator = Some((plan, Negotiator::new()));
         self
     }
 
@@ -362,9 +362,9 @@ impl<'a> Pair<'a> {
             self.server.tls_established().map_err(|e| e.to_string())?;
             self.client.tls_established().map_err(|e| e.to_string())?;
         }
-        if let Some(neg) = self.negotiator.as_mut()
+        if let Some((plan, neg)) = self.negotiator.as_mut()
             && let Some(n) = neg
-                .step(&mut self.client, &mut out)
+                .step(plan, &mut self.client, &mut out)
                 .map_err(|e| std::format!("negotiator: {e}"))?
         {
             self.to_server.extend_from_slice(&out[..n]);

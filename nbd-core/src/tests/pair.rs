@@ -620,10 +620,10 @@ fn tls_selective_hides_tls_only_exports() {
     let e = p.drive().unwrap_err();
     assert!(e.contains("requires TLS"), "{e}");
     let mut p = tls_pair(TlsMode::Selective, TlsPolicy::Disable, false, &E);
-    p.negotiator = Some(crate::client::Negotiator::new(Plan {
-        goal: Goal::List,
-        ..plan(Goal::List, TlsPolicy::Disable, false, false, false)
-    }));
+    p.negotiator = Some((
+        plan(Goal::List, TlsPolicy::Disable, false, false, false),
+        crate::client::Negotiator::new(),
+    ));
     p.drive().unwrap();
     let names: Vec<_> = p
         .log

@@ -1,0 +1,787 @@
+//! `kvmio nbd copy SRC DST`: each side an NBD URI, a file, or `-` (stdin/stdout).
+//!
+//! Reading from NBD is sparse-aware (`base:allocation` extents: zero areas are not transferred)
+//! and, when the server allows several connections (`CAN_MULTI_CONN`) and the destination is
+//! seekable, spread over several connections with many requests in flight on each. READ data is
+//! written to the destination straight from the receive buffer; WRITE data is read from the
+//! source straight into the send buffer behind the request header.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use nbd_core::client::{Client, ExportInfo, Goal, Item};
+use nbd_core::wire::{AllocationFlags, CommandFlags, CommandType, TransmissionFlags};
+
+use crate::backend::{Backend, FileBackend};
+use crate::nbd_client::{self, ClientApp, ClientTls, DEPTH, InfoApp};
+use crate::pump::OutBuf;
+use crate::uri::NbdUri;
+
+/// One side of a copy.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// An NBD export.
+    Nbd(NbdUri),
+    /// A file or block device.
+    File(PathBuf),
+    /// Standard input or output.
+    Stdio,
+}
+
+impl Place {
+    /// `-`, an NBD URI, or a path.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(if s == "-" {
+            Self::Stdio
+        } else if NbdUri::is_uri(s) {
+            Self::Nbd(NbdUri::parse(s)?)
+        } else {
+            Self::File(s.into())
+        })
+    }
+}
+
+/// Copy settings.
+#[derive(Clone)]
+pub struct CopyOptions {
+    /// Most connections per NBD side (used when the server allows several).
+    pub connections: usize,
+    /// Bytes per request.
+    pub request_size: u32,
+    /// TLS settings.
+    pub tls: ClientTls,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            request_size: 1 << 20,
+            tls: ClientTls::default(),
+            progress: false,
+        }
+    }
+}
+
+/// Where data goes; shared by the copy's connections, so `&self`.
+pub trait Sink: Send + Sync {
+    /// Writes `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()>;
+    /// The range reads as zeroes.
+    fn zero(&self, offset: u64, len: u64) -> Result<()>;
+    /// Everything was written.
+    fn finish(&self) -> Result<()>;
+}
+
+/// A file destination: created sparse at the right size, so zero areas need no writes.
+struct FileSink {
+    file: FileBackend,
+    fresh: bool,
+}
+
+impl Sink for FileSink {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        Ok(self.file.write_at(data, offset, false)?)
+    }
+
+    fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        if self.fresh {
+            return Ok(());
+        }
+        Ok(self.file.write_zeroes(offset, len, true, false)?)
+    }
+
+    fn finish(&self) -> Result<()> {
+        Ok(self.file.flush()?)
+    }
+}
+
+enum Piece {
+    Data(Vec<u8>),
+    Zero(u64),
+}
+
+/// A stream destination (stdout, a pipe): data must go out in order, so pieces that arrive
+/// early wait in a small reorder buffer.
+struct StreamSink<W> {
+    inner: Mutex<(W, u64, BTreeMap<u64, Piece>)>,
+}
+
+impl<W: Write + Send> StreamSink<W> {
+    fn new(w: W) -> Self {
+        Self {
+            inner: Mutex::new((w, 0, BTreeMap::new())),
+        }
+    }
+}
+
+fn write_zeroes(w: &mut impl Write, mut len: u64) -> Result<()> {
+    let zero = [0u8; 64 * 1024];
+    while len > 0 {
+        let n = len.min(zero.len() as u64) as usize;
+        w.write_all(&zero[..n])?;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+impl<W: Write + Send> StreamSink<W> {
+    fn put(&self, offset: u64, piece: Piece) -> Result<()> {
+        let mut g = self.inner.lock().map_err(|_| anyhow!("poisoned"))?;
+        let (w, next, pending) = &mut *g;
+        if offset != *next {
+            pending.insert(offset, piece);
+            return Ok(());
+        }
+        let mut piece = Some(piece);
+        loop {
+            match piece.take() {
+                Some(Piece::Data(d)) => {
+                    w.write_all(&d)?;
+                    *next += d.len() as u64;
+                }
+                Some(Piece::Zero(n)) => {
+                    write_zeroes(w, n)?;
+                    *next += n;
+                }
+                None => {}
+            }
+            match pending.first_key_value() {
+                Some((&o, _)) if o == *next => piece = pending.remove(&o),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+impl<W: Write + Send> Sink for StreamSink<W> {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        {
+            // Fast path: in order, write straight from the lent buffer.
+            let mut g = self.inner.lock().map_err(|_| anyhow!("poisoned"))?;
+            let (w, next, pending) = &mut *g;
+            if *next == offset && pending.is_empty() {
+                w.write_all(data)?;
+                *next += data.len() as u64;
+                return Ok(());
+            }
+        }
+        self.put(offset, Piece::Data(data.to_vec()))
+    }
+
+    fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        self.put(offset, Piece::Zero(len))
+    }
+
+    fn finish(&self) -> Result<()> {
+        let mut g = self.inner.lock().map_err(|_| anyhow!("poisoned"))?;
+        if !g.2.is_empty() {
+            bail!("copy ended with a gap in the output at byte {}", g.1);
+        }
+        g.0.flush()?;
+        Ok(())
+    }
+}
+
+/// Splits `[0, size)` into windows of `window` bytes and deals them round-robin to `workers`.
+fn windows(size: u64, window: u64, workers: usize, worker: usize) -> VecDeque<(u64, u64)> {
+    let mut v = VecDeque::new();
+    let mut off = 0;
+    let mut i = 0;
+    while off < size {
+        let len = window.min(size - off);
+        if i % workers == worker {
+            v.push_back((off, len));
+        }
+        off += len;
+        i += 1;
+    }
+    v
+}
+
+/// Bytes per block-status window (and per unit of work spread over connections).
+const WINDOW: u64 = 64 << 20;
+
+/// Reads an NBD export into a sink.
+struct ReadApp {
+    sink: Arc<dyn Sink>,
+    windows: VecDeque<(u64, u64)>,
+    jobs: VecDeque<(u64, u64)>,
+    request: u64,
+    cookie: u64,
+    base_allocation: bool,
+    /// Block status in flight: its cookie, where the next extent starts, the window end.
+    status: Option<(u64, u64, u64)>,
+    done: Arc<AtomicU64>,
+}
+
+impl ClientApp for ReadApp {
+    fn ready(&mut self, info: &ExportInfo, client: &Client<DEPTH>) -> Result<()> {
+        self.base_allocation = !client.contexts().is_empty();
+        self.request = self.request.min(u64::from(info.block_size.maximum)).max(1);
+        Ok(())
+    }
+
+    fn submit(&mut self, client: &mut Client<DEPTH>, out: &mut OutBuf) -> Result<bool> {
+        while client.can_send_request() {
+            if let Some((off, len)) = self.jobs.pop_front() {
+                let n = len.min(self.request);
+                if n < len {
+                    self.jobs.push_front((off + n, len - n));
+                }
+                self.cookie += 1;
+                let w = client
+                    .read(self.cookie, off, n as u32, out.tail(32))
+                    .map_err(|e| anyhow!("{e}"))?;
+                out.commit(w);
+                continue;
+            }
+            if self.status.is_some() {
+                return Ok(false);
+            }
+            let Some((off, len)) = self.windows.pop_front() else {
+                return Ok(true);
+            };
+            if self.base_allocation {
+                self.cookie += 1;
+                let w = client
+                    .request(
+                        CommandType::BlockStatus,
+                        CommandFlags::empty(),
+                        self.cookie,
+                        off,
+                        len,
+                        out.tail(32),
+                    )
+                    .map_err(|e| anyhow!("{e}"))?;
+                out.commit(w);
+                self.status = Some((self.cookie, off, off + len));
+            } else {
+                self.jobs.push_back((off, len));
+            }
+        }
+        Ok(false)
+    }
+
+    fn reply(&mut self, item: Item<'_>) -> Result<()> {
+        match item {
+            Item::ReadData { offset, data, .. } => {
+                self.sink.write_at(offset, data)?;
+                self.done.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Item::ReadHole { offset, length, .. } => {
+                self.sink.zero(offset, u64::from(length))?;
+                self.done.fetch_add(u64::from(length), Ordering::Relaxed);
+            }
+            Item::Extents {
+                cookie, extents, ..
+            } => {
+                let Some((c, mut pos, end)) = self.status else {
+                    bail!("unexpected block status");
+                };
+                if c != cookie {
+                    bail!("block status for an unknown request");
+                }
+                let zero = u64::from(AllocationFlags::ZERO.bits());
+                for e in extents.iter() {
+                    if pos >= end {
+                        break;
+                    }
+                    let len = e.length.min(end - pos);
+                    if e.flags & zero != 0 {
+                        self.sink.zero(pos, len)?;
+                        self.done.fetch_add(len, Ordering::Relaxed);
+                    } else {
+                        match self.jobs.back_mut() {
+                            Some((o, l)) if *o + *l == pos => *l += len,
+                            _ => self.jobs.push_back((pos, len)),
+                        }
+                    }
+                    pos += len;
+                }
+                self.status = Some((c, pos, end));
+            }
+            Item::ChunkError {
+                code,
+                message,
+                offset,
+                ..
+            } => {
+                bail!(
+                    "server error {code}{}{}",
+                    offset.map(|o| format!(" at {o}")).unwrap_or_default(),
+                    if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {message}")
+                    }
+                );
+            }
+            Item::Done { cookie, result } => {
+                result.map_err(|e| anyhow!("request failed: {e}"))?;
+                if let Some((c, pos, end)) = self.status
+                    && c == cookie
+                {
+                    self.status = None;
+                    if pos < end {
+                        // A short answer: ask again for the rest of the window.
+                        self.windows.push_front((pos, end - pos));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Where a WRITE's data comes from.
+enum Source {
+    /// A file: random access, holes known.
+    File(Arc<FileBackend>),
+    /// A stream (stdin, a pipe): in order only.
+    Stream(Mutex<Box<dyn Read + Send>>),
+}
+
+/// Writes a source into an NBD export.
+struct WriteApp {
+    source: Arc<Source>,
+    windows: VecDeque<(u64, u64)>,
+    jobs: VecDeque<(u64, u64, bool)>,
+    request: u64,
+    cookie: u64,
+    can_zero: bool,
+    can_flush: bool,
+    flushed: bool,
+    /// For streams: the next offset and whether the stream ended.
+    stream_pos: u64,
+    stream_end: bool,
+    size: u64,
+    staging: Vec<u8>,
+    done: Arc<AtomicU64>,
+}
+
+impl WriteApp {
+    fn fill_jobs(&mut self) -> Result<()> {
+        let Some((off, len)) = self.windows.pop_front() else {
+            return Ok(());
+        };
+        let Source::File(f) = &*self.source else {
+            return Ok(());
+        };
+        let mut ext = Vec::new();
+        f.extents(off, len, 1 << 16, &mut ext)?;
+        let zero = u64::from(AllocationFlags::ZERO.bits());
+        let mut pos = off;
+        for e in ext {
+            let l = e.length.min(off + len - pos);
+            self.jobs.push_back((pos, l, e.flags & zero != 0));
+            pos += l;
+        }
+        if pos < off + len {
+            self.windows.push_front((pos, off + len - pos));
+        }
+        Ok(())
+    }
+
+    fn send_data(
+        &mut self,
+        client: &mut Client<DEPTH>,
+        out: &mut OutBuf,
+        off: u64,
+        data: Option<&[u8]>,
+        len: u64,
+    ) -> Result<()> {
+        self.cookie += 1;
+        let h = client
+            .write(self.cookie, off, len as u32, false, out.tail(32))
+            .map_err(|e| anyhow!("{e}"))?;
+        out.commit(h);
+        let buf = out.tail(len as usize);
+        match (data, &*self.source) {
+            (Some(d), _) => buf.copy_from_slice(d),
+            (None, Source::File(f)) => f.read_at(buf, off)?,
+            (None, Source::Stream(_)) => buf.fill(0),
+        }
+        out.commit(len as usize);
+        self.done.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn send_zero(
+        &mut self,
+        client: &mut Client<DEPTH>,
+        out: &mut OutBuf,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
+        if self.can_zero {
+            self.cookie += 1;
+            let n = client
+                .request(
+                    CommandType::WriteZeroes,
+                    CommandFlags::empty(),
+                    self.cookie,
+                    off,
+                    len,
+                    out.tail(32),
+                )
+                .map_err(|e| anyhow!("{e}"))?;
+            out.commit(n);
+            self.done.fetch_add(len, Ordering::Relaxed);
+            Ok(())
+        } else {
+            self.send_data(client, out, off, None, len)
+        }
+    }
+}
+
+impl ClientApp for WriteApp {
+    fn ready(&mut self, info: &ExportInfo, _client: &Client<DEPTH>) -> Result<()> {
+        self.can_zero = info.flags.contains(TransmissionFlags::SEND_WRITE_ZEROES);
+        self.can_flush = info.flags.contains(TransmissionFlags::SEND_FLUSH);
+        self.request = self.request.min(u64::from(info.block_size.maximum));
+        if info.flags.contains(TransmissionFlags::READ_ONLY) {
+            bail!("the destination export is read-only");
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, client: &mut Client<DEPTH>, out: &mut OutBuf) -> Result<bool> {
+        while client.can_send_request() {
+            if let Some((off, len, zero)) = self.jobs.pop_front() {
+                let max = if zero && self.can_zero {
+                    1 << 30
+                } else {
+                    self.request
+                };
+                let n = len.min(max);
+                if n < len {
+                    self.jobs.push_front((off + n, len - n, zero));
+                }
+                if zero {
+                    self.send_zero(client, out, off, n)?;
+                } else {
+                    self.send_data(client, out, off, None, n)?;
+                }
+                continue;
+            }
+            if matches!(&*self.source, Source::Stream(_)) {
+                if self.stream_end || self.stream_pos >= self.size {
+                    if !self.stream_end {
+                        // The export is full: the stream must be too.
+                        let mut probe = [0u8; 1];
+                        let Source::Stream(r) = &*self.source else {
+                            unreachable!()
+                        };
+                        if r.lock()
+                            .map_err(|_| anyhow!("poisoned"))?
+                            .read(&mut probe)?
+                            > 0
+                        {
+                            bail!(
+                                "the source is larger than the destination export ({} bytes)",
+                                self.size
+                            );
+                        }
+                        self.stream_end = true;
+                    }
+                } else {
+                    let want = self.request.min(self.size - self.stream_pos) as usize;
+                    self.staging.resize(want, 0);
+                    let mut got = 0;
+                    {
+                        let Source::Stream(r) = &*self.source else {
+                            unreachable!()
+                        };
+                        let mut r = r.lock().map_err(|_| anyhow!("poisoned"))?;
+                        while got < want {
+                            let n = r.read(&mut self.staging[got..])?;
+                            if n == 0 {
+                                self.stream_end = true;
+                                break;
+                            }
+                            got += n;
+                        }
+                    }
+                    if got > 0 {
+                        let off = self.stream_pos;
+                        self.stream_pos += got as u64;
+                        let staging = std::mem::take(&mut self.staging);
+                        if staging[..got].iter().all(|&b| b == 0) && self.can_zero {
+                            self.send_zero(client, out, off, got as u64)?;
+                        } else {
+                            self.send_data(client, out, off, Some(&staging[..got]), got as u64)?;
+                        }
+                        self.staging = staging;
+                    }
+                    continue;
+                }
+            } else if !self.windows.is_empty() {
+                self.fill_jobs()?;
+                continue;
+            }
+            // Everything is sent: flush once the writes are answered.
+            if self.can_flush && !self.flushed {
+                if client.in_flight() > 0 {
+                    return Ok(false);
+                }
+                self.cookie += 1;
+                let n = client
+                    .request(
+                        CommandType::Flush,
+                        CommandFlags::empty(),
+                        self.cookie,
+                        0,
+                        0,
+                        out.tail(32),
+                    )
+                    .map_err(|e| anyhow!("{e}"))?;
+                out.commit(n);
+                self.flushed = true;
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn reply(&mut self, item: Item<'_>) -> Result<()> {
+        match item {
+            Item::ChunkError { code, message, .. } => bail!("server error {code}: {message}"),
+            Item::Done { result, .. } => {
+                result.map_err(|e| anyhow!("request failed: {e}"))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn probe(uri: &NbdUri, tls: &ClientTls) -> Result<InfoApp> {
+    nbd_client::run(uri, tls, Goal::Go, InfoApp::default())
+}
+
+fn progress_thread(
+    total: u64,
+    done: Arc<AtomicU64>,
+    show: bool,
+) -> Option<(std::thread::JoinHandle<()>, Arc<AtomicU64>)> {
+    if !show {
+        return None;
+    }
+    let stop = Arc::new(AtomicU64::new(0));
+    let s2 = stop.clone();
+    let h = std::thread::spawn(move || {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        while s2.load(Ordering::Relaxed) == 0 {
+            bar.set_position(done.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bar.set_position(done.load(Ordering::Relaxed));
+        bar.finish();
+    });
+    Some((h, stop))
+}
+
+/// Copies `src` to `dst`; returns the bytes copied.
+pub fn copy(src: &Place, dst: &Place, opts: &CopyOptions) -> Result<u64> {
+    match (src, dst) {
+        (Place::Nbd(s), Place::Nbd(d)) => {
+            let (r, w) = std::io::pipe().context("pipe")?;
+            let (s, d, o) = (s.clone(), d.clone(), opts.clone());
+            let writer = std::thread::spawn(move || {
+                to_nbd(Source::Stream(Mutex::new(Box::new(r))), None, &d, &o)
+            });
+            let n = from_nbd(&s, Arc::new(StreamSink::new(w)), false, opts)?;
+            writer
+                .join()
+                .map_err(|_| anyhow!("writer thread panicked"))??;
+            Ok(n)
+        }
+        (Place::Nbd(s), Place::File(path)) => {
+            let info = probe(s, &opts.tls)?;
+            let meta = std::fs::metadata(path).ok();
+            let regular = meta.as_ref().is_none_or(|m| m.file_type().is_file());
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(regular)
+                .open(path)
+                .with_context(|| format!("open {}", path.display()))?;
+            if regular {
+                f.set_len(info.size)?;
+            }
+            drop(f);
+            let sink = FileSink {
+                file: FileBackend::open(path, false)?,
+                fresh: regular,
+            };
+            from_nbd_with(s, Arc::new(sink), true, opts, info)
+        }
+        (Place::Nbd(s), Place::Stdio) => {
+            from_nbd(s, Arc::new(StreamSink::new(std::io::stdout())), false, opts)
+        }
+        (Place::File(path), Place::Nbd(d)) => {
+            let f = Arc::new(
+                FileBackend::open(path, true)
+                    .with_context(|| format!("open {}", path.display()))?,
+            );
+            let size = f.size();
+            to_nbd(Source::File(f), Some(size), d, opts)
+        }
+        (Place::Stdio, Place::Nbd(d)) => to_nbd(
+            Source::Stream(Mutex::new(Box::new(std::io::stdin()))),
+            None,
+            d,
+            opts,
+        ),
+        (Place::File(a), Place::File(b)) => Ok(std::fs::copy(a, b)?),
+        (Place::File(a), Place::Stdio) => Ok(std::io::copy(
+            &mut std::fs::File::open(a)?,
+            &mut std::io::stdout(),
+        )?),
+        (Place::Stdio, Place::File(b)) => Ok(std::io::copy(
+            &mut std::io::stdin(),
+            &mut std::fs::File::create(b)?,
+        )?),
+        (Place::Stdio, Place::Stdio) => Ok(std::io::copy(
+            &mut std::io::stdin(),
+            &mut std::io::stdout(),
+        )?),
+    }
+}
+
+fn from_nbd(src: &NbdUri, sink: Arc<dyn Sink>, seekable: bool, opts: &CopyOptions) -> Result<u64> {
+    let info = probe(src, &opts.tls)?;
+    from_nbd_with(src, sink, seekable, opts, info)
+}
+
+fn from_nbd_with(
+    src: &NbdUri,
+    sink: Arc<dyn Sink>,
+    seekable: bool,
+    opts: &CopyOptions,
+    info: InfoApp,
+) -> Result<u64> {
+    let multi =
+        TransmissionFlags::from_bits_retain(info.flags).contains(TransmissionFlags::CAN_MULTI_CONN);
+    let workers = if seekable && multi {
+        opts.connections.max(1)
+    } else {
+        1
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress_thread(info.size, done.clone(), opts.progress);
+    let result = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|i| {
+                let app = ReadApp {
+                    sink: sink.clone(),
+                    windows: windows(info.size, WINDOW, workers, i),
+                    jobs: VecDeque::new(),
+                    request: u64::from(opts.request_size),
+                    cookie: 0,
+                    base_allocation: false,
+                    status: None,
+                    done: done.clone(),
+                };
+                let tls = opts.tls.clone();
+                scope.spawn(move || nbd_client::run(src, &tls, Goal::Go, app).map(|_| ()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("copy thread panicked"))?)
+            .collect::<Result<Vec<()>>>()
+    });
+    if let Some((h, stop)) = bar {
+        stop.store(1, Ordering::Relaxed);
+        let _ = h.join();
+    }
+    result?;
+    sink.finish()?;
+    Ok(info.size)
+}
+
+fn to_nbd(source: Source, size: Option<u64>, dst: &NbdUri, opts: &CopyOptions) -> Result<u64> {
+    let info = probe(dst, &opts.tls)?;
+    let flags = TransmissionFlags::from_bits_retain(info.flags);
+    if let Some(s) = size
+        && s > info.size
+    {
+        bail!(
+            "the source ({s} bytes) is larger than the destination export ({} bytes)",
+            info.size
+        );
+    }
+    let total = size.unwrap_or(info.size);
+    let seekable = matches!(source, Source::File(_));
+    let workers = if seekable && flags.contains(TransmissionFlags::CAN_MULTI_CONN) {
+        opts.connections.max(1)
+    } else {
+        1
+    };
+    let source = Arc::new(source);
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress_thread(total, done.clone(), opts.progress);
+    let result = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|i| {
+                let app = WriteApp {
+                    source: source.clone(),
+                    windows: if seekable {
+                        windows(total, WINDOW, workers, i)
+                    } else {
+                        VecDeque::new()
+                    },
+                    jobs: VecDeque::new(),
+                    request: u64::from(opts.request_size),
+                    cookie: 0,
+                    can_zero: false,
+                    can_flush: false,
+                    flushed: false,
+                    stream_pos: 0,
+                    stream_end: false,
+                    size: info.size,
+                    staging: Vec::new(),
+                    done: done.clone(),
+                };
+                let tls = opts.tls.clone();
+                scope.spawn(move || {
+                    let mut o = nbd_client::Options::for_uri(dst, Goal::Go);
+                    o.base_allocation = false;
+                    nbd_client::run_with(dst, &tls, o, app).map(|a| a.stream_pos)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("copy thread panicked"))?)
+            .collect::<Result<Vec<u64>>>()
+    });
+    if let Some((h, stop)) = bar {
+        stop.store(1, Ordering::Relaxed);
+        let _ = h.join();
+    }
+    let streamed = result?;
+    Ok(if seekable {
+        total
+    } else {
+        streamed.into_iter().sum()
+    })
+}
