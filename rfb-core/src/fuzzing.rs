@@ -91,22 +91,22 @@ pub fn server(data: &[u8]) {
                 }
             }
             while let Ok(Some(_)) = s.poll_transmit(&mut out) {}
-            if s.wants_update() {
-                if let Ok(fb) = Framebuffer::new(&pixels, 16, 16, 64, PixelFormat::RGB888) {
-                    let damage = [
-                        Damage::Changed(Rect::new(0, 0, 16, 16)),
-                        Damage::Copied {
-                            dst: Rect::new(0, 0, 8, 8),
-                            src_x: 8,
-                            src_y: 8,
-                        },
-                    ];
-                    let src = UpdateSource::new(fb, &damage);
-                    for _ in 0..10_000 {
-                        match s.encode_update(&src, &mut out) {
-                            Ok(st) if !st.done => {}
-                            _ => break,
-                        }
+            if s.wants_update()
+                && let Ok(fb) = Framebuffer::new(&pixels, 16, 16, 64, PixelFormat::RGB888)
+            {
+                let damage = [
+                    Damage::Changed(Rect::new(0, 0, 16, 16)),
+                    Damage::Copied {
+                        dst: Rect::new(0, 0, 8, 8),
+                        src_x: 8,
+                        src_y: 8,
+                    },
+                ];
+                let src = UpdateSource::new(fb, &damage);
+                for _ in 0..10_000 {
+                    match s.encode_update(&src, &mut out) {
+                        Ok(st) if !st.done => {}
+                        _ => break,
                     }
                 }
             }
