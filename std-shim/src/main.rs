@@ -319,7 +319,22 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
     let starter =
         move || -> Option<TlsStarter> { tls_config.clone().map(std_shim::tls::server_starter) };
     if a.runtime == Runtime::Tokio {
-        bail!("the tokio runtime is not built in yet");
+        let starter = Arc::new(starter);
+        return std_shim::serve::serve_tokio(
+            &endpoints,
+            a.max_connections,
+            Arc::new(Control::default()),
+            |bound| announce(catalog, bound),
+            move |mut stream, peer| {
+                let starter = starter.clone();
+                async move {
+                    let session = NbdServerSession::new(catalog, config(), peer)?;
+                    let cap = session.input_buffer_len();
+                    let mut pump = Pump::new(session, cap.max(4 << 20), starter());
+                    std_shim::pump::run_tokio(&mut pump, &mut stream).await
+                }
+            },
+        );
     }
     let control = Arc::new(Control::default());
     serve_threads(
@@ -344,6 +359,18 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
             run_blocking(&mut pump, &mut stream, |s, t| s.set_read_timeout(t))
         },
     )
+}
+
+fn announce(catalog: &Catalog, bound: &[String]) {
+    for b in bound {
+        for s in catalog.specs() {
+            eprintln!(
+                "kvmio: serving {:?} ({} bytes) on {b}",
+                s.name,
+                s.backend.size()
+            );
+        }
+    }
 }
 
 fn human(n: u64) -> String {

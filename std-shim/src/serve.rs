@@ -234,3 +234,161 @@ mod tests {
         assert!(parse_size("").is_err());
     }
 }
+
+/// A connected tokio stream of either kind.
+#[cfg(feature = "tokio")]
+pub enum AsyncStream {
+    /// TCP.
+    Tcp(tokio::net::TcpStream),
+    /// Unix.
+    Unix(tokio::net::UnixStream),
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncRead for AsyncStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncWrite for AsyncStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// [`serve_threads`] on a tokio runtime: a task per connection running `handler`.
+#[cfg(feature = "tokio")]
+pub fn serve_tokio<F, Fut>(
+    endpoints: &[Endpoint],
+    max_connections: usize,
+    control: Arc<Control>,
+    on_bound: impl FnOnce(&[String]),
+    handler: F,
+) -> Result<()>
+where
+    F: Fn(AsyncStream, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut bound = Vec::new();
+        let mut tasks = Vec::new();
+        let handler = Arc::new(handler);
+        for e in endpoints {
+            let listener = Listener::bind(e)?;
+            bound.push(listener.local());
+            tasks.push((listener, handler.clone(), control.clone()));
+        }
+        on_bound(&bound);
+        let mut set = tokio::task::JoinSet::new();
+        for (listener, handler, control) in tasks {
+            set.spawn(async move {
+                let mut accept = match &listener {
+                    Listener::Tcp(l) => {
+                        let l = l.try_clone()?;
+                        l.set_nonblocking(true)?;
+                        AsyncListener::Tcp(tokio::net::TcpListener::from_std(l)?)
+                    }
+                    Listener::Unix(l, _) => {
+                        let l = l.try_clone()?;
+                        l.set_nonblocking(true)?;
+                        AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?)
+                    }
+                };
+                loop {
+                    let (stream, peer) = match accept.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            log::warn!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    if control.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if control.active.load(Ordering::SeqCst) >= max_connections {
+                        log::warn!("{peer}: refused, {max_connections} connections already");
+                        continue;
+                    }
+                    control.active.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(stream, peer.clone());
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        match fut.await {
+                            Ok(()) => log::debug!("{peer}: closed"),
+                            Err(e) => log::warn!("{peer}: {e:#}"),
+                        }
+                        control.active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+                Ok::<(), anyhow::Error>(())
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(feature = "tokio")]
+enum AsyncListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncListener {
+    async fn accept(&mut self) -> io::Result<(AsyncStream, String)> {
+        match self {
+            Self::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok((AsyncStream::Tcp(s), a.to_string()))
+            }
+            Self::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((AsyncStream::Unix(s), "unix".to_string()))
+            }
+        }
+    }
+}
