@@ -19,6 +19,10 @@ pub const MAX_FRAGMENT_LEN: usize = 16_384;
 /// AEAD tag, TLS 1.2 explicit nonce).
 pub const RECORD_OVERHEAD: usize = 5 + 1 + 16 + 8;
 
+/// The receive buffer grows up to this during the handshake if a handshake message spans
+/// more records than it holds (rustls accepts handshake messages up to 64 KiB).
+pub const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024 + 4 * MAX_RECORD_LEN;
+
 /// Buffer sizing of a [`TlsLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerOptions {
@@ -287,9 +291,20 @@ impl TlsLayer {
             return &mut [];
         }
         if self.rx_start > 0 && self.rx_end == self.rx.len() {
+            // compaction keeps the bytes rustls has not discarded at the same offsets
+            // relative to the slice we pass it
             self.rx.copy_within(self.rx_start..self.rx_end, 0);
             self.rx_end -= self.rx_start;
             self.rx_start = 0;
+        }
+        if self.rx_end == self.rx.len()
+            && self.is_handshaking()
+            && self.rx.len() < MAX_HANDSHAKE_BUFFER
+        {
+            // A handshake message spanning several records stays in the buffer until it is
+            // complete (e.g. a long certificate chain): grow, during the handshake only.
+            let new = (self.rx.len() * 2).min(MAX_HANDSHAKE_BUFFER);
+            self.rx.resize(new, 0);
         }
         &mut self.rx[self.rx_end..]
     }
@@ -629,7 +644,9 @@ impl TlsLayer {
         self.error.is_none()
             && !self.peer_closed
             && self.plain.len() < self.plaintext_limit
-            && (self.rx_start > 0 || self.rx_end < self.rx.len())
+            && (self.rx_start > 0
+                || self.rx_end < self.rx.len()
+                || (self.is_handshaking() && self.rx.len() < MAX_HANDSHAKE_BUFFER))
     }
 
     /// Whether the peer sent `close_notify` (no more plaintext will come).

@@ -177,7 +177,9 @@ pub use error::{EncryptError, InsufficientSize, TlsError, alert_text};
 pub use generate::{
     GenerateOptions, GeneratedFiles, KeyAlgorithm, LAYOUT_FILES, generate_qemu_layout,
 };
-pub use layer::{LayerOptions, MAX_FRAGMENT_LEN, MAX_RECORD_LEN, RECORD_OVERHEAD, TlsLayer};
+pub use layer::{
+    LayerOptions, MAX_FRAGMENT_LEN, MAX_HANDSHAKE_BUFFER, MAX_RECORD_LEN, RECORD_OVERHEAD, TlsLayer,
+};
 #[cfg(feature = "std")]
 pub use pin::{PinCheck, TrustedServers};
 pub use pin::{ServerCertValidator, fingerprint_sha256, format_fingerprint};

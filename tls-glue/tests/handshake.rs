@@ -394,3 +394,69 @@ fn garbage_into_server_never_panics() {
         tls_glue::test_support::feed_server(&scfg, &data);
     }
 }
+
+/// A certificate chain larger than one record reaches a client with the smallest buffers
+/// (the handshake message spans records and stays buffered until complete).
+#[test]
+fn big_certificate_with_small_buffers() {
+    let ca = Ca::new("Test CA");
+    let server = ca.leaf_with(
+        "localhost",
+        true,
+        rcgen::KeyPair::generate().unwrap(),
+        |p| {
+            for i in 0..900 {
+                p.subject_alt_names.push(rcgen::SanType::DnsName(
+                    format!("host-{i:04}.a-rather-long-domain-name.example.com")
+                        .try_into()
+                        .unwrap(),
+                ));
+            }
+        },
+    );
+    assert!(
+        server.pem.len() * 3 / 4 > 2 * MAX_FRAGMENT_LEN,
+        "DER spans three records"
+    );
+    let client = ca.leaf("client.example.com", false);
+    let b = default_backend();
+    let sc = server_creds_with(&ca.pem, None, &server, true, b.clone());
+    let cc = client_creds_with(&ca.pem, None, Some(&client), b);
+    let mut s =
+        TlsLayer::server_with(&TlsServerConfig::new(&sc).unwrap(), LayerOptions::small()).unwrap();
+    let mut c = TlsLayer::client_with(
+        &TlsClientConfig::new(&cc).unwrap(),
+        "host-0899.a-rather-long-domain-name.example.com",
+        LayerOptions::small(),
+    )
+    .unwrap();
+    // deliver in 1000-byte pieces through the zero-copy path
+    let mut buf = vec![0u8; 256 * 1024];
+    for _ in 0..50 {
+        let mut moved = false;
+        while let Some(n) = c.poll_transmit(&mut buf).unwrap() {
+            moved = true;
+            feed_all(&mut s, &buf[..n]).unwrap();
+        }
+        while let Some(n) = s.poll_transmit(&mut buf).unwrap() {
+            moved = true;
+            for piece in buf[..n].chunks(1000) {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    assert!(c.wants_input());
+                    let space = c.ciphertext_buffer();
+                    let k = space.len().min(rest.len());
+                    assert!(k > 0);
+                    space[..k].copy_from_slice(&rest[..k]);
+                    c.commit_ciphertext(k).unwrap();
+                    rest = &rest[k..];
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(!c.is_handshaking() && !s.is_handshaking());
+    assert_eq!(send(&mut s, &mut c, b"big"), b"big");
+}
