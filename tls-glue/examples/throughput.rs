@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tls_glue::*;
 
+#[allow(clippy::vec_init_then_push)]
 fn main() {
     let dir = std::env::temp_dir().join(format!("tls-glue-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
