@@ -121,6 +121,16 @@
 //! ([`TlsError::AccessDenied`]). Client side: CA, CRL and host name checks, an optional client
 //! certificate, and a [`ServerCertValidator`] hook, e.g. [`TrustedServers`] (pin per host).
 //!
+//! # For the `kvmio creds` commands
+//!
+//! * `kvmio creds generate DIR [--hostname H]... [--ip A]... [--client-cn CN]` maps to
+//!   [`generate_qemu_layout`] with a [`GenerateOptions`] (feature `generate`); print
+//!   [`GeneratedFiles::client_dn`] (the string for an ACL) and the server fingerprint.
+//! * `kvmio creds check DIR --endpoint server|client` maps to [`check_dir`] (or
+//!   [`check_dir_with`] to choose backend, clock or `verify_peer`); print the [`Report`]
+//!   (one line per finding: `error: FILE: message`) and exit non-zero if
+//!   [`Report::has_errors`].
+//!
 //! # Features
 //!
 //! * `std` (default): directory loading, [`SystemClock`], [`OsRandom`], [`TrustedServers`].

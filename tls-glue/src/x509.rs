@@ -718,6 +718,33 @@ mod tests {
     }
 
     #[test]
+    fn sec1_scalar_is_normalized() {
+        // version 1, 33-byte scalar with a leading zero (as certtool writes), P-256 params
+        let mut body = Vec::new();
+        der_push(&mut body, TAG_INTEGER, &[1]);
+        let mut scalar = alloc::vec![0u8];
+        scalar.extend((1..=32u8).collect::<Vec<_>>());
+        der_push(&mut body, TAG_OCTET_STRING, &scalar);
+        let mut curve = Vec::new();
+        der_push(&mut curve, TAG_OID, oid::P256);
+        der_push(&mut body, 0xa0, &curve);
+        let mut key = Vec::new();
+        der_push(&mut key, TAG_SEQUENCE, &body);
+        let fixed = normalize_sec1(&key).unwrap();
+        let seq = single(&fixed, TAG_SEQUENCE).unwrap();
+        let mut r = Reader::new(seq.value);
+        r.expect(TAG_INTEGER).unwrap();
+        assert_eq!(r.expect(TAG_OCTET_STRING).unwrap().value, &scalar[1..]);
+        assert_eq!(r.expect(0xa0).unwrap().value, &curve[..]);
+        // canonical keys are left alone; a non-zero excess byte is not "fixed"
+        assert!(normalize_sec1(&fixed).is_none());
+        let mut bad = key.clone();
+        let pos = bad.iter().position(|b| *b == 33).unwrap() + 1;
+        bad[pos] = 9;
+        assert!(normalize_sec1(&bad).is_none());
+    }
+
+    #[test]
     fn garbage_never_panics() {
         for len in 0..64usize {
             let data: Vec<u8> = (0..len).map(|i| (i * 37 + 0x30) as u8).collect();

@@ -574,3 +574,14 @@ fn one_creds_object_serves_several_services() {
         Some("C=GB,ST=London,L=City Of London,O=Test Org,CN=localhost")
     );
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<TlsCreds>();
+    send_sync::<TlsServerConfig>();
+    send_sync::<TlsClientConfig>();
+    send_sync::<CryptoBackend>();
+    send::<TlsLayer>();
+}
