@@ -147,11 +147,25 @@ pub(crate) fn hextile_tile(
     let n = w * h;
     let px = &px[..n];
     let raw_len = 1 + n * bpp;
+    // Solid tiles are the common case on a desktop: a branch-free check first.
+    let first = px[0];
+    if px.iter().fold(0u32, |acc, &p| acc | (p ^ first)) == 0 {
+        let mut pos = 1;
+        let mut mask = 0u8;
+        if carry.bg != Some(first) {
+            mask |= HEXTILE_BG;
+            put_px(&mut out[1..], first, bpp);
+            pos += bpp;
+        }
+        out[0] = mask;
+        carry.bg = Some(first);
+        return pos;
+    }
     // Colour census: up to 8 distinct colours with counts.
     let mut colours = [0u32; 8];
     let mut counts = [0u16; 8];
     let mut distinct = 1usize;
-    colours[0] = px[0];
+    colours[0] = first;
     let mut many = false;
     let mut last_idx = 0usize;
     for &p in px {
@@ -170,7 +184,10 @@ pub(crate) fn hextile_tile(
                 last_idx = distinct;
                 distinct += 1;
             }
-            None => many = true,
+            None => {
+                many = true;
+                break;
+            }
         }
     }
     let best = (0..distinct).max_by_key(|&i| counts[i]).unwrap_or(0);

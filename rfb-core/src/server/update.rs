@@ -79,9 +79,14 @@ pub struct EncodeStatus {
     pub done: bool,
 }
 
-/// Height of the horizontal bands ZRLE rectangles are cut into (bounds the compression buffer).
+/// Height of the horizontal bands a ZRLE rectangle of this width is cut into: whole 64-row
+/// tile rows, about 256 K pixels per band (bounds the compression buffers; fewer bands mean
+/// fewer zlib flushes).
 #[cfg(feature = "alloc")]
-pub(crate) const ZRLE_BAND: u16 = 64;
+pub(crate) fn zrle_band(width: u16) -> u16 {
+    let rows = (256 * 1024 / u32::from(width.max(1))) / 64 * 64;
+    rows.clamp(64, 1024) as u16
+}
 
 const PSEUDO_SIZE: u8 = 1;
 const PSEUDO_NAME: u8 = 2;
@@ -156,7 +161,7 @@ pub const MIN_ENCODE_BUFFER: usize = 2048;
 fn piece_count(r: &Rect, encoding: Encoding) -> u32 {
     #[cfg(feature = "alloc")]
     if encoding == Encoding::Zrle {
-        return u32::from(r.height.div_ceil(ZRLE_BAND));
+        return u32::from(r.height.div_ceil(zrle_band(r.width)));
     }
     let _ = (r, encoding);
     1

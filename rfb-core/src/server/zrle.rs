@@ -5,22 +5,83 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use miniz_oxide::MZFlush;
-use miniz_oxide::deflate::core::{CompressorOxide, create_comp_flags_from_zip_params};
-use miniz_oxide::deflate::stream::deflate;
-
 use super::Server;
 use super::encode::Source;
-use super::update::{RectState, UpdateState, ZRLE_BAND};
+use super::update::{RectState, UpdateState, zrle_band};
 use crate::error::Error;
 use crate::pixel::{cpixel_layout, effective_format, unpack};
 use crate::wire::{Encoding, Rect, RectHeaderRepr, put32};
 
 const NO_ENTRY: u16 = u16::MAX;
 
+/// The connection's zlib stream (`zlib-rs` when enabled, else `miniz_oxide`).
+#[cfg(feature = "zlib-rs")]
+struct Deflater(zlib_rs::Deflate);
+#[cfg(not(feature = "zlib-rs"))]
+struct Deflater(Box<miniz_oxide::deflate::core::CompressorOxide>);
+
+impl Deflater {
+    fn new(level: u8) -> Self {
+        let level = level.min(9);
+        #[cfg(feature = "zlib-rs")]
+        return Deflater(zlib_rs::Deflate::new(i32::from(level), true, 15));
+        #[cfg(not(feature = "zlib-rs"))]
+        {
+            use miniz_oxide::deflate::core::{CompressorOxide, create_comp_flags_from_zip_params};
+            let flags = create_comp_flags_from_zip_params(i32::from(level), 15, 0);
+            Deflater(Box::new(CompressorOxide::new(flags)))
+        }
+    }
+
+    /// Compresses `input` with a sync flush, appending to `out`. Returns `(consumed, written)`
+    /// for one call into `room`.
+    fn step(&mut self, input: &[u8], room: &mut [u8]) -> Result<(usize, usize), Error> {
+        #[cfg(feature = "zlib-rs")]
+        {
+            let (i0, o0) = (self.0.total_in(), self.0.total_out());
+            self.0
+                .compress(input, room, zlib_rs::DeflateFlush::SyncFlush)
+                .map_err(|_| Error::InvalidState)?;
+            Ok((
+                (self.0.total_in() - i0) as usize,
+                (self.0.total_out() - o0) as usize,
+            ))
+        }
+        #[cfg(not(feature = "zlib-rs"))]
+        {
+            let res = miniz_oxide::deflate::stream::deflate(
+                &mut self.0,
+                input,
+                room,
+                miniz_oxide::MZFlush::Sync,
+            );
+            match res.status {
+                Ok(_) | Err(miniz_oxide::MZError::Buf) => {
+                    Ok((res.bytes_consumed, res.bytes_written))
+                }
+                Err(_) => Err(Error::InvalidState),
+            }
+        }
+    }
+
+    fn sync(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        loop {
+            let at = out.len();
+            let room = input.len() / 2 + 1024;
+            out.resize(at + room, 0);
+            let (used, written) = self.step(input, &mut out[at..])?;
+            out.truncate(at + written);
+            input = &input[used..];
+            if input.is_empty() && written < room {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Per-connection ZRLE state: the zlib stream and reusable buffers.
 pub(crate) struct ZrleEncoder {
-    comp: Box<CompressorOxide>,
+    comp: Deflater,
     /// Uncompressed tile data of the current band.
     raw: Vec<u8>,
     /// The current band on the wire: rectangle header, length, zlib data.
@@ -45,9 +106,8 @@ fn slot_of(p: u32) -> usize {
 
 impl ZrleEncoder {
     pub(crate) fn new(level: u8) -> Self {
-        let flags = create_comp_flags_from_zip_params(i32::from(level.min(9)), 15, 0);
         Self {
-            comp: Box::new(CompressorOxide::new(flags)),
+            comp: Deflater::new(level),
             raw: Vec::new(),
             wire: Vec::new(),
             px: vec![0; 64 * 64],
@@ -238,8 +298,9 @@ impl ZrleEncoder {
         cpb: usize,
         coff: usize,
     ) -> Result<(), Error> {
-        let y0 = r.y + band * ZRLE_BAND;
-        let bh = (r.y + r.height - y0).min(ZRLE_BAND);
+        let band_rows = zrle_band(r.width);
+        let y0 = r.y + band * band_rows;
+        let bh = (r.y + r.height - y0).min(band_rows);
         self.raw.clear();
         let mut ty = y0;
         while ty < y0 + bh {
@@ -262,21 +323,7 @@ impl ZrleEncoder {
             encoding: Encoding::Zrle,
         }
         .emit(&mut self.wire);
-        let mut input = &self.raw[..];
-        loop {
-            let at = self.wire.len();
-            let room = input.len() / 2 + 1024;
-            self.wire.resize(at + room, 0);
-            let res = deflate(&mut self.comp, input, &mut self.wire[at..], MZFlush::Sync);
-            if res.status.is_err() {
-                return Err(Error::InvalidState);
-            }
-            self.wire.truncate(at + res.bytes_written);
-            input = &input[res.bytes_consumed..];
-            if input.is_empty() && res.bytes_written < room {
-                break;
-            }
-        }
+        self.comp.sync(&self.raw, &mut self.wire)?;
         let len = (self.wire.len() - RectHeaderRepr::LEN - 4) as u32;
         put32(&mut self.wire, RectHeaderRepr::LEN, len);
         Ok(())
@@ -315,7 +362,7 @@ impl Server {
         else {
             return Err(Error::InvalidState);
         };
-        let bands = r.height.div_ceil(ZRLE_BAND);
+        let bands = r.height.div_ceil(zrle_band(r.width));
         let mut pos = 0;
         loop {
             if len == 0 {

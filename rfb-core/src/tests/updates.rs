@@ -627,3 +627,41 @@ proptest! {
         prop_assert_eq!(run_client_split(Auth::X509Vnc, enc, PixelFormat::RGB888, &s2c, &cuts), whole);
     }
 }
+
+type Transcripts = Vec<(Encoding, Vec<u8>, Vec<u8>)>;
+
+fn transcripts() -> &'static Transcripts {
+    static T: std::sync::OnceLock<Transcripts> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        pixel_encodings()
+            .into_iter()
+            .map(|e| {
+                let (c2s, s2c) = transcript(Auth::X509Vnc, e, PixelFormat::RGB565);
+                (e, c2s, s2c)
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// Valid sessions with a few corrupted bytes: every failure is an error, never a panic, and
+    /// the client's framebuffer writes stay in bounds.
+    #[test]
+    fn mutated_sessions_never_panic(pick in 0usize..4, muts in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+        let t = transcripts();
+        let (enc, c2s, s2c) = &t[pick % t.len()];
+        let mut s2c = s2c.clone();
+        let mut c2s = c2s.clone();
+        for (i, v) in &muts {
+            let k = i.index(s2c.len());
+            s2c[k] = *v;
+            let k = i.index(c2s.len());
+            c2s[k] ^= *v;
+        }
+        let n = cut.index(s2c.len()) + 1;
+        let _ = run_client_split(Auth::X509Vnc, *enc, PixelFormat::RGB565, &s2c[..n], &[7, 300, 1]);
+        let _ = run_server_split(Auth::X509Vnc, &c2s, &[5, 64]);
+    }
+}
