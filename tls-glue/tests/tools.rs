@@ -213,3 +213,232 @@ fn generated_layout_loads_and_gnutls_accepts_it() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A minimal blocking driver (the shape of the crate-level example) over a real socket:
+/// runs until `done` says so, feeding plaintext to `on_plain`, which may answer.
+#[cfg(feature = "generate")]
+fn drive(
+    sock: &mut std::net::TcpStream,
+    tls: &mut TlsLayer,
+    mut first: Option<&[u8]>,
+    mut on_plain: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    mut done: impl FnMut(&TlsLayer) -> bool,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut wire = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(n) = tls.poll_transmit(&mut wire).map_err(|e| e.to_string())? {
+            sock.write_all(&wire[..n]).map_err(|e| e.to_string())?;
+        }
+        if let Some(e) = tls.error() {
+            return Err(e.to_string());
+        }
+        if !tls.is_handshaking() {
+            if let Some(data) = first.take() {
+                let m = tls.encrypt(data, &mut wire).map_err(|e| e.to_string())?;
+                sock.write_all(&wire[..m]).map_err(|e| e.to_string())?;
+            }
+        }
+        if !tls.is_handshaking() && !tls.plaintext().is_empty() {
+            let n = tls.plaintext().len();
+            let answer = on_plain(tls.plaintext());
+            tls.consume_plaintext(n);
+            if let Some(a) = answer {
+                let m = tls.encrypt(&a, &mut wire).map_err(|e| e.to_string())?;
+                sock.write_all(&wire[..m]).map_err(|e| e.to_string())?;
+            }
+        }
+        if done(tls) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("timeout".into());
+        }
+        match sock.read(tls.ciphertext_buffer()) {
+            Ok(0) => return tls.handle_eof().map_err(|e| e.to_string()),
+            Ok(n) => tls.commit_ciphertext(n).map_err(|e| e.to_string())?,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// gnutls (the TLS library of qemu-nbd, nbdkit and libnbd) as a client of our server, with
+/// a client certificate, over loopback.
+#[cfg(feature = "generate")]
+#[test]
+fn gnutls_client_to_our_server() {
+    use std::io::{Read, Write};
+    let dir = tmpdir("gnutls-cli");
+    let generated = generate_qemu_layout(&dir, &GenerateOptions::default()).unwrap();
+    let creds = TlsCreds::load_dir(&dir, CredsOptions::system(Endpoint::Server)).unwrap();
+    let cfg = TlsServerConfig::with_options(
+        &creds,
+        &ServerOptions {
+            acl: Some(Acl::allow_only([generated.client_dn.clone()])),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let mut child = Command::new("gnutls-cli")
+        .current_dir(&dir)
+        .args([
+            "--x509cafile",
+            "ca-cert.pem",
+            "--x509certfile",
+            "client-cert.pem",
+            "--x509keyfile",
+            "client-key.pem",
+            "--port",
+            &port,
+            "127.0.0.1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gnutls-cli not found: install gnutls-bin");
+    listener.set_nonblocking(true).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut sock = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if t0.elapsed() < std::time::Duration::from_secs(20) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("gnutls-cli did not connect: {e}");
+            }
+        }
+    };
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"ping\n").unwrap();
+    stdin.flush().unwrap();
+    let mut tls = TlsLayer::server(&cfg).unwrap();
+    let got = std::cell::RefCell::new(Vec::new());
+    let r = drive(
+        &mut sock,
+        &mut tls,
+        None,
+        |p| {
+            let mut g = got.borrow_mut();
+            g.extend_from_slice(p);
+            g.ends_with(b"ping\n").then(|| b"pong\n".to_vec())
+        },
+        |_| got.borrow().ends_with(b"ping\n"),
+    );
+    let got = got.into_inner();
+    drop(stdin);
+    let dn = tls.peer_subject_dn();
+    let version = tls.protocol_version();
+    let mut wire = vec![0u8; 1024];
+    if let Ok(n) = tls.close_notify(&mut wire) {
+        let _ = sock.write_all(&wire[..n]);
+    }
+    drop(sock);
+    let t1 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && t1.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        r.is_ok() && got.ends_with(b"ping\n"),
+        "{r:?}; gnutls-cli said: {out}{err}"
+    );
+    assert_eq!(dn.as_deref(), Some(generated.client_dn.as_str()));
+    assert_eq!(version, Some("TLSv1.3"));
+    assert!(out.contains("pong"), "gnutls-cli output: {out}{err}");
+}
+
+/// Our client against `gnutls-serv --echo` over loopback.
+#[cfg(feature = "generate")]
+#[test]
+fn our_client_to_gnutls_server() {
+    let dir = tmpdir("gnutls-serv");
+    generate_qemu_layout(&dir, &GenerateOptions::default()).unwrap();
+    let creds = TlsCreds::load_dir(&dir, CredsOptions::system(Endpoint::Client)).unwrap();
+    let cfg = TlsClientConfig::new(&creds).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new("gnutls-serv")
+        .current_dir(&dir)
+        .args([
+            "--echo",
+            "--x509cafile",
+            "ca-cert.pem",
+            "--x509certfile",
+            "server-cert.pem",
+            "--x509keyfile",
+            "server-key.pem",
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gnutls-serv not found: install gnutls-bin");
+    let t0 = std::time::Instant::now();
+    let mut sock = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if t0.elapsed() < std::time::Duration::from_secs(20) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("gnutls-serv did not start: {e}");
+            }
+        }
+    };
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut tls = TlsLayer::client(&cfg, "127.0.0.1").unwrap();
+    let msg: &[u8] = b"hello gnutls\n";
+    let echoed = std::cell::RefCell::new(Vec::new());
+    let r = drive(
+        &mut sock,
+        &mut tls,
+        Some(msg),
+        |p| {
+            echoed.borrow_mut().extend_from_slice(p);
+            None
+        },
+        |_| echoed.borrow().ends_with(msg),
+    );
+    let echoed = echoed.into_inner();
+    let version = tls.protocol_version();
+    let dn = tls.peer_subject_dn();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    r.unwrap();
+    assert_eq!(echoed, msg);
+    assert_eq!(version, Some("TLSv1.3"));
+    assert_eq!(dn.as_deref(), Some("O=kvmio,CN=localhost"));
+}
