@@ -234,11 +234,11 @@ fn drive(
         if let Some(e) = tls.error() {
             return Err(e.to_string());
         }
-        if !tls.is_handshaking() {
-            if let Some(data) = first.take() {
-                let m = tls.encrypt(data, &mut wire).map_err(|e| e.to_string())?;
-                sock.write_all(&wire[..m]).map_err(|e| e.to_string())?;
-            }
+        if !tls.is_handshaking()
+            && let Some(data) = first.take()
+        {
+            let m = tls.encrypt(data, &mut wire).map_err(|e| e.to_string())?;
+            sock.write_all(&wire[..m]).map_err(|e| e.to_string())?;
         }
         if !tls.is_handshaking() && !tls.plaintext().is_empty() {
             let n = tls.plaintext().len();
