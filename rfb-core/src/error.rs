@@ -17,6 +17,9 @@ pub enum ProtocolError {
     SubtypeNotOffered,
     /// The server offered no security type this client accepts.
     NoAcceptableSecurityType,
+    /// The server offers only anonymous TLS (security type 18, or VeNCrypt TLSNone/TLSVnc/
+    /// TLSPlain/TLSSASL/TLSIdent); the TLS backend (rustls) has no anonymous cipher suites.
+    AnonymousTlsUnsupported,
     /// The server picked (RFB 3.3) or offered an invalid security type value.
     InvalidSecurityType,
     /// The peer speaks a VeNCrypt version other than 0.2 or refused ours.
@@ -88,6 +91,9 @@ impl fmt::Display for ProtocolError {
             NoAcceptableSecurityType => {
                 f.write_str("the server offered no acceptable security type")
             }
+            AnonymousTlsUnsupported => f.write_str(
+                "the server offers only anonymous TLS, which the TLS backend (rustls) does not support; configure X509 VeNCrypt sub-types on the server",
+            ),
             InvalidSecurityType => f.write_str("invalid security type"),
             VencryptVersion => f.write_str("unsupported VeNCrypt version (only 0.2 is supported)"),
             VencryptRefused => f.write_str("server refused the VeNCrypt sub-type"),

@@ -978,6 +978,9 @@ impl Client {
                 });
                 let Some(t) = choice else {
                     self.push(Ev::NoCommon);
+                    if list.types == [u8::from(SecurityType::Tls)] {
+                        return Err(P::AnonymousTlsUnsupported.into());
+                    }
                     return Err(P::NoAcceptableSecurityType.into());
                 };
                 self.out.push(1, |b| b[0] = t.into())?;
@@ -1049,6 +1052,9 @@ impl Client {
                     .find(|s| s.is_supported() && list.iter().any(|o| o == *s));
                 let Some(sub) = choice else {
                     self.push(Ev::NoCommon);
+                    if list.iter().all(|s| s.is_anonymous_tls()) {
+                        return Err(P::AnonymousTlsUnsupported.into());
+                    }
                     return Err(P::NoAcceptableSecurityType.into());
                 };
                 self.out.push(4, |b| put32(b, 0, sub.into()))?;

@@ -545,7 +545,7 @@ impl Server {
         self.prefs.encoding
     }
 
-    /// Whether the client asked for `encoding` (pseudo-encodings included).
+    /// Whether the client asked for the pseudo-encoding (or CopyRect) `encoding`.
     pub fn client_supports(&self, encoding: Encoding) -> bool {
         let mut p = Prefs::new();
         p.fold(encoding, &mut false);

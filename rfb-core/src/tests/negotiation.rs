@@ -373,8 +373,10 @@ fn client_refuses_anonymous_tls_and_type_18() {
     let _ = c.handle_input(b"RFB 003.008\n").unwrap();
     assert_eq!(
         c.handle_input(&[1, 18]),
-        Err(Error::Protocol(ProtocolError::NoAcceptableSecurityType))
+        Err(Error::Protocol(ProtocolError::AnonymousTlsUnsupported))
     );
+    let msg = std::format!("{}", ProtocolError::AnonymousTlsUnsupported);
+    assert!(msg.contains("rustls"), "{msg}");
     let mut c = Client::new(ClientConfig::default(), Instant::ZERO);
     let _ = c.handle_input(b"RFB 003.008\n").unwrap();
     let p = c.handle_input(&[2, 18, 19]).unwrap();
