@@ -124,8 +124,8 @@
 //! # For the `kvmio creds` commands
 //!
 //! * `kvmio creds generate DIR [--hostname H]... [--ip A]... [--client-cn CN]` maps to
-//!   [`generate_qemu_layout`] with a [`GenerateOptions`] (feature `generate`); print
-//!   [`GeneratedFiles::client_dn`] (the string for an ACL) and the server fingerprint.
+//!   `generate_qemu_layout` with a `GenerateOptions` (feature `generate`); print
+//!   `GeneratedFiles::client_dn` (the string for an ACL) and the server fingerprint.
 //! * `kvmio creds check DIR --endpoint server|client` maps to [`check_dir`] (or
 //!   [`check_dir_with`] to choose backend, clock or `verify_peer`); print the [`Report`]
 //!   (one line per finding: `error: FILE: message`) and exit non-zero if
@@ -139,8 +139,8 @@
 //!   `thumbv7em-none-eabihf` without `std` (randomness from a [`RandomSource`]).
 //! * `tls12` (default): allows [`TlsVersions::Tls12AndTls13`] for old peers (TLS 1.3 only
 //!   unless asked).
-//! * `generate`: [`generate_qemu_layout`] (rcgen).
-//! * `test-support`: the [`test_support`] module (in-memory peers, fuzz entry points).
+//! * `generate`: `generate_qemu_layout`, `GenerateOptions` (rcgen).
+//! * `test-support`: the `test_support` module (fuzz entry points, an old-peer client).
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
