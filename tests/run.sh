@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs what it needs (Debian packages, Rust targets and tools), then runs everything.
-# Usage: tests/run.sh            (everything)
-#        SKIP_SETUP=1 tests/run.sh   (skip the package installation step)
+# The whole test suite. Installs what it needs (Debian packages, Rust targets and tools), then
+# runs everything: format, lints, docs, no_std builds, the no-allocator link check, unit,
+# property and interop tests, and short fuzz runs.
+# Usage: tests/run.sh                 (everything)
+#        SKIP_SETUP=1 tests/run.sh    (skip installing packages and tools)
+#        FUZZ_SECONDS=N tests/run.sh  (fuzz time per target, default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 export CARGO_TERM_COLOR=never
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+start=$(date +%s)
 
-step() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
+step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 if [ -z "${SKIP_SETUP:-}" ]; then
   step "setup"
@@ -24,10 +28,31 @@ step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "no_std builds for thumbv7em-none-eabihf"
-cargo build -p nbd-core --target thumbv7em-none-eabihf
+cargo build -p nbd-core --target thumbv7em-none-eabihf --no-default-features
+
+step "cores linked into a Cortex-M binary with no global allocator"
+(cd tests/no-alloc-link && cargo build --release --target thumbv7em-none-eabihf)
+llvm-size tests/no-alloc-link/target/thumbv7em-none-eabihf/release/no-alloc-link
+
+step "build kvmio"
+cargo build --release -p std-shim --bin kvmio
 
 step "unit, property and interop tests"
 cargo test --workspace
 
+step "fuzz (${FUZZ_SECONDS}s per target)"
+if rustup toolchain list | grep -q '^nightly'; then
+  fuzz=(cargo +nightly fuzz)
+else
+  # cargo-fuzz needs -Z flags; without a nightly toolchain let stable accept them.
+  export RUSTC_BOOTSTRAP=1
+  fuzz=(cargo fuzz)
+fi
+(cd fuzz && for t in $("${fuzz[@]}" list); do
+  echo "--- $t"
+  "${fuzz[@]}" run "$t" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | grep -E 'Done|stat::number_of_executed_units|ERROR|panicked' || true
+  test "${PIPESTATUS[0]}" -eq 0
+done)
+
 echo
-echo "ALL TESTS PASSED"
+echo "ALL TESTS PASSED in $(( $(date +%s) - start ))s"
