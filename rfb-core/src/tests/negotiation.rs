@@ -392,10 +392,7 @@ fn client_refuses_anonymous_tls_and_type_18() {
             Err(e) => break e,
         }
     };
-    assert_eq!(
-        err,
-        Error::Protocol(ProtocolError::NoAcceptableSecurityType)
-    );
+    assert_eq!(err, Error::Protocol(ProtocolError::AnonymousTlsUnsupported));
     assert_eq!(
         c.poll_event(),
         Some(client::Event::NoCommonSecurity {
