@@ -694,6 +694,17 @@ impl TlsLayer {
             .map(|c| c.iter().map(|d| d.as_ref()))
     }
 
+    /// Checks the peer certificate's subject DN against `acl` after the handshake, for a
+    /// driver that decides per service rather than in the configuration
+    /// ([`ServerOptions::acl`](crate::ServerOptions::acl) refuses during the handshake, with
+    /// a TLS alert). `Err(AccessDenied)` also when the peer sent no certificate.
+    pub fn check_acl(&self, acl: &crate::Acl) -> Result<(), TlsError> {
+        match self.peer_subject_dn() {
+            Some(dn) if acl.is_allowed(&dn) => Ok(()),
+            _ => Err(TlsError::AccessDenied),
+        }
+    }
+
     /// The peer certificate's subject DN as gnutls/QEMU print it (RFC 4514 escaping,
     /// certificate order), e.g. `C=GB,ST=London,L=City Of London,O=Test Org,CN=client.example.com`,
     /// for ACLs and logs.

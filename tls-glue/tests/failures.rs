@@ -276,6 +276,22 @@ fn dn_not_in_acl() {
         assert_eq!((rc, rs), (Ok(()), Ok(())));
         assert_eq!(s.peer_subject_dn().as_deref(), Some(dn));
     }
+    // the same decision after the handshake, per service, on a shared configuration
+    let (rc, rs, _, s) = run(
+        &server_cfg(&pki.ca.pem, None, &pki.server, true, None),
+        &client_cfg(&pki.ca.pem, None, Some(&pki.client)),
+        "localhost",
+    );
+    assert_eq!((rc, rs), (Ok(()), Ok(())));
+    assert_eq!(s.check_acl(&Acl::allow_only([dn])), Ok(()));
+    assert_eq!(
+        s.check_acl(&Acl::new(AclPolicy::Allow).rule(
+            AclPolicy::Deny,
+            AclFormat::Glob,
+            "*CN=client.*"
+        )),
+        Err(TlsError::AccessDenied)
+    );
     // deny
     let acl = Acl::allow_only(["C=GB,ST=London,L=City Of London,O=Test Org,CN=someone.else"]);
     let (_rc, rs, c, _) = run(
