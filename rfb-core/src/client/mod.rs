@@ -1425,11 +1425,9 @@ impl Client {
         };
         let n = RectHeaderRepr::LEN;
         let r = h.rect;
-        let remaining = if remaining == 0xffff {
-            0xffff
-        } else {
-            remaining - 1
-        };
+        // 65535 with LastRect negotiated means "until LastRect".
+        let until_last = remaining == 0xffff && self.requested & req::LAST_RECT != 0;
+        let remaining = if until_last { 0xffff } else { remaining - 1 };
         let bit = req_bit(h.encoding)
             .ok_or(Error::Protocol(P::UnrequestedEncoding(h.encoding.into())))?;
         if bit != 0 && self.requested & bit == 0 {

@@ -801,3 +801,40 @@ fn state_sizes_fit_in_1k() {
     assert!(s <= 1024, "server state {s} bytes");
     assert!(c <= 1024, "client state {c} bytes");
 }
+
+#[test]
+fn last_rect_only_when_negotiated() {
+    // With LastRect: 65535 rectangles means "until LastRect".
+    let mut c = running_client(PixelFormat::RGB888, &[Encoding::Raw, Encoding::LastRect]);
+    let mut m = std::vec![0, 0, 0xff, 0xff];
+    let mut h = [0u8; 12];
+    RectHeaderRepr {
+        rect: Rect::new(0, 0, 1, 1),
+        encoding: Encoding::Raw,
+    }
+    .emit(&mut h);
+    m.extend_from_slice(&h);
+    m.extend_from_slice(&[1, 2, 3, 0]);
+    RectHeaderRepr {
+        rect: Rect::default(),
+        encoding: Encoding::LastRect,
+    }
+    .emit(&mut h);
+    m.extend_from_slice(&h);
+    let mut at = 0;
+    let mut end = false;
+    while at < m.len() {
+        let p = c.handle_input(&m[at..]).unwrap();
+        at += p.consumed;
+        while let Some(e) = c.poll_event() {
+            end |= e == client::Event::UpdateEnd;
+        }
+    }
+    assert!(end);
+    // Without it, LastRect is an unrequested encoding.
+    let mut c = running_client(PixelFormat::RGB888, &[Encoding::Raw]);
+    assert_eq!(
+        client_err(&mut c, &m),
+        Some(Error::Protocol(ProtocolError::UnrequestedEncoding(-224)))
+    );
+}
