@@ -38,6 +38,8 @@ step "build kvmio"
 cargo build --release -p std-shim --bin kvmio
 
 step "unit, property and interop tests"
+# the interop tests (kvmio-tests) run the release kvmio binary against qemu/libnbd/nbdkit
+cargo build --release -p std-shim --bin kvmio
 cargo test --workspace
 
 step "fuzz (${FUZZ_SECONDS}s per target)"
