@@ -30,6 +30,10 @@ pub trait Backend: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fast: bool) -> io::Result<()>;
     /// Prefetches the range.
     fn cache(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The file behind the export, if reads may be sent from it directly (`sendfile`).
+    fn file(&self) -> Option<&std::sync::Arc<File>> {
+        None
+    }
     /// Appends `base:allocation` extents describing `[offset, offset + len)` (at least one,
     /// at most `max`; the last may stop short).
     fn extents(&self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()>;
@@ -60,7 +64,7 @@ fn push_extent(out: &mut Vec<Extent>, length: u64, flags: u64) {
 /// A regular file or block device.
 #[derive(Debug)]
 pub struct FileBackend {
-    file: File,
+    file: std::sync::Arc<File>,
     size: u64,
     sparse: bool,
 }
@@ -81,7 +85,11 @@ impl FileBackend {
             && (size == 0
                 || rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0)).is_ok()
                 || rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0)).is_ok());
-        Ok(Self { file, size, sparse })
+        Ok(Self {
+            file: std::sync::Arc::new(file),
+            size,
+            sparse,
+        })
     }
 }
 
@@ -104,6 +112,10 @@ impl Backend for FileBackend {
         self.file.read_exact_at(buf, offset)
     }
 
+    fn file(&self) -> Option<&std::sync::Arc<File>> {
+        Some(&self.file)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         self.file.write_all_at(buf, offset)?;
         if fua {
@@ -117,7 +129,7 @@ impl Backend for FileBackend {
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        match punch(&self.file, offset, len) {
+        match punch(&*self.file, offset, len) {
             // TRIM is advisory: a file system without hole punching just keeps the data.
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
             r => r,
@@ -127,9 +139,9 @@ impl Backend for FileBackend {
     fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fast: bool) -> io::Result<()> {
         use rustix::fs::FallocateFlags as F;
         let r = if may_trim {
-            punch(&self.file, offset, len)
+            punch(&*self.file, offset, len)
         } else {
-            rustix::fs::fallocate(&self.file, F::ZERO_RANGE | F::KEEP_SIZE, offset, len)
+            rustix::fs::fallocate(&*self.file, F::ZERO_RANGE | F::KEEP_SIZE, offset, len)
                 .map_err(io::Error::from)
         };
         match r {
@@ -150,7 +162,7 @@ impl Backend for FileBackend {
 
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
         let len = std::num::NonZeroU64::new(len);
-        rustix::fs::fadvise(&self.file, offset, len, rustix::fs::Advice::WillNeed)
+        rustix::fs::fadvise(&*self.file, offset, len, rustix::fs::Advice::WillNeed)
             .map_err(io::Error::from)
     }
 
@@ -164,7 +176,7 @@ impl Backend for FileBackend {
         let mut pos = offset;
         while pos < end && out.len() < max {
             // Where does the data at or after `pos` start?
-            let data = match seek(&self.file, SeekFrom::Data(pos)) {
+            let data = match seek(&*self.file, SeekFrom::Data(pos)) {
                 Ok(d) => d,
                 Err(rustix::io::Errno::NXIO) => end, // only a hole up to EOF
                 Err(e) => return Err(e.into()),
@@ -175,7 +187,7 @@ impl Backend for FileBackend {
                 pos = hole_end;
                 continue;
             }
-            let hole = match seek(&self.file, SeekFrom::Hole(pos)) {
+            let hole = match seek(&*self.file, SeekFrom::Hole(pos)) {
                 Ok(h) => h,
                 Err(rustix::io::Errno::NXIO) => end,
                 Err(e) => return Err(e.into()),

@@ -100,7 +100,11 @@ impl Sink for FileSink {
     }
 
     fn finish(&self) -> Result<()> {
-        Ok(self.file.flush()?)
+        match self.file.flush() {
+            // Character devices (/dev/null) cannot be synced.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+            r => Ok(r?),
+        }
     }
 }
 

@@ -356,7 +356,7 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
             let session = NbdServerSession::new(catalog, config(), peer)?;
             let cap = session.input_buffer_len();
             let mut pump = Pump::new(session, cap.max(4 << 20), starter());
-            run_blocking(&mut pump, &mut stream, |s, t| s.set_read_timeout(t))
+            run_blocking(&mut pump, &mut stream)
         },
     )
 }

@@ -290,8 +290,7 @@ pub fn run_with<A: ClientApp>(
     let mut stream = open(uri)?;
     let session = ClientSession::new(options, app);
     let mut pump = Pump::new(session, 4 << 20, starter);
-    run_blocking(&mut pump, &mut stream, |s, t| s.set_read_timeout(t))
-        .with_context(|| format!("{uri}"))?;
+    run_blocking(&mut pump, &mut stream).with_context(|| format!("{uri}"))?;
     Ok(pump.into_session().into_app())
 }
 

@@ -6,7 +6,9 @@
 //! ([`run_blocking`]) and the tokio loop ([`run_tokio`]) are a dozen lines each around it, so no
 //! protocol or TLS logic exists twice.
 
+use std::fs::File;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -86,28 +88,55 @@ pub trait SecureLink: Send {
 /// Makes a [`SecureLink`] for a connection whose session asked for TLS.
 pub type TlsStarter = Box<dyn FnMut() -> Result<Box<dyn SecureLink>> + Send>;
 
+/// Bytes of a file to send right after the buffer's first `at` bytes (zero-copy reads).
+#[derive(Debug, Clone)]
+pub struct FileSegment {
+    /// Position in the buffer the file data follows.
+    pub at: usize,
+    /// The file.
+    pub file: Arc<File>,
+    /// Where in the file.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: usize,
+}
+
 /// An output buffer that is reused without being zeroed again: `tail(n)` hands out `n` writable
-/// bytes at the end (a READ's data is read straight into it) and `commit` keeps them.
+/// bytes at the end (a READ's data is read straight into it) and `commit` keeps them. Ranges of
+/// files can be queued between the bytes ([`OutBuf::push_file`]); a plaintext transport sends
+/// them with `sendfile`, without copying them through user space.
 #[derive(Debug, Default)]
 pub struct OutBuf {
     buf: Vec<u8>,
     len: usize,
+    files: Vec<FileSegment>,
+    file_bytes: usize,
 }
 
 impl OutBuf {
-    /// Bytes produced so far.
+    /// The buffered bytes (without file segments).
     pub fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 
-    /// Number of bytes produced.
+    /// Number of buffered bytes (without file segments).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Bytes pending in all, file segments included.
+    pub fn pending(&self) -> usize {
+        self.len + self.file_bytes
+    }
+
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == 0 && self.files.is_empty()
+    }
+
+    /// The queued file segments.
+    pub fn files(&self) -> &[FileSegment] {
+        &self.files
     }
 
     /// `n` writable bytes after the produced ones (contents unspecified).
@@ -129,9 +158,43 @@ impl OutBuf {
         self.commit(data.len());
     }
 
+    /// Queues `len` bytes of `file` from `offset` after what is buffered now.
+    pub fn push_file(&mut self, file: Arc<File>, offset: u64, len: usize) {
+        self.file_bytes += len;
+        self.files.push(FileSegment {
+            at: self.len,
+            file,
+            offset,
+            len,
+        });
+    }
+
+    /// Reads every file segment into the buffer (for transports that must see the bytes, TLS).
+    pub fn materialize(&mut self) -> std::io::Result<()> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let files = std::mem::take(&mut self.files);
+        let old = std::mem::take(&mut self.buf);
+        let old_len = std::mem::replace(&mut self.len, 0);
+        self.file_bytes = 0;
+        let mut pos = 0;
+        for f in &files {
+            self.extend(&old[pos..f.at]);
+            pos = f.at;
+            let dst = self.tail(f.len);
+            std::os::unix::fs::FileExt::read_exact_at(&*f.file, dst, f.offset)?;
+            self.commit(f.len);
+        }
+        self.extend(&old[pos..old_len]);
+        Ok(())
+    }
+
     /// Drops everything.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.files.clear();
+        self.file_bytes = 0;
     }
 }
 
@@ -184,7 +247,8 @@ enum State {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
-    SendPlain,
+    SendPlain(usize),
+    SendFile,
     SendWire,
     ReceivePlain,
     ReceiveTls,
@@ -196,6 +260,8 @@ enum Next {
 pub enum Action<'a> {
     /// Write all of these bytes, then call [`Pump::sent`].
     Send(&'a [u8]),
+    /// Send `len` bytes of this file from this offset (`sendfile`), then call [`Pump::sent`].
+    SendFile(&'a File, u64, usize),
     /// Read into this buffer (respecting [`Pump::deadline`]), then call [`Pump::received`].
     Receive(&'a mut [u8]),
     /// The conversation is over; close the transport.
@@ -208,8 +274,10 @@ pub struct Pump<S> {
     rx: RxBuf,
     out: OutBuf,
     wire: Vec<u8>,
-    /// `out` (plain) or `wire` (TLS) holds bytes to send.
+    /// `out` (plain) holds bytes to send; sent up to `send_pos` and `send_file` segments.
     send_plain: bool,
+    send_pos: usize,
+    send_file: usize,
     tls: Option<Box<dyn SecureLink>>,
     starter: Option<TlsStarter>,
     state: State,
@@ -230,6 +298,8 @@ impl<S: Session> Pump<S> {
             out: OutBuf::default(),
             wire: Vec::new(),
             send_plain: false,
+            send_pos: 0,
+            send_file: 0,
             tls: None,
             starter,
             state: State::Running,
@@ -266,7 +336,11 @@ impl<S: Session> Pump<S> {
     /// The next thing to do.
     pub fn step(&mut self) -> Result<Action<'_>> {
         Ok(match self.decide()? {
-            Next::SendPlain => Action::Send(self.out.as_slice()),
+            Next::SendPlain(end) => Action::Send(&self.out.as_slice()[self.send_pos..end]),
+            Next::SendFile => {
+                let f = &self.out.files()[self.send_file];
+                Action::SendFile(&f.file, f.offset, f.len)
+            }
             Next::SendWire => Action::Send(&self.wire),
             Next::ReceivePlain => Action::Receive(self.rx.spare()),
             Next::ReceiveTls => match self.tls.as_mut() {
@@ -280,7 +354,21 @@ impl<S: Session> Pump<S> {
     fn decide(&mut self) -> Result<Next> {
         loop {
             if self.send_plain {
-                return Ok(Next::SendPlain);
+                let files = self.out.files();
+                match files.get(self.send_file) {
+                    Some(f) if f.at == self.send_pos => return Ok(Next::SendFile),
+                    Some(f) => return Ok(Next::SendPlain(f.at)),
+                    None if self.send_pos < self.out.len() => {
+                        return Ok(Next::SendPlain(self.out.len()));
+                    }
+                    None => {
+                        self.send_plain = false;
+                        self.send_pos = 0;
+                        self.send_file = 0;
+                        self.out.clear();
+                        continue;
+                    }
+                }
             }
             if !self.wire.is_empty() {
                 return Ok(Next::SendWire);
@@ -375,6 +463,7 @@ impl<S: Session> Pump<S> {
                 match self.tls.as_mut() {
                     // Before TLS starts (and for the STARTTLS ACK itself) output is plaintext.
                     Some(t) if self.state != State::Handshaking => {
+                        self.out.materialize()?;
                         t.encrypt(self.out.as_slice(), &mut self.wire)?;
                         self.out.clear();
                     }
@@ -384,11 +473,14 @@ impl<S: Session> Pump<S> {
         }
     }
 
-    /// The bytes of the last `Send` went out.
+    /// The bytes of the last `Send` or `SendFile` went out.
     pub fn sent(&mut self) {
         if self.send_plain {
-            self.send_plain = false;
-            self.out.clear();
+            match self.out.files().get(self.send_file) {
+                Some(f) if f.at == self.send_pos => self.send_file += 1,
+                Some(f) => self.send_pos = f.at,
+                None => self.send_pos = self.out.len(),
+            }
         } else {
             self.wire.clear();
         }
@@ -425,12 +517,38 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Runs a pump over a blocking stream. `set_timeout` applies a read timeout (None: block).
-pub fn run_blocking<S: Session, T: io::Read + io::Write>(
-    pump: &mut Pump<S>,
-    io: &mut T,
-    mut set_timeout: impl FnMut(&mut T, Option<Duration>) -> io::Result<()>,
-) -> Result<()> {
+/// A blocking transport the pump can drive.
+pub trait Transport: io::Read + io::Write {
+    /// Sets the read timeout (`None`: block).
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+
+    /// Sends `len` bytes of `file` from `offset`. The default reads and writes through a
+    /// buffer; sockets override it with `sendfile`.
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<()> {
+        copy_file(file, offset, len, |b| self.write_all(b))
+    }
+}
+
+/// Sends a file range through `write` in 1 MiB pieces.
+pub fn copy_file(
+    file: &File,
+    offset: u64,
+    len: usize,
+    mut write: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf[..n], offset + done as u64)?;
+        write(&buf[..n])?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Runs a pump over a blocking transport.
+pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) -> Result<()> {
     let mut timeout_set = false;
     loop {
         let deadline = pump.deadline();
@@ -440,13 +558,17 @@ pub fn run_blocking<S: Session, T: io::Read + io::Write>(
                 io.write_all(bytes).context("send")?;
                 pump.sent();
             }
+            Action::SendFile(file, offset, len) => {
+                io.send_file(file, offset, len).context("send")?;
+                pump.sent();
+            }
             Action::Receive(buf) => {
                 let wait = deadline.map(|d| {
                     d.saturating_duration_since(Instant::now())
                         .max(Duration::from_millis(1))
                 });
                 if wait.is_some() || timeout_set {
-                    set_timeout(io, wait)?;
+                    io.set_read_timeout(wait)?;
                     timeout_set = wait.is_some();
                 }
                 match io.read(buf) {
@@ -461,9 +583,21 @@ pub fn run_blocking<S: Session, T: io::Read + io::Write>(
     }
 }
 
-/// Runs a pump over a tokio stream.
+/// A tokio transport the pump can drive.
 #[cfg(feature = "tokio")]
-pub async fn run_tokio<S: Session, T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+pub trait AsyncTransport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// Sends `len` bytes of `file` from `offset` (`sendfile` where the transport can).
+    fn send_file(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+/// Runs a pump over a tokio transport.
+#[cfg(feature = "tokio")]
+pub async fn run_tokio<S: Session, T: AsyncTransport>(
     pump: &mut Pump<S>,
     io: &mut T,
 ) -> Result<()> {
@@ -477,6 +611,10 @@ pub async fn run_tokio<S: Session, T: tokio::io::AsyncRead + tokio::io::AsyncWri
             }
             Action::Send(bytes) => {
                 io.write_all(bytes).await.context("send")?;
+                pump.sent();
+            }
+            Action::SendFile(file, offset, len) => {
+                io.send_file(file, offset, len).await.context("send")?;
                 pump.sent();
             }
             Action::Receive(buf) => {

@@ -38,15 +38,52 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
-impl Stream {
-    /// Sets the read timeout.
-    pub fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+impl crate::pump::Transport for Stream {
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_read_timeout(t),
             Self::Unix(s) => s.set_read_timeout(t),
         }
     }
 
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        match self {
+            Self::Tcp(s) => sendfile_all(s.as_fd(), file, offset, len, || Ok(())),
+            Self::Unix(s) => sendfile_all(s.as_fd(), file, offset, len, || Ok(())),
+        }
+    }
+}
+
+/// `sendfile` until all `len` bytes went out; `wait` is called on EAGAIN (non-blocking sockets).
+fn sendfile_all(
+    fd: std::os::fd::BorrowedFd<'_>,
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+    mut wait: impl FnMut() -> io::Result<()>,
+) -> io::Result<()> {
+    let mut off = offset;
+    let end = offset + len as u64;
+    while off < end {
+        let want = (end - off) as usize;
+        match rustix::fs::sendfile(fd, file, Some(&mut off), want) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than the export",
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => wait()?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+impl Stream {
     /// Closes both directions.
     pub fn shutdown(&self) {
         let _ = match self {
@@ -227,6 +264,48 @@ pub enum AsyncStream {
     Tcp(tokio::net::TcpStream),
     /// Unix.
     Unix(tokio::net::UnixStream),
+}
+
+#[cfg(feature = "tokio")]
+impl crate::pump::AsyncTransport for AsyncStream {
+    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let mut off = offset;
+        let end = offset + len as u64;
+        while off < end {
+            let want = (end - off) as usize;
+            let r = match self {
+                Self::Tcp(s) => {
+                    s.writable().await?;
+                    s.try_io(tokio::io::Interest::WRITABLE, || {
+                        rustix::fs::sendfile(s.as_fd(), file, Some(&mut off), want)
+                            .map_err(io::Error::from)
+                    })
+                }
+                Self::Unix(s) => {
+                    s.writable().await?;
+                    s.try_io(tokio::io::Interest::WRITABLE, || {
+                        rustix::fs::sendfile(s.as_fd(), file, Some(&mut off), want)
+                            .map_err(io::Error::from)
+                    })
+                }
+            };
+            match r {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shorter than the export",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(feature = "tokio")]
