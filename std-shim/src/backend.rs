@@ -129,7 +129,7 @@ impl Backend for FileBackend {
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        match punch(&*self.file, offset, len) {
+        match punch(&self.file, offset, len) {
             // TRIM is advisory: a file system without hole punching just keeps the data.
             Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
             r => r,
@@ -139,7 +139,7 @@ impl Backend for FileBackend {
     fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fast: bool) -> io::Result<()> {
         use rustix::fs::FallocateFlags as F;
         let r = if may_trim {
-            punch(&*self.file, offset, len)
+            punch(&self.file, offset, len)
         } else {
             rustix::fs::fallocate(&*self.file, F::ZERO_RANGE | F::KEEP_SIZE, offset, len)
                 .map_err(io::Error::from)

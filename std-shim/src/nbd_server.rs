@@ -244,19 +244,19 @@ impl<'c> NbdServerSession<'c> {
         let h = self.server.read_data_header_len();
         let len = r.length as usize;
         let b = self.backend.clone().ok_or_else(|| anyhow!("no export"))?;
-        if !self.server.tls_active() {
-            if let Some(file) = b.file() {
-                // Zero copy: the header now, the data by sendfile right behind it. An I/O
-                // error would come after a success header; the connection then drops, which
-                // the spec allows (a local file seldom fails this way).
-                let n = self
-                    .server
-                    .reply_read_data(r, r.offset, r.length, true, out.tail(h))
-                    .map_err(|e| anyhow!("{e}"))?;
-                out.commit(n);
-                out.push_file(file.clone(), r.offset, len);
-                return Ok(());
-            }
+        if !self.server.tls_active()
+            && let Some(file) = b.file()
+        {
+            // Zero copy: the header now, the data by sendfile right behind it. An I/O
+            // error would come after a success header; the connection then drops, which
+            // the spec allows (a local file seldom fails this way).
+            let n = self
+                .server
+                .reply_read_data(r, r.offset, r.length, true, out.tail(h))
+                .map_err(|e| anyhow!("{e}"))?;
+            out.commit(n);
+            out.push_file(file.clone(), r.offset, len);
+            return Ok(());
         }
         let buf = out.tail(h + len);
         match b.read_at(&mut buf[h..], r.offset) {
