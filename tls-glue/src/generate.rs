@@ -175,10 +175,6 @@ pub fn generate_qemu_layout(dir: &Path, opts: &GenerateOptions) -> std::io::Resu
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::hours(1);
     let not_after = now + time::Duration::days(i64::from(opts.validity_days.max(1)));
-    let rsa = matches!(
-        opts.key_algorithm,
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072
-    );
 
     let name = |cn: &str| {
         let mut dn = DistinguishedName::new();
@@ -205,10 +201,13 @@ pub fn generate_qemu_layout(dir: &Path, opts: &GenerateOptions) -> std::io::Resu
         let mut p = CertificateParams::default();
         p.distinguished_name = name(cn);
         p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = std::vec![KeyUsagePurpose::DigitalSignature];
-        if rsa {
-            p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
-        }
+        // keyEncipherment is meaningless for ECDSA/EdDSA keys, but QEMU (gnutls) refuses a
+        // leaf whose critical key usage lacks it, whatever the key type ("usage does not
+        // permit key encipherment"); certtool's `encryption_key` sets it too. It harms nothing.
+        p.key_usages = std::vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment
+        ];
         p.extended_key_usages = std::vec![if server {
             ExtendedKeyUsagePurpose::ServerAuth
         } else {
