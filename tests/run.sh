@@ -29,10 +29,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "no_std builds for thumbv7em-none-eabihf"
 cargo build -p nbd-core --target thumbv7em-none-eabihf --no-default-features
+cargo build -p rfb-core --target thumbv7em-none-eabihf --no-default-features
+cargo build -p tls-glue --target thumbv7em-none-eabihf --no-default-features --features rustcrypto
 
-step "cores linked into a Cortex-M binary with no global allocator"
+step "cores linked into a Cortex-M binary with no global allocator, run under qemu-system-arm"
 (cd tests/no-alloc-link && cargo build --release --target thumbv7em-none-eabihf)
 llvm-size tests/no-alloc-link/target/thumbv7em-none-eabihf/release/no-alloc-link
+timeout 60 qemu-system-arm -M mps2-an500 -nographic -semihosting-config enable=on,target=native \
+  -kernel tests/no-alloc-link/target/thumbv7em-none-eabihf/release/no-alloc-link
 
 step "build kvmio"
 cargo build --release -p std-shim --bin kvmio

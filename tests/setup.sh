@@ -12,6 +12,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# QEMU system emulators MUST come from bookworm-backports: plain bookworm's 7.2 would make apt
+# remove qemu-utils 10 (qemu-img, qemu-nbd, qemu-io).
+backports=()
+for p in qemu-system-arm qemu-system-x86; do dpkg -s "$p" >/dev/null 2>&1 || backports+=("$p"); done
+if [ ${#backports[@]} -gt 0 ]; then
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+  $SUDO apt-get update
+  $SUDO apt-get install -y -t bookworm-backports --no-install-recommends "${backports[@]}"
+fi
+
 rustup target list --installed | grep -q thumbv7em-none-eabihf || rustup target add thumbv7em-none-eabihf
 rustup component list --installed | grep -q rustfmt || rustup component add rustfmt
 rustup component list --installed | grep -q clippy || rustup component add clippy
