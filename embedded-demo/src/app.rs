@@ -36,9 +36,14 @@ pub const PORTS: [u16; 2] = [VNC_PORT, NBD_PORT];
 pub const SESSIONS_PER_PORT: usize = 2;
 /// TCP sockets the application uses; the board sizes `StackResources` with it.
 pub const SOCKET_COUNT: usize = PORTS.len() * SESSIONS_PER_PORT;
-/// Receive buffer per socket. More than 6 MSS buys nothing while the LAN9118 driver caps
-/// `max_burst_size` at 6 (smoltcp limits the advertised window to that).
-pub const TCP_RX_BUF: usize = 8 * 1024;
+/// Receive buffer per socket. The receive buffer is the TCP window a socket advertises, and
+/// all windows together must fit what the board's NIC can hold in one burst
+/// ([`crate::board::RX_WINDOW_BUDGET`]); otherwise concurrent sessions overflow it, frames are
+/// dropped and TCP stalls in retransmission timeouts (measured on MPS2: 4 sessions with 8 KiB
+/// windows took 0.6–6.5 s for 256 KiB each; with 2 KiB windows 0.14 s and no drops, and one
+/// session still echoes ~6–7 MiB/s).
+pub const TCP_RX_BUF: usize = crate::board::RX_WINDOW_BUDGET / SOCKET_COUNT;
+const _: () = assert!(TCP_RX_BUF >= 1024, "too many sockets for the board's RX window budget");
 /// Transmit buffer per socket.
 pub const TCP_TX_BUF: usize = 8 * 1024;
 /// A session with no incoming data for this long is closed by the stack.
@@ -147,10 +152,15 @@ async fn listener(
     }
 }
 
-/// The service on one accepted connection. Returns the number of bytes served.
+/// The service on one accepted connection. Returns the number of bytes echoed.
 ///
-/// Placeholder until the protocol servers land: echo everything back until the peer closes.
-async fn serve(_port: u16, socket: &mut TcpSocket<'_>) -> Result<usize, embassy_net::tcp::Error> {
+/// Placeholder until the protocol servers land: a banner `echo <port>\n`, then everything
+/// the peer sends is echoed back until it closes. The banner makes the server speak first,
+/// like RFB and NBD do: a client that waits for it knows the firmware is really connected
+/// (QEMU's slirp accepts the host side before the guest answers), and it avoids a slirp race
+/// in which data a client sends right after connecting sits in slirp for 0.5 s.
+async fn serve(port: u16, socket: &mut TcpSocket<'_>) -> Result<usize, embassy_net::tcp::Error> {
+    socket.write_all(banner(port).as_bytes()).await?;
     // Lives in the task's (static) future, not on the stack.
     let mut buf = [0u8; 1024];
     let mut total = 0usize;
@@ -161,6 +171,14 @@ async fn serve(_port: u16, socket: &mut TcpSocket<'_>) -> Result<usize, embassy_
         }
         socket.write_all(&buf[..n]).await?;
         total += n;
+    }
+}
+
+fn banner(port: u16) -> &'static str {
+    match port {
+        VNC_PORT => "echo 5900\n",
+        NBD_PORT => "echo 10809\n",
+        _ => "echo\n",
     }
 }
 

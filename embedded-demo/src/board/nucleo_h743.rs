@@ -33,6 +33,11 @@ pub type BoardRng = rng::Rng<'static, RNG>;
 /// Heap for the global allocator (TLS sessions need ~36 KB each with rustls).
 pub const HEAP_SIZE: usize = 128 * 1024;
 
+/// Sum of the TCP receive windows of all sockets (see [`crate::app::TCP_RX_BUF`]): about what
+/// the 8 RX DMA descriptors hold while the executor is busy (e.g. in a TLS signature).
+/// An estimate, not measured on hardware.
+pub const RX_WINDOW_BUDGET: usize = 8 * 1024;
+
 /// Application sockets plus the DHCP socket.
 const SOCKETS: usize = crate::app::SOCKET_COUNT + 1;
 
@@ -90,7 +95,7 @@ unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
 
 /// Bring up the board and run `app` inside the executor. Never returns.
 pub fn run(app: fn(Spawner, Stack<'static>)) -> ! {
-    static PACKETS: ConstStaticCell<PacketQueue<4, 4>> = ConstStaticCell::new(PacketQueue::new());
+    static PACKETS: ConstStaticCell<PacketQueue<4, 8>> = ConstStaticCell::new(PacketQueue::new());
     static RESOURCES: ConstStaticCell<StackResources<SOCKETS>> = ConstStaticCell::new(StackResources::new());
     static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 

@@ -5,7 +5,7 @@ use core::fmt::Write;
 use cortex_m_rt::{ExceptionFrame, exception};
 
 use super::irq;
-use super::uart::RawUart;
+use super::uart::{self, RawUart};
 
 /// System Control Block fault status registers.
 const SCB_CFSR: usize = 0xE000_ED28;
@@ -21,6 +21,9 @@ fn read_scb(addr: usize) -> u32 {
 
 #[exception]
 unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
+    // Best effort: if the fault hit while the log ring was being written, this may print a
+    // torn record; it still shows what led up to the fault.
+    uart::flush_blocking();
     let mut w = RawUart;
     let _ = writeln!(
         w,
@@ -48,6 +51,7 @@ unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     cortex_m::interrupt::disable();
+    uart::flush_blocking();
     let _ = writeln!(RawUart, "\nPANIC {}", info);
     halt()
 }

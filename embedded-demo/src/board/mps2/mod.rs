@@ -35,6 +35,11 @@ pub type BoardRng = InsecureTestRng;
 /// Heap for the global allocator (TLS sessions need ~36 KB each with rustls).
 pub const HEAP_SIZE: usize = 128 * 1024;
 
+/// Sum of the TCP receive windows of all sockets (see [`crate::app::TCP_RX_BUF`]). QEMU's
+/// LAN9118 RX data FIFO holds 10 560 bytes (at most 6 full-size frames) and slirp delivers a
+/// whole window burst before the guest runs again; what does not fit is dropped.
+pub const RX_WINDOW_BUDGET: usize = 8 * 1024;
+
 /// SCC (serial configuration controller) ID register: bits [15:4] are the FPGA image number.
 const SCC_ID: usize = 0x4002_FFFC;
 const LAN9118_BASE_AN500: usize = 0xA000_0000;
@@ -68,7 +73,7 @@ pub fn run(app: fn(Spawner, Stack<'static>)) -> ! {
 
     // SAFETY: `base` is the LAN9118 block of this MPS2 image (chosen from the SCC ID above);
     // nothing else accesses it. A wrong guess is caught by the BYTE_TEST probe.
-    let eth = match unsafe { Lan9118::new(base) } {
+    let mut eth = match unsafe { Lan9118::new(base) } {
         Ok(eth) => eth,
         Err(e) => panic!("lan9118 init failed: {:?}", e),
     };
@@ -95,9 +100,12 @@ pub fn run(app: fn(Spawner, Stack<'static>)) -> ! {
     crate::rng::install(rng);
     warn!("rng: InsecureTestRng (timer-seeded, NOT secure; feature insecure-test-rng)");
 
+    let address = Ipv4Address::new(10, 0, 2, 15);
+    let gateway = Ipv4Address::new(10, 0, 2, 2);
+    eth.set_arp_keepalive(address.octets(), gateway.octets());
     let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(Ipv4Address::new(10, 0, 2, 15), 24),
-        gateway: Some(Ipv4Address::new(10, 0, 2, 2)),
+        address: Ipv4Cidr::new(address, 24),
+        gateway: Some(gateway),
         dns_servers: Vec::new(),
     });
     let (stack, runner) = embassy_net::new(eth, config, RESOURCES.take(), seed);

@@ -1,10 +1,19 @@
 //! CMSDK APB UART0 (QEMU: serial0, i.e. stdio with `-nographic`) and a `log` backend on it.
 //!
-//! Plain text, one line per record: `[   12.345678] INFO  message`. Output is polled
-//! (blocking while the TX buffer is full) and each record is written inside a critical section,
-//! so records from interrupt handlers never interleave with thread-mode ones.
+//! Plain text, one line per record: `[   12.345678] INFO  message`.
+//!
+//! Records are formatted into a RAM ring (inside a critical section, so records from interrupt
+//! handlers never interleave) and written to the UART only when the executor is idle
+//! ([`drain`], called from its idle loop). Each UART byte is an MMIO exit in QEMU, and
+//! writing a line synchronously blocked the executor for ~1 ms per line, long enough to delay
+//! SYN-ACKs and trip slirp's 0.5 s stall. If the ring overflows, the excess of a record is
+//! dropped and a `[log: N bytes dropped]` line says so. Fault and panic handlers flush the ring
+//! and then write directly ([`RawUart`]).
 
+use core::cell::RefCell;
 use core::fmt::{self, Write};
+
+use critical_section::Mutex;
 
 use super::mmio::Mmio;
 
@@ -51,6 +60,82 @@ impl Write for RawUart {
     }
 }
 
+/// Log bytes waiting for the UART.
+const LOG_RING: usize = 8 * 1024;
+
+struct Ring {
+    buf: [u8; LOG_RING],
+    head: usize,
+    len: usize,
+    dropped: usize,
+}
+
+impl Ring {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.len == LOG_RING {
+                self.dropped += 1;
+                continue;
+            }
+            self.buf[(self.head + self.len) % LOG_RING] = b;
+            self.len += 1;
+        }
+    }
+
+    fn pop(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len);
+        for slot in &mut out[..n] {
+            *slot = self.buf[self.head];
+            self.head = (self.head + 1) % LOG_RING;
+        }
+        self.len -= n;
+        n
+    }
+}
+
+impl Write for Ring {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+static RING: Mutex<RefCell<Ring>> =
+    Mutex::new(RefCell::new(Ring { buf: [0; LOG_RING], head: 0, len: 0, dropped: 0 }));
+
+/// Whether log output is waiting.
+pub fn pending() -> bool {
+    critical_section::with(|cs| {
+        let r = RING.borrow_ref(cs);
+        r.len > 0 || r.dropped > 0
+    })
+}
+
+/// Write up to one chunk of waiting log output to the UART. Returns whether anything was
+/// written. Interrupts stay enabled while the bytes go out.
+pub fn drain() -> bool {
+    let mut chunk = [0u8; 32];
+    let (n, dropped) = critical_section::with(|cs| {
+        let mut r = RING.borrow_ref_mut(cs);
+        let n = r.pop(&mut chunk);
+        let dropped = if r.len == 0 { core::mem::take(&mut r.dropped) } else { 0 };
+        (n, dropped)
+    });
+    let mut uart = RawUart;
+    for &b in &chunk[..n] {
+        uart.put(b);
+    }
+    if dropped > 0 {
+        let _ = writeln!(uart, "[log: {} bytes dropped]", dropped);
+    }
+    n > 0 || dropped > 0
+}
+
+/// Write out everything waiting (fault and panic handlers: before their own output).
+pub fn flush_blocking() {
+    while drain() {}
+}
+
 struct UartLogger;
 
 impl log::Log for UartLogger {
@@ -63,9 +148,9 @@ impl log::Log for UartLogger {
             return;
         }
         let us = embassy_time::Instant::now().as_micros();
-        critical_section::with(|_| {
+        critical_section::with(|cs| {
             let _ = writeln!(
-                RawUart,
+                RING.borrow_ref_mut(cs),
                 "[{:>5}.{:06}] {:<5} {}",
                 us / 1_000_000,
                 us % 1_000_000,
