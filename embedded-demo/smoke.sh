@@ -137,7 +137,7 @@ def first_contact(port, attempts=15):
             s.close()
             if data == b"hello\n":
                 return attempt, time.monotonic() - t0
-        except OSError:
+        except (OSError, RuntimeError):
             pass
         time.sleep(0.2)
     return None, time.monotonic() - t0

@@ -41,7 +41,7 @@ pub const SOCKET_COUNT: usize = PORTS.len() * SESSIONS_PER_PORT;
 /// ([`crate::board::RX_WINDOW_BUDGET`]); otherwise concurrent sessions overflow it, frames are
 /// dropped and TCP stalls in retransmission timeouts (measured on MPS2: 4 sessions with 8 KiB
 /// windows took 0.6–6.5 s for 256 KiB each; with 2 KiB windows 0.14 s and no drops, and one
-/// session still echoes ~6–7 MiB/s).
+/// session still echoes several MiB/s).
 pub const TCP_RX_BUF: usize = crate::board::RX_WINDOW_BUDGET / SOCKET_COUNT;
 const _: () = assert!(TCP_RX_BUF >= 1024, "too many sockets for the board's RX window budget");
 /// Transmit buffer per socket.

@@ -27,7 +27,7 @@ const CTRL_IRQ_EN: u32 = 1 << 3;
 /// Timer input clock (PCLK).
 pub const PCLK_HZ: u64 = 25_000_000;
 const CYCLES_PER_TICK: u64 = PCLK_HZ / embassy_time_driver::TICK_HZ;
-const _: () = assert!(PCLK_HZ % embassy_time_driver::TICK_HZ == 0, "tick must divide PCLK");
+const _: () = assert!(PCLK_HZ.is_multiple_of(embassy_time_driver::TICK_HZ), "tick must divide PCLK");
 
 fn timer0() -> Mmio {
     // SAFETY: CMSDK APB TIMER0 register block on MPS2; only its 4 registers are used.
