@@ -6,6 +6,9 @@
 //!
 //! The crate does no I/O, reads no clock and draws no random numbers; it is `no_std` and does not
 //! allocate (except for ZRLE under `alloc`). The driver owns every buffer, the framebuffer too.
+//! No feature needs `std`: ZRLE compresses through the `zlib::ZrleCompressor` trait
+//! (`miniz_oxide` by default; a hosted driver may plug in a faster zlib, as std-shim does with
+//! `zlib-rs`).
 //!
 //! # Shape
 //!
@@ -147,8 +150,13 @@ mod error;
 mod pixel;
 pub mod time;
 pub mod wire;
+#[cfg(feature = "alloc")]
+pub mod zlib;
 
-pub use auth::{AuthThrottle, constant_time_eq, verify_vnc_response, vnc_response};
+pub use auth::{
+    AuthThrottle, constant_time_eq, deobfuscate_password, obfuscate_password, verify_vnc_response,
+    vnc_response,
+};
 pub use error::{Error, InsufficientSize, ProtocolError};
 pub use pixel::{Framebuffer, FramebufferMut, Translator};
 pub use time::{Duration, Instant};

@@ -451,6 +451,8 @@ pub struct Server {
     pub(crate) update: Option<UpdateState>,
     #[cfg(feature = "alloc")]
     pub(crate) zrle: Option<alloc::boxed::Box<zrle::ZrleEncoder>>,
+    #[cfg(feature = "alloc")]
+    pub(crate) zlib: crate::zlib::CompressorFactory,
 }
 
 const REASON_NOT_OFFERED: &str = "Security type not offered";
@@ -504,6 +506,8 @@ impl Server {
             update: None,
             #[cfg(feature = "alloc")]
             zrle: None,
+            #[cfg(feature = "alloc")]
+            zlib: crate::zlib::MinizCompressor::boxed,
             config,
         };
         let v = ProtocolVersionRepr::of(s.config.max_version);
@@ -716,6 +720,21 @@ impl Server {
         self.client_format = format;
         self.phase = Phase::Normal;
         self.deadline = None;
+        Ok(())
+    }
+
+    /// Chooses the zlib implementation ZRLE compresses with (default
+    /// [`MinizCompressor`](crate::zlib::MinizCompressor)). Call before the first ZRLE update:
+    /// once the connection's stream exists this returns [`Error::InvalidState`].
+    #[cfg(feature = "alloc")]
+    pub fn set_zrle_compressor(
+        &mut self,
+        factory: crate::zlib::CompressorFactory,
+    ) -> Result<(), Error> {
+        if self.zrle.is_some() {
+            return Err(Error::InvalidState);
+        }
+        self.zlib = factory;
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! ZRLE encoding (`alloc`): 64×64 tiles (raw, solid, packed palette, plain RLE, palette RLE,
-//! whichever is smallest), one zlib stream per connection, cut into bands of 64 rows.
+//! whichever is smallest), one zlib stream per connection (a [`ZrleCompressor`]), cut into
+//! bands of whole 64-row tile rows.
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -11,77 +12,13 @@ use super::update::{RectState, UpdateState, zrle_band};
 use crate::error::Error;
 use crate::pixel::{cpixel_layout, effective_format, unpack};
 use crate::wire::{Encoding, Rect, RectHeaderRepr, put32};
+use crate::zlib::{ZrleCompressor, compress_all};
 
 const NO_ENTRY: u16 = u16::MAX;
 
-/// The connection's zlib stream (`zlib-rs` when enabled, else `miniz_oxide`).
-#[cfg(feature = "zlib-rs")]
-struct Deflater(zlib_rs::Deflate);
-#[cfg(not(feature = "zlib-rs"))]
-struct Deflater(Box<miniz_oxide::deflate::core::CompressorOxide>);
-
-impl Deflater {
-    fn new(level: u8) -> Self {
-        let level = level.min(9);
-        #[cfg(feature = "zlib-rs")]
-        return Deflater(zlib_rs::Deflate::new(i32::from(level), true, 15));
-        #[cfg(not(feature = "zlib-rs"))]
-        {
-            use miniz_oxide::deflate::core::{CompressorOxide, create_comp_flags_from_zip_params};
-            let flags = create_comp_flags_from_zip_params(i32::from(level), 15, 0);
-            Deflater(Box::new(CompressorOxide::new(flags)))
-        }
-    }
-
-    /// Compresses `input` with a sync flush, appending to `out`. Returns `(consumed, written)`
-    /// for one call into `room`.
-    fn step(&mut self, input: &[u8], room: &mut [u8]) -> Result<(usize, usize), Error> {
-        #[cfg(feature = "zlib-rs")]
-        {
-            let (i0, o0) = (self.0.total_in(), self.0.total_out());
-            self.0
-                .compress(input, room, zlib_rs::DeflateFlush::SyncFlush)
-                .map_err(|_| Error::InvalidState)?;
-            Ok((
-                (self.0.total_in() - i0) as usize,
-                (self.0.total_out() - o0) as usize,
-            ))
-        }
-        #[cfg(not(feature = "zlib-rs"))]
-        {
-            let res = miniz_oxide::deflate::stream::deflate(
-                &mut self.0,
-                input,
-                room,
-                miniz_oxide::MZFlush::Sync,
-            );
-            match res.status {
-                Ok(_) | Err(miniz_oxide::MZError::Buf) => {
-                    Ok((res.bytes_consumed, res.bytes_written))
-                }
-                Err(_) => Err(Error::InvalidState),
-            }
-        }
-    }
-
-    fn sync(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        loop {
-            let at = out.len();
-            let room = input.len() / 2 + 1024;
-            out.resize(at + room, 0);
-            let (used, written) = self.step(input, &mut out[at..])?;
-            out.truncate(at + written);
-            input = &input[used..];
-            if input.is_empty() && written < room {
-                return Ok(());
-            }
-        }
-    }
-}
-
 /// Per-connection ZRLE state: the zlib stream and reusable buffers.
 pub(crate) struct ZrleEncoder {
-    comp: Deflater,
+    comp: Box<dyn ZrleCompressor>,
     /// Uncompressed tile data of the current band.
     raw: Vec<u8>,
     /// The current band on the wire: rectangle header, length, zlib data.
@@ -105,9 +42,9 @@ fn slot_of(p: u32) -> usize {
 }
 
 impl ZrleEncoder {
-    pub(crate) fn new(level: u8) -> Self {
+    pub(crate) fn new(comp: Box<dyn ZrleCompressor>) -> Self {
         Self {
-            comp: Deflater::new(level),
+            comp,
             raw: Vec::new(),
             wire: Vec::new(),
             px: vec![0; 64 * 64],
@@ -323,7 +260,8 @@ impl ZrleEncoder {
             encoding: Encoding::Zrle,
         }
         .emit(&mut self.wire);
-        self.comp.sync(&self.raw, &mut self.wire)?;
+        compress_all(&mut *self.comp, &self.raw, &mut self.wire)
+            .map_err(|_| Error::InvalidState)?;
         let len = (self.wire.len() - RectHeaderRepr::LEN - 4) as u32;
         put32(&mut self.wire, RectHeaderRepr::LEN, len);
         Ok(())
@@ -351,9 +289,10 @@ impl Server {
         let level = self.prefs.level;
         let wire = effective_format(&self.client_format);
         let (cpb, coff) = cpixel_layout(&wire);
+        let make = self.zlib;
         let z = self
             .zrle
-            .get_or_insert_with(|| Box::new(ZrleEncoder::new(level)));
+            .get_or_insert_with(|| Box::new(ZrleEncoder::new(make(level))));
         let RectState::Zrle {
             mut band,
             mut sent,

@@ -665,3 +665,58 @@ proptest! {
         let _ = run_server_split(Auth::X509Vnc, &c2s, &[5, 64]);
     }
 }
+
+/// A compressor the application plugs in is the one ZRLE uses (for the whole connection), and
+/// it can only be chosen before the connection's stream exists.
+#[cfg(feature = "alloc")]
+#[test]
+fn pluggable_zrle_compressor() {
+    use crate::zlib::{CompressError, MinizCompressor, ZrleCompressor};
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::boxed::Box;
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    static LEVEL: AtomicUsize = AtomicUsize::new(99);
+    struct Counting(MinizCompressor);
+    impl ZrleCompressor for Counting {
+        fn compress_sync(
+            &mut self,
+            input: &[u8],
+            out: &mut [u8],
+        ) -> Result<(usize, usize), CompressError> {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            self.0.compress_sync(input, out)
+        }
+    }
+    fn make(level: u8) -> Box<dyn ZrleCompressor> {
+        LEVEL.store(usize::from(level), Ordering::SeqCst);
+        Box::new(Counting(MinizCompressor::new(level)))
+    }
+    let (w, h) = (70u16, 130u16);
+    let fb = ServerFb::pattern(w, h, PixelFormat::RGB888, 5);
+    let mut p = Pair::new(Auth::None, fb, PixelFormat::RGB888);
+    p.server.set_zrle_compressor(make).unwrap();
+    p.run();
+    assert!(p.client_ready);
+    p.client
+        .set_encodings(&[Encoding::Zrle, Encoding::from(-256 + 3)])
+        .unwrap();
+    p.client
+        .request_update(false, Rect::new(0, 0, w, h))
+        .unwrap();
+    p.damage = vec![Damage::Changed(Rect::new(0, 0, w, h))];
+    p.run();
+    assert_eq!(p.client_fb, p.expected_client_fb(&PixelFormat::RGB888));
+    assert!(
+        CALLS.load(Ordering::SeqCst) > 0,
+        "the plugged compressor was not used"
+    );
+    assert_eq!(
+        LEVEL.load(Ordering::SeqCst),
+        3,
+        "the client's compression level"
+    );
+    assert_eq!(
+        p.server.set_zrle_compressor(MinizCompressor::boxed),
+        Err(crate::Error::InvalidState)
+    );
+}
