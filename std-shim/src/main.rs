@@ -57,6 +57,17 @@ enum NbdCommand {
         #[command(flatten)]
         tls: ClientTlsArgs,
     },
+    /// Connect, negotiate (TLS for nbds), and disconnect, COUNT times; print the connection
+    /// times (a health check, and a measure of a server's connection setup cost).
+    Ping {
+        /// The export's URI.
+        uri: String,
+        /// Connections to make, one after the other.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+    },
     /// List a server's exports.
     List {
         /// nbd://host[:port]/, nbds://…, nbd+unix:///?socket=PATH …
@@ -456,6 +467,35 @@ fn nbd_info(uri: &str, json: bool, tls: &ClientTlsArgs) -> Result<()> {
     Ok(())
 }
 
+fn nbd_ping(uri: &str, count: u32, tls: &ClientTlsArgs) -> Result<()> {
+    let uri = NbdUri::parse(uri)?;
+    let tls = tls.get();
+    // Credentials are loaded once; each connection makes its own TLS session.
+    let starter_tls = tls.clone();
+    let mut times = Vec::with_capacity(count as usize);
+    let all = std::time::Instant::now();
+    for _ in 0..count {
+        let t = std::time::Instant::now();
+        let info = nbd_client::run(&uri, &starter_tls, Goal::Go, InfoApp::default())?;
+        times.push(t.elapsed());
+        if info.size == 0 && info.flags == 0 {
+            bail!("no export information");
+        }
+    }
+    let total = all.elapsed();
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{count} connections to {uri} in {:.3} s: {:.1}/s, min {:.2} ms, median {:.2} ms, max {:.2} ms",
+        total.as_secs_f64(),
+        f64::from(count) / total.as_secs_f64(),
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1])
+    );
+    Ok(())
+}
+
 fn nbd_list(uri: &str, tls: &ClientTlsArgs) -> Result<()> {
     let uri = NbdUri::parse(uri)?;
     let list = nbd_client::run(&uri, &tls.get(), Goal::List, ListApp::default())?;
@@ -556,6 +596,13 @@ fn main() {
         Top::Nbd(NbdCommand::Serve(a)) => nbd_serve(a),
         Top::Nbd(NbdCommand::Info { uri, json, tls }) => nbd_info(&uri, json, &tls),
         Top::Nbd(NbdCommand::List { uri, tls }) => nbd_list(&uri, &tls),
+        Top::Nbd(NbdCommand::Ping { uri, count, tls }) => {
+            if count == 0 {
+                Err(anyhow::anyhow!("--count must be at least 1"))
+            } else {
+                nbd_ping(&uri, count, &tls)
+            }
+        }
         Top::Nbd(NbdCommand::Copy {
             src,
             dst,

@@ -269,7 +269,19 @@ pub fn starter(uri: &NbdUri, tls: &ClientTls) -> Result<Option<TlsStarter>> {
         bail!("tls-verify-peer=false is refused: kvmio always verifies the server's certificate");
     }
     let dir = crate::tls::creds_dir(uri.tls_certificates.as_deref().or(tls.creds.as_deref()))?;
-    let config = crate::tls::client_config(&dir, tls.tls12)?;
+    // Loading and checking credentials costs more than a handshake: do it once per directory
+    // for the process (copy opens several connections, ping many).
+    static CONFIGS: std::sync::Mutex<Vec<(std::path::PathBuf, bool, tls_glue::TlsClientConfig)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut cache = CONFIGS.lock().map_err(|_| anyhow!("poisoned"))?;
+    let config = match cache.iter().find(|(d, t, _)| *d == dir && *t == tls.tls12) {
+        Some((_, _, c)) => c.clone(),
+        None => {
+            let c = crate::tls::client_config(&dir, tls.tls12)?;
+            cache.push((dir, tls.tls12, c.clone()));
+            c
+        }
+    };
     Ok(Some(crate::tls::client_starter(config, uri.server_name())))
 }
 
