@@ -16,8 +16,11 @@ fn main() {
 
     if mps2 && !nucleo {
         fs::copy("memory-mps2.x", out.join("memory.x")).expect("copy memory-mps2.x");
-        fs::write(out.join("device.x"), "/* interrupt table is defined in Rust */\n")
-            .expect("write device.x");
+        fs::write(
+            out.join("device.x"),
+            "/* interrupt table is defined in Rust */\n",
+        )
+        .expect("write device.x");
         println!("cargo:rustc-link-search={}", out.display());
     }
     if nucleo && !mps2 {

@@ -43,7 +43,10 @@ pub const SOCKET_COUNT: usize = PORTS.len() * SESSIONS_PER_PORT;
 /// windows took 0.6–6.5 s for 256 KiB each; with 2 KiB windows 0.14 s and no drops, and one
 /// session still echoes several MiB/s).
 pub const TCP_RX_BUF: usize = crate::board::RX_WINDOW_BUDGET / SOCKET_COUNT;
-const _: () = assert!(TCP_RX_BUF >= 1024, "too many sockets for the board's RX window budget");
+const _: () = assert!(
+    TCP_RX_BUF >= 1024,
+    "too many sockets for the board's RX window budget"
+);
 /// Transmit buffer per socket.
 pub const TCP_TX_BUF: usize = 8 * 1024;
 /// A session with no incoming data for this long is closed by the stack.
@@ -133,7 +136,12 @@ async fn listener(
             continue;
         }
 
-        info!("session open port={} slot={} peer={:?}", port, slot, socket.remote_endpoint());
+        info!(
+            "session open port={} slot={} peer={:?}",
+            port,
+            slot,
+            socket.remote_endpoint()
+        );
         let started = Instant::now();
         let result = serve(port, &mut socket).await;
         let ms = started.elapsed().as_millis();
@@ -186,7 +194,10 @@ fn banner(port: u16) -> &'static str {
 /// the peer does not finish in time. Returns whether the close was orderly.
 async fn close(socket: &mut TcpSocket<'_>) -> bool {
     socket.close();
-    let flushed = matches!(with_timeout(CLOSE_TIMEOUT, socket.flush()).await, Ok(Ok(())));
+    let flushed = matches!(
+        with_timeout(CLOSE_TIMEOUT, socket.flush()).await,
+        Ok(Ok(()))
+    );
     let state = socket.state();
     if flushed && matches!(state, State::Closed | State::TimeWait) {
         return true;

@@ -61,7 +61,11 @@ pub fn stack_size() -> usize {
 pub fn paint_stack() {
     let sp = cortex_m::register::msp::read() as usize;
     let top = sp.saturating_sub(PAINT_MARGIN) & !3;
-    let bottom = (stack_top().saturating_sub(STACK_MEASURE).max(stack_bottom()) + 3) & !3;
+    let bottom = (stack_top()
+        .saturating_sub(STACK_MEASURE)
+        .max(stack_bottom())
+        + 3)
+        & !3;
     let mut p = bottom;
     while p < top {
         // SAFETY: `p` lies in the stack area between the end of the statics and the current
@@ -148,7 +152,8 @@ pub fn init_heap() {
 
 /// Start a new peak measurement from the current heap use (e.g. before a benchmark phase).
 pub fn reset_heap_peak() {
-    HEAP.peak.store(HEAP.now.load(Ordering::Relaxed), Ordering::Relaxed);
+    HEAP.peak
+        .store(HEAP.now.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// A snapshot of the memory figures.
@@ -214,7 +219,8 @@ pub fn self_test() -> Result<(), &'static str> {
     const N: usize = 1000;
     let before = HEAP.now.load(Ordering::Relaxed);
     let mut v: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
-    v.try_reserve_exact(N).map_err(|_| "heap: allocation of 1000 bytes failed")?;
+    v.try_reserve_exact(N)
+        .map_err(|_| "heap: allocation of 1000 bytes failed")?;
     v.resize(N, 0xA5);
     let during = HEAP.now.load(Ordering::Relaxed);
     let peak = HEAP.peak.load(Ordering::Relaxed);

@@ -84,8 +84,10 @@ pub fn self_test() -> Result<(), &'static str> {
     let mut a = [0u8; 32];
     let mut b = [0u8; 32];
     let mut rng = SystemRng;
-    rng.try_fill_bytes(&mut a).map_err(|_| "rng: no source installed")?;
-    rng.try_fill_bytes(&mut b).map_err(|_| "rng: no source installed")?;
+    rng.try_fill_bytes(&mut a)
+        .map_err(|_| "rng: no source installed")?;
+    rng.try_fill_bytes(&mut b)
+        .map_err(|_| "rng: no source installed")?;
     let constant = |x: &[u8; 32]| x.iter().all(|&v| v == x[0]);
     if a == b || constant(&a) || constant(&b) {
         return Err("rng: output repeats or is constant");

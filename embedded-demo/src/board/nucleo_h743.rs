@@ -87,7 +87,12 @@ fn mac_from_uid(uid: [u8; 12]) -> [u8; 6] {
 
 #[exception]
 unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
-    defmt::error!("HARDFAULT pc={=u32:#010x} lr={=u32:#010x} xpsr={=u32:#010x}", ef.pc(), ef.lr(), ef.xpsr());
+    defmt::error!(
+        "HARDFAULT pc={=u32:#010x} lr={=u32:#010x} xpsr={=u32:#010x}",
+        ef.pc(),
+        ef.lr(),
+        ef.xpsr()
+    );
     loop {
         cortex_m::asm::bkpt();
     }
@@ -96,11 +101,15 @@ unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
 /// Bring up the board and run `app` inside the executor. Never returns.
 pub fn run(app: fn(Spawner, Stack<'static>)) -> ! {
     static PACKETS: ConstStaticCell<PacketQueue<4, 8>> = ConstStaticCell::new(PacketQueue::new());
-    static RESOURCES: ConstStaticCell<StackResources<SOCKETS>> = ConstStaticCell::new(StackResources::new());
+    static RESOURCES: ConstStaticCell<StackResources<SOCKETS>> =
+        ConstStaticCell::new(StackResources::new());
     static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
     let p = embassy_stm32::init(rcc_config());
-    defmt::info!("boot: nucleo-h743zi uid={=str}", embassy_stm32::uid::uid_hex());
+    defmt::info!(
+        "boot: nucleo-h743zi uid={=str}",
+        embassy_stm32::uid::uid_hex()
+    );
 
     let mut rng = rng::Rng::new(p.RNG, Irqs);
     let seed = rng.next_u64();

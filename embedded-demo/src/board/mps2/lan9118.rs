@@ -147,7 +147,10 @@ struct Buffers {
     tx: [u8; BUF_LEN],
 }
 
-static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers { rx: [0; BUF_LEN], tx: [0; BUF_LEN] });
+static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers {
+    rx: [0; BUF_LEN],
+    tx: [0; BUF_LEN],
+});
 
 /// The LAN9118 driver. Create it with [`Lan9118::new`], then unmask its NVIC line.
 pub struct Lan9118 {
@@ -187,10 +190,14 @@ impl Lan9118 {
         }
         let chip_id = regs.read(ID_REV);
 
-        spin_until("PMT_CTRL.READY before reset", || regs.read(PMT_CTRL) & PMT_CTRL_READY != 0)?;
+        spin_until("PMT_CTRL.READY before reset", || {
+            regs.read(PMT_CTRL) & PMT_CTRL_READY != 0
+        })?;
         regs.write(HW_CFG, HW_CFG_SRST);
         spin_until("HW_CFG.SRST", || regs.read(HW_CFG) & HW_CFG_SRST == 0)?;
-        spin_until("PMT_CTRL.READY after reset", || regs.read(PMT_CTRL) & PMT_CTRL_READY != 0)?;
+        spin_until("PMT_CTRL.READY after reset", || {
+            regs.read(PMT_CTRL) & PMT_CTRL_READY != 0
+        })?;
 
         // Interrupts: all masked and cleared, then the pin configured before the NVIC line
         // is unmasked by the caller.
@@ -264,7 +271,9 @@ impl Lan9118 {
     /// Send the keepalive ARP request if it is due, and make sure the runner is woken when
     /// the next one is.
     fn arp_keepalive(&mut self, cx: &mut Context) {
-        let Some((ip, gateway)) = self.arp_keepalive else { return };
+        let Some((ip, gateway)) = self.arp_keepalive else {
+            return;
+        };
         if !self.link_up {
             return;
         }
@@ -309,12 +318,15 @@ impl Lan9118 {
 
     fn mac_wait(&self) -> Result<(), InitError> {
         let regs = self.regs;
-        spin_until("MAC_CSR_CMD busy", || regs.read(MAC_CSR_CMD) & MAC_CSR_BUSY == 0)
+        spin_until("MAC_CSR_CMD busy", || {
+            regs.read(MAC_CSR_CMD) & MAC_CSR_BUSY == 0
+        })
     }
 
     fn mac_read(&self, index: u32) -> Result<u32, InitError> {
         self.mac_wait()?;
-        self.regs.write(MAC_CSR_CMD, MAC_CSR_BUSY | MAC_CSR_READ | index);
+        self.regs
+            .write(MAC_CSR_CMD, MAC_CSR_BUSY | MAC_CSR_READ | index);
         self.mac_wait()?;
         Ok(self.regs.read(MAC_CSR_DATA))
     }
@@ -345,7 +357,10 @@ impl Lan9118 {
     fn phy_write(&self, reg: u32, value: u32) -> Result<(), InitError> {
         self.mii_wait()?;
         self.mac_write(MAC_MII_DATA, value)?;
-        self.mac_write(MAC_MII_ACC, (PHY_ADDR << 11) | (reg << 6) | MII_WRITE | MII_BUSY)?;
+        self.mac_write(
+            MAC_MII_ACC,
+            (PHY_ADDR << 11) | (reg << 6) | MII_WRITE | MII_BUSY,
+        )?;
         self.mii_wait()
     }
 
@@ -399,7 +414,11 @@ impl Lan9118 {
     fn arm(&self, cx: &mut Context) {
         WAKER.register(cx.waker());
         self.regs.write(INT_STS, INT_RSFL);
-        let phy = if PHY_EVENT.load(Ordering::Acquire) { 0 } else { INT_PHY };
+        let phy = if PHY_EVENT.load(Ordering::Acquire) {
+            0
+        } else {
+            INT_PHY
+        };
         self.regs.write(INT_EN, INT_RSFL | phy);
     }
 
@@ -458,7 +477,10 @@ fn push_frame(regs: Mmio, buf: &[u8; BUF_LEN], len: usize, tag: &mut u16) {
     regs.write(TX_DATA_FIFO, TX_CMD_A_FIRST_SEG | TX_CMD_A_LAST_SEG | len32);
     regs.write(TX_DATA_FIFO, (u32::from(*tag) << 16) | len32);
     for chunk in buf[..len.div_ceil(4) * 4].chunks_exact(4) {
-        regs.write(TX_DATA_FIFO, u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
+        regs.write(
+            TX_DATA_FIFO,
+            u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+        );
     }
     // Drain the status FIFO so it never fills (QEMU keeps 512 entries).
     while (regs.read(TX_FIFO_INF) >> 16) & 0xFF != 0 {
@@ -493,8 +515,14 @@ impl embassy_net_driver::Driver for Lan9118 {
         };
         let Buffers { rx, tx } = &mut *self.bufs;
         Some((
-            RxToken { frame: &mut rx[..len] },
-            TxToken { regs: self.regs, buf: tx, tag: &mut self.tx_tag },
+            RxToken {
+                frame: &mut rx[..len],
+            },
+            TxToken {
+                regs: self.regs,
+                buf: tx,
+                tag: &mut self.tx_tag,
+            },
         ))
     }
 
@@ -503,7 +531,11 @@ impl embassy_net_driver::Driver for Lan9118 {
             cx.waker().wake_by_ref();
             return None;
         }
-        Some(TxToken { regs: self.regs, buf: &mut self.bufs.tx, tag: &mut self.tx_tag })
+        Some(TxToken {
+            regs: self.regs,
+            buf: &mut self.bufs.tx,
+            tag: &mut self.tx_tag,
+        })
     }
 
     fn link_state(&mut self, cx: &mut Context) -> LinkState {
@@ -536,7 +568,11 @@ impl embassy_net_driver::Driver for Lan9118 {
         if self.frames_pending() > 0 {
             cx.waker().wake_by_ref();
         }
-        if self.link_up { LinkState::Up } else { LinkState::Down }
+        if self.link_up {
+            LinkState::Up
+        } else {
+            LinkState::Down
+        }
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -59,7 +59,8 @@ async fn net_task(mut runner: Runner<'static, Lan9118>) -> ! {
 
 /// Bring up the board and run `app` inside the executor. Never returns.
 pub fn run(app: fn(Spawner, Stack<'static>)) -> ! {
-    static RESOURCES: ConstStaticCell<StackResources<SOCKETS>> = ConstStaticCell::new(StackResources::new());
+    static RESOURCES: ConstStaticCell<StackResources<SOCKETS>> =
+        ConstStaticCell::new(StackResources::new());
 
     time::init();
     let t_boot = time::cycles();
@@ -68,8 +69,15 @@ pub fn run(app: fn(Spawner, Stack<'static>)) -> ! {
 
     let scc = scc_id();
     let image = (scc >> 4) & 0xFFF;
-    let base = if image == 0x500 { LAN9118_BASE_AN500 } else { LAN9118_BASE_AN385_AN386 };
-    info!("boot: mps2 scc_id={:#010x} (AN{:x}), lan9118 at {:#010x}", scc, image, base);
+    let base = if image == 0x500 {
+        LAN9118_BASE_AN500
+    } else {
+        LAN9118_BASE_AN385_AN386
+    };
+    info!(
+        "boot: mps2 scc_id={:#010x} (AN{:x}), lan9118 at {:#010x}",
+        scc, image, base
+    );
 
     // SAFETY: `base` is the LAN9118 block of this MPS2 image (chosen from the SCC ID above);
     // nothing else accesses it. A wrong guess is caught by the BYTE_TEST probe.
@@ -95,7 +103,12 @@ pub fn run(app: fn(Spawner, Stack<'static>)) -> ! {
     // SAFETY: LAN9118 FREE_RUN (offset 0x9C) is a read-only counter of the verified controller.
     let free_run = unsafe { mmio::Mmio::new(base) }.read(0x9C);
     let mac_word = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
-    let mut rng = InsecureTestRng::from_seed_material(&[t_boot, u64::from(free_run), mac_word, time::cycles()]);
+    let mut rng = InsecureTestRng::from_seed_material(&[
+        t_boot,
+        u64::from(free_run),
+        mac_word,
+        time::cycles(),
+    ]);
     let seed = rng.next_u64();
     crate::rng::install(rng);
     warn!("rng: InsecureTestRng (timer-seeded, NOT secure; feature insecure-test-rng)");

@@ -27,7 +27,10 @@ const CTRL_IRQ_EN: u32 = 1 << 3;
 /// Timer input clock (PCLK).
 pub const PCLK_HZ: u64 = 25_000_000;
 const CYCLES_PER_TICK: u64 = PCLK_HZ / embassy_time_driver::TICK_HZ;
-const _: () = assert!(PCLK_HZ.is_multiple_of(embassy_time_driver::TICK_HZ), "tick must divide PCLK");
+const _: () = assert!(
+    PCLK_HZ.is_multiple_of(embassy_time_driver::TICK_HZ),
+    "tick must divide PCLK"
+);
 
 fn timer0() -> Mmio {
     // SAFETY: CMSDK APB TIMER0 register block on MPS2; only its 4 registers are used.
@@ -61,7 +64,11 @@ impl CmsdkTimeDriver {
         // If the wrap was pending when INTSTATUS was read, it happened before that read, so
         // `v2` (read after it) belongs to the next period. Otherwise `v1` (read before it)
         // belongs to the current one.
-        let (high, value) = if wrap_pending { (high + 1, v2) } else { (high, v1) };
+        let (high, value) = if wrap_pending {
+            (high + 1, v2)
+        } else {
+            (high, v1)
+        };
         (high << 32) | u64::from(u32::MAX - value)
     }
 

@@ -100,8 +100,12 @@ impl Write for Ring {
     }
 }
 
-static RING: Mutex<RefCell<Ring>> =
-    Mutex::new(RefCell::new(Ring { buf: [0; LOG_RING], head: 0, len: 0, dropped: 0 }));
+static RING: Mutex<RefCell<Ring>> = Mutex::new(RefCell::new(Ring {
+    buf: [0; LOG_RING],
+    head: 0,
+    len: 0,
+    dropped: 0,
+}));
 
 /// Whether log output is waiting.
 pub fn pending() -> bool {
@@ -118,7 +122,11 @@ pub fn drain() -> bool {
     let (n, dropped) = critical_section::with(|cs| {
         let mut r = RING.borrow_ref_mut(cs);
         let n = r.pop(&mut chunk);
-        let dropped = if r.len == 0 { core::mem::take(&mut r.dropped) } else { 0 };
+        let dropped = if r.len == 0 {
+            core::mem::take(&mut r.dropped)
+        } else {
+            0
+        };
         (n, dropped)
     });
     let mut uart = RawUart;
