@@ -41,6 +41,9 @@ enum Top {
     /// TLS credentials in the QEMU directory layout.
     #[command(subcommand)]
     Creds(CredsCommand),
+    /// VNC server and capture client.
+    #[command(subcommand)]
+    Vnc(std_shim::vnc_cli::VncCommand),
 }
 
 #[derive(Subcommand)]
@@ -582,7 +585,8 @@ fn endpoint_name(e: EndpointArg) -> &'static str {
 
 fn main() {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Top::Nbd(NbdCommand::Serve(_)));
+    let serving = matches!(cli.command, Top::Nbd(NbdCommand::Serve(_)))
+        || matches!(&cli.command, Top::Vnc(v) if v.is_serve());
     let level = match (cli.verbose, serving) {
         (0, true) => "info",
         (0, false) => "warn",
@@ -622,6 +626,7 @@ fn main() {
             copy(&Place::parse(&src)?, &Place::parse(&dst)?, &opts).map(|_| ())
         })(),
         Top::Creds(c) => creds(c),
+        Top::Vnc(v) => std_shim::vnc_cli::run(v),
     };
     if let Err(e) = r {
         eprintln!("kvmio: {e:#}");

@@ -1,0 +1,357 @@
+//! `kvmio vnc serve` and `kvmio vnc capture`: the command-line arguments and what they run.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use rfb_core::wire::Encoding;
+
+use crate::pump::{Pump, TlsStarter, run_blocking};
+use crate::serve::{Control, Endpoint, serve_threads};
+use crate::vnc_client::{CaptureOptions, capture};
+use crate::vnc_desktop::{Desktop, Image};
+use crate::vnc_security::{PlainUsers, SecName, VncAddr, parse_security_list, read_password_file};
+use crate::vnc_server::{VncServerConfig, VncServerSession, VncShared, describe};
+
+/// `kvmio vnc …`.
+#[derive(Subcommand)]
+pub enum VncCommand {
+    /// Serve a desktop over VNC: an animated test pattern, or a still image (--image).
+    Serve(VncServeArgs),
+    /// Connect to a VNC server and save its screen as a PNG file (like gvnccapture).
+    Capture(VncCaptureArgs),
+}
+
+impl VncCommand {
+    /// Whether this runs a server (which logs at info level by default).
+    pub fn is_serve(&self) -> bool {
+        matches!(self, VncCommand::Serve(_))
+    }
+}
+
+/// yes | no.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum YesNo {
+    /// Yes.
+    Yes,
+    /// No.
+    No,
+}
+
+/// The I/O driver.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runtime {
+    /// A thread per connection (blocking driver).
+    Threads,
+    /// A tokio task per connection.
+    Tokio,
+}
+
+/// `kvmio vnc serve`.
+#[derive(Args)]
+pub struct VncServeArgs {
+    /// Address to listen on (repeatable; default 127.0.0.1:5900; the port defaults to 5900).
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Security types offered, most preferred first, with TigerVNC's names: None, VncAuth,
+    /// Plain, X509None, X509Vnc, X509Plain (e.g. X509Vnc,X509Plain,VncAuth). When any
+    /// VeNCrypt type is listed, None and VncAuth are also offered inside VeNCrypt, as TigerVNC
+    /// does. Default: the X509 types the credentials allow when --tls-creds is given, else
+    /// VncAuth with a password file, else None.
+    #[arg(long, value_name = "LIST")]
+    pub security: Option<String>,
+    /// VNC password: a TigerVNC `vncpasswd -f` file (8 obfuscated bytes) or a text file whose
+    /// first line is the password (only 8 bytes count).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Users for Plain and X509Plain: `user:password` lines.
+    #[arg(long, value_name = "FILE")]
+    pub plain_users: Option<PathBuf>,
+    /// TLS credentials directory in the QEMU layout (ca-cert.pem, server-cert.pem,
+    /// server-key.pem, optional ca-crl.pem) for the X509 types.
+    #[arg(long, value_name = "DIR")]
+    pub tls_creds: Option<PathBuf>,
+    /// Require and verify client certificates (default yes, as QEMU).
+    #[arg(long, value_enum, default_value_t = YesNo::Yes)]
+    pub tls_verify_peer: YesNo,
+    /// Allow only clients whose certificate DN matches (exact, or a glob with * and ?;
+    /// repeatable).
+    #[arg(long, value_name = "DN")]
+    pub tls_authz: Vec<String>,
+    /// Show this PNG image (any colour type; alpha is ignored) instead of the test pattern.
+    #[arg(long, value_name = "FILE", conflicts_with = "size")]
+    pub image: Option<PathBuf>,
+    /// Size of the test pattern.
+    #[arg(long, value_name = "WxH", default_value = "1024x768")]
+    pub size: String,
+    /// Desktop name.
+    #[arg(long, default_value = "kvmio")]
+    pub name: String,
+    /// Serve connections on threads or tokio tasks.
+    #[arg(long, value_enum, default_value_t = Runtime::Threads)]
+    pub runtime: Runtime,
+}
+
+/// `kvmio vnc capture`.
+#[derive(Args)]
+pub struct VncCaptureArgs {
+    /// The server: vnc://HOST[:PORT] (port 5900 by default).
+    pub addr: String,
+    /// The PNG file to write.
+    pub out: PathBuf,
+    /// Acceptable security types, most preferred first (TigerVNC names). Default: X509Vnc,
+    /// X509Plain, X509None (with --tls-creds), VncAuth, None.
+    #[arg(long, value_name = "LIST")]
+    pub security: Option<String>,
+    /// The password (VNC or Plain): a `vncpasswd -f` file or a text file's first line.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Username for Plain and X509Plain.
+    #[arg(long, value_name = "U")]
+    pub username: Option<String>,
+    /// TLS credentials directory: ca-cert.pem (the server's CA), optional ca-crl.pem, and
+    /// client-cert.pem + client-key.pem for servers that want a client certificate.
+    #[arg(long, value_name = "DIR")]
+    pub tls_creds: Option<PathBuf>,
+    /// Pixel encodings to ask for, most preferred first: zrle, hextile, rre, raw.
+    #[arg(long, value_name = "LIST", default_value = "zrle,hextile,rre,raw")]
+    pub encodings: String,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Runs a `kvmio vnc` command.
+pub fn run(cmd: VncCommand) -> Result<()> {
+    match cmd {
+        VncCommand::Serve(a) => serve(a),
+        VncCommand::Capture(a) => capture_cmd(a),
+    }
+}
+
+/// Parses `WxH`.
+pub fn parse_size(s: &str) -> Result<(u16, u16)> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("expected WxH, got {s:?}"))?;
+    let w: u16 = w
+        .trim()
+        .parse()
+        .with_context(|| format!("bad width in {s:?}"))?;
+    let h: u16 = h
+        .trim()
+        .parse()
+        .with_context(|| format!("bad height in {s:?}"))?;
+    if w == 0 || h == 0 || w > 8192 || h > 8192 {
+        bail!("size {s:?}: width and height must be 1 to 8192");
+    }
+    Ok((w, h))
+}
+
+/// Parses an encoding list.
+pub fn parse_encodings(s: &str) -> Result<Vec<Encoding>> {
+    let mut v = Vec::new();
+    for e in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        v.push(match e.to_ascii_lowercase().as_str() {
+            "zrle" => Encoding::Zrle,
+            "hextile" => Encoding::Hextile,
+            "rre" => Encoding::Rre,
+            "raw" => Encoding::Raw,
+            _ => bail!("unknown encoding {e:?} (zrle, hextile, rre, raw)"),
+        });
+    }
+    if v.is_empty() {
+        bail!("no encodings");
+    }
+    Ok(v)
+}
+
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let has_port = addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.ends_with(':') && !h.is_empty() && p.parse::<u16>().is_ok());
+    let with_port = if has_port {
+        addr.to_string()
+    } else if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]:5900")
+    } else {
+        format!("{addr}:5900")
+    };
+    Ok(with_port
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {addr}"))?
+        .collect())
+}
+
+fn serve(a: VncServeArgs) -> Result<()> {
+    let password = match &a.password_file {
+        Some(p) => {
+            let pw = read_password_file(p)?;
+            if pw.len() > 8 {
+                log::warn!("VNC authentication uses only the first 8 bytes of the password");
+            }
+            Some(pw)
+        }
+        None => None,
+    };
+    let plain_users = a.plain_users.as_deref().map(PlainUsers::load).transpose()?;
+    let tls = a.tls_creds.is_some();
+    let security = match &a.security {
+        Some(s) => parse_security_list(s)?,
+        None => {
+            let mut l = Vec::new();
+            if tls {
+                if password.is_some() {
+                    l.push(SecName::X509Vnc);
+                }
+                if plain_users.is_some() {
+                    l.push(SecName::X509Plain);
+                }
+                if l.is_empty() {
+                    l.push(SecName::X509None);
+                }
+            } else if password.is_some() {
+                l.push(SecName::VncAuth);
+            } else if plain_users.is_some() {
+                bail!("Plain sends passwords in the clear: give --tls-creds, or --security Plain");
+            } else {
+                l.push(SecName::None);
+            }
+            l
+        }
+    };
+    let needs_tls = security.iter().any(|n| n.is_x509());
+    if !needs_tls && (tls || !a.tls_authz.is_empty()) {
+        bail!("--tls-creds and --tls-authz need an X509 security type in --security");
+    }
+    if security.contains(&SecName::None) {
+        log::warn!("security type None: anyone who can connect sees the desktop");
+    }
+    if security.contains(&SecName::Plain) {
+        log::warn!("security type Plain sends user names and passwords in the clear");
+    }
+    let desktop = match &a.image {
+        Some(p) => Desktop::Still(Arc::new(Image::load_png(p)?)),
+        None => {
+            let (width, height) = parse_size(&a.size)?;
+            Desktop::Pattern { width, height }
+        }
+    };
+    let config = VncServerConfig {
+        security,
+        password,
+        plain_users,
+        desktop,
+        name: a.name.clone(),
+        fps: 15,
+        handshake_timeout: Duration::from_secs(30),
+        throttle_threshold: 5,
+    };
+    config.validate(needs_tls)?;
+    let tls_config = if needs_tls {
+        let dir = crate::tls::creds_dir(a.tls_creds.as_deref())?;
+        Some(crate::tls::server_config(
+            &dir,
+            a.tls_verify_peer == YesNo::Yes,
+            &a.tls_authz,
+            true,
+        )?)
+    } else {
+        None
+    };
+    let mut endpoints = Vec::new();
+    for l in &a.listen {
+        endpoints.extend(resolve(l)?.into_iter().map(Endpoint::Tcp));
+    }
+    if endpoints.is_empty() {
+        endpoints.push(Endpoint::Tcp("127.0.0.1:5900".parse()?));
+    }
+    let what = describe(&config);
+    let shared = VncShared::new(config);
+    let starter =
+        move || -> Option<TlsStarter> { tls_config.clone().map(crate::tls::server_starter) };
+    let announce = move |bound: &[String]| {
+        for b in bound {
+            eprintln!("kvmio: vnc serving {what} on {b}");
+        }
+    };
+    const MAX_CONNECTIONS: usize = 64;
+    if a.runtime == Runtime::Tokio {
+        #[cfg(feature = "tokio")]
+        {
+            let starter = Arc::new(starter);
+            return crate::serve::serve_tokio(
+                &endpoints,
+                MAX_CONNECTIONS,
+                Arc::new(Control::default()),
+                announce,
+                move |mut stream, peer| {
+                    let starter = starter.clone();
+                    let shared = shared.clone();
+                    async move {
+                        let session = VncServerSession::new(shared, peer)?;
+                        let cap = session.input_buffer_len();
+                        let mut pump = Pump::new(session, cap, starter());
+                        crate::pump::run_tokio(&mut pump, &mut stream).await
+                    }
+                },
+            );
+        }
+        #[cfg(not(feature = "tokio"))]
+        bail!("this kvmio was built without the tokio driver");
+    }
+    serve_threads(
+        &endpoints,
+        MAX_CONNECTIONS,
+        Arc::new(Control::default()),
+        announce,
+        move |mut stream, peer| {
+            let session = VncServerSession::new(shared.clone(), peer)?;
+            let cap = session.input_buffer_len();
+            let mut pump = Pump::new(session, cap, starter());
+            run_blocking(&mut pump, &mut stream)
+        },
+    )
+}
+
+fn capture_cmd(a: VncCaptureArgs) -> Result<()> {
+    let addr = VncAddr::parse(&a.addr)?;
+    let mut opts = CaptureOptions::new(a.tls_creds.clone());
+    if let Some(s) = &a.security {
+        opts.security = parse_security_list(s)?;
+    }
+    opts.password = a
+        .password_file
+        .as_deref()
+        .map(read_password_file)
+        .transpose()?;
+    opts.username = a.username.clone();
+    opts.encodings = parse_encodings(&a.encodings)?;
+    opts.timeout = Duration::from_secs(a.timeout.max(1));
+    let c = capture(&addr, opts)?;
+    c.image
+        .save_png(&a.out)
+        .with_context(|| format!("write {}", a.out.display()))?;
+    println!(
+        "Connected to {addr} ({}{}), desktop {:?}",
+        c.security,
+        c.tls
+            .as_deref()
+            .map(|t| format!(", TLS {t}"))
+            .unwrap_or_default(),
+        c.name
+    );
+    println!(
+        "Saved {}x{} display to {}",
+        c.image.width,
+        c.image.height,
+        a.out.display()
+    );
+    Ok(())
+}

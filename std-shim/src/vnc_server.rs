@@ -1,0 +1,608 @@
+//! The VNC server session: glues `rfb_core::server::Server` to the pump, with VNC passwords,
+//! Plain users, failed-login throttling shared by all connections, fresh OS-random challenges,
+//! and a framebuffer the session owns (a still image or the animated test pattern), sent as
+//! the client's FramebufferUpdateRequests and a frame timer allow.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use rfb_core::server::{AuthMethod, Damage, Event, Payload, Server, ServerConfig, UpdateSource};
+use rfb_core::wire::{Encoding, Rect};
+use rfb_core::{AuthThrottle, Framebuffer};
+
+use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
+use crate::vnc_desktop::{Desktop, Image, NATIVE, Pattern, clip};
+use crate::vnc_security::{
+    PlainUsers, SecName, ZlibRsCompressor, format_security_list, server_offer,
+};
+
+/// Peers remembered by the failed-login throttle.
+pub const THROTTLE_PEERS: usize = 256;
+
+/// Settings shared by every connection of one server.
+pub struct VncServerConfig {
+    /// Security types offered (TigerVNC names, in order of preference).
+    pub security: Vec<SecName>,
+    /// The VNC password (at most 8 bytes count).
+    pub password: Option<Vec<u8>>,
+    /// Plain users.
+    pub plain_users: Option<PlainUsers>,
+    /// What is shown.
+    pub desktop: Desktop,
+    /// Desktop name sent in ServerInit.
+    pub name: String,
+    /// Frames per second of the test pattern (updates are never sent faster).
+    pub fps: u32,
+    /// Time a client has to finish the handshake.
+    pub handshake_timeout: Duration,
+    /// Failures in a row after which a peer address is blocked (10 s, doubling up to 10 min).
+    pub throttle_threshold: u16,
+}
+
+impl VncServerConfig {
+    /// Checks that every offered type has what it needs.
+    pub fn validate(&self, tls: bool) -> Result<()> {
+        for n in &self.security {
+            if n.is_x509() && !tls {
+                bail!("security type {n} needs TLS credentials (--tls-creds DIR)");
+            }
+            if n.needs_password() && self.password.is_none() {
+                bail!("security type {n} needs a VNC password (--password-file FILE)");
+            }
+            if n.needs_user() && self.plain_users.is_none() {
+                bail!("security type {n} needs users (--plain-users FILE)");
+            }
+        }
+        let (w, h) = self.desktop.size();
+        if w == 0 || h == 0 {
+            bail!("the framebuffer must not be empty");
+        }
+        if self.name.len() > 200 {
+            bail!("the desktop name is longer than 200 bytes");
+        }
+        self.core_config().validate().map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    fn core_config(&self) -> ServerConfig {
+        let (types, subtypes) = server_offer(&self.security);
+        let mut c = ServerConfig::with_security(&types, &subtypes);
+        c.handshake_timeout = Some(self.handshake_timeout);
+        c
+    }
+}
+
+/// What all connections of a server share: the configuration and the throttle table.
+pub struct VncShared {
+    config: VncServerConfig,
+    throttle: Mutex<AuthThrottle<THROTTLE_PEERS>>,
+    epoch: Instant,
+}
+
+impl VncShared {
+    /// Shared state for `config` (validate it first).
+    pub fn new(config: VncServerConfig) -> Arc<Self> {
+        let throttle = AuthThrottle::new(config.throttle_threshold);
+        Arc::new(Self {
+            config,
+            throttle: Mutex::new(throttle),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VncServerConfig {
+        &self.config
+    }
+
+    fn core_now(&self, t: Instant) -> rfb_core::Instant {
+        rfb_core::Instant::from_micros(t.saturating_duration_since(self.epoch).as_micros() as u64)
+    }
+
+    fn std_time(&self, t: rfb_core::Instant) -> Instant {
+        self.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    /// How long `peer` is still blocked for failed logins.
+    pub fn blocked(&self, peer: u64) -> Option<Duration> {
+        let now = self.core_now(Instant::now());
+        let t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        t.check(peer, now)
+            .err()
+            .map(|d| Duration::from_micros(d.as_micros() as u64))
+    }
+
+    fn record(&self, peer: u64, ok: bool) {
+        let now = self.core_now(Instant::now());
+        let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            t.record_success(peer);
+        } else {
+            t.record_failure(peer, now);
+        }
+    }
+}
+
+/// The throttle key of a peer (`ip:port` as the listeners report it): its IP address.
+pub fn peer_key(peer: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match peer.parse::<SocketAddr>() {
+        Ok(a) => a.ip().hash(&mut h),
+        Err(_) => peer.hash(&mut h),
+    }
+    h.finish()
+}
+
+/// 16 fresh bytes from the operating system's random source.
+pub fn random_challenge() -> Result<[u8; 16]> {
+    let mut c = [0u8; 16];
+    getrandom::fill(&mut c).map_err(|e| anyhow!("OS random source: {e}"))?;
+    Ok(c)
+}
+
+enum Fb {
+    Still(Arc<Image>),
+    Pattern(Box<Pattern>),
+}
+
+impl Fb {
+    fn image(&self) -> &Image {
+        match self {
+            Fb::Still(i) => i,
+            Fb::Pattern(p) => &p.image,
+        }
+    }
+}
+
+/// One VNC server connection.
+pub struct VncServerSession {
+    server: Server,
+    shared: Arc<VncShared>,
+    peer: String,
+    key: u64,
+    fb: Fb,
+    /// Union of the areas asked for by non-incremental requests since the last update.
+    full: Option<Rect>,
+    /// Union of the areas asked for by incremental requests.
+    wanted: Option<Rect>,
+    /// The ExtendedDesktopSize answer to a SetDesktopSize must go out even without damage.
+    forced: bool,
+    next_frame: Instant,
+    frame_period: Duration,
+    buttons: u8,
+    authenticated: bool,
+    updates: u64,
+}
+
+fn union(a: Option<Rect>, b: Rect) -> Rect {
+    let Some(a) = a else { return b };
+    let x0 = a.x.min(b.x);
+    let y0 = a.y.min(b.y);
+    let x1 = (u32::from(a.x) + u32::from(a.width)).max(u32::from(b.x) + u32::from(b.width));
+    let y1 = (u32::from(a.y) + u32::from(a.height)).max(u32::from(b.y) + u32::from(b.height));
+    Rect::new(
+        x0,
+        y0,
+        (x1 - u32::from(x0)) as u16,
+        (y1 - u32::from(y0)) as u16,
+    )
+}
+
+/// A keysym for the log: the character for printable Latin-1, else the number.
+fn keysym_name(k: u32) -> String {
+    match k {
+        0x20..=0x7e | 0xa0..=0xff => format!("{:?} (0x{k:04x})", char::from(k as u8)),
+        0xff08 => "BackSpace".into(),
+        0xff09 => "Tab".into(),
+        0xff0d => "Return".into(),
+        0xff1b => "Escape".into(),
+        0xff51..=0xff54 => ["Left", "Up", "Right", "Down"][(k - 0xff51) as usize].into(),
+        0xffe1 | 0xffe2 => "Shift".into(),
+        0xffe3 | 0xffe4 => "Control".into(),
+        0xffe9 | 0xffea => "Alt".into(),
+        0xffff => "Delete".into(),
+        0xffbe..=0xffc9 => format!("F{}", k - 0xffbe + 1),
+        _ => format!("0x{k:04x}"),
+    }
+}
+
+impl VncServerSession {
+    /// A session for a connection from `peer` (`ip:port`). Fails (the connection is then
+    /// closed at once) while the peer is blocked for failed logins.
+    pub fn new(shared: Arc<VncShared>, peer: String) -> Result<Self> {
+        let key = peer_key(&peer);
+        if let Some(d) = shared.blocked(key) {
+            bail!(
+                "refused: too many failed logins from this address, blocked for {} s more",
+                d.as_secs() + 1
+            );
+        }
+        let now = Instant::now();
+        let mut server = Server::new(
+            shared.config.core_config(),
+            shared.core_now(now),
+            random_challenge()?,
+        );
+        server
+            .set_zrle_compressor(ZlibRsCompressor::boxed)
+            .map_err(|e| anyhow!("{e}"))?;
+        let fb = match &shared.config.desktop {
+            Desktop::Still(i) => Fb::Still(i.clone()),
+            Desktop::Pattern { width, height } => {
+                Fb::Pattern(Box::new(Pattern::new(*width, *height)))
+            }
+        };
+        let fps = shared.config.fps.clamp(1, 120);
+        Ok(Self {
+            server,
+            shared,
+            peer,
+            key,
+            fb,
+            full: None,
+            wanted: None,
+            forced: false,
+            next_frame: now,
+            frame_period: Duration::from_secs(1) / fps,
+            buttons: 0,
+            authenticated: false,
+            updates: 0,
+        })
+    }
+
+    /// The input buffer the session needs.
+    pub fn input_buffer_len(&self) -> usize {
+        self.server.min_input_buffer()
+    }
+
+    /// FramebufferUpdates sent so far.
+    pub fn updates_sent(&self) -> u64 {
+        self.updates
+    }
+
+    fn transmit(&mut self, out: &mut OutBuf) -> Result<()> {
+        loop {
+            let buf = out.tail(1024);
+            match self.server.poll_transmit(buf) {
+                Ok(Some(t)) => {
+                    out.commit(t.len);
+                    if t.then.is_some() {
+                        bail!("the server asked for application data it never gets");
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => bail!("rfb: transmit buffer: {e}"),
+            }
+        }
+    }
+
+    fn auth_decision(&mut self, ok: bool, what: &str) -> Result<()> {
+        if ok {
+            self.shared.record(self.key, true);
+            self.server.accept_auth().map_err(|e| anyhow!("{e}"))
+        } else {
+            self.shared.record(self.key, false);
+            log::warn!("{}: {what} authentication failed", self.peer);
+            self.server
+                .reject_auth("Authentication failed")
+                .map_err(|e| anyhow!("{e}"))
+        }
+    }
+
+    /// Whether authentication may even be tried (the peer may have been blocked since it
+    /// connected, by failures on other connections).
+    fn may_try(&self) -> bool {
+        match self.shared.blocked(self.key) {
+            Some(d) => {
+                log::warn!(
+                    "{}: blocked for {} s after failed logins; refusing without checking",
+                    self.peer,
+                    d.as_secs() + 1
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn drain(&mut self, out: &mut OutBuf) -> Result<Option<Control>> {
+        let mut control = None;
+        loop {
+            self.transmit(out)?;
+            let Some(e) = self.server.poll_event() else {
+                break;
+            };
+            match e {
+                Event::StartTls => {
+                    log::debug!("{}: VeNCrypt sub-type agreed, starting TLS", self.peer);
+                    self.transmit(out)?;
+                    return Ok(Some(Control::StartTls));
+                }
+                Event::VncAuth {
+                    challenge,
+                    response,
+                } => {
+                    let ok = self.may_try()
+                        && self.shared.config.password.as_deref().is_some_and(|pw| {
+                            rfb_core::verify_vnc_response(pw, &challenge, &response)
+                        });
+                    self.auth_decision(ok, "VNC password")?;
+                }
+                Event::PlainAuth => {}
+                Event::Authenticated(AuthMethod {
+                    security_type,
+                    subtype,
+                }) => {
+                    self.authenticated = true;
+                    let how = match subtype {
+                        Some(s) => format!("VeNCrypt {}", SecName::describe_subtype(u32::from(s))),
+                        None => SecName::describe_type(u8::from(security_type)),
+                    };
+                    log::info!("{}: authenticated ({how})", self.peer);
+                }
+                Event::AuthFailed { .. } => {}
+                Event::ClientInit { shared } => {
+                    let img = self.fb.image();
+                    let (w, h) = (img.width, img.height);
+                    log::debug!("{}: ClientInit (shared {shared})", self.peer);
+                    let name = self.shared.config.name.clone();
+                    self.server
+                        .server_init(w, h, NATIVE, name.as_bytes())
+                        .map_err(|e| anyhow!("{e}"))?;
+                }
+                Event::PixelFormat(f) => log::debug!("{}: pixel format {f:?}", self.peer),
+                Event::EncodingsChanged => log::debug!(
+                    "{}: encodings changed, sending {:?}",
+                    self.peer,
+                    self.server.client_encoding()
+                ),
+                Event::UpdateRequested { incremental, rect } => {
+                    if incremental {
+                        self.wanted = Some(union(self.wanted, rect));
+                    } else {
+                        self.full = Some(union(self.full, rect));
+                    }
+                }
+                Event::Key { down, keysym } => log::info!(
+                    "{}: key {} {}",
+                    self.peer,
+                    keysym_name(keysym),
+                    if down { "down" } else { "up" }
+                ),
+                Event::QemuKey {
+                    down,
+                    keysym,
+                    keycode,
+                } => log::info!(
+                    "{}: key {} (scancode 0x{keycode:x}) {}",
+                    self.peer,
+                    keysym_name(keysym),
+                    if down { "down" } else { "up" }
+                ),
+                Event::Pointer { buttons, x, y } => {
+                    if buttons != self.buttons {
+                        log::info!("{}: pointer buttons {buttons:#010b} at {x},{y}", self.peer);
+                        self.buttons = buttons;
+                    } else {
+                        log::debug!("{}: pointer at {x},{y}", self.peer);
+                    }
+                }
+                Event::CutText(len) => {
+                    log::info!("{}: clipboard text of {} bytes", self.peer, len.len())
+                }
+                Event::ContinuousUpdates { enabled, rect } => {
+                    log::debug!("{}: continuous updates {enabled} for {rect:?}", self.peer);
+                    if enabled {
+                        self.wanted = Some(union(self.wanted, rect));
+                    }
+                }
+                Event::SetDesktopSize { width, height, .. } => {
+                    log::info!(
+                        "{}: client asks for {width}x{height}: not allowed",
+                        self.peer
+                    );
+                    if self.server.client_supports(Encoding::ExtendedDesktopSize) {
+                        self.server
+                            .reply_desktop_size(1)
+                            .map_err(|e| anyhow!("{e}"))?;
+                        self.forced = true;
+                    }
+                }
+                Event::Screen(_) => {}
+                Event::TimedOut => {
+                    log::warn!("{}: handshake timed out", self.peer);
+                    control = Some(Control::Close);
+                }
+                Event::Closed => control = control.or(Some(Control::Close)),
+                _ => {}
+            }
+        }
+        Ok(control)
+    }
+
+    /// Sends an update if one is wanted and due.
+    fn update(&mut self, out: &mut OutBuf) -> Result<()> {
+        if !self.server.wants_update() || !self.authenticated {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (w, h) = {
+            let i = self.fb.image();
+            (i.width, i.height)
+        };
+        let whole = Rect::new(0, 0, w, h);
+        let mut damage = Vec::new();
+        if let Some(full) = self.full {
+            if let Fb::Pattern(p) = &mut self.fb {
+                p.advance();
+            }
+            damage.push(Damage::Changed(full.clip_to(w, h)));
+        } else if let Fb::Pattern(p) = &mut self.fb {
+            if now < self.next_frame {
+                return Ok(());
+            }
+            let area = self.wanted.unwrap_or(whole);
+            for d in p.advance() {
+                if let Damage::Changed(r) = d {
+                    let r = clip(r, area);
+                    if !r.is_empty() {
+                        damage.push(Damage::Changed(r));
+                    }
+                }
+            }
+        }
+        if damage.is_empty() && !self.forced {
+            return Ok(());
+        }
+        let img = self.fb.image();
+        let fb = Framebuffer::new(&img.data, img.width, img.height, img.stride(), NATIVE)
+            .map_err(|e| anyhow!("{e}"))?;
+        let src = UpdateSource::new(fb, &damage);
+        loop {
+            let buf = out.tail(256 * 1024);
+            let st = self
+                .server
+                .encode_update(&src, buf)
+                .map_err(|e| anyhow!("rfb: encode: {e}"))?;
+            out.commit(st.written);
+            if st.done {
+                break;
+            }
+        }
+        self.updates += 1;
+        self.full = None;
+        self.wanted = None;
+        self.forced = false;
+        self.next_frame = now + self.frame_period;
+        Ok(())
+    }
+}
+
+impl Session for VncServerSession {
+    fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed> {
+        let mut consumed = 0;
+        loop {
+            if let Some(control) = self.drain(out)? {
+                return Ok(Processed { consumed, control });
+            }
+            let r = self.server.handle_input(&input[consumed..]);
+            let p = match r {
+                Ok(p) => p,
+                Err(e) if e.is_fatal() => {
+                    log::warn!("{}: {e}", self.peer);
+                    // A failure the protocol can report (RFB 3.8 reasons) goes out first.
+                    self.transmit(out)?;
+                    while self.server.poll_event().is_some() {}
+                    self.transmit(out)?;
+                    return Ok(Processed {
+                        consumed,
+                        control: Control::Close,
+                    });
+                }
+                Err(e) => bail!("rfb: {e}"),
+            };
+            consumed += p.consumed;
+            match p.payload {
+                Some(Payload::PlainCredentials { username, password }) => {
+                    let ok = self.may_try()
+                        && self
+                            .shared
+                            .config
+                            .plain_users
+                            .as_ref()
+                            .is_some_and(|u| u.check(username, password));
+                    let user = String::from_utf8_lossy(username).into_owned();
+                    if ok {
+                        log::info!("{}: user {user:?}", self.peer);
+                    }
+                    self.auth_decision(ok, &format!("Plain (user {user:?})"))?;
+                }
+                Some(Payload::CutText { .. }) | Some(Payload::FenceResponse { .. }) => {}
+                None if p.consumed == 0 => break,
+                None => {}
+            }
+        }
+        if let Some(control) = self.drain(out)? {
+            return Ok(Processed { consumed, control });
+        }
+        self.update(out)?;
+        Ok(Processed {
+            consumed,
+            control: Control::Continue,
+        })
+    }
+
+    fn tls_established(&mut self, peer: &PeerInfo) -> Result<()> {
+        log::info!(
+            "{}: TLS {}{}",
+            self.peer,
+            peer.cipher,
+            peer.subject
+                .as_deref()
+                .map(|s| format!(", client {s}"))
+                .unwrap_or_default()
+        );
+        self.server.tls_established().map_err(|e| anyhow!("{e}"))
+    }
+
+    fn eof(&mut self) -> Result<()> {
+        match self.server.handle_eof() {
+            Ok(()) => {
+                log::info!("{}: disconnected after {} updates", self.peer, self.updates);
+                Ok(())
+            }
+            Err(e) => Err(anyhow!("rfb: {e}")),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let core = self.server.poll_timeout().map(|t| self.shared.std_time(t));
+        let frame = (self.authenticated
+            && self.server.wants_update()
+            && self.full.is_none()
+            && matches!(self.fb, Fb::Pattern(_)))
+        .then_some(self.next_frame);
+        match (core, frame) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        self.server.handle_timeout(self.shared.core_now(now));
+    }
+}
+
+/// A one-line description of what a server offers, for its start-up message.
+pub fn describe(config: &VncServerConfig) -> String {
+    let (w, h) = config.desktop.size();
+    let what = match &config.desktop {
+        Desktop::Still(_) => "image",
+        Desktop::Pattern { .. } => "test pattern",
+    };
+    let (types, subtypes) = server_offer(&config.security);
+    let rfb: Vec<String> = types
+        .iter()
+        .map(|t| SecName::describe_type(u8::from(*t)))
+        .collect();
+    let sub: Vec<String> = subtypes
+        .iter()
+        .map(|s| SecName::describe_subtype(u32::from(*s)))
+        .collect();
+    let mut s = format!(
+        "{what} {w}x{h} \"{}\", security {}",
+        config.name,
+        format_security_list(&config.security)
+    );
+    if !sub.is_empty() {
+        s.push_str(&format!(
+            " (RFB types {}; VeNCrypt {})",
+            rfb.join(","),
+            sub.join(",")
+        ));
+    }
+    s
+}
