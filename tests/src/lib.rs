@@ -24,6 +24,7 @@
 
 pub mod raw;
 pub mod tlsio;
+pub mod vnc;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -222,11 +223,17 @@ impl Proc {
     /// process exits first or the deadline passes. Returns the log up to the end of the last
     /// complete line.
     pub fn wait_log(&mut self, needle: &str, deadline: Duration) -> String {
+        self.wait_log_count(needle, 1, deadline)
+    }
+
+    /// Waits until `count` complete lines of the stderr log contain `needle` (see
+    /// [`wait_log`](Self::wait_log)).
+    pub fn wait_log_count(&mut self, needle: &str, count: usize, deadline: Duration) -> String {
         let end = Instant::now() + deadline;
         let complete = |log: String| -> Option<String> {
             let cut = log.rfind('\n')? + 1;
             let log = &log[..cut];
-            log.contains(needle).then(|| log.to_string())
+            (log.lines().filter(|l| l.contains(needle)).count() >= count).then(|| log.to_string())
         };
         loop {
             let log = self.log();
@@ -240,13 +247,13 @@ impl Proc {
                     return l;
                 }
                 panic!(
-                    "{} exited ({st}) before logging {needle:?}\n--- stderr ---\n{log}",
+                    "{} exited ({st}) before logging {needle:?} {count} time(s)\n--- stderr ---\n{log}",
                     self.name
                 );
             }
             assert!(
                 Instant::now() < end,
-                "{} did not log {needle:?} within {deadline:?}\n--- stderr ---\n{log}",
+                "{} did not log {needle:?} {count} time(s) within {deadline:?}\n--- stderr ---\n{log}",
                 self.name
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -481,6 +488,7 @@ pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = l.local_addr().expect("local_addr").port();
+        drop(l);
         if given.lock().unwrap().insert(port) && !is_listening(port) {
             return port;
         }

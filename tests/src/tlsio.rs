@@ -72,10 +72,7 @@ impl TlsStream {
         if buf.is_empty() {
             return Err(io::Error::other("TLS receive buffer full"));
         }
-        let n = match self.sock.read(buf) {
-            Ok(n) => n,
-            Err(e) => return Err(e),
-        };
+        let n = self.sock.read(buf)?;
         if n == 0 {
             return match self.layer.handle_eof() {
                 Ok(()) => Ok(false),
