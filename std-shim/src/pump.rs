@@ -262,8 +262,10 @@ pub enum Action<'a> {
     Send(&'a [u8]),
     /// Send `len` bytes of this file from this offset (`sendfile`), then call [`Pump::sent`].
     SendFile(&'a File, u64, usize),
-    /// Read into this buffer (respecting [`Pump::deadline`]), then call [`Pump::received`].
-    Receive(&'a mut [u8]),
+    /// Read into this buffer, giving up at the deadline (`None`: wait for input), then call
+    /// [`Pump::received`] (or [`Pump::timeout`] when the deadline passed). The deadline is
+    /// taken after the session processed its input, so a timer it just set counts.
+    Receive(&'a mut [u8], Option<Instant>),
     /// The conversation is over; close the transport.
     Done,
 }
@@ -335,16 +337,18 @@ impl<S: Session> Pump<S> {
 
     /// The next thing to do.
     pub fn step(&mut self) -> Result<Action<'_>> {
-        Ok(match self.decide()? {
+        let next = self.decide()?;
+        let until = self.deadline();
+        Ok(match next {
             Next::SendPlain(end) => Action::Send(&self.out.as_slice()[self.send_pos..end]),
             Next::SendFile => {
                 let f = &self.out.files()[self.send_file];
                 Action::SendFile(&f.file, f.offset, f.len)
             }
             Next::SendWire => Action::Send(&self.wire),
-            Next::ReceivePlain => Action::Receive(self.rx.spare()),
+            Next::ReceivePlain => Action::Receive(self.rx.spare(), until),
             Next::ReceiveTls => match self.tls.as_mut() {
-                Some(t) => Action::Receive(t.recv_buffer()),
+                Some(t) => Action::Receive(t.recv_buffer(), until),
                 None => bail!("TLS layer missing"),
             },
             Next::Done => Action::Done,
@@ -551,7 +555,6 @@ pub fn copy_file(
 pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) -> Result<()> {
     let mut timeout_set = false;
     loop {
-        let deadline = pump.deadline();
         match pump.step()? {
             Action::Done => return Ok(()),
             Action::Send(bytes) => {
@@ -562,7 +565,7 @@ pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) ->
                 io.send_file(file, offset, len).context("send")?;
                 pump.sent();
             }
-            Action::Receive(buf) => {
+            Action::Receive(buf, deadline) => {
                 let wait = deadline.map(|d| {
                     d.saturating_duration_since(Instant::now())
                         .max(Duration::from_millis(1))
@@ -603,7 +606,6 @@ pub async fn run_tokio<S: Session, T: AsyncTransport>(
 ) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let deadline = pump.deadline();
         match pump.step()? {
             Action::Done => {
                 io.shutdown().await.ok();
@@ -617,7 +619,7 @@ pub async fn run_tokio<S: Session, T: AsyncTransport>(
                 io.send_file(file, offset, len).await.context("send")?;
                 pump.sent();
             }
-            Action::Receive(buf) => {
+            Action::Receive(buf, deadline) => {
                 let r = match deadline {
                     Some(d) => tokio::time::timeout_at(d.into(), io.read(buf)).await.ok(),
                     None => Some(io.read(buf).await),

@@ -253,17 +253,20 @@ fn serve(a: VncServeArgs) -> Result<()> {
         handshake_timeout: Duration::from_secs(30),
         throttle_threshold: 5,
     };
-    config.validate(needs_tls)?;
-    let tls_config = if needs_tls {
-        let dir = crate::tls::creds_dir(a.tls_creds.as_deref())?;
-        Some(crate::tls::server_config(
-            &dir,
+    let tls_dir = if needs_tls {
+        Some(crate::tls::creds_dir(a.tls_creds.as_deref())?)
+    } else {
+        None
+    };
+    config.validate(tls_dir.is_some())?;
+    let tls_config = match &tls_dir {
+        Some(dir) => Some(crate::tls::server_config(
+            dir,
             a.tls_verify_peer == YesNo::Yes,
             &a.tls_authz,
             true,
-        )?)
-    } else {
-        None
+        )?),
+        None => None,
     };
     let mut endpoints = Vec::new();
     for l in &a.listen {

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use rfb_core::server::{AuthMethod, Damage, Event, Payload, Server, ServerConfig, UpdateSource};
+use rfb_core::server::{
+    AuthMethod, Damage, Event, Payload, Server, ServerConfig, State, UpdateSource,
+};
 use rfb_core::wire::{Encoding, Rect};
 use rfb_core::{AuthThrottle, Framebuffer};
 
@@ -487,6 +489,14 @@ impl Session for VncServerSession {
         loop {
             if let Some(control) = self.drain(out)? {
                 return Ok(Processed { consumed, control });
+            }
+            if !matches!(
+                self.server.state(),
+                State::Handshake | State::AwaitingApplication | State::Running
+            ) {
+                // Closing: a failure is being held back (throttling delay) or sent; the rest
+                // of the input no longer matters.
+                break;
             }
             let r = self.server.handle_input(&input[consumed..]);
             let p = match r {

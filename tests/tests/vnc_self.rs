@@ -327,7 +327,7 @@ fn tls_authz() {
 fn configuration_errors_are_clear() {
     let s = setup();
     for (args, msg) in [
-        (vec!["--security", "X509Vnc"], "needs TLS credentials"),
+        (vec!["--security", "X509Vnc"], "--tls-creds"),
         (vec!["--security", "VncAuth"], "needs a VNC password"),
         (vec!["--security", "Plain"], "needs users"),
         (vec!["--security", "TLSVnc"], "anonymous TLS"),
