@@ -83,7 +83,8 @@ pub fn kvmio() -> Command {
 fn package_of(program: &str) -> &'static str {
     match program {
         "qemu-img" | "qemu-io" | "qemu-nbd" => "qemu-utils",
-        "nbdinfo" | "nbdcopy" | "nbdsh" => "libnbd-bin",
+        "nbdinfo" | "nbdcopy" => "libnbd-bin",
+        "nbdsh" => "python3-libnbd",
         "nbdkit" => "nbdkit",
         "certtool" => "gnutls-bin",
         "python3" => "python3 and python3-libnbd",
@@ -657,6 +658,73 @@ impl KvmioServer {
         );
         self.proc.assert_alive();
     }
+}
+
+// ------------------------------------------------------------------------------ peer servers
+
+/// TLS settings of a peer server: the credentials directory (QEMU layout) and whether client
+/// certificates are required.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTls<'a> {
+    /// Server credentials directory.
+    pub dir: &'a Path,
+    /// Require and verify client certificates.
+    pub verify_peer: bool,
+}
+
+/// `qemu-nbd -f raw -x disk -b 127.0.0.1 -p PORT -t -e 8 [TLS] EXTRA… IMAGE` on a free port,
+/// listening when this returns. With `tls`: `--object tls-creds-x509,id=tls0,endpoint=server,
+/// dir=…,verify-peer=on|off --tls-creds tls0`. `extra` may add e.g. `-r`, or
+/// [`qemu_authz_args`].
+pub fn qemu_nbd(image: &Path, tls: Option<PeerTls<'_>>, extra: &[String]) -> (Proc, u16) {
+    start_on_free_port("qemu-nbd", |port| {
+        let mut c = peer("qemu-nbd");
+        if let Some(t) = tls {
+            c.arg("--object")
+                .arg(format!(
+                    "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer={}",
+                    qemu_escape(&t.dir.display().to_string()),
+                    if t.verify_peer { "on" } else { "off" }
+                ))
+                .args(["--tls-creds", "tls0"]);
+        }
+        c.args(extra)
+            .args(["-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(["-t", "-e", "8"])
+            .arg(image);
+        c
+    })
+}
+
+/// The qemu-nbd arguments of an `authz-simple` ACL admitting exactly the client DN `dn`
+/// (commas doubled): `--object authz-simple,id=auth0,identity=DN --tls-authz auth0`.
+pub fn qemu_authz_args(dn: &str) -> Vec<String> {
+    vec![
+        "--object".into(),
+        format!("authz-simple,id=auth0,identity={}", qemu_escape(dn)),
+        "--tls-authz".into(),
+        "auth0".into(),
+    ]
+}
+
+/// `nbdkit -f --exit-with-parent -i 127.0.0.1 -p PORT [TLS] ARGS…` on a free port, listening
+/// when this returns. With `tls`: `--tls=require --tls-certificates=DIR [--tls-verify-peer]`.
+pub fn nbdkit(tls: Option<PeerTls<'_>>, args: &[&str]) -> (Proc, u16) {
+    start_on_free_port("nbdkit", |port| {
+        let mut c = peer("nbdkit");
+        c.args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
+            .arg(port.to_string());
+        if let Some(t) = tls {
+            c.arg("--tls=require")
+                .arg(format!("--tls-certificates={}", t.dir.display()));
+            if t.verify_peer {
+                c.arg("--tls-verify-peer");
+            }
+        }
+        c.args(args);
+        c
+    })
 }
 
 // ------------------------------------------------------------------------------ targets

@@ -465,11 +465,11 @@ fn max_connections(rt: Runtime) {
     healthy(&mut s);
 }
 
-/// `--handshake-timeout 1` (CVE-2024-7409): a client idling after the greeting and one
+/// `--handshake-timeout 3` (CVE-2024-7409): a client idling after the greeting and one
 /// dribbling an option byte by byte are both dropped; a client that reached the transmission
 /// phase in time is not; the server stays up.
 fn handshake_timeout(rt: Runtime) {
-    let mut s = KvmioServer::start(rt, &["--memory", "disk=1M", "--handshake-timeout", "1"]);
+    let mut s = KvmioServer::start(rt, &["--memory", "disk=1M", "--handshake-timeout", "3"]);
     let mut done = connect(&s);
     done.go_ok("disk");
     let mut idle = connect(&s);
@@ -477,9 +477,9 @@ fn handshake_timeout(rt: Runtime) {
     let mut slow = connect(&s);
     let opt = option_bytes(OptionType::Go, &raw::go_data("disk", &[]));
     slow.s
-        .set_read_timeout(Some(Duration::from_millis(100)))
+        .set_read_timeout(Some(Duration::from_millis(250)))
         .unwrap();
-    // one byte per 100 ms: the GO would be complete after 2.5 s, long past the deadline
+    // one byte per 250 ms: the GO would be complete after 6 s, long past the deadline
     let mut closed = false;
     for b in &opt[..opt.len() - 1] {
         if slow.s.write_all(&[*b]).is_err() {

@@ -9,30 +9,6 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-/// `qemu-nbd -f raw -x disk -b 127.0.0.1 -p PORT -t -e 8 [EXTRA…] IMAGE`.
-fn qemu_nbd(image: &std::path::Path, extra: &[&str]) -> (Proc, u16) {
-    start_on_free_port("qemu-nbd", |port| {
-        let mut c = peer("qemu-nbd");
-        c.args(["-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(["-t", "-e", "8"])
-            .args(extra)
-            .arg(image);
-        c
-    })
-}
-
-/// `nbdkit -f -i 127.0.0.1 -p PORT ARGS…`.
-fn nbdkit(args: &[&str]) -> (Proc, u16) {
-    start_on_free_port("nbdkit", |port| {
-        let mut c = peer("nbdkit");
-        c.args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(args);
-        c
-    })
-}
-
 fn kvmio_copy(src: &str, dst: &str) -> Command {
     let mut c = kvmio();
     c.args(["nbd", "copy", "--no-progress", src, dst]);
@@ -54,7 +30,7 @@ fn kvmio_copy_from_qemu_nbd_is_identical_and_sparse_aware() {
         (64 * MIB - 4096, 4096),
     ];
     let data = sparse_image(&img, 64 * MIB, &ranges, 41);
-    let (_qemu, port) = qemu_nbd(&img, &["-r"]);
+    let (_qemu, port) = qemu_nbd(&img, None, &["-r".into()]);
     let uri = format!("nbd://127.0.0.1:{port}/disk");
 
     let info = run(kvmio().args(["nbd", "info", "--json", &uri])).expect_ok();
@@ -106,7 +82,7 @@ fn kvmio_copy_into_qemu_nbd_then_qemu_img_compare_is_identical() {
     sparse_image(&img, 16 * MIB, &[], 0);
     let src = dir.path().join("src.img");
     test_image(&src, 16 * MIB, 43);
-    let (_qemu, port) = qemu_nbd(&img, &[]);
+    let (_qemu, port) = qemu_nbd(&img, None, &[]);
     let uri = format!("nbd://127.0.0.1:{port}/disk");
     run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
     let cmp = run(&mut Target::tcp(port, "disk").qemu_img_compare(&src)).expect_ok();
@@ -124,7 +100,7 @@ fn kvmio_copy_into_nbdkit_memory_reads_back_with_nbdcopy() {
     let dir = tempdir();
     let src = dir.path().join("src.img");
     let data = test_image(&src, 64 * MIB, 47);
-    let (_nbdkit, port) = nbdkit(&["memory", "64M"]);
+    let (_nbdkit, port) = nbdkit(None, &["memory", "64M"]);
     let uri = format!("nbd://127.0.0.1:{port}/");
     run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
     let back = dir.path().join("back.img");
@@ -142,7 +118,7 @@ fn kvmio_copy_from_and_to_nbdkit_file() {
     let img = dir.path().join("served.img");
     let data = test_image(&img, 8 * MIB, 53);
     let spec = format!("file={}", img.display());
-    let (_nbdkit, port) = nbdkit(&["file", &spec]);
+    let (_nbdkit, port) = nbdkit(None, &["file", &spec]);
     let uri = format!("nbd://127.0.0.1:{port}/");
     let out = dir.path().join("out.img");
     run(&mut kvmio_copy(&uri, &out.display().to_string())).expect_ok();
@@ -161,13 +137,16 @@ fn kvmio_copy_from_and_to_nbdkit_file() {
 /// to stdout exits non-zero and says why.
 #[test]
 fn kvmio_copy_fails_clearly_when_every_server_read_fails() {
-    let (_nbdkit, port) = nbdkit(&[
-        "--filter=error",
-        "pattern",
-        "size=16M",
-        "error-pread=EIO",
-        "error-pread-rate=100%",
-    ]);
+    let (_nbdkit, port) = nbdkit(
+        None,
+        &[
+            "--filter=error",
+            "pattern",
+            "size=16M",
+            "error-pread=EIO",
+            "error-pread-rate=100%",
+        ],
+    );
     let uri = format!("nbd://127.0.0.1:{port}/");
     let dir = tempdir();
     let out = dir.path().join("out.img");
@@ -188,13 +167,16 @@ fn kvmio_copy_fails_clearly_when_every_server_read_fails() {
 /// (CVE-2022-0485: nbdcopy once ignored read errors and wrote zeroes).
 #[test]
 fn kvmio_copy_fails_clearly_when_a_late_server_read_fails() {
-    let (_nbdkit, port) = nbdkit(&[
-        "eval",
-        "get_size=echo 16777216",
-        "pread=if [ $4 -ge 9437184 ]; then echo 'EIO injected bad sector' >&2; exit 1; fi; \
+    let (_nbdkit, port) = nbdkit(
+        None,
+        &[
+            "eval",
+            "get_size=echo 16777216",
+            "pread=if [ $4 -ge 9437184 ]; then echo 'EIO injected bad sector' >&2; exit 1; fi; \
          head -c $3 /dev/zero",
-        "can_write=exit 3",
-    ]);
+            "can_write=exit 3",
+        ],
+    );
     let uri = format!("nbd://127.0.0.1:{port}/");
     let dir = tempdir();
     let out = dir.path().join("out.img");
@@ -207,17 +189,20 @@ fn kvmio_copy_fails_clearly_when_a_late_server_read_fails() {
 /// exits non-zero and says why.
 #[test]
 fn kvmio_copy_fails_clearly_when_server_writes_fail() {
-    let (_nbdkit, port) = nbdkit(&[
-        "--filter=error",
-        "memory",
-        "16M",
-        "error-pwrite=ENOSPC",
-        "error-pwrite-rate=100%",
-        "error-zero=ENOSPC",
-        "error-zero-rate=100%",
-        "error-trim=ENOSPC",
-        "error-trim-rate=100%",
-    ]);
+    let (_nbdkit, port) = nbdkit(
+        None,
+        &[
+            "--filter=error",
+            "memory",
+            "16M",
+            "error-pwrite=ENOSPC",
+            "error-pwrite-rate=100%",
+            "error-zero=ENOSPC",
+            "error-zero-rate=100%",
+            "error-trim=ENOSPC",
+            "error-trim-rate=100%",
+        ],
+    );
     let dir = tempdir();
     let src = dir.path().join("src.img");
     test_image(&src, 16 * MIB, 61);

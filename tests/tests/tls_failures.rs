@@ -321,23 +321,20 @@ fn wrong_ca_is_refused_by_the_side_that_checks() {
     server.proc.wait_log("not issued by a trusted CA", LOG_WAIT);
     assert_no_session_and_healthy(&mut server, Some(&w.client_dir));
 
-    let (_nbdkit, port) = nbdkit_tls(&w.server_dir, &[]);
+    let (_nbdkit, port) = nbdkit_tls(&w.server_dir);
     kvmio_info(&Target::tcp(port, "").with_tls(&wrong))
         .expect_fail()
         .expect_stderr(&["not issued by a trusted CA"]);
 }
 
-fn nbdkit_tls(dir: &Path, extra: &[&str]) -> (Proc, u16) {
-    start_on_free_port("nbdkit (TLS)", |port| {
-        let mut c = peer("nbdkit");
-        c.args(["-f", "-v", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .arg("--tls=require")
-            .arg(format!("--tls-certificates={}", dir.display()))
-            .args(extra)
-            .args(["memory", "1M"]);
-        c
-    })
+fn nbdkit_tls(dir: &Path) -> (Proc, u16) {
+    nbdkit(
+        Some(PeerTls {
+            dir,
+            verify_peer: false,
+        }),
+        &["memory", "1M"],
+    )
 }
 
 fn qemu_nbd_tls(dir: &Path, extra: &[String]) -> (Proc, u16) {
@@ -345,21 +342,14 @@ fn qemu_nbd_tls(dir: &Path, extra: &[String]) -> (Proc, u16) {
     std::fs::File::create(&img)
         .and_then(|f| f.set_len(1 << 20))
         .expect("image");
-    start_on_free_port("qemu-nbd (TLS)", |port| {
-        let mut c = peer("qemu-nbd");
-        c.arg("--object")
-            .arg(format!(
-                "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
-                qemu_escape(&dir.display().to_string())
-            ))
-            .args(["--tls-creds", "tls0"])
-            .args(extra)
-            .args(["-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .arg("-t")
-            .arg(&img);
-        c
-    })
+    qemu_nbd(
+        &img,
+        Some(PeerTls {
+            dir,
+            verify_peer: true,
+        }),
+        extra,
+    )
 }
 
 /// An expired or not-yet-active certificate:
@@ -386,7 +376,7 @@ fn bad_validity(adjust: fn(&mut rcgen::CertificateParams), load_msg: &str, tls_m
     .expect_stderr(&["server-cert.pem", load_msg]);
     assert!(!start.stderr.contains("kvmio: serving"), "{}", start.stderr);
 
-    let (_nbdkit, port) = nbdkit_tls(&bad_dir, &[]);
+    let (_nbdkit, port) = nbdkit_tls(&bad_dir);
     kvmio_info(&Target::tcp(port, "").with_tls(&w.client_dir))
         .expect_fail()
         .expect_stderr(&[tls_msg]);
@@ -546,7 +536,7 @@ fn hostname_mismatch_is_refused_by_clients() {
     assert!(!log.contains(SESSION), "{log}");
     server.proc.assert_alive();
 
-    let (_nbdkit, port) = nbdkit_tls(&dir, &[]);
+    let (_nbdkit, port) = nbdkit_tls(&dir);
     kvmio_info(&Target::tcp(port, "").with_tls(&w.client_dir))
         .expect_fail()
         .expect_stderr(&["does not name the host"]);
@@ -621,15 +611,7 @@ fn dn_not_in_tls_authz_is_refused() {
 
     let (mut qemu, port) = qemu_nbd_tls(
         &w.server_dir,
-        &[
-            "--object".into(),
-            format!(
-                "authz-simple,id=auth0,identity={}",
-                qemu_escape("O=Test Org,CN=allowed.example.com")
-            ),
-            "--tls-authz".into(),
-            "auth0".into(),
-        ],
+        &qemu_authz_args("O=Test Org,CN=allowed.example.com"),
     );
     kvmio_info(&Target::tcp(port, "disk").with_tls(&w.client_dir)).expect_fail();
     qemu.wait_log(&format!("authz check for {CLIENT_DN} is denied"), LOG_WAIT);

@@ -201,32 +201,6 @@ fn optional_tls_serves_plain_and_tls_clients() {
 
 // ------------------------------------------------------------------------------ our client
 
-/// qemu-nbd with X.509 TLS on a file image; `extra_objects` are more `--object`s and
-/// `extra` more options.
-fn qemu_nbd_tls(
-    image: &Path,
-    server_dir: &Path,
-    verify_peer: bool,
-    extra: &[String],
-) -> (Proc, u16) {
-    start_on_free_port("qemu-nbd (TLS)", |port| {
-        let mut c = peer("qemu-nbd");
-        c.arg("--object")
-            .arg(format!(
-                "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer={}",
-                qemu_escape(&server_dir.display().to_string()),
-                if verify_peer { "on" } else { "off" }
-            ))
-            .args(["--tls-creds", "tls0"])
-            .args(extra)
-            .args(["-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(["-t", "-e", "8"])
-            .arg(image);
-        c
-    })
-}
-
 fn kvmio_copy(src: &str, dst: &str) -> Command {
     let mut c = kvmio();
     c.args(["nbd", "copy", "--no-progress", src, dst]);
@@ -239,7 +213,14 @@ fn kvmio_client_to_qemu_nbd_with_client_cert(pki: &Pki) {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     let data = test_image(&img, 4 * MIB, 107);
-    let (qemu, port) = qemu_nbd_tls(&img, &pki.dir, true, &[]);
+    let (qemu, port) = qemu_nbd(
+        &img,
+        Some(PeerTls {
+            dir: &pki.dir,
+            verify_peer: true,
+        }),
+        &[],
+    );
     let uri = Target::tcp(port, "disk").with_tls(&pki.dir).uri();
     let info = run(kvmio().args(["nbd", "info", &uri])).expect_ok().text();
     assert!(info.contains("with TLS"), "{info}");
@@ -288,7 +269,14 @@ fn kvmio_client_without_client_cert_to_qemu_nbd_without_verify_peer() {
     ca_only_dir(&pki.dir, &ca_only);
     let img = d.path().join("disk.img");
     let data = test_image(&img, 2 * MIB, 113);
-    let (_qemu, port) = qemu_nbd_tls(&img, &pki.dir, false, &[]);
+    let (_qemu, port) = qemu_nbd(
+        &img,
+        Some(PeerTls {
+            dir: &pki.dir,
+            verify_peer: false,
+        }),
+        &[],
+    );
     let uri = Target::tcp(port, "disk").with_tls(&ca_only).uri();
     let got = run(&mut kvmio_copy(&uri, "-")).expect_ok();
     assert_same_bytes(
@@ -304,16 +292,14 @@ fn qemu_nbd_authz_admits(pki: &Pki) {
     let d = tempdir();
     let img = d.path().join("disk.img");
     let data = test_image(&img, MIB, 127);
-    let extra = vec![
-        "--object".to_string(),
-        format!(
-            "authz-simple,id=auth0,identity={}",
-            qemu_escape(&pki.client_dn)
-        ),
-        "--tls-authz".to_string(),
-        "auth0".to_string(),
-    ];
-    let (_qemu, port) = qemu_nbd_tls(&img, &pki.dir, true, &extra);
+    let (_qemu, port) = qemu_nbd(
+        &img,
+        Some(PeerTls {
+            dir: &pki.dir,
+            verify_peer: true,
+        }),
+        &qemu_authz_args(&pki.client_dn),
+    );
     let uri = Target::tcp(port, "disk").with_tls(&pki.dir).uri();
     let got = run(&mut kvmio_copy(&uri, "-")).expect_ok();
     assert_same_bytes(
@@ -339,18 +325,13 @@ fn qemu_nbd_tls_authz_admits_certtool_dn() {
 /// copies an image in and reads it back over TLS; nbdcopy (libnbd) reads the same bytes.
 fn kvmio_client_to_nbdkit_tls(pki: &Pki, verify_peer: bool) {
     let d = tempdir();
-    let (_nbdkit, port) = start_on_free_port("nbdkit (TLS)", |port| {
-        let mut c = peer("nbdkit");
-        c.args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .arg("--tls=require")
-            .arg(format!("--tls-certificates={}", pki.dir.display()));
-        if verify_peer {
-            c.arg("--tls-verify-peer");
-        }
-        c.args(["memory", "16M"]);
-        c
-    });
+    let (_nbdkit, port) = nbdkit(
+        Some(PeerTls {
+            dir: &pki.dir,
+            verify_peer,
+        }),
+        &["memory", "16M"],
+    );
     let uri = Target::tcp(port, "").with_tls(&pki.dir).uri();
     let src = d.path().join("src.img");
     let data = test_image(&src, 16 * MIB, 131);
