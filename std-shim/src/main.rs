@@ -332,47 +332,60 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
     };
     let starter =
         move || -> Option<TlsStarter> { tls_config.clone().map(std_shim::tls::server_starter) };
+    let control = Arc::new(Control::default());
+    stop_on_signals(&control)?;
+    let stop = control.stopping.clone();
     if a.runtime == Runtime::Tokio {
         let starter = Arc::new(starter);
-        return std_shim::serve::serve_tokio(
+        std_shim::serve::serve_tokio(
             &endpoints,
             a.max_connections,
-            Arc::new(Control::default()),
+            control,
             |bound| announce(catalog, bound),
             move |mut stream, peer| {
                 let starter = starter.clone();
+                let stop = stop.clone();
                 async move {
                     let session = NbdServerSession::new(catalog, config(), peer)?;
                     let cap = session.input_buffer_len();
                     let mut pump = Pump::new(session, cap.max(4 << 20), starter());
+                    pump.watch(stop);
                     std_shim::pump::run_tokio(&mut pump, &mut stream).await
                 }
             },
-        );
+        )?;
+    } else {
+        serve_threads(
+            &endpoints,
+            a.max_connections,
+            control,
+            |bound| announce(catalog, bound),
+            move |mut stream, peer| {
+                let session = NbdServerSession::new(catalog, config(), peer)?;
+                let cap = session.input_buffer_len();
+                let mut pump = Pump::new(session, cap.max(4 << 20), starter());
+                pump.watch(stop.clone());
+                run_blocking(&mut pump, &mut stream)
+            },
+        )?;
     }
-    let control = Arc::new(Control::default());
-    serve_threads(
-        &endpoints,
-        a.max_connections,
-        control,
-        |bound| {
-            for b in bound {
-                for s in catalog.specs() {
-                    eprintln!(
-                        "kvmio: serving {:?} ({} bytes) on {b}",
-                        s.name,
-                        s.backend.size()
-                    );
-                }
-            }
-        },
-        move |mut stream, peer| {
-            let session = NbdServerSession::new(catalog, config(), peer)?;
-            let cap = session.input_buffer_len();
-            let mut pump = Pump::new(session, cap.max(4 << 20), starter());
-            run_blocking(&mut pump, &mut stream)
-        },
-    )
+    for s in catalog.specs() {
+        if let Err(e) = s.backend.flush() {
+            log::warn!("flush {:?} at exit: {e}", s.name);
+        }
+    }
+    eprintln!("kvmio: stopped");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM ask for a clean stop; a second one ends the process at once.
+fn stop_on_signals(control: &Control) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, control.stopping.clone())?;
+        signal_hook::flag::register(sig, control.stopping.clone())?;
+    }
+    Ok(())
 }
 
 fn announce(catalog: &Catalog, bound: &[String]) {

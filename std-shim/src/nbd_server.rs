@@ -345,6 +345,18 @@ impl Session for NbdServerSession<'_> {
         self.server.handle_eof().map_err(|e| anyhow!("nbd: {e}"))
     }
 
+    fn shutdown(&mut self, _out: &mut OutBuf) -> Result<()> {
+        // Every request read so far has been answered (they run to completion in `process`);
+        // make the writes durable before the connection closes.
+        if let Some(b) = self.backend.as_ref() {
+            if let Err(e) = b.flush() {
+                log::warn!("{}: flush at shutdown: {e}", self.peer);
+            }
+        }
+        log::info!("{}: closing for shutdown", self.peer);
+        Ok(())
+    }
+
     fn deadline(&self) -> Option<Instant> {
         self.server
             .poll_timeout()

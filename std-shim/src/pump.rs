@@ -57,6 +57,11 @@ pub trait Session {
     }
     /// The deadline passed.
     fn timeout(&mut self, _now: Instant) {}
+    /// The server is shutting down: finish what was received (flush writes), append anything
+    /// to say; the pump then closes the connection cleanly.
+    fn shutdown(&mut self, _out: &mut OutBuf) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// TLS as the pump needs it: ciphertext in, plaintext out (the `tls-glue` layer behind it).
@@ -285,6 +290,7 @@ pub struct Pump<S> {
     state: State,
     /// More input may be processable without reading (the session consumed something).
     again: bool,
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Output above this is sent before the session processes more input.
@@ -306,7 +312,54 @@ impl<S: Session> Pump<S> {
             starter,
             state: State::Running,
             again: true,
+            stop: None,
         }
+    }
+
+    /// Watches a stop flag: the loops check it at least every [`crate::serve::STOP_POLL`] and
+    /// then shut the session down cleanly.
+    pub fn watch(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(stop);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// When the loop must wake up next: the session's deadline, or the stop-flag poll.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let poll = self
+            .stop
+            .as_ref()
+            .map(|_| Instant::now() + crate::serve::STOP_POLL);
+        match (self.session.deadline(), poll) {
+            (Some(d), Some(p)) => Some(d.min(p)),
+            (d, p) => d.or(p),
+        }
+    }
+
+    /// If a stop was asked, lets the session finish and starts closing. Called by the loops.
+    fn check_stop(&mut self) -> Result<()> {
+        if self.stop_requested() && matches!(self.state, State::Running | State::Handshaking) {
+            self.stop = None;
+            if self.state == State::Running {
+                self.session.shutdown(&mut self.out)?;
+                if !self.out.is_empty() {
+                    match self.tls.as_mut() {
+                        Some(t) => {
+                            self.out.materialize()?;
+                            t.encrypt(self.out.as_slice(), &mut self.wire)?;
+                            self.out.clear();
+                        }
+                        None => self.send_plain = true,
+                    }
+                }
+            }
+            self.state = State::Closing;
+        }
+        Ok(())
     }
 
     /// The session.
@@ -329,16 +382,22 @@ impl<S: Session> Pump<S> {
         self.session.deadline()
     }
 
-    /// The deadline passed without input.
-    pub fn timeout(&mut self, now: Instant) {
-        self.session.timeout(now);
-        self.again = true;
+    /// The deadline (or the stop poll) passed without input.
+    pub fn timeout(&mut self, now: Instant) -> Result<()> {
+        if self.stop_requested() {
+            return self.check_stop();
+        }
+        if self.session.deadline().is_some_and(|d| now >= d) {
+            self.session.timeout(now);
+            self.again = true;
+        }
+        Ok(())
     }
 
     /// The next thing to do.
     pub fn step(&mut self) -> Result<Action<'_>> {
         let next = self.decide()?;
-        let until = self.deadline();
+        let until = self.wake_at();
         Ok(match next {
             Next::SendPlain(end) => Action::Send(&self.out.as_slice()[self.send_pos..end]),
             Next::SendFile => {
@@ -356,6 +415,7 @@ impl<S: Session> Pump<S> {
     }
 
     fn decide(&mut self) -> Result<Next> {
+        self.check_stop()?;
         loop {
             if self.send_plain {
                 let files = self.out.files();
@@ -577,7 +637,7 @@ pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) ->
                 match io.read(buf) {
                     Ok(n) => pump.received(n)?,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if is_timeout(&e) => pump.timeout(Instant::now()),
+                    Err(e) if is_timeout(&e) => pump.timeout(Instant::now())?,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionReset => pump.received(0)?,
                     Err(e) => return Err(e).context("receive"),
                 }
@@ -625,7 +685,7 @@ pub async fn run_tokio<S: Session, T: AsyncTransport>(
                     None => Some(io.read(buf).await),
                 };
                 match r {
-                    None => pump.timeout(Instant::now()),
+                    None => pump.timeout(Instant::now())?,
                     Some(Ok(n)) => pump.received(n)?,
                     Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
                         pump.received(0)?

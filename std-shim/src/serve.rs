@@ -150,6 +150,14 @@ impl Listener {
         }
     }
 
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Self::Tcp(l) => l.as_fd(),
+            Self::Unix(l, _) => l.as_fd(),
+        }
+    }
+
     fn local(&self) -> String {
         match self {
             Self::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -171,13 +179,52 @@ impl Drop for Listener {
 pub struct Control {
     /// Connections being served.
     pub active: AtomicUsize,
-    /// Set to stop accepting.
-    pub stopping: AtomicBool,
+    /// Set (e.g. by SIGINT/SIGTERM) to stop accepting and end every connection cleanly.
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl Control {
+    /// Asks the server to stop.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `grace` for the connections to end; returns how many are left.
+    pub fn drain(&self, grace: Duration) -> usize {
+        let end = std::time::Instant::now() + grace;
+        while self.active.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.active.load(Ordering::SeqCst)
+    }
+}
+
+/// How often blocked loops look at the stop flag.
+pub const STOP_POLL: Duration = Duration::from_millis(200);
+
+/// Waits until `fd` is readable or `STOP_POLL` passed.
+fn readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let t = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: STOP_POLL.as_nanos() as _,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&t)), Ok(n) if n > 0)
 }
 
 /// Binds every endpoint and serves each connection on its own thread with `handler`, keeping at
 /// most `max_connections` at once (further ones are closed at once). Returns the bound
-/// addresses through `on_bound` (useful with port 0) before serving.
+/// addresses through `on_bound` (useful with port 0) before serving. Returns once
+/// `control.stop()` was called and the connections ended (their handlers watch the flag; see
+/// [`crate::pump::Pump::watch`]), or after a 10 s grace period.
 pub fn serve_threads(
     endpoints: &[Endpoint],
     max_connections: usize,
@@ -196,7 +243,10 @@ pub fn serve_threads(
             let handler = handler.clone();
             let control = control.clone();
             scope.spawn(move || {
-                loop {
+                while !control.is_stopping() {
+                    if !readable(l.fd()) {
+                        continue;
+                    }
                     let (stream, peer) = match l.accept() {
                         Ok(x) => x,
                         Err(e) => {
@@ -205,9 +255,6 @@ pub fn serve_threads(
                             continue;
                         }
                     };
-                    if control.stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
                     if control.active.load(Ordering::SeqCst) >= max_connections {
                         log::warn!("{peer}: refused, {max_connections} connections already");
                         stream.shutdown();
@@ -228,6 +275,10 @@ pub fn serve_threads(
             });
         }
     });
+    let left = control.drain(Duration::from_secs(10));
+    if left > 0 {
+        log::warn!("{left} connections did not end within 10 s");
+    }
     Ok(())
 }
 
@@ -397,18 +448,17 @@ where
                         AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?)
                     }
                 };
-                loop {
-                    let (stream, peer) = match accept.accept().await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            log::warn!("accept: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    if control.stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
+                while !control.is_stopping() {
+                    let (stream, peer) =
+                        match tokio::time::timeout(STOP_POLL, accept.accept()).await {
+                            Err(_) => continue,
+                            Ok(Ok(x)) => x,
+                            Ok(Err(e)) => {
+                                log::warn!("accept: {e}");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
                     if control.active.load(Ordering::SeqCst) >= max_connections {
                         log::warn!("{peer}: refused, {max_connections} connections already");
                         continue;
@@ -429,6 +479,10 @@ where
         }
         while let Some(r) = set.join_next().await {
             r??;
+        }
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while control.active.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     })
