@@ -348,10 +348,8 @@ impl Session for NbdServerSession<'_> {
     fn shutdown(&mut self, _out: &mut OutBuf) -> Result<()> {
         // Every request read so far has been answered (they run to completion in `process`);
         // make the writes durable before the connection closes.
-        if let Some(b) = self.backend.as_ref() {
-            if let Err(e) = b.flush() {
-                log::warn!("{}: flush at shutdown: {e}", self.peer);
-            }
+        if let Some(Err(e)) = self.backend.as_ref().map(|b| b.flush()) {
+            log::warn!("{}: flush at shutdown: {e}", self.peer);
         }
         log::info!("{}: closing for shutdown", self.peer);
         Ok(())
