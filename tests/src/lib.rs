@@ -362,6 +362,12 @@ impl Out {
             self.cmd,
             self.stderr
         );
+        assert!(
+            !self.stderr.contains("panicked at"),
+            "command panicked instead of failing cleanly: {}\n--- stderr ---\n{}",
+            self.cmd,
+            self.stderr
+        );
         self
     }
 
@@ -657,6 +663,8 @@ impl KvmioServer {
             "nbdinfo --size after the test"
         );
         self.proc.assert_alive();
+        let log = self.log();
+        assert!(!log.contains("panicked at"), "the server panicked:\n{log}");
     }
 }
 

@@ -84,7 +84,7 @@ fn go_data_raw(namelen: u32, name: &[u8]) -> Vec<u8> {
 /// GO/INFO/EXPORT_NAME with name lengths 0xFFFFFFFF (field lying about the data), 4097
 /// (over the spec's limit), 4096 and 256 (fine, but unknown: NBD_REP_ERR_UNKNOWN), 0 (the
 /// default export).
-fn export_name_lengths(rt: Runtime) {
+fn bad_export_name_lengths_are_refused_or_closed(rt: Runtime) {
     let mut s = server(rt, &[]);
     let invalid = [ReplyType::ErrInvalid, ReplyType::ErrTooBig];
     for opt in [OptionType::Go, OptionType::Info] {
@@ -146,7 +146,7 @@ fn export_name_lengths(rt: Runtime) {
 /// A 100 KiB SET_META_CONTEXT (over the 16 KiB option cap) gets NBD_REP_ERR_TOO_BIG and the
 /// connection stays usable; a 64 MiB, 32 MiB + 1 or 4 GiB announcement is disconnected at
 /// once, without the server waiting for the data (it has no handshake deadline here).
-fn oversized_options(rt: Runtime) {
+fn oversized_options_get_too_big_or_a_disconnect(rt: Runtime) {
     let mut s = server(rt, &[]);
     let long = format!("base:{}", "x".repeat(100 * 1024));
     let mut c = connect(&s);
@@ -185,7 +185,7 @@ fn oversized_options(rt: Runtime) {
 }
 
 /// Client flags with unknown bits: the server closes (the spec's MUST).
-fn unknown_client_flags(rt: Runtime) {
+fn unknown_client_flags_close_the_connection(rt: Runtime) {
     let mut s = server(rt, &[]);
     for flags in [0x1 | 0x4, 0x1 | 0x8000_0000, 0xFFFF_FFFF, 0x3 | 0x100] {
         let mut c = raw::connect(s.port());
@@ -207,7 +207,7 @@ fn export_info(r: &[OptReply]) -> (u64, u16) {
 /// INFO, GO, ABORT, LIST and unknown options in various orders (CVE-2019-14850/14851: per-
 /// export state only at GO, odd orders must not trip assertions): each answered per spec,
 /// INFO and GO agree, and the session works after GO.
-fn option_permutations(rt: Runtime) {
+fn info_go_abort_list_permutations_follow_the_spec(rt: Runtime) {
     let mut s = server(rt, &["--memory", "other=2M"]);
     let reqs = [InfoType::Name, InfoType::Description, InfoType::BlockSize];
     // INFO, INFO, GO: same export information, ACK each time
@@ -301,7 +301,7 @@ fn option_permutations(rt: Runtime) {
 
 /// A valid client transcript (flags, SR, SET_META_CONTEXT, INFO, GO, READ, DISC) cut at every
 /// byte on a fresh connection each (CVE-2017-7539 class); also cut after reading the replies.
-fn truncated_handshakes(rt: Runtime) {
+fn truncated_handshakes_at_every_byte_leave_the_server_serving(rt: Runtime) {
     let mut s = server(rt, &["--max-connections", "100000"]);
     let mut t = raw::CLIENT_FLAGS.to_be_bytes().to_vec();
     t.extend(option_bytes(OptionType::StructuredReply, &[]));
@@ -365,7 +365,7 @@ fn truncated_handshakes(rt: Runtime) {
 /// Requests the server must refuse: WRITE/READ longer than the 32 MiB maximum (error reply or
 /// close), WRITE and READ past the end (EINVAL/ENOSPC, payload consumed, session goes on),
 /// unknown command (EINVAL, goes on), bad request magic (close).
-fn bad_requests(rt: Runtime) {
+fn oversized_and_out_of_range_requests_are_refused(rt: Runtime) {
     let mut s = server(rt, &[]);
     for len in [64u32 << 20, 0xFFFF_FFFF] {
         for cmd in [CommandType::Write, CommandType::Read] {
@@ -406,7 +406,7 @@ fn bad_requests(rt: Runtime) {
 }
 
 /// NBD_CMD_DISC followed by junk: no reply, the server closes.
-fn junk_after_disc(rt: Runtime) {
+fn junk_after_disc_gets_no_reply_and_a_close(rt: Runtime) {
     let mut s = server(rt, &[]);
     let mut c = connect(&s);
     c.go_ok("disk");
@@ -426,7 +426,7 @@ fn junk_after_disc(rt: Runtime) {
 
 /// `--max-connections 2`: a third simultaneous connection is closed at once without a
 /// greeting; when one of the two leaves, a new one is served.
-fn max_connections(rt: Runtime) {
+fn max_connections_refuses_a_third_connection(rt: Runtime) {
     let mut s = server(rt, &["--max-connections", "2"]);
     let mut a = connect(&s);
     let mut b = connect(&s);
@@ -468,7 +468,7 @@ fn max_connections(rt: Runtime) {
 /// `--handshake-timeout 3` (CVE-2024-7409): a client idling after the greeting and one
 /// dribbling an option byte by byte are both dropped; a client that reached the transmission
 /// phase in time is not; the server stays up.
-fn handshake_timeout(rt: Runtime) {
+fn handshake_timeout_drops_idle_and_trickling_clients(rt: Runtime) {
     let mut s = KvmioServer::start(rt, &["--memory", "disk=1M", "--handshake-timeout", "3"]);
     let mut done = connect(&s);
     done.go_ok("disk");
@@ -529,13 +529,13 @@ macro_rules! per_runtime {
 }
 
 per_runtime!(
-    export_name_lengths,
-    oversized_options,
-    unknown_client_flags,
-    option_permutations,
-    truncated_handshakes,
-    bad_requests,
-    junk_after_disc,
-    max_connections,
-    handshake_timeout,
+    bad_export_name_lengths_are_refused_or_closed,
+    oversized_options_get_too_big_or_a_disconnect,
+    unknown_client_flags_close_the_connection,
+    info_go_abort_list_permutations_follow_the_spec,
+    truncated_handshakes_at_every_byte_leave_the_server_serving,
+    oversized_and_out_of_range_requests_are_refused,
+    junk_after_disc_gets_no_reply_and_a_close,
+    max_connections_refuses_a_third_connection,
+    handshake_timeout_drops_idle_and_trickling_clients,
 );
