@@ -213,3 +213,35 @@ fn kvmio_copy_fails_clearly_when_server_writes_fail() {
     .expect_fail()
     .expect_stderr_any(&["ENOSPC", "no space"]);
 }
+
+/// NBD to NBD: `kvmio nbd copy` from qemu-nbd straight into nbdkit, one connection each and
+/// small requests, then both ends hold the same bytes.
+#[test]
+fn kvmio_copy_from_qemu_nbd_into_nbdkit_is_identical() {
+    let dir = tempdir();
+    let img = dir.path().join("src.img");
+    let data = test_image(&img, 8 * MIB, 67);
+    let (_qemu, qport) = qemu_nbd(&img, None, &["-r".into()]);
+    let (_nbdkit, kport) = nbdkit(None, &["memory", "8M"]);
+    run(kvmio().args([
+        "nbd",
+        "copy",
+        "--no-progress",
+        "--connections",
+        "1",
+        "--request-size",
+        "64K",
+        &format!("nbd://127.0.0.1:{qport}/disk"),
+        &format!("nbd://127.0.0.1:{kport}/"),
+    ]))
+    .expect_ok();
+    let back = run(peer("nbdcopy")
+        .arg(format!("nbd://127.0.0.1:{kport}/"))
+        .arg("-"))
+    .expect_ok();
+    assert_same_bytes(
+        &back.stdout,
+        &data,
+        "nbdkit after kvmio copied qemu-nbd into it",
+    );
+}

@@ -509,3 +509,28 @@ fn unix_socket_serves_nbd_unix_uris() {
     assert_same_bytes(&got.stdout, &model, "kvmio nbd copy over the unix socket");
     drop(server);
 }
+
+/// One server listening on TCP and on a Unix socket at once: both serve the same RAM disk
+/// (a write over one is read back over the other).
+#[test]
+fn tcp_and_unix_listeners_serve_the_same_export() {
+    let dir = tempdir();
+    let sock = dir.path().join("both.sock");
+    let sock_s = sock.display().to_string();
+    let server = KvmioServer::start(
+        Runtime::Threads,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--unix",
+            &sock_s,
+            "--memory",
+            "disk=1M",
+        ],
+    );
+    let tcp = server.target("disk");
+    let unix = Target::unix(&sock, "disk");
+    run(&mut tcp.qemu_io(&["write -P 0x3c 512 1024"])).expect_ok();
+    run(&mut unix.qemu_io(&["read -P 0x3c 512 1024", "write -P 0x3d 8192 512"])).expect_ok();
+    run(&mut tcp.qemu_io(&["read -P 0x3d 8192 512"])).expect_ok();
+}

@@ -617,3 +617,63 @@ fn dn_not_in_tls_authz_is_refused() {
     qemu.wait_log(&format!("authz check for {CLIENT_DN} is denied"), LOG_WAIT);
     kvmio_info(&Target::tcp(port, "disk").with_tls(&allowed_dir)).expect_ok();
 }
+
+/// TLS 1.3 is the default on both sides: a TLS 1.2-only peer (QEMU with
+/// `priority=NORMAL:-VERS-TLS1.3`) is refused with "no common TLS version" unless `--tls12`
+/// is given, for our server (qemu-img as client) and our client (qemu-nbd as server).
+#[test]
+fn tls12_only_peers_need_the_tls12_flag() {
+    let w = World::new();
+    let tls12_object = format!(
+        "tls-creds-x509,id=tls0,endpoint=client,dir={},priority=NORMAL:-VERS-TLS1.3",
+        qemu_escape(&w.client_dir.display().to_string())
+    );
+    let qemu_img = |port: u16| {
+        run(peer("qemu-img")
+            .arg("info")
+            .args(["--object", &tls12_object, "--image-opts"])
+            .arg(format!(
+                "driver=nbd,host=127.0.0.1,port={port},export=disk,tls-creds=tls0"
+            )))
+    };
+    let mut strict = tls_server(Runtime::Threads, &w.server_dir, &[]);
+    qemu_img(strict.port()).expect_fail();
+    strict.proc.wait_log("no common TLS version", LOG_WAIT);
+    assert_no_session_and_healthy(&mut strict, Some(&w.client_dir));
+    let lenient = tls_server(Runtime::Tokio, &w.server_dir, &["--tls12"]);
+    let out = qemu_img(lenient.port()).expect_ok();
+    assert!(out.text().contains("1048576"), "{}", out.text());
+
+    // our client against a TLS 1.2-only qemu-nbd
+    let img = w.tmp.path().join("disk.img");
+    sparse_image(&img, 1 << 20, &[(0, 4096)], 5);
+    let (_qemu, port) = start_on_free_port("qemu-nbd (TLS 1.2 only)", |port| {
+        let mut c = peer("qemu-nbd");
+        c.arg("--object")
+            .arg(format!(
+                "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on,\
+                 priority=NORMAL:-VERS-TLS1.3",
+                qemu_escape(&w.server_dir.display().to_string())
+            ))
+            .args([
+                "--tls-creds",
+                "tls0",
+                "-f",
+                "raw",
+                "-x",
+                "disk",
+                "-b",
+                "127.0.0.1",
+                "-p",
+            ])
+            .arg(port.to_string())
+            .arg("-t")
+            .arg(&img);
+        c
+    });
+    let uri = Target::tcp(port, "disk").with_tls(&w.client_dir).uri();
+    run(kvmio().args(["nbd", "info", &uri]))
+        .expect_fail()
+        .expect_stderr(&["no common TLS version"]);
+    run(kvmio().args(["nbd", "info", "--tls12", &uri])).expect_ok();
+}
