@@ -245,3 +245,37 @@ fn kvmio_copy_from_qemu_nbd_into_nbdkit_is_identical() {
         "nbdkit after kvmio copied qemu-nbd into it",
     );
 }
+
+/// nbdkit with `--filter=blocksize-policy` (minimum 4 KiB, maximum 64 KiB, violations are
+/// errors): `kvmio nbd info` shows the limits and `kvmio nbd copy` (1 MiB requests by default)
+/// stays within them both ways.
+#[test]
+fn kvmio_copy_honours_server_block_size_limits() {
+    let (_nbdkit, port) = nbdkit(
+        None,
+        &[
+            "--filter=blocksize-policy",
+            "memory",
+            "3M",
+            "blocksize-minimum=4096",
+            "blocksize-preferred=65536",
+            "blocksize-maximum=65536",
+            "blocksize-error-policy=error",
+        ],
+    );
+    let uri = format!("nbd://127.0.0.1:{port}/");
+    let info = run(kvmio().args(["nbd", "info", "--json", &uri])).expect_ok();
+    let v: Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(v["block_size_minimum"], 4096, "{v}");
+    assert_eq!(v["block_size_maximum"], 65536, "{v}");
+    let dir = tempdir();
+    let src = dir.path().join("src.img");
+    let data = test_image(&src, 3 * MIB, 71);
+    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    let back = run(&mut kvmio_copy(&uri, "-")).expect_ok();
+    assert_same_bytes(
+        &back.stdout,
+        &data,
+        "round trip through 64 KiB-limited nbdkit",
+    );
+}
