@@ -3,7 +3,6 @@
 //! damage). Pixels are kept as 32-bit little-endian `0x00RRGGBB` (rfb-core's
 //! `PixelFormat::RGB888`), the server's native format.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -81,7 +80,7 @@ impl Image {
     }
 
     /// Decodes PNG bytes (see [`Image::load_png`]).
-    pub fn decode_png(r: impl Read + std::io::BufRead + std::io::Seek) -> Result<Self> {
+    pub fn decode_png(r: impl std::io::BufRead + std::io::Seek) -> Result<Self> {
         let mut dec = png::Decoder::new(r);
         dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
         let mut reader = dec.read_info().context("not a PNG file")?;

@@ -24,7 +24,7 @@ fn vnc_package(program: &str) -> &'static str {
         "Xvnc" => "tigervnc-standalone-server",
         "vncpasswd" => "tigervnc-tools",
         "Xvfb" => "xvfb",
-        "import" => "imagemagick",
+        "import" | "display" => "imagemagick",
         "script" => "bsdutils",
         "qemu-system-x86_64" => {
             "qemu-system-x86 (from bookworm-backports: apt-get install -t bookworm-backports qemu-system-x86)"
@@ -623,19 +623,27 @@ impl XServer {
         read_png(&p)
     }
 
-    /// Paints the root window with `pic` (so the display shows known pixels): the picture is
-    /// written as PPM and shown with `display -window root` (ImageMagick).
+    /// Paints the root window with `pic` (so the display shows known pixels; `pic` must have
+    /// the screen's size): the picture is written as PPM and set as the root background with
+    /// ImageMagick's `display -window root` (which exits with 1 even when it worked, so the
+    /// screen is checked instead).
     pub fn paint_root(&self, dir: &Path, pic: &Rgb) {
         let p = dir.join("root.ppm");
         let mut bytes = format!("P6\n{} {}\n255\n", pic.width, pic.height).into_bytes();
         bytes.extend_from_slice(&pic.data);
         std::fs::write(&p, bytes).expect("write ppm");
-        crate::run(
+        let out = crate::run(
             Command::new(vnc_tool("display"))
                 .args(["-display", &self.env(), "-window", "root"])
                 .arg(&p),
-        )
-        .expect_ok();
+        );
+        let shot = self.screenshot(dir, "painted.png");
+        assert!(
+            shot == *pic,
+            "display -window root did not paint the root window ({}): {}",
+            out.status,
+            out.stderr
+        );
     }
 }
 
@@ -825,4 +833,47 @@ impl Raw {
             u16::from_be_bytes([init[2], init[3]]),
         )
     }
+}
+
+// ------------------------------------------------------------------------------ PAM user
+
+/// The system user Xvnc's Plain authentication checks through PAM (`/etc/pam.d/tigervnc`,
+/// pam_unix): a dedicated account without a home or login shell, created by tests/setup.sh
+/// (or here, when running as root).
+pub const PAM_USER: &str = "kvmio-vnc";
+/// Its password.
+pub const PAM_PASSWORD: &str = "Plain-Test-1";
+
+/// Makes sure [`PAM_USER`] exists with [`PAM_PASSWORD`].
+pub fn ensure_pam_user() {
+    let exists = std::fs::read_to_string("/etc/passwd")
+        .expect("/etc/passwd")
+        .lines()
+        .any(|l| l.split(':').next() == Some(PAM_USER));
+    let root = rustix::process::getuid().is_root();
+    if !root {
+        assert!(
+            exists,
+            "the test user {PAM_USER} is missing: run tests/setup.sh as root (it creates it)"
+        );
+        return;
+    }
+    if !exists {
+        crate::run(
+            Command::new(vnc_tool("useradd"))
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                ])
+                .arg(PAM_USER),
+        )
+        .expect_ok();
+    }
+    crate::run_with_input(
+        &mut Command::new(vnc_tool("chpasswd")),
+        Some(format!("{PAM_USER}:{PAM_PASSWORD}\n").as_bytes()),
+    )
+    .expect_ok();
 }

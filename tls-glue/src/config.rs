@@ -156,6 +156,10 @@ impl TlsServerConfig {
         .with_single_cert(c.chain.clone(), key)
         .map_err(|e| cfg_err("cannot use server-cert.pem/server-key.pem", e))?;
         cfg.alpn_protocols = opts.alpn.clone();
+        // No TLS 1.3 session tickets (rustls sends two by default): nothing resumes sessions
+        // here, gnutls servers (QEMU, Xvnc, nbdkit) send none either, and TigerVNC's viewer
+        // stalls when tickets arrive together with the first application data.
+        cfg.send_tls13_tickets = 0;
         Ok(Self {
             inner: Arc::new(cfg),
         })

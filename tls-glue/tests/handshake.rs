@@ -460,3 +460,33 @@ fn big_certificate_with_small_buffers() {
     assert!(!c.is_handshaking() && !s.is_handshaking());
     assert_eq!(send(&mut s, &mut c, b"big"), b"big");
 }
+
+/// Nothing follows the handshake from the server: no TLS 1.3 session tickets. gnutls servers
+/// (QEMU, Xvnc, nbdkit) send none unless given a ticket key, and TigerVNC's viewer stalls when
+/// tickets arrive together with the first application data (it waits on the socket while the
+/// data sits in gnutls' buffer).
+#[test]
+fn tls13_server_sends_no_session_tickets() {
+    let pki = Pki::new();
+    for b in backends() {
+        let (mut c, mut s) = pair(&pki, b.clone(), b.clone(), TlsVersions::Tls13);
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..4 {
+            while let Ok(Some(n)) = c.poll_transmit(&mut buf) {
+                feed_all(&mut s, &buf[..n]).unwrap();
+            }
+            if !s.is_handshaking() {
+                break;
+            }
+            while let Ok(Some(n)) = s.poll_transmit(&mut buf) {
+                feed_all(&mut c, &buf[..n]).unwrap();
+            }
+        }
+        assert!(!s.is_handshaking() && !c.is_handshaking(), "{}", b.name());
+        assert!(
+            matches!(s.poll_transmit(&mut buf), Ok(None)),
+            "{}: the server sent records after the handshake (session tickets)",
+            b.name()
+        );
+    }
+}
