@@ -1,0 +1,176 @@
+//! `kvmio vnc capture` against QEMU's built-in VNC server (QEMU 10, `-device VGA`, SeaBIOS
+//! screen): None, VncAuth (password set over QMP), X509None and X509Vnc with verify-peer on
+//! (our client presents its certificate). The capture must equal QEMU's own `screendump`
+//! pixel for pixel (the guest is stopped first so the screen cannot change in between).
+//! Also: anonymous TLS is refused with its reason, and a missing client certificate fails.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvmio_tests::vnc::*;
+use kvmio_tests::{pki, tempdir};
+
+/// Waits for SeaBIOS' text screen (720 × 400 with something printed), then stops the guest.
+fn boot_and_stop(q: &Qemu, dir: &Path) {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    loop {
+        let shot = q.screendump(dir, &format!("boot-{n}"));
+        n += 1;
+        let lit = shot
+            .data
+            .chunks(3)
+            .filter(|p| p.iter().any(|&c| c > 0x80))
+            .count();
+        if (shot.width, shot.height) == (720, 400) && lit > 500 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no SeaBIOS text screen in 60 s ({}x{})",
+            shot.width,
+            shot.height
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    q.qmp(&[r#"{"execute":"stop"}"#]);
+}
+
+/// Captures until the capture equals QEMU's screendumps taken just before and after.
+fn capture_matches_screendump(q: &Qemu, dir: &Path, args: &[&str], what: &str) -> String {
+    let url = format!("vnc://127.0.0.1:{}", q.port);
+    let mut last = None;
+    for attempt in 0..5 {
+        let before = q.screendump(dir, &format!("{what}-before-{attempt}"));
+        let out = dir.join(format!("{what}-{attempt}.png"));
+        let o = capture(&url, &out, args).expect_ok();
+        let after = q.screendump(dir, &format!("{what}-after-{attempt}"));
+        let got = read_png(&out);
+        if before == after {
+            assert_same_image(&got, &before, &format!("QEMU {what}"));
+            return o.text();
+        }
+        last = Some(got);
+    }
+    panic!("QEMU's screen kept changing while stopped ({what}); last capture {last:?}");
+}
+
+#[test]
+fn our_client_against_qemu() {
+    let dir = tempdir();
+    let p = pki(&dir.path().join("pki"));
+    let pkidir = p.dir.display().to_string();
+    let pw = text_file(dir.path(), "pw.txt", "secret")
+        .display()
+        .to_string();
+    let creds = format!(
+        "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
+        kvmio_tests::qemu_escape(&pkidir)
+    );
+    // (name, -vnc options, extra QEMU arguments, client arguments, expected security)
+    let cases: [(&str, &str, Vec<&str>, Vec<&str>, &str); 4] = [
+        (
+            "None",
+            "",
+            vec![],
+            vec!["--security", "None"],
+            "RFB 3.8, None",
+        ),
+        (
+            "VncAuth",
+            ",password=on",
+            vec![],
+            vec!["--security", "VncAuth", "--password-file", &pw],
+            "RFB 3.8, VncAuth",
+        ),
+        (
+            "X509None",
+            ",tls-creds=tls0",
+            vec!["-object", &creds],
+            vec!["--security", "X509None", "--tls-creds", &pkidir],
+            "VeNCrypt X509None",
+        ),
+        (
+            "X509Vnc",
+            ",tls-creds=tls0,password=on",
+            vec!["-object", &creds],
+            vec![
+                "--security",
+                "X509Vnc",
+                "--tls-creds",
+                &pkidir,
+                "--password-file",
+                &pw,
+            ],
+            "VeNCrypt X509Vnc",
+        ),
+    ];
+    for (what, vnc, extra, args, expect) in cases {
+        let mut q = Qemu::start(vnc, &extra);
+        if vnc.contains("password=on") {
+            q.qmp(&[
+                r#"{"execute":"set_password","arguments":{"protocol":"vnc","password":"secret"}}"#,
+            ]);
+        }
+        let info = q.qmp(&[r#"{"execute":"query-vnc"}"#]);
+        eprintln!("{what}: query-vnc {}", info[0]);
+        boot_and_stop(&q, dir.path());
+        let text = capture_matches_screendump(&q, dir.path(), &args, what);
+        assert!(text.contains(expect), "{what}: {text}");
+        assert!(text.contains("720x400"), "{what}: {text}");
+        if what.starts_with("X509") {
+            // verify-peer=on: the handshake only completes with our client certificate; one
+            // without a certificate is refused.
+            let ca_only = dir.path().join("ca-only");
+            kvmio_tests::ca_only_dir(&p.dir, &ca_only);
+            let mut a = args.clone();
+            let i = a.iter().position(|x| *x == pkidir.as_str()).unwrap();
+            let ca_only = ca_only.display().to_string();
+            a[i] = &ca_only;
+            capture(
+                &format!("vnc://127.0.0.1:{}", q.port),
+                &dir.path().join("nocert.png"),
+                &a,
+            )
+            .expect_fail();
+        }
+        // A wrong password is refused with QEMU's reason.
+        if vnc.contains("password=on") {
+            let bad = text_file(dir.path(), "bad.txt", "wrong")
+                .display()
+                .to_string();
+            let mut a = args.clone();
+            let i = a.iter().position(|x| *x == pw.as_str()).unwrap();
+            a[i] = &bad;
+            capture(
+                &format!("vnc://127.0.0.1:{}", q.port),
+                &dir.path().join("bad.png"),
+                &a,
+            )
+            .expect_fail()
+            .expect_stderr(&["Authentication failed"]);
+        }
+        q.proc.assert_alive();
+    }
+}
+
+#[test]
+fn anonymous_tls_is_refused_with_the_reason() {
+    let dir = tempdir();
+    let p = pki(&dir.path().join("pki"));
+    let q = Qemu::start(
+        ",tls-creds=anon0",
+        &["-object", "tls-creds-anon,id=anon0,endpoint=server"],
+    );
+    let out = dir.path().join("anon.png");
+    // The client accepts VeNCrypt (X509 types, with credentials) and finds only TLSNone.
+    let pkidir = p.dir.display().to_string();
+    capture(
+        &format!("vnc://127.0.0.1:{}", q.port),
+        &out,
+        &["--tls-creds", &pkidir],
+    )
+    .expect_fail()
+    .expect_stderr(&["TLSNone", "anonymous TLS is not supported"]);
+    assert!(!out.exists());
+}
