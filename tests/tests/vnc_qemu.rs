@@ -55,6 +55,9 @@ fn capture_matches_screendump(q: &Qemu, dir: &Path, args: &[&str], what: &str) -
     panic!("QEMU's screen kept changing while stopped ({what}); last capture {last:?}");
 }
 
+/// (name, -vnc options, extra QEMU arguments, client arguments, expected security)
+type QemuCase<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<&'a str>, &'a str);
+
 #[test]
 fn our_client_against_qemu() {
     let dir = tempdir();
@@ -67,8 +70,7 @@ fn our_client_against_qemu() {
         "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
         kvmio_tests::qemu_escape(&pkidir)
     );
-    // (name, -vnc options, extra QEMU arguments, client arguments, expected security)
-    let cases: [(&str, &str, Vec<&str>, Vec<&str>, &str); 4] = [
+    let cases: [QemuCase; 4] = [
         (
             "None",
             "",
