@@ -60,6 +60,7 @@ pub fn kvmio_bin() -> PathBuf {
             for profile in ["release", "debug"] {
                 let p = dir.join(profile).join("kvmio");
                 if p.is_file() {
+                    warn_if_stale(&p);
                     return p;
                 }
             }
@@ -72,6 +73,38 @@ pub fn kvmio_bin() -> PathBuf {
         )
     })
     .clone()
+}
+
+/// Prints a warning (once) if a source file of the crates behind `kvmio` is newer than the
+/// binary: the tests would exercise old code (`cargo build --release -p std-shim --bin kvmio`).
+fn warn_if_stale(bin: &Path) {
+    fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+        let mut best = None;
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = e.path();
+            let t = if p.is_dir() {
+                newest(&p)
+            } else {
+                e.metadata().and_then(|m| m.modified()).ok()
+            };
+            best = best.max(t);
+        }
+        best
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in ["std-shim", "nbd-core", "tls-glue"] {
+        if newest(&root.join(krate).join("src")).is_some_and(|t| t > built) {
+            eprintln!(
+                "kvmio-tests: warning: {} is older than {krate}/src; rebuild it with \
+                 `cargo build --release -p std-shim --bin kvmio`",
+                bin.display()
+            );
+            return;
+        }
+    }
 }
 
 /// A `kvmio` command.
