@@ -6,7 +6,9 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 
-use tls_glue::{ClientOptions, CredsOptions, Endpoint, TlsClientConfig, TlsCreds, TlsLayer};
+use tls_glue::{
+    ClientOptions, CredsOptions, Endpoint, TlsClientConfig, TlsCreds, TlsError, TlsLayer,
+};
 
 /// A client TLS configuration from a QEMU-layout directory (`ca-cert.pem`, optional
 /// `client-cert.pem`/`client-key.pem`). Panics if the credentials are unusable.
@@ -104,6 +106,12 @@ impl TlsStream {
                 ));
             }
         }
+    }
+
+    /// The TLS layer's fatal error, if any (e.g. `PeerAlert(code)` when the server sent an
+    /// alert).
+    pub fn error(&self) -> Option<TlsError> {
+        self.layer.error()
     }
 
     /// The server certificate's subject, once known.

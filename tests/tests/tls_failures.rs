@@ -677,3 +677,98 @@ fn tls12_only_peers_need_the_tls12_flag() {
         .expect_stderr(&["no common TLS version"]);
     run(kvmio().args(["nbd", "info", "--tls12", &uri])).expect_ok();
 }
+
+/// When our server refuses a client certificate it tells the client why with a TLS alert
+/// (RFC 8446 §6.2; tls-glue queues one, as its in-memory tests check), instead of just closing
+/// the socket: revoked → certificate_revoked (44), none while verify-peer →
+/// certificate_required (116), DN not in `--tls-authz` → access_denied (49), issued by an
+/// unknown CA → unknown_ca (48). Checked with our own TLS client over the real socket, which
+/// reports the alert it received.
+fn server_rejections_reach_the_client_as_tls_alerts(rt: Runtime) {
+    let w = World::new();
+    let other = Ca::new("Other CA");
+    let crl = w.ca.crl(&[&w.client_leaf.serial]);
+    let with_crl = w.dir(
+        "server-crl",
+        &[&w.ca.pem],
+        Some(&crl),
+        Some(&w.server_leaf),
+        None,
+    );
+    let foreign = w.dir(
+        "foreign-client",
+        &[&w.ca.pem, &other.pem],
+        None,
+        None,
+        Some(&other.leaf(false)),
+    );
+    let cases: [(&str, &Path, &[&str], PathBuf, u8); 4] = [
+        (
+            "revoked client certificate",
+            &with_crl,
+            &[],
+            w.client_dir.clone(),
+            44,
+        ),
+        (
+            "no client certificate",
+            &w.server_dir,
+            &[],
+            w.ca_only(),
+            116,
+        ),
+        (
+            "DN not in --tls-authz",
+            &w.server_dir,
+            &["--tls-authz", "O=Test Org,CN=someone-else"],
+            w.client_dir.clone(),
+            49,
+        ),
+        (
+            "client certificate from an unknown CA",
+            &w.server_dir,
+            &[],
+            foreign,
+            48,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, server_dir, extra, client_dir, alert) in cases {
+        let mut server = tls_server(rt, server_dir, extra);
+        let mut c = kvmio_tests::raw::connect(server.port());
+        c.handshake().expect("NBD handshake");
+        let r = c.option(OptionType::StartTls, &[]).expect("STARTTLS");
+        assert_eq!(r[0].reply, ReplyType::Ack);
+        let config = kvmio_tests::tlsio::client_config(&client_dir);
+        let mut tls = kvmio_tests::tlsio::TlsStream::client(c.s, &config, "127.0.0.1");
+        let _ = tls.handshake();
+        let mut byte = [0u8; 1];
+        let read = tls.read(&mut byte);
+        assert!(
+            read.is_err() || read.is_ok_and(|n| n == 0),
+            "{what}: the server let us in"
+        );
+        server.proc.assert_alive();
+        let got = tls.error();
+        if got != Some(tls_glue::TlsError::PeerAlert(alert)) {
+            wrong.push(format!(
+                "{what}: expected alert {alert}, the client saw {got:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the server closed without telling the client why:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn server_rejections_reach_the_client_as_tls_alerts_threads() {
+    server_rejections_reach_the_client_as_tls_alerts(Runtime::Threads);
+}
+
+#[test]
+fn server_rejections_reach_the_client_as_tls_alerts_tokio() {
+    server_rejections_reach_the_client_as_tls_alerts(Runtime::Tokio);
+}
