@@ -93,6 +93,12 @@ pub struct VncServeArgs {
     /// Serve connections on threads or tokio tasks.
     #[arg(long, value_enum, default_value_t = Runtime::Threads)]
     pub runtime: Runtime,
+    /// Seconds a client may take from connecting to ServerInit.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub handshake_timeout: u64,
+    /// Most connections served at once (more are closed at once).
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
 }
 
 /// `kvmio vnc capture`.
@@ -250,7 +256,7 @@ fn serve(a: VncServeArgs) -> Result<()> {
         desktop,
         name: a.name.clone(),
         fps: 15,
-        handshake_timeout: Duration::from_secs(30),
+        handshake_timeout: Duration::from_secs(a.handshake_timeout.max(1)),
         throttle_threshold: 5,
     };
     let tls_dir = if needs_tls {
@@ -284,14 +290,14 @@ fn serve(a: VncServeArgs) -> Result<()> {
             eprintln!("kvmio: vnc serving {what} on {b}");
         }
     };
-    const MAX_CONNECTIONS: usize = 64;
+    let max_connections = a.max_connections.max(1);
     if a.runtime == Runtime::Tokio {
         #[cfg(feature = "tokio")]
         {
             let starter = Arc::new(starter);
             return crate::serve::serve_tokio(
                 &endpoints,
-                MAX_CONNECTIONS,
+                max_connections,
                 Arc::new(Control::default()),
                 announce,
                 move |mut stream, peer| {
@@ -311,7 +317,7 @@ fn serve(a: VncServeArgs) -> Result<()> {
     }
     serve_threads(
         &endpoints,
-        MAX_CONNECTIONS,
+        max_connections,
         Arc::new(Control::default()),
         announce,
         move |mut stream, peer| {

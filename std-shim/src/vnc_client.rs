@@ -230,6 +230,7 @@ impl VncClientSession {
                 Action::Authenticated => log::debug!("authenticated"),
                 Action::Init(w, h, format, name) => {
                     log::info!("desktop {name:?}: {w}x{h}, {format:?}");
+                    check_size(w, h)?;
                     self.name = name;
                     self.server_format = format;
                     self.resize(w, h);
@@ -245,6 +246,7 @@ impl VncClientSession {
                 }
                 Action::Resize(w, h) => {
                     log::info!("desktop resized to {w}x{h}");
+                    check_size(w, h)?;
                     self.resize(w, h);
                 }
                 Action::Rect(r, enc) => {
@@ -338,6 +340,17 @@ impl VncClientSession {
             _ => Action::None,
         }
     }
+}
+
+/// Most pixels a captured framebuffer may have (the server chooses the size: 65535 × 65535
+/// would be 16 GiB).
+pub const MAX_PIXELS: usize = 8192 * 8192;
+
+fn check_size(w: u16, h: u16) -> Result<()> {
+    if usize::from(w) * usize::from(h) > MAX_PIXELS {
+        bail!("the server's framebuffer of {w}x{h} is larger than {MAX_PIXELS} pixels");
+    }
+    Ok(())
 }
 
 enum Action {

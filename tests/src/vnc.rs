@@ -783,6 +783,12 @@ impl Raw {
         v
     }
 
+    /// Reads exactly `n` bytes, or `None` if the connection ends first.
+    pub fn try_read(&mut self, n: usize) -> Option<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        self.s.read_exact(&mut v).ok().map(|_| v)
+    }
+
     /// Reads until the server closes; returns what arrived. Panics on a timeout.
     #[track_caller]
     pub fn read_to_close(&mut self) -> Vec<u8> {

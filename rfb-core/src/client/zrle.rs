@@ -80,6 +80,17 @@ impl ZrleDecoder {
         self.start = 0;
     }
 
+    /// The most zlib bytes this rectangle can take: twice the largest tile data it can have
+    /// (every pixel a one-pixel run after a full palette), plus 4 KiB. A longer length is a
+    /// server that wants the client to wait for (or inflate) data no encoder produces.
+    fn max_zlib_len(&self) -> u64 {
+        let r = &self.rect;
+        let tiles = u64::from(r.width.div_ceil(64)) * u64::from(r.height.div_ceil(64));
+        let cpb = self.cpb as u64;
+        let data = tiles * (1 + 128 * cpb) + u64::from(r.area()) * (cpb + 1);
+        2 * data + 4096
+    }
+
     fn tiles_done(&self) -> bool {
         self.rect.is_empty() || self.ty >= self.rect.height.div_ceil(64)
     }
@@ -320,6 +331,9 @@ impl ZrleDecoder {
                 }
                 pos = 4;
                 let l = be32(input, 0);
+                if u64::from(l) > self.max_zlib_len() {
+                    return Err(ProtocolError::MalformedZrle);
+                }
                 self.zlib_left = Some(l);
                 l
             }

@@ -791,6 +791,19 @@ fn client_rejects_malformed_zrle() {
     let mut tiles = std::vec![128, 1, 2, 3];
     tiles.extend(std::iter::repeat_n(255u8, 100_000));
     assert_eq!(bad(&tiles, 64, 64), e);
+    // A zlib length no rectangle of this size can need (here 4 GiB for 4 × 4 pixels) is
+    // refused at once instead of waiting for, or inflating, that much (found by the hostile
+    // server test of `kvmio vnc capture`).
+    for len in [u32::MAX, 1 << 20, 2 * (1 + 128 * 3 + 16 * 4) + 4096 + 1] {
+        let mut c = running_client(PixelFormat::RGB888, &[Encoding::Zrle]);
+        let m = update(Rect::new(0, 0, 4, 4), Encoding::Zrle, &len.to_be_bytes());
+        assert_eq!(client_err(&mut c, &m), e, "zlib length {len}");
+    }
+    // The bound itself is accepted (the data just has not arrived yet).
+    let mut c = running_client(PixelFormat::RGB888, &[Encoding::Zrle]);
+    let len: u32 = 2 * (1 + 128 * 3 + 16 * 4) + 4096;
+    let m = update(Rect::new(0, 0, 4, 4), Encoding::Zrle, &len.to_be_bytes());
+    assert_eq!(client_err(&mut c, &m), None);
 }
 
 #[test]
