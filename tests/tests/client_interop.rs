@@ -279,3 +279,39 @@ fn kvmio_copy_honours_server_block_size_limits() {
         "round trip through 64 KiB-limited nbdkit",
     );
 }
+
+/// NBD to NBD, the destination refuses: a read-only destination export, or one whose writes
+/// fail with ENOSPC. `kvmio nbd copy` must fail naming the destination's problem, not blame
+/// the source with the broken pipe between its reader and writer halves.
+#[test]
+fn kvmio_copy_nbd_to_nbd_reports_the_destination_error() {
+    let (_src, sport) = nbdkit(None, &["pattern", "4M"]);
+    let (_ro, roport) = nbdkit(None, &["-r", "memory", "4M"]);
+    let (_full, fullport) = nbdkit(
+        None,
+        &[
+            "--filter=error",
+            "memory",
+            "4M",
+            "error-pwrite=ENOSPC",
+            "error-pwrite-rate=100%",
+        ],
+    );
+    let src = format!("nbd://127.0.0.1:{sport}/");
+    for (dst, why) in [
+        (format!("nbd://127.0.0.1:{roport}/"), &["read-only"][..]),
+        (
+            format!("nbd://127.0.0.1:{fullport}/"),
+            &["ENOSPC", "no space"][..],
+        ),
+    ] {
+        let out = run(&mut kvmio_copy(&src, &dst))
+            .expect_fail()
+            .expect_stderr_any(why);
+        assert!(
+            !out.stderr.contains("Broken pipe"),
+            "the real error is hidden behind a broken pipe: {}",
+            out.stderr
+        );
+    }
+}
