@@ -382,3 +382,56 @@ fn kvmio_client_to_kvmio_server_over_tls_with_authz() {
     let back = run(&mut kvmio_copy(&uri, "-")).expect_ok();
     assert_same_bytes(&back.stdout, &data, "kvmio to kvmio over TLS");
 }
+
+/// TLS over a Unix socket (`--unix` with `--tls require`): nbdinfo and kvmio with
+/// `nbds+unix://` URIs (the certificate is checked for "localhost"), qemu-img with a unix
+/// server address and `tls-hostname=localhost`, and `kvmio nbd copy -` from stdin and back.
+#[test]
+fn tls_over_unix_socket_with_nbds_unix_uris() {
+    let d = tempdir();
+    let pki = pki(&d.path().join("pki"));
+    let sock = d.path().join("tls.sock");
+    let (dir, sock_s) = (pki.dir.display().to_string(), sock.display().to_string());
+    let server = KvmioServer::start(
+        Runtime::Tokio,
+        &[
+            "--unix",
+            &sock_s,
+            "--tls",
+            "require",
+            "--tls-creds",
+            &dir,
+            "--memory",
+            "disk=1M",
+        ],
+    );
+    let t = Target::unix(&sock, "disk").with_tls(&pki.dir);
+    let info = run(peer("nbdinfo").arg(t.uri())).expect_ok().text();
+    assert!(info.contains("with TLS"), "{info}");
+    let info = run(kvmio().args(["nbd", "info"]).arg(t.uri()))
+        .expect_ok()
+        .text();
+    assert!(info.contains("with TLS"), "{info}");
+    let q = run(peer("qemu-img")
+        .arg("info")
+        .args(t.qemu_objects())
+        .arg("--image-opts")
+        .arg(format!("{},tls-hostname=localhost", t.qemu_opts())))
+    .expect_ok();
+    assert!(q.text().contains("1 MiB"), "{}", q.text());
+    let data = random_bytes(1 << 20, 139);
+    run_with_input(
+        kvmio()
+            .args(["nbd", "copy", "--no-progress", "-"])
+            .arg(t.uri()),
+        Some(&data),
+    )
+    .expect_ok();
+    let back = run(kvmio()
+        .args(["nbd", "copy", "--no-progress"])
+        .arg(t.uri())
+        .arg("-"))
+    .expect_ok();
+    assert_same_bytes(&back.stdout, &data, "stdin to nbds+unix and back");
+    drop(server);
+}
