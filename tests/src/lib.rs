@@ -119,6 +119,7 @@ fn package_of(program: &str) -> &'static str {
         "nbdinfo" | "nbdcopy" => "libnbd-bin",
         "nbdsh" => "python3-libnbd",
         "nbdkit" => "nbdkit",
+        "nbd-server" => "nbd-server",
         "certtool" => "gnutls-bin",
         "python3" => "python3 and python3-libnbd",
         _ => "(unknown package)",
@@ -766,6 +767,82 @@ pub fn nbdkit(tls: Option<PeerTls<'_>>, args: &[&str]) -> (Proc, u16) {
         c.args(args);
         c
     })
+}
+
+/// A daemonized `nbd-server` (the reference server: fixed newstyle, simple replies only in
+/// Debian's 3.24), killed by its PID (from its PID file) on drop.
+pub struct NbdServer {
+    /// The TCP port on 127.0.0.1.
+    pub port: u16,
+    pid: u32,
+    _dir: TempDir,
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.pid.to_string())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `nbd-server -C CONFIG -p PIDFILE` exporting `image` as "disk" on 127.0.0.1 (LIST allowed);
+/// with `tls_dir`, `force_tls` with the server certificate, key and CA from that directory.
+/// Waits until it listens.
+pub fn nbd_server(image: &Path, tls_dir: Option<&Path>) -> NbdServer {
+    let dir = tempdir();
+    let mut last = String::new();
+    for _ in 0..4 {
+        let port = free_port();
+        let mut conf = format!(
+            "[generic]\n    listenaddr = 127.0.0.1\n    port = {port}\n    allowlist = true\n"
+        );
+        if let Some(t) = tls_dir {
+            conf.push_str(&format!(
+                "    force_tls = true\n    certfile = {}\n    keyfile = {}\n    cacertfile = {}\n",
+                t.join("server-cert.pem").display(),
+                t.join("server-key.pem").display(),
+                t.join("ca-cert.pem").display()
+            ));
+        }
+        conf.push_str(&format!("[disk]\n    exportname = {}\n", image.display()));
+        let conf_path = dir.path().join("config");
+        std::fs::write(&conf_path, conf).expect("nbd-server config");
+        let pid_path = dir.path().join("pid");
+        let _ = std::fs::remove_file(&pid_path);
+        let out = run(peer("nbd-server")
+            .arg("-C")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&pid_path));
+        if !out.ok() {
+            last = out.stderr;
+            continue;
+        }
+        let end = Instant::now() + LISTEN_DEADLINE;
+        loop {
+            let pid = std::fs::read_to_string(&pid_path)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if let Some(pid) = pid
+                && is_listening(port)
+            {
+                return NbdServer {
+                    port,
+                    pid,
+                    _dir: dir,
+                };
+            }
+            assert!(
+                Instant::now() < end,
+                "nbd-server did not come up on port {port}: {}",
+                out.stderr
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    panic!("nbd-server could not start: {last}")
 }
 
 // ------------------------------------------------------------------------------ targets

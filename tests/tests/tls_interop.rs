@@ -435,3 +435,39 @@ fn tls_over_unix_socket_with_nbds_unix_uris() {
     assert_same_bytes(&back.stdout, &data, "stdin to nbds+unix and back");
     drop(server);
 }
+
+/// nbd-server with `force_tls` (gnutls, simple replies): our client copies in and out over
+/// TLS, and a plaintext kvmio is told TLS is required.
+#[test]
+fn kvmio_client_to_nbd_server_force_tls() {
+    let d = tempdir();
+    let pki = pki(&d.path().join("pki"));
+    let img = d.path().join("disk.img");
+    let data = test_image(&img, 2 * MIB, 149);
+    let server = nbd_server(&img, Some(&pki.dir));
+    let t = Target::tcp(server.port, "disk");
+    let info = run(kvmio()
+        .args(["nbd", "info"])
+        .arg(t.clone().with_tls(&pki.dir).uri()))
+    .expect_ok()
+    .text();
+    assert!(info.contains("with TLS"), "{info}");
+    let got = run(&mut kvmio_copy(&t.clone().with_tls(&pki.dir).uri(), "-")).expect_ok();
+    assert_same_bytes(
+        &got.stdout,
+        &data,
+        "kvmio nbd copy from nbd-server over TLS",
+    );
+    let src = d.path().join("src.img");
+    let new = test_image(&src, 2 * MIB, 151);
+    run(&mut kvmio_copy(
+        &src.display().to_string(),
+        &t.clone().with_tls(&pki.dir).uri(),
+    ))
+    .expect_ok();
+    run(kvmio().args(["nbd", "info"]).arg(t.uri()))
+        .expect_fail()
+        .expect_stderr(&["NBD_REP_ERR_TLS_REQD"]);
+    drop(server);
+    assert_same_bytes(&read(&img), &new, "image under nbd-server after a TLS copy");
+}
