@@ -5,6 +5,10 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 pkgs=(nbdkit libnbd-bin python3-libnbd nbd-server nbd-client gnutls-bin qemu-utils llvm)
+# VNC peers (gvnccapture; TigerVNC viewer, Xvnc and vncpasswd; Xvfb and ImageMagick's import
+# for screenshots) and libvncserver-dev + pkg-config for bench/rfb.
+pkgs+=(gvncviewer tigervnc-viewer tigervnc-standalone-server tigervnc-tools xvfb xauth x11-utils
+  imagemagick libvncserver-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -29,6 +33,13 @@ SRC
   $SUDO apt-get update
   $SUDO apt-get install -y -t bookworm-backports --no-install-recommends "${backports[@]}"
 fi
+
+# Xvnc checks VeNCrypt Plain passwords through PAM (/etc/pam.d/tigervnc): a dedicated system
+# user without home or shell for tests/tests/vnc_tigervnc.rs (tests/src/vnc.rs PAM_USER).
+if ! id kvmio-vnc >/dev/null 2>&1; then
+  $SUDO useradd --system --no-create-home --shell /usr/sbin/nologin kvmio-vnc
+fi
+echo 'kvmio-vnc:Plain-Test-1' | $SUDO chpasswd
 
 rustup target list --installed | grep -q thumbv7em-none-eabihf || rustup target add thumbv7em-none-eabihf
 rustup component list --installed | grep -q rustfmt || rustup component add rustfmt
