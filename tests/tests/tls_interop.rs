@@ -471,3 +471,79 @@ fn kvmio_client_to_nbd_server_force_tls() {
     drop(server);
     assert_same_bytes(&read(&img), &new, "image under nbd-server after a TLS copy");
 }
+
+/// Our client over `nbds+unix://`, ten times each against our server and qemu-nbd (`-k`):
+/// every run exits 0. After NBD_CMD_DISC the server may close at once; the client's
+/// close_notify then meets a closed Unix socket (EPIPE), which must not turn a finished
+/// session into a failure.
+#[test]
+fn kvmio_client_over_nbds_unix_exits_zero_after_a_finished_session() {
+    let d = tempdir();
+    let pki = pki_with(&d.path().join("pki"), &["--key", "rsa2048"]);
+    let sock = d.path().join("kvmio.sock");
+    let (dir, sock_s) = (pki.dir.display().to_string(), sock.display().to_string());
+    let _server = KvmioServer::start(
+        Runtime::Threads,
+        &[
+            "--unix",
+            &sock_s,
+            "--tls",
+            "require",
+            "--tls-creds",
+            &dir,
+            "--memory",
+            "disk=1M",
+        ],
+    );
+    let img = d.path().join("disk.img");
+    sparse_image(&img, 1 << 20, &[(0, 4096)], 157);
+    let qsock = d.path().join("qemu.sock");
+    let mut qemu = Proc::spawn("qemu-nbd (unix, TLS)", {
+        let mut c = peer("qemu-nbd");
+        c.arg("--object")
+            .arg(format!(
+                "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
+                qemu_escape(&dir)
+            ))
+            .args([
+                "--tls-creds",
+                "tls0",
+                "-f",
+                "raw",
+                "-x",
+                "disk",
+                "-t",
+                "-e",
+                "4",
+                "-k",
+            ])
+            .arg(&qsock)
+            .arg(&img);
+        c
+    });
+    let end = std::time::Instant::now() + LISTEN_DEADLINE;
+    while !qsock.exists() {
+        qemu.assert_alive();
+        assert!(
+            std::time::Instant::now() < end,
+            "qemu-nbd did not create {qsock:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut failures = Vec::new();
+    for s in [&sock, &qsock] {
+        let uri = Target::unix(s, "disk").with_tls(&pki.dir).uri();
+        for _ in 0..10 {
+            let out = run(kvmio().args(["nbd", "info", &uri]));
+            if !out.ok() {
+                failures.push(format!("{}: {}", s.display(), out.stderr.trim()));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 20 runs failed after finishing:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
