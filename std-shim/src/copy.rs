@@ -610,12 +610,19 @@ pub fn copy(src: &Place, dst: &Place, opts: &CopyOptions) -> Result<u64> {
             let (s, d, o) = (s.clone(), d.clone(), opts.clone());
             let writer = std::thread::spawn(move || {
                 to_nbd(Source::Stream(Mutex::new(Box::new(r))), None, &d, &o)
+                    .with_context(|| format!("writing {d}"))
             });
-            let n = from_nbd(&s, Arc::new(StreamSink::new(w)), false, opts)?;
-            writer
+            let read = from_nbd(&s, Arc::new(StreamSink::new(w)), false, opts)
+                .with_context(|| format!("reading {s}"));
+            let written = writer
                 .join()
-                .map_err(|_| anyhow!("writer thread panicked"))??;
-            Ok(n)
+                .map_err(|_| anyhow!("writer thread panicked"))?;
+            // When the destination fails, the reader only sees the pipe break: report the cause.
+            match (read, written) {
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(_)) => Err(e),
+                (Ok(n), Ok(_)) => Ok(n),
+            }
         }
         (Place::Nbd(s), Place::File(path)) => {
             let info = probe(s, &opts.tls)?;

@@ -291,6 +291,8 @@ pub struct Pump<S> {
     /// More input may be processable without reading (the session consumed something).
     again: bool,
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// A fatal TLS error, reported once the alert the layer queued has been sent.
+    failed: Option<anyhow::Error>,
 }
 
 /// Output above this is sent before the session processes more input.
@@ -313,6 +315,7 @@ impl<S: Session> Pump<S> {
             state: State::Running,
             again: true,
             stop: None,
+            failed: None,
         }
     }
 
@@ -437,6 +440,10 @@ impl<S: Session> Pump<S> {
             if !self.wire.is_empty() {
                 return Ok(Next::SendWire);
             }
+            if let Some(e) = self.failed.take() {
+                self.state = State::Done;
+                return Err(e);
+            }
             match self.state {
                 State::Done => return Ok(Next::Done),
                 State::Closing => {
@@ -514,7 +521,15 @@ impl<S: Session> Pump<S> {
                         .context("TLS requested but not configured")?;
                     let mut t = starter()?;
                     // Whatever already arrived after the STARTTLS point is ciphertext.
-                    let n = t.feed(self.rx.data())?;
+                    let n = match t.feed(self.rx.data()) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = t.take_output(&mut self.wire);
+                            self.failed = Some(e);
+                            self.send_plain = !self.out.is_empty();
+                            continue;
+                        }
+                    };
                     self.rx.consume(n);
                     if !self.rx.data().is_empty() {
                         bail!("too much data right after the TLS switch");
@@ -565,7 +580,15 @@ impl<S: Session> Pump<S> {
         }
         self.again = true;
         match self.tls.as_mut() {
-            Some(t) => t.commit(n),
+            Some(t) => {
+                if let Err(e) = t.commit(n) {
+                    // The layer queued an alert telling the peer why (a refused certificate,
+                    // say): send it before giving up.
+                    let _ = t.take_output(&mut self.wire);
+                    self.failed = Some(e);
+                }
+                Ok(())
+            }
             None => {
                 self.rx.end += n;
                 Ok(())
