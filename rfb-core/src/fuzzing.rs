@@ -27,20 +27,38 @@ fn configs(sel: u8) -> (ServerConfig, ClientConfig) {
     (sc, cc)
 }
 
-/// Chunk sizes from the data itself, so splits vary with the input.
+/// Chunk sizes from the data itself, so splits vary with the input (from the last byte: the
+/// first is nearly always a message type, which would mean one-byte pieces).
 fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let step = usize::from(data.first().copied().unwrap_or(1) % 17) + 1;
+    let step = usize::from(data.last().copied().unwrap_or(1) % 17) + 1;
     data.chunks(step)
 }
 
-/// Feeds `data[2..]` to a server (configuration from `data[0]`, split from `data[1]`).
-pub fn server(data: &[u8]) {
+/// Feeds `data[1..]` to a server (configuration from `data[0]`, cut sizes from `data[1]`).
+/// Returns the number of FramebufferUpdates completed (for tests: the input got that far).
+///
+/// The virtual clock stands still (the failure delay is zero) unless a piece of input starts
+/// with 0xff: then it jumps to the server's next deadline (handshake timeout).
+pub fn server(data: &[u8]) -> usize {
     let Some((&sel, rest)) = data.split_first() else {
-        return;
+        return 0;
     };
     let (sc, _) = configs(sel);
     let mut s = Server::new(sc, Instant::ZERO, [7; 16]);
-    let pixels = [0x5au8; 16 * 16 * 4];
+    // Flat areas, stripes and noise, so every encoder sub-mode runs.
+    let mut pixels = [0u8; 16 * 16 * 4];
+    for (i, p) in pixels.chunks_exact_mut(4).enumerate() {
+        let (x, y) = (i % 16, i / 16);
+        let v: u32 = if x < 8 && y < 8 {
+            0x0020_4060
+        } else if y % 3 == 0 {
+            0x00ff_0000 | (x as u32 * 16)
+        } else {
+            (i as u32).wrapping_mul(0x9e37_79b9) >> 8
+        };
+        p.copy_from_slice(&v.to_le_bytes());
+    }
+    let mut updates = 0;
     let mut buf = [0u8; 4096];
     let mut out = [0u8; 2048];
     let mut have = 0usize;
@@ -59,7 +77,7 @@ pub fn server(data: &[u8]) {
                 Err(e) => {
                     while s.poll_transmit(&mut out).ok().flatten().is_some() {}
                     if e.is_fatal() {
-                        return;
+                        return updates;
                     }
                     (0, false)
                 }
@@ -106,12 +124,25 @@ pub fn server(data: &[u8]) {
                 for _ in 0..10_000 {
                     match s.encode_update(&src, &mut out) {
                         Ok(st) if !st.done => {}
-                        _ => break,
+                        Ok(_) => {
+                            updates += 1;
+                            break;
+                        }
+                        Err(_) => break,
                     }
                 }
             }
-            if let Some(t) = s.poll_timeout() {
-                s.handle_timeout(t);
+            // Advancing to every deadline would expire the handshake timeout at once.
+            let now = if chunk.first() == Some(&0xff) {
+                s.poll_timeout().unwrap_or(Instant::ZERO)
+            } else {
+                Instant::ZERO
+            };
+            for _ in 0..4 {
+                match s.poll_timeout() {
+                    Some(t) if t <= now => s.handle_timeout(now),
+                    _ => break,
+                }
             }
             if !progressed && !ev {
                 break;
@@ -119,6 +150,7 @@ pub fn server(data: &[u8]) {
         }
     }
     let _ = s.handle_eof();
+    updates
 }
 
 /// Feeds `data[1..]` to a client (configuration from `data[0]`) with a 32 × 32 framebuffer.
@@ -131,12 +163,10 @@ pub fn client(data: &[u8]) {
     drive_client(c, chunks(rest));
 }
 
-/// Completes a None handshake with a 64 × 64 server, asks for every encoding this client
-/// decodes, then feeds `data` as server messages (the decoders' fuzz target).
-pub fn client_messages(data: &[u8]) {
-    let Some((&sel, rest)) = data.split_first() else {
-        return;
-    };
+/// A client that finished a None handshake with a 64 × 64 server in the pixel format `sel`
+/// picks (RGB888, RGB565 big endian, BGR233, colour-mapped) and asked for every encoding this
+/// client decodes.
+fn running_client(sel: u8) -> Option<Client> {
     let mut c = Client::new(
         ClientConfig::with_security(&[SecurityType::None], &[]),
         Instant::ZERO,
@@ -161,7 +191,7 @@ pub fn client_messages(data: &[u8]) {
     while at < hello.len() {
         match c.handle_input(&hello[at..]) {
             Ok(p) if p.consumed > 0 => at += p.consumed,
-            _ => return,
+            _ => return None,
         }
         while c.poll_event().is_some() {}
     }
@@ -187,7 +217,55 @@ pub fn client_messages(data: &[u8]) {
         let _ = encs.push(Encoding::Zrle);
     }
     let _ = c.set_encodings(&encs);
-    drive_client(c, chunks(rest));
+    Some(c)
+}
+
+/// Completes a None handshake with a 64 × 64 server, asks for every encoding this client
+/// decodes, then feeds `data` as server messages (the decoders' fuzz target).
+pub fn client_messages(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    if let Some(c) = running_client(sel) {
+        drive_client(c, chunks(rest));
+    }
+}
+
+/// Encodings (and pseudo-encodings) [`rect`] puts on its rectangle.
+const RECT_ENCODINGS: [Encoding; 11] = [
+    Encoding::Raw,
+    Encoding::CopyRect,
+    Encoding::Rre,
+    Encoding::Hextile,
+    Encoding::Zrle,
+    Encoding::Cursor,
+    Encoding::DesktopSize,
+    Encoding::ExtendedDesktopSize,
+    Encoding::DesktopName,
+    Encoding::LastRect,
+    Encoding::QemuExtendedKeyEvent,
+];
+
+/// Each decoder on an arbitrary rectangle: `data[0]` picks the encoding (and the cut size),
+/// `data[1]` the wire pixel format, `data[2..10]` are x, y, width, height; the rest is the
+/// rectangle's body (and whatever follows it), fed in pieces to a client after a handshake.
+pub fn rect(data: &[u8]) {
+    if data.len() < 10 {
+        return;
+    }
+    let enc = RECT_ENCODINGS[usize::from(data[0]) % RECT_ENCODINGS.len()];
+    let Some(c) = running_client(data[1]) else {
+        return;
+    };
+    let mut msg = [0u8; 4096];
+    msg[..4].copy_from_slice(&[0, 0, 0, 1]);
+    msg[4..12].copy_from_slice(&data[2..10]);
+    msg[12..16].copy_from_slice(&i32::from(enc).to_be_bytes());
+    let body = &data[10..];
+    let n = body.len().min(msg.len() - 16);
+    msg[16..16 + n].copy_from_slice(&body[..n]);
+    let step = usize::from(data[0] / 16) + 1;
+    drive_client(c, msg[..16 + n].chunks(step));
 }
 
 fn drive_client<'a>(mut c: Client, input: impl Iterator<Item = &'a [u8]>) {

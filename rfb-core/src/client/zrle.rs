@@ -26,8 +26,11 @@ enum Tile {
 /// Per-connection ZRLE decoder.
 pub(crate) struct ZrleDecoder {
     inflate: Box<InflateState>,
+    /// Decompressed bytes `start..end` wait to be parsed; the buffer keeps its length (two
+    /// chunks) so that small reads do not clear 32 KiB again and again.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     rect: Rect,
     bpp: usize,
     cpb: usize,
@@ -51,8 +54,9 @@ impl ZrleDecoder {
     pub(crate) fn new() -> Self {
         Self {
             inflate: InflateState::new_boxed(DataFormat::Zlib),
-            buf: Vec::with_capacity(2 * CHUNK),
+            buf: alloc::vec![0; 2 * CHUNK],
             start: 0,
+            end: 0,
             rect: Rect::default(),
             bpp: 4,
             cpb: 4,
@@ -76,8 +80,8 @@ impl ZrleDecoder {
         self.tx = 0;
         self.ty = 0;
         self.tile = Tile::Start;
-        self.buf.clear();
         self.start = 0;
+        self.end = 0;
     }
 
     /// The most zlib bytes this rectangle can take: twice the largest tile data it can have
@@ -162,7 +166,7 @@ impl ZrleDecoder {
         while !self.tiles_done() {
             let t = self.tile_rect();
             let total = usize::from(t.width) * usize::from(t.height);
-            let b = &self.buf[self.start..];
+            let b = &self.buf[self.start..self.end];
             match self.tile {
                 Tile::Start => {
                     let Some(&sub) = b.first() else { return Ok(()) };
@@ -303,13 +307,20 @@ impl ZrleDecoder {
     /// `(consumed, produced)`.
     fn inflate_some(&mut self, input: &[u8]) -> Result<(usize, usize), ProtocolError> {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let at = self.buf.len();
-        self.buf.resize(at + CHUNK, 0);
-        let res = inflate(&mut self.inflate, input, &mut self.buf[at..], MZFlush::None);
-        self.buf.truncate(at + res.bytes_written);
+        // The caller keeps the backlog under one chunk, so a whole chunk of room remains.
+        let at = self.end;
+        let room = (self.buf.len() - at).min(CHUNK);
+        let res = inflate(
+            &mut self.inflate,
+            input,
+            &mut self.buf[at..at + room],
+            MZFlush::None,
+        );
+        self.end = at + res.bytes_written;
         match res.status {
             Ok(_) | Err(miniz_oxide::MZError::Buf) => Ok((res.bytes_consumed, res.bytes_written)),
             Err(_) => Err(ProtocolError::ZlibError),
@@ -341,11 +352,11 @@ impl ZrleDecoder {
         let mut left = left as usize;
         loop {
             self.parse(sink)?;
-            if self.tiles_done() && self.start < self.buf.len() {
+            if self.tiles_done() && self.start < self.end {
                 return Err(ProtocolError::MalformedZrle);
             }
             // Keep the decompressed backlog bounded: parse before inflating more.
-            if self.buf.len() - self.start >= CHUNK {
+            if self.end - self.start >= CHUNK {
                 return Err(ProtocolError::MalformedZrle);
             }
             let take = left.min(input.len() - pos);
@@ -358,7 +369,7 @@ impl ZrleDecoder {
             }
         }
         self.parse(sink)?;
-        if self.tiles_done() && self.start < self.buf.len() {
+        if self.tiles_done() && self.start < self.end {
             return Err(ProtocolError::MalformedZrle);
         }
         if left == 0 {
