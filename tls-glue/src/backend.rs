@@ -114,7 +114,7 @@ impl CryptoBackend {
     ///
     /// Each call leaks one small allocation (rustls wants `'static` RNG and key-exchange
     /// objects): create the backend once at start-up and clone it.
-    #[cfg(feature = "rustcrypto")]
+    #[cfg(feature = "rustcrypto-core")]
     pub fn rustcrypto(rng: Arc<dyn RandomSource>) -> Self {
         Self {
             provider: Arc::new(crate::rustcrypto::provider(rng)),
@@ -126,7 +126,7 @@ impl CryptoBackend {
     /// operating system's randomness.
     #[cfg(all(
         feature = "std",
-        any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+        any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")
     ))]
     pub fn platform_default() -> Self {
         #[cfg(feature = "aws-lc-rs")]

@@ -221,7 +221,7 @@ impl CredsOptions {
     /// Options with the platform's default backend and the system clock.
     #[cfg(all(
         feature = "std",
-        any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+        any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")
     ))]
     pub fn system(endpoint: Endpoint) -> Self {
         Self::new(
@@ -319,7 +319,7 @@ pub fn check_pem(pem: &CredsPem<'_>, opts: CredsOptions) -> Report {
 /// platform's default backend and the system clock, as `kvmio creds check DIR --endpoint E` does.
 #[cfg(all(
     feature = "std",
-    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")
 ))]
 pub fn check_dir(dir: impl AsRef<std::path::Path>, endpoint: Endpoint) -> Report {
     check_dir_with(dir, CredsOptions::system(endpoint))

@@ -54,7 +54,7 @@
 //! the layer (the core needs no TLS code):
 //!
 //! ```no_run
-//! # #[cfg(all(feature = "std", any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")))]
+//! # #[cfg(all(feature = "std", any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")))]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::io::{Read, Write};
 //! use tls_glue::{CredsOptions, Endpoint, TlsCreds, TlsLayer, TlsServerConfig};
@@ -102,7 +102,7 @@
 //! let n = tls.close_notify(&mut wire_out)?;
 //! sock.write_all(&wire_out[..n])?;
 //! # Ok(()) }
-//! # #[cfg(not(all(feature = "std", any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto"))))]
+//! # #[cfg(not(all(feature = "std", any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core"))))]
 //! # fn main() {}
 //! ```
 //!
@@ -137,6 +137,9 @@
 //! * `aws-lc-rs` (default), `ring`, `rustcrypto`: crypto backends; any combination, chosen per
 //!   configuration with [`CryptoBackend`]. `rustcrypto` is pure Rust and builds for
 //!   `thumbv7em-none-eabihf` without `std` (randomness from a [`RandomSource`]).
+//!   `rustcrypto-core` is its smallest form (TLS 1.3 with AES-128-GCM/ChaCha20, X25519/P-256,
+//!   ECDSA P-256 only), for firmware; `rustcrypto-sha384`, `rustcrypto-p384`,
+//!   `rustcrypto-ed25519` and `rustcrypto-rsa` add algorithms, `rustcrypto` is all of them.
 //! * `tls12` (default): allows [`TlsVersions::Tls12AndTls13`] for old peers (TLS 1.3 only
 //!   unless asked).
 //! * `generate`: `generate_qemu_layout`, `GenerateOptions` (rcgen).
@@ -158,7 +161,7 @@ mod error;
 mod generate;
 mod layer;
 mod pin;
-#[cfg(feature = "rustcrypto")]
+#[cfg(feature = "rustcrypto-core")]
 mod rustcrypto;
 #[cfg(any(feature = "test-support", fuzzing))]
 pub mod test_support;
@@ -173,7 +176,7 @@ pub use config::{
 };
 #[cfg(all(
     feature = "std",
-    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")
 ))]
 pub use creds::check_dir;
 pub use creds::{

@@ -1,6 +1,16 @@
 //! A small rustls `CryptoProvider` built from maintained RustCrypto crates, for targets where
 //! neither aws-lc-rs nor ring builds (thumbv7em). Randomness comes from the caller.
 //!
+//! What it offers follows the cargo features, so firmware pays only for what it uses:
+//! * `rustcrypto-core`: TLS 1.3 AES-128-GCM-SHA256 and ChaCha20-Poly1305-SHA256, key exchange
+//!   X25519 and P-256, ECDSA P-256 with SHA-256 (verify and sign);
+//! * `rustcrypto-sha384`: TLS 1.3 AES-256-GCM-SHA384 (and SHA-384 signatures where a curve is
+//!   enabled);
+//! * `rustcrypto-p384`: P-384 key exchange and ECDSA P-384;
+//! * `rustcrypto-ed25519`: Ed25519 signatures;
+//! * `rustcrypto-rsa`: RSA PKCS#1 v1.5 and PSS signatures (SHA-256/384/512);
+//! * `rustcrypto`: all of the above.
+//!
 //! rustls-rustcrypto 0.0.2-alpha was not used: it pulls a second webpki, getrandom 0.2 with a
 //! global custom hook (no injectable RNG) and has not been released for a long time.
 
@@ -36,10 +46,16 @@ pub(crate) fn provider(rng: Arc<dyn RandomSource>) -> CryptoProvider {
     let rand: &'static Rand = Box::leak(Box::new(Rand(rng)));
     let x25519: &'static dyn SupportedKxGroup = Box::leak(Box::new(X25519(rand)));
     let p256: &'static dyn SupportedKxGroup = Box::leak(Box::new(P256Kx(rand)));
+    #[cfg(feature = "rustcrypto-p384")]
     let p384: &'static dyn SupportedKxGroup = Box::leak(Box::new(P384Kx(rand)));
     CryptoProvider {
         cipher_suites: ALL_SUITES.to_vec(),
-        kx_groups: alloc::vec![x25519, p256, p384],
+        kx_groups: alloc::vec![
+            x25519,
+            p256,
+            #[cfg(feature = "rustcrypto-p384")]
+            p384
+        ],
         signature_verification_algorithms: ALGORITHMS,
         secure_random: rand,
         key_provider: rand,
@@ -65,9 +81,11 @@ impl crypto::SecureRandom for Rand {
     }
 }
 
+#[cfg(feature = "rustcrypto-rsa")]
 /// rand_core 0.6 adapter for the RSA-PSS signer.
 struct RngAdapter<'a>(&'a dyn RandomSource);
 
+#[cfg(feature = "rustcrypto-rsa")]
 impl rsa::rand_core::RngCore for RngAdapter<'_> {
     fn next_u32(&mut self) -> u32 {
         let mut b = [0u8; 4];
@@ -90,6 +108,7 @@ impl rsa::rand_core::RngCore for RngAdapter<'_> {
     }
 }
 
+#[cfg(feature = "rustcrypto-rsa")]
 impl rsa::rand_core::CryptoRng for RngAdapter<'_> {}
 
 // ---------------------------------------------------------------- hashes and HMAC
@@ -132,12 +151,14 @@ static SHA256: Hash<sha2::Sha256> = Hash(
     core::marker::PhantomData,
     crypto::hash::HashAlgorithm::SHA256,
 );
+#[cfg(feature = "rustcrypto-sha384")]
 static SHA384: Hash<sha2::Sha384> = Hash(
     core::marker::PhantomData,
     crypto::hash::HashAlgorithm::SHA384,
 );
 
 struct HmacSha256;
+#[cfg(feature = "rustcrypto-sha384")]
 struct HmacSha384;
 struct HmacKey<M>(M);
 
@@ -180,6 +201,7 @@ macro_rules! hmac_impl {
     };
 }
 hmac_impl!(HmacSha256, sha2::Sha256);
+#[cfg(feature = "rustcrypto-sha384")]
 hmac_impl!(HmacSha384, sha2::Sha384);
 
 // ---------------------------------------------------------------- AEADs
@@ -187,12 +209,14 @@ hmac_impl!(HmacSha384, sha2::Sha384);
 #[derive(Clone, Copy)]
 enum Aead {
     Aes128Gcm,
+    #[cfg(feature = "rustcrypto-sha384")]
     Aes256Gcm,
     ChaCha,
 }
 
 enum Cipher {
     Aes128(Box<aes_gcm::Aes128Gcm>),
+    #[cfg(feature = "rustcrypto-sha384")]
     Aes256(Box<aes_gcm::Aes256Gcm>),
     ChaCha(Box<chacha20poly1305::ChaCha20Poly1305>),
 }
@@ -201,7 +225,9 @@ impl Aead {
     fn key_len(self) -> usize {
         match self {
             Aead::Aes128Gcm => 16,
-            Aead::Aes256Gcm | Aead::ChaCha => 32,
+            #[cfg(feature = "rustcrypto-sha384")]
+            Aead::Aes256Gcm => 32,
+            Aead::ChaCha => 32,
         }
     }
 
@@ -215,6 +241,7 @@ impl Aead {
             >::from_slice(
                 &k[..16]
             )))),
+            #[cfg(feature = "rustcrypto-sha384")]
             Aead::Aes256Gcm => Cipher::Aes256(Box::new(aes_gcm::Aes256Gcm::new(aes_gcm::Key::<
                 aes_gcm::Aes256Gcm,
             >::from_slice(
@@ -229,6 +256,7 @@ impl Aead {
     fn secrets(self, key: AeadKey, iv: Iv) -> ConnectionTrafficSecrets {
         match self {
             Aead::Aes128Gcm => ConnectionTrafficSecrets::Aes128Gcm { key, iv },
+            #[cfg(feature = "rustcrypto-sha384")]
             Aead::Aes256Gcm => ConnectionTrafficSecrets::Aes256Gcm { key, iv },
             Aead::ChaCha => ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv },
         }
@@ -240,6 +268,7 @@ impl Cipher {
         let n = aes_gcm::Nonce::from_slice(nonce);
         let r = match self {
             Cipher::Aes128(c) => c.encrypt_in_place(n, aad, buf),
+            #[cfg(feature = "rustcrypto-sha384")]
             Cipher::Aes256(c) => c.encrypt_in_place(n, aad, buf),
             Cipher::ChaCha(c) => c.encrypt_in_place(n, aad, buf),
         };
@@ -250,6 +279,7 @@ impl Cipher {
         let n = aes_gcm::Nonce::from_slice(nonce);
         let r = match self {
             Cipher::Aes128(c) => c.decrypt_in_place(n, aad, buf),
+            #[cfg(feature = "rustcrypto-sha384")]
             Cipher::Aes256(c) => c.decrypt_in_place(n, aad, buf),
             Cipher::ChaCha(c) => c.decrypt_in_place(n, aad, buf),
         };
@@ -424,6 +454,7 @@ impl MessageEncrypter for Tls12 {
             let n = aes_gcm::Nonce::from_slice(&nonce);
             let tag = match &self.cipher {
                 Cipher::Aes128(c) => c.encrypt_in_place_detached(n, &aad, body),
+                #[cfg(feature = "rustcrypto-sha384")]
                 Cipher::Aes256(c) => c.encrypt_in_place_detached(n, &aad, body),
                 Cipher::ChaCha(c) => c.encrypt_in_place_detached(n, &aad, body),
             }
@@ -547,9 +578,11 @@ impl Tls12AeadAlgorithm for Tls12Alg {
 }
 
 static AES128: Tls13Alg = Tls13Alg(Aead::Aes128Gcm);
+#[cfg(feature = "rustcrypto-sha384")]
 static AES256: Tls13Alg = Tls13Alg(Aead::Aes256Gcm);
 static CHACHA: Tls13Alg = Tls13Alg(Aead::ChaCha);
 static HKDF256: crypto::tls13::HkdfUsingHmac<'static> = crypto::tls13::HkdfUsingHmac(&HmacSha256);
+#[cfg(feature = "rustcrypto-sha384")]
 static HKDF384: crypto::tls13::HkdfUsingHmac<'static> = crypto::tls13::HkdfUsingHmac(&HmacSha384);
 
 static TLS13_AES_128_GCM_SHA256: rustls::Tls13CipherSuite = rustls::Tls13CipherSuite {
@@ -562,6 +595,7 @@ static TLS13_AES_128_GCM_SHA256: rustls::Tls13CipherSuite = rustls::Tls13CipherS
     aead_alg: &AES128,
     quic: None,
 };
+#[cfg(feature = "rustcrypto-sha384")]
 static TLS13_AES_256_GCM_SHA384: rustls::Tls13CipherSuite = rustls::Tls13CipherSuite {
     common: crypto::CipherSuiteCommon {
         suite: CipherSuite::TLS13_AES_256_GCM_SHA384,
@@ -589,13 +623,17 @@ mod tls12_suites {
     use rustls::crypto::KeyExchangeAlgorithm;
 
     static AES128_12: Tls12Alg = Tls12Alg(Aead::Aes128Gcm);
+    #[cfg(feature = "rustcrypto-sha384")]
     static AES256_12: Tls12Alg = Tls12Alg(Aead::Aes256Gcm);
     static CHACHA_12: Tls12Alg = Tls12Alg(Aead::ChaCha);
     static PRF256: crypto::tls12::PrfUsingHmac<'static> = crypto::tls12::PrfUsingHmac(&HmacSha256);
+    #[cfg(feature = "rustcrypto-sha384")]
     static PRF384: crypto::tls12::PrfUsingHmac<'static> = crypto::tls12::PrfUsingHmac(&HmacSha384);
 
     const ECDSA_SCHEMES: &[SignatureScheme] = &[
+        #[cfg(feature = "rustcrypto-ed25519")]
         SignatureScheme::ED25519,
+        #[cfg(feature = "rustcrypto-p384")]
         SignatureScheme::ECDSA_NISTP384_SHA384,
         SignatureScheme::ECDSA_NISTP256_SHA256,
     ];
@@ -632,6 +670,7 @@ mod tls12_suites {
         ECDSA_SCHEMES,
         1 << 24
     );
+    #[cfg(feature = "rustcrypto-sha384")]
     suite12!(
         ECDSA_AES256,
         TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
@@ -659,6 +698,7 @@ mod tls12_suites {
         RSA_SCHEMES,
         1 << 24
     );
+    #[cfg(feature = "rustcrypto-sha384")]
     suite12!(
         RSA_AES256,
         TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
@@ -681,17 +721,18 @@ mod tls12_suites {
 
 static ALL_SUITES: &[SupportedCipherSuite] = &[
     SupportedCipherSuite::Tls13(&TLS13_AES_128_GCM_SHA256),
+    #[cfg(feature = "rustcrypto-sha384")]
     SupportedCipherSuite::Tls13(&TLS13_AES_256_GCM_SHA384),
     SupportedCipherSuite::Tls13(&TLS13_CHACHA20_POLY1305_SHA256),
     #[cfg(feature = "tls12")]
     SupportedCipherSuite::Tls12(&tls12_suites::ECDSA_AES128),
-    #[cfg(feature = "tls12")]
+    #[cfg(all(feature = "tls12", feature = "rustcrypto-sha384"))]
     SupportedCipherSuite::Tls12(&tls12_suites::ECDSA_AES256),
     #[cfg(feature = "tls12")]
     SupportedCipherSuite::Tls12(&tls12_suites::ECDSA_CHACHA),
     #[cfg(feature = "tls12")]
     SupportedCipherSuite::Tls12(&tls12_suites::RSA_AES128),
-    #[cfg(feature = "tls12")]
+    #[cfg(all(feature = "tls12", feature = "rustcrypto-sha384"))]
     SupportedCipherSuite::Tls12(&tls12_suites::RSA_AES256),
     #[cfg(feature = "tls12")]
     SupportedCipherSuite::Tls12(&tls12_suites::RSA_CHACHA),
@@ -788,6 +829,7 @@ macro_rules! nist_kx {
     };
 }
 nist_kx!(P256Kx, P256Active, p256, secp256r1, 32);
+#[cfg(feature = "rustcrypto-p384")]
 nist_kx!(P384Kx, P384Active, p384, secp384r1, 48);
 
 // ---------------------------------------------------------------- signature verification
@@ -802,9 +844,12 @@ struct EcdsaVerify {
 
 fn prehash(hash: u16, msg: &[u8]) -> Vec<u8> {
     match hash {
-        256 => sha2::Sha256::digest(msg).to_vec(),
+        #[cfg(feature = "rustcrypto-sha384")]
         384 => sha2::Sha384::digest(msg).to_vec(),
-        _ => sha2::Sha512::digest(msg).to_vec(),
+        #[cfg(feature = "rustcrypto-rsa")]
+        512 => sha2::Sha512::digest(msg).to_vec(),
+        // Only the schemes compiled in ask for a hash: SHA-256 is the rest.
+        _ => sha2::Sha256::digest(msg).to_vec(),
     }
 }
 
@@ -832,7 +877,8 @@ impl SignatureVerificationAlgorithm for EcdsaVerify {
                 vk.verify_prehash(&digest, &sig)
                     .map_err(|_| InvalidSignature)
             }
-            _ => {
+            #[cfg(feature = "rustcrypto-p384")]
+            384 => {
                 let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(public_key)
                     .map_err(|_| InvalidSignature)?;
                 let sig =
@@ -840,13 +886,16 @@ impl SignatureVerificationAlgorithm for EcdsaVerify {
                 vk.verify_prehash(&digest, &sig)
                     .map_err(|_| InvalidSignature)
             }
+            _ => Err(InvalidSignature),
         }
     }
 }
 
+#[cfg(feature = "rustcrypto-ed25519")]
 #[derive(Debug)]
 struct Ed25519Verify;
 
+#[cfg(feature = "rustcrypto-ed25519")]
 impl SignatureVerificationAlgorithm for Ed25519Verify {
     fn public_key_alg_id(&self) -> AlgorithmIdentifier {
         alg_id::ED25519
@@ -868,6 +917,7 @@ impl SignatureVerificationAlgorithm for Ed25519Verify {
     }
 }
 
+#[cfg(feature = "rustcrypto-rsa")]
 #[derive(Debug)]
 struct RsaVerify {
     sig: AlgorithmIdentifier,
@@ -875,6 +925,7 @@ struct RsaVerify {
     hash: u16,
 }
 
+#[cfg(feature = "rustcrypto-rsa")]
 fn rsa_public(public_key: &[u8]) -> Result<rsa::RsaPublicKey, InvalidSignature> {
     use crate::x509::{Reader, TAG_INTEGER, TAG_SEQUENCE, single};
     let seq = single(public_key, TAG_SEQUENCE).map_err(|_| InvalidSignature)?;
@@ -893,6 +944,7 @@ fn rsa_public(public_key: &[u8]) -> Result<rsa::RsaPublicKey, InvalidSignature> 
     Ok(key)
 }
 
+#[cfg(feature = "rustcrypto-rsa")]
 impl SignatureVerificationAlgorithm for RsaVerify {
     fn public_key_alg_id(&self) -> AlgorithmIdentifier {
         alg_id::RSA_ENCRYPTION
@@ -930,50 +982,60 @@ static ECDSA_P256_SHA256: EcdsaVerify = EcdsaVerify {
     curve: 256,
     hash: 256,
 };
+#[cfg(feature = "rustcrypto-sha384")]
 static ECDSA_P256_SHA384: EcdsaVerify = EcdsaVerify {
     pk: alg_id::ECDSA_P256,
     sig: alg_id::ECDSA_SHA384,
     curve: 256,
     hash: 384,
 };
+#[cfg(feature = "rustcrypto-p384")]
 static ECDSA_P384_SHA384: EcdsaVerify = EcdsaVerify {
     pk: alg_id::ECDSA_P384,
     sig: alg_id::ECDSA_SHA384,
     curve: 384,
     hash: 384,
 };
+#[cfg(feature = "rustcrypto-p384")]
 static ECDSA_P384_SHA256: EcdsaVerify = EcdsaVerify {
     pk: alg_id::ECDSA_P384,
     sig: alg_id::ECDSA_SHA256,
     curve: 384,
     hash: 256,
 };
+#[cfg(feature = "rustcrypto-ed25519")]
 static ED25519: Ed25519Verify = Ed25519Verify;
+#[cfg(feature = "rustcrypto-rsa")]
 static RSA_PKCS1_SHA256: RsaVerify = RsaVerify {
     sig: alg_id::RSA_PKCS1_SHA256,
     pss: false,
     hash: 256,
 };
+#[cfg(feature = "rustcrypto-rsa")]
 static RSA_PKCS1_SHA384: RsaVerify = RsaVerify {
     sig: alg_id::RSA_PKCS1_SHA384,
     pss: false,
     hash: 384,
 };
+#[cfg(feature = "rustcrypto-rsa")]
 static RSA_PKCS1_SHA512: RsaVerify = RsaVerify {
     sig: alg_id::RSA_PKCS1_SHA512,
     pss: false,
     hash: 512,
 };
+#[cfg(feature = "rustcrypto-rsa")]
 static RSA_PSS_SHA256: RsaVerify = RsaVerify {
     sig: alg_id::RSA_PSS_SHA256,
     pss: true,
     hash: 256,
 };
+#[cfg(feature = "rustcrypto-rsa")]
 static RSA_PSS_SHA384: RsaVerify = RsaVerify {
     sig: alg_id::RSA_PSS_SHA384,
     pss: true,
     hash: 384,
 };
+#[cfg(feature = "rustcrypto-rsa")]
 static RSA_PSS_SHA512: RsaVerify = RsaVerify {
     sig: alg_id::RSA_PSS_SHA512,
     pss: true,
@@ -983,32 +1045,56 @@ static RSA_PSS_SHA512: RsaVerify = RsaVerify {
 static ALGORITHMS: crypto::WebPkiSupportedAlgorithms = crypto::WebPkiSupportedAlgorithms {
     all: &[
         &ECDSA_P256_SHA256,
+        #[cfg(feature = "rustcrypto-sha384")]
         &ECDSA_P256_SHA384,
+        #[cfg(feature = "rustcrypto-p384")]
         &ECDSA_P384_SHA384,
+        #[cfg(feature = "rustcrypto-p384")]
         &ECDSA_P384_SHA256,
+        #[cfg(feature = "rustcrypto-ed25519")]
         &ED25519,
+        #[cfg(feature = "rustcrypto-rsa")]
         &RSA_PKCS1_SHA256,
+        #[cfg(feature = "rustcrypto-rsa")]
         &RSA_PKCS1_SHA384,
+        #[cfg(feature = "rustcrypto-rsa")]
         &RSA_PKCS1_SHA512,
+        #[cfg(feature = "rustcrypto-rsa")]
         &RSA_PSS_SHA256,
+        #[cfg(feature = "rustcrypto-rsa")]
         &RSA_PSS_SHA384,
+        #[cfg(feature = "rustcrypto-rsa")]
         &RSA_PSS_SHA512,
     ],
     mapping: &[
+        #[cfg(feature = "rustcrypto-p384")]
         (
             SignatureScheme::ECDSA_NISTP384_SHA384,
             &[&ECDSA_P384_SHA384, &ECDSA_P256_SHA384],
         ),
+        #[cfg(feature = "rustcrypto-p384")]
         (
             SignatureScheme::ECDSA_NISTP256_SHA256,
             &[&ECDSA_P256_SHA256, &ECDSA_P384_SHA256],
         ),
+        #[cfg(not(feature = "rustcrypto-p384"))]
+        (
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            &[&ECDSA_P256_SHA256],
+        ),
+        #[cfg(feature = "rustcrypto-ed25519")]
         (SignatureScheme::ED25519, &[&ED25519]),
+        #[cfg(feature = "rustcrypto-rsa")]
         (SignatureScheme::RSA_PSS_SHA512, &[&RSA_PSS_SHA512]),
+        #[cfg(feature = "rustcrypto-rsa")]
         (SignatureScheme::RSA_PSS_SHA384, &[&RSA_PSS_SHA384]),
+        #[cfg(feature = "rustcrypto-rsa")]
         (SignatureScheme::RSA_PSS_SHA256, &[&RSA_PSS_SHA256]),
+        #[cfg(feature = "rustcrypto-rsa")]
         (SignatureScheme::RSA_PKCS1_SHA512, &[&RSA_PKCS1_SHA512]),
+        #[cfg(feature = "rustcrypto-rsa")]
         (SignatureScheme::RSA_PKCS1_SHA384, &[&RSA_PKCS1_SHA384]),
+        #[cfg(feature = "rustcrypto-rsa")]
         (SignatureScheme::RSA_PKCS1_SHA256, &[&RSA_PKCS1_SHA256]),
     ],
 };
@@ -1022,7 +1108,12 @@ impl crypto::KeyProvider for Rand {
 }
 
 fn bad_key() -> Error {
-    Error::General("unsupported or malformed private key for the rustcrypto backend".into())
+    Error::General(
+        "unsupported or malformed private key for the rustcrypto backend (as built: \
+         ECDSA P-256 always; P-384, Ed25519 and RSA only with the rustcrypto-p384, \
+         rustcrypto-ed25519 and rustcrypto-rsa features)"
+            .into(),
+    )
 }
 
 fn load_key(
@@ -1030,19 +1121,25 @@ fn load_key(
     rand: &Arc<dyn RandomSource>,
 ) -> Result<Arc<dyn SigningKey>, Error> {
     use p256::pkcs8::DecodePrivateKey;
+    #[cfg(feature = "rustcrypto-rsa")]
     use rsa::pkcs1::DecodeRsaPrivateKey;
+    #[cfg(not(feature = "rustcrypto-rsa"))]
+    let _ = rand;
     match &key {
         PrivateKeyDer::Pkcs8(k) => {
             let der = k.secret_pkcs8_der();
             if let Ok(sk) = p256::ecdsa::SigningKey::from_pkcs8_der(der) {
                 return Ok(Arc::new(Key::P256(sk)));
             }
+            #[cfg(feature = "rustcrypto-p384")]
             if let Ok(sk) = p384::ecdsa::SigningKey::from_pkcs8_der(der) {
                 return Ok(Arc::new(Key::P384(sk)));
             }
+            #[cfg(feature = "rustcrypto-ed25519")]
             if let Ok(sk) = ed25519_dalek::SigningKey::from_pkcs8_der(der) {
                 return Ok(Arc::new(Key::Ed25519(sk)));
             }
+            #[cfg(feature = "rustcrypto-rsa")]
             if let Ok(sk) = rsa::RsaPrivateKey::from_pkcs8_der(der) {
                 return Ok(Arc::new(Key::Rsa(Box::new(sk), rand.clone())));
             }
@@ -1053,11 +1150,13 @@ fn load_key(
             if let Ok(sk) = p256::SecretKey::from_sec1_der(der) {
                 return Ok(Arc::new(Key::P256(sk.into())));
             }
+            #[cfg(feature = "rustcrypto-p384")]
             if let Ok(sk) = p384::SecretKey::from_sec1_der(der) {
                 return Ok(Arc::new(Key::P384(sk.into())));
             }
             Err(bad_key())
         }
+        #[cfg(feature = "rustcrypto-rsa")]
         PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
             .map(|sk| Arc::new(Key::Rsa(Box::new(sk), rand.clone())) as Arc<dyn SigningKey>)
             .map_err(|_| bad_key()),
@@ -1067,8 +1166,11 @@ fn load_key(
 
 enum Key {
     P256(p256::ecdsa::SigningKey),
+    #[cfg(feature = "rustcrypto-p384")]
     P384(p384::ecdsa::SigningKey),
+    #[cfg(feature = "rustcrypto-ed25519")]
     Ed25519(ed25519_dalek::SigningKey),
+    #[cfg(feature = "rustcrypto-rsa")]
     Rsa(Box<rsa::RsaPrivateKey>, Arc<dyn RandomSource>),
 }
 
@@ -1076,8 +1178,11 @@ impl core::fmt::Debug for Key {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             Key::P256(_) => "Key::P256",
+            #[cfg(feature = "rustcrypto-p384")]
             Key::P384(_) => "Key::P384",
+            #[cfg(feature = "rustcrypto-ed25519")]
             Key::Ed25519(_) => "Key::Ed25519",
+            #[cfg(feature = "rustcrypto-rsa")]
             Key::Rsa(..) => "Key::Rsa",
         })
     }
@@ -1100,8 +1205,11 @@ impl SigningKey for Key {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
         let mine: &[SignatureScheme] = match self {
             Key::P256(_) => &[SignatureScheme::ECDSA_NISTP256_SHA256],
+            #[cfg(feature = "rustcrypto-p384")]
             Key::P384(_) => &[SignatureScheme::ECDSA_NISTP384_SHA384],
+            #[cfg(feature = "rustcrypto-ed25519")]
             Key::Ed25519(_) => &[SignatureScheme::ED25519],
+            #[cfg(feature = "rustcrypto-rsa")]
             Key::Rsa(..) => &[
                 SignatureScheme::RSA_PSS_SHA256,
                 SignatureScheme::RSA_PSS_SHA384,
@@ -1114,8 +1222,11 @@ impl SigningKey for Key {
         let scheme = mine.iter().find(|s| offered.contains(s))?;
         let key = match self {
             Key::P256(k) => Key::P256(k.clone()),
+            #[cfg(feature = "rustcrypto-p384")]
             Key::P384(k) => Key::P384(k.clone()),
+            #[cfg(feature = "rustcrypto-ed25519")]
             Key::Ed25519(k) => Key::Ed25519(k.clone()),
+            #[cfg(feature = "rustcrypto-rsa")]
             Key::Rsa(k, r) => Key::Rsa(k.clone(), r.clone()),
         };
         Some(Box::new(KeySigner {
@@ -1125,6 +1236,7 @@ impl SigningKey for Key {
     }
 
     fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        #[cfg(feature = "rustcrypto-rsa")]
         use p256::pkcs8::EncodePublicKey;
         let ec = |curve: &[u8], point: &[u8]| {
             let mut alg = Vec::new();
@@ -1137,15 +1249,18 @@ impl SigningKey for Key {
                 crate::x509::oid::P256,
                 k.verifying_key().to_encoded_point(false).as_bytes(),
             ),
+            #[cfg(feature = "rustcrypto-p384")]
             Key::P384(k) => ec(
                 crate::x509::oid::P384,
                 k.verifying_key().to_encoded_point(false).as_bytes(),
             ),
+            #[cfg(feature = "rustcrypto-ed25519")]
             Key::Ed25519(k) => {
                 let mut alg = Vec::new();
                 der_push(&mut alg, 0x06, crate::x509::oid::ED25519);
                 spki(&alg, k.verifying_key().as_bytes())
             }
+            #[cfg(feature = "rustcrypto-rsa")]
             Key::Rsa(k, _) => k
                 .to_public_key()
                 .to_public_key_der()
@@ -1158,8 +1273,12 @@ impl SigningKey for Key {
 
     fn algorithm(&self) -> SignatureAlgorithm {
         match self {
-            Key::P256(_) | Key::P384(_) => SignatureAlgorithm::ECDSA,
+            Key::P256(_) => SignatureAlgorithm::ECDSA,
+            #[cfg(feature = "rustcrypto-p384")]
+            Key::P384(_) => SignatureAlgorithm::ECDSA,
+            #[cfg(feature = "rustcrypto-ed25519")]
             Key::Ed25519(_) => SignatureAlgorithm::ED25519,
+            #[cfg(feature = "rustcrypto-rsa")]
             Key::Rsa(..) => SignatureAlgorithm::RSA,
         }
     }
@@ -1174,11 +1293,14 @@ impl Signer for KeySigner {
                 let sig: p256::ecdsa::Signature = k.try_sign(message).map_err(|_| fail())?;
                 Ok(sig.to_der().to_vec())
             }
+            #[cfg(feature = "rustcrypto-p384")]
             Key::P384(k) => {
                 let sig: p384::ecdsa::Signature = k.try_sign(message).map_err(|_| fail())?;
                 Ok(sig.to_der().to_vec())
             }
+            #[cfg(feature = "rustcrypto-ed25519")]
             Key::Ed25519(k) => Ok(k.sign(message).to_vec()),
+            #[cfg(feature = "rustcrypto-rsa")]
             Key::Rsa(k, rand) => {
                 let (hash, pss) = match self.scheme {
                     SignatureScheme::RSA_PSS_SHA256 => (256, true),

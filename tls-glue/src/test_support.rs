@@ -43,7 +43,7 @@ pub fn feed_server(config: &TlsServerConfig, data: &[u8]) -> Option<TlsLayer> {
 /// for fuzzing. Needs `std` and `generate`.
 #[cfg(all(
     feature = "generate",
-    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")
 ))]
 pub fn fuzz_server_config() -> &'static TlsServerConfig {
     static CONFIG: std::sync::OnceLock<TlsServerConfig> = std::sync::OnceLock::new();
@@ -65,7 +65,7 @@ pub fn fuzz_server_config() -> &'static TlsServerConfig {
 /// The fuzz entry point: arbitrary bytes into a server [`TlsLayer`].
 #[cfg(all(
     feature = "generate",
-    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto")
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")
 ))]
 pub fn fuzz_server(data: &[u8]) {
     let _ = feed_server(fuzz_server_config(), data);

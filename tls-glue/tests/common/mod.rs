@@ -29,7 +29,7 @@ pub fn backends() -> Vec<CryptoBackend> {
     v.push(CryptoBackend::aws_lc_rs());
     #[cfg(feature = "ring")]
     v.push(CryptoBackend::ring());
-    #[cfg(feature = "rustcrypto")]
+    #[cfg(feature = "rustcrypto-core")]
     v.push(CryptoBackend::rustcrypto(Arc::new(OsRandom)));
     v
 }
