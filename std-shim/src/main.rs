@@ -19,6 +19,14 @@ use std_shim::pump::{Pump, TlsStarter, run_blocking};
 use std_shim::serve::{Control, Endpoint, parse_size, serve_threads};
 use std_shim::uri::NbdUri;
 
+/// `println!` that returns the error instead of panicking (e.g. when piped into `head`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)?;
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "kvmio",
@@ -437,28 +445,28 @@ fn nbd_info(uri: &str, json: bool, tls: &ClientTlsArgs) -> Result<()> {
             "block_size_preferred": info.block_size.map(|b| b.1),
             "block_size_maximum": info.block_size.map(|b| b.2),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let f = TransmissionFlags::from_bits_retain(info.flags);
-    println!(
+    say!(
         "protocol: newstyle-fixed {} TLS, using {} replies",
         if info.tls { "with" } else { "without" },
         info.protocol
     );
-    println!(
+    say!(
         "export={:?}:",
         info.name.clone().unwrap_or(uri.export.clone())
     );
     if let Some(d) = info.description.as_ref().filter(|d| !d.is_empty()) {
-        println!("\tdescription: {d}");
+        say!("\tdescription: {d}");
     }
-    println!("\texport-size: {} ({})", info.size, human(info.size));
-    println!("\turi: {uri}");
+    say!("\texport-size: {} ({})", info.size, human(info.size));
+    say!("\turi: {uri}");
     if !info.contexts.is_empty() {
-        println!("\tcontexts:");
+        say!("\tcontexts:");
         for c in &info.contexts {
-            println!("\t\t{c}");
+            say!("\t\t{c}");
         }
     }
     for (name, flag) in [
@@ -473,12 +481,12 @@ fn nbd_info(uri: &str, json: bool, tls: &ClientTlsArgs) -> Result<()> {
         ("can_trim", TransmissionFlags::SEND_TRIM),
         ("can_zero", TransmissionFlags::SEND_WRITE_ZEROES),
     ] {
-        println!("\t{name}: {}", f.contains(flag));
+        say!("\t{name}: {}", f.contains(flag));
     }
     if let Some((min, pref, max)) = info.block_size {
-        println!("\tblock_size_minimum: {min}");
-        println!("\tblock_size_preferred: {pref}");
-        println!("\tblock_size_maximum: {max}");
+        say!("\tblock_size_minimum: {min}");
+        say!("\tblock_size_preferred: {pref}");
+        say!("\tblock_size_maximum: {max}");
     }
     Ok(())
 }
@@ -501,7 +509,7 @@ fn nbd_ping(uri: &str, count: u32, tls: &ClientTlsArgs) -> Result<()> {
     let total = all.elapsed();
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
+    say!(
         "{count} connections to {uri} in {:.3} s: {:.1}/s, min {:.2} ms, median {:.2} ms, max {:.2} ms",
         total.as_secs_f64(),
         f64::from(count) / total.as_secs_f64(),
@@ -517,9 +525,9 @@ fn nbd_list(uri: &str, tls: &ClientTlsArgs) -> Result<()> {
     let list = nbd_client::run(&uri, &tls.get(), Goal::List, ListApp::default())?;
     for (name, desc) in list.exports {
         if desc.is_empty() {
-            println!("{name}");
+            say!("{name}");
         } else {
-            println!("{name}\t{desc}");
+            say!("{name}\t{desc}");
         }
     }
     Ok(())
@@ -556,10 +564,10 @@ fn creds(c: CredsCommand) -> Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let g = tls_glue::generate_qemu_layout(&dir, &o)?;
             for f in &g.files {
-                println!("wrote {}", f.display());
+                say!("wrote {}", f.display());
             }
-            println!("client certificate DN (for --tls-authz): {}", g.client_dn);
-            println!("server certificate SHA-256: {}", g.server_fingerprint);
+            say!("client certificate DN (for --tls-authz): {}", g.client_dn);
+            say!("server certificate SHA-256: {}", g.server_fingerprint);
             Ok(())
         }
         CredsCommand::Check { dir, endpoint } => {
@@ -569,7 +577,7 @@ fn creds(c: CredsCommand) -> Result<()> {
             };
             let report = tls_glue::check_dir(&dir, e);
             if report.diagnostics.is_empty() {
-                println!(
+                say!(
                     "{}: the {} credentials are fine",
                     dir.display(),
                     endpoint_name(endpoint)
@@ -642,7 +650,15 @@ fn main() {
         Top::Vnc(v) => std_shim::vnc_cli::run(v),
     };
     if let Err(e) = r {
-        eprintln!("kvmio: {e:#}");
-        std::process::exit(1);
+        // A closed stdout (`kvmio nbd info … | head`) is how pipelines end, not an error.
+        let stdout_closed = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            && std::io::Write::flush(&mut std::io::stdout()).is_err();
+        if !stdout_closed {
+            eprintln!("kvmio: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

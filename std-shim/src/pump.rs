@@ -552,6 +552,12 @@ impl<S: Session> Pump<S> {
         }
     }
 
+    /// Whether the pump is sending its last bytes (close_notify) before closing: a peer that
+    /// already hung up (EPIPE, ECONNRESET) is then no error.
+    pub fn finishing(&self) -> bool {
+        self.state == State::Done
+    }
+
     /// The bytes of the last `Send` or `SendFile` went out.
     pub fn sent(&mut self) {
         if self.send_plain {
@@ -595,6 +601,13 @@ impl<S: Session> Pump<S> {
             }
         }
     }
+}
+
+fn is_hangup(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -641,7 +654,10 @@ pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) ->
         match pump.step()? {
             Action::Done => return Ok(()),
             Action::Send(bytes) => {
-                io.write_all(bytes).context("send")?;
+                match io.write_all(bytes) {
+                    Err(e) if pump.finishing() && is_hangup(&e) => return Ok(()),
+                    r => r.context("send")?,
+                }
                 pump.sent();
             }
             Action::SendFile(file, offset, len) => {
@@ -695,7 +711,10 @@ pub async fn run_tokio<S: Session, T: AsyncTransport>(
                 return Ok(());
             }
             Action::Send(bytes) => {
-                io.write_all(bytes).await.context("send")?;
+                match io.write_all(bytes).await {
+                    Err(e) if pump.finishing() && is_hangup(&e) => return Ok(()),
+                    r => r.context("send")?,
+                }
                 pump.sent();
             }
             Action::SendFile(file, offset, len) => {

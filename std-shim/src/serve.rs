@@ -117,7 +117,15 @@ impl io::Write for Stream {
 
 enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// The socket, its path, and the path's (device, inode) when bound.
+    Unix(UnixListener, PathBuf, (u64, u64)),
+}
+
+fn inode(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl Listener {
@@ -128,10 +136,9 @@ impl Listener {
             }
             Endpoint::Unix(p) => {
                 let _ = std::fs::remove_file(p);
-                Self::Unix(
-                    UnixListener::bind(p).with_context(|| format!("listen on {}", p.display()))?,
-                    p.clone(),
-                )
+                let l =
+                    UnixListener::bind(p).with_context(|| format!("listen on {}", p.display()))?;
+                Self::Unix(l, p.clone(), inode(p).unwrap_or_default())
             }
         })
     }
@@ -143,7 +150,7 @@ impl Listener {
                 s.set_nodelay(true)?;
                 Ok((Stream::Tcp(s), a.to_string()))
             }
-            Self::Unix(l, p) => {
+            Self::Unix(l, p, _) => {
                 let (s, _) = l.accept()?;
                 Ok((Stream::Unix(s), format!("unix:{}", p.display())))
             }
@@ -154,22 +161,25 @@ impl Listener {
         use std::os::fd::AsFd;
         match self {
             Self::Tcp(l) => l.as_fd(),
-            Self::Unix(l, _) => l.as_fd(),
+            Self::Unix(l, ..) => l.as_fd(),
         }
     }
 
     fn local(&self) -> String {
         match self {
             Self::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            Self::Unix(_, p) => format!("unix:{}", p.display()),
+            Self::Unix(_, p, _) => format!("unix:{}", p.display()),
         }
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Self::Unix(_, p) = self {
-            let _ = std::fs::remove_file(p);
+        // Remove the path only if it is still ours (a newer server may have bound it since).
+        if let Self::Unix(_, p, id) = self {
+            if inode(p) == Some(*id) {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
@@ -442,7 +452,7 @@ where
                         l.set_nonblocking(true)?;
                         AsyncListener::Tcp(tokio::net::TcpListener::from_std(l)?)
                     }
-                    Listener::Unix(l, _) => {
+                    Listener::Unix(l, ..) => {
                         let l = l.try_clone()?;
                         l.set_nonblocking(true)?;
                         AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?)
