@@ -176,10 +176,10 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         // Remove the path only if it is still ours (a newer server may have bound it since).
-        if let Self::Unix(_, p, id) = self {
-            if inode(p) == Some(*id) {
-                let _ = std::fs::remove_file(p);
-            }
+        if let Self::Unix(_, p, id) = self
+            && inode(p) == Some(*id)
+        {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
