@@ -23,22 +23,41 @@ pub const RECORD_OVERHEAD: usize = 5 + 1 + 16 + 8;
 /// more records than it holds (rustls accepts handshake messages up to 64 KiB).
 pub const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024 + 4 * MAX_RECORD_LEN;
 
+/// The receive buffer never starts smaller than this.
+const MIN_RX_CAPACITY: usize = 1024;
+
 /// Buffer sizing of a [`TlsLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerOptions {
-    /// Ciphertext receive buffer, in bytes; at least [`MAX_RECORD_LEN`] (it is raised to that).
-    /// Larger lets one transport read carry several records.
+    /// Initial ciphertext receive buffer, in bytes (at least 1 KiB). Larger lets one transport
+    /// read carry several records. When a record does not fit, the buffer grows: to
+    /// [`MAX_RECORD_LEN`] (one maximum record always fits), and during the handshake up to
+    /// [`rx_limit`](Self::rx_limit). A peer that sends only small records (a VNC viewer) then
+    /// never costs a full record buffer.
     pub rx_capacity: usize,
+    /// Most the receive buffer may grow to during the handshake, when one handshake message
+    /// (e.g. a long certificate chain) spans more records than it holds; at least
+    /// [`MAX_RECORD_LEN`]. Bounds what a peer can make the layer allocate.
+    pub rx_limit: usize,
     /// Stop decrypting once this much plaintext waits unconsumed (backpressure: then
     /// `handle_ciphertext` consumes less than offered).
     pub plaintext_limit: usize,
+    /// Hand application data to the core straight from rustls' record buffer
+    /// ([`TlsLayer::deliver_plaintext`]) and copy only what the core leaves unconsumed, instead
+    /// of copying every record into the layer's plaintext buffer first. Saves up to a record
+    /// of heap per connection (e.g. NBD writes arrive in full 16 KiB records). Records are then
+    /// decrypted one at a time when `deliver_plaintext` asks, and
+    /// [`TlsLayer::plaintext`] shows only the unconsumed remainder: use `deliver_plaintext`.
+    pub deliver_in_place: bool,
 }
 
 impl Default for LayerOptions {
     fn default() -> Self {
         Self {
             rx_capacity: 4 * MAX_RECORD_LEN,
+            rx_limit: MAX_HANDSHAKE_BUFFER,
             plaintext_limit: 256 * 1024,
+            deliver_in_place: false,
         }
     }
 }
@@ -48,7 +67,22 @@ impl LayerOptions {
     pub fn small() -> Self {
         Self {
             rx_capacity: MAX_RECORD_LEN,
+            rx_limit: MAX_HANDSHAKE_BUFFER,
             plaintext_limit: MAX_FRAGMENT_LEN,
+            deliver_in_place: false,
+        }
+    }
+
+    /// Buffers that start small and grow only to what the peer's records need, the handshake
+    /// bounded to one record's worth of buffer, records delivered in place: for
+    /// microcontrollers with little heap. `plaintext_limit` must hold the largest message the
+    /// protocol core needs whole.
+    pub fn minimal(plaintext_limit: usize) -> Self {
+        Self {
+            rx_capacity: 4096,
+            rx_limit: MAX_RECORD_LEN,
+            plaintext_limit,
+            deliver_in_place: true,
         }
     }
 }
@@ -60,17 +94,21 @@ enum Conn {
 
 enum Step {
     Continue,
+    /// A decrypted record waits inside rustls (in-place delivery).
+    AppData,
     Blocked,
     Writable,
     PeerClosed,
     Closed,
 }
 
-/// Handles one rustls state; `plain` receives application data, `tx` handshake bytes.
+/// Handles one rustls state; `plain` receives application data (unless `defer`: then a
+/// decrypted record stays in rustls), `tx` handshake bytes.
 fn handle_state<D>(
     status: UnbufferedStatus<'_, '_, D>,
     plain: &mut Plain,
     tx: &mut Vec<u8>,
+    defer: bool,
 ) -> (usize, Result<Step, rustls::Error>) {
     let mut discard = status.discard;
     let state = match status.state {
@@ -78,6 +116,7 @@ fn handle_state<D>(
         Err(e) => return (discard, Err(e)),
     };
     let step = match state {
+        ConnectionState::ReadTraffic(_) if defer => Ok(Step::AppData),
         ConnectionState::ReadTraffic(mut r) => {
             while let Some(rec) = r.next_record() {
                 match rec {
@@ -141,6 +180,9 @@ impl Plain {
             self.buf.truncate(self.buf.len() - self.start);
             self.start = 0;
         }
+        // Grow to what is needed, not to the next power of two: bounded by the limit plus
+        // one record, this is the largest buffer of a session on a small heap.
+        self.buf.reserve_exact(data.len());
         self.buf.extend_from_slice(data);
     }
 
@@ -174,6 +216,10 @@ pub struct TlsLayer {
     tx: Vec<u8>,
     tx_start: usize,
     plaintext_limit: usize,
+    rx_limit: usize,
+    in_place: bool,
+    /// In-place delivery: a decrypted record waits inside rustls.
+    record_pending: bool,
     error: Option<TlsError>,
     peer_closed: bool,
     sent_close: bool,
@@ -232,7 +278,7 @@ impl TlsLayer {
     fn make(conn: Conn, opts: LayerOptions, has_validator: bool) -> Self {
         Self {
             conn,
-            rx: alloc::vec![0; opts.rx_capacity.max(MAX_RECORD_LEN)],
+            rx: alloc::vec![0; opts.rx_capacity.max(MIN_RX_CAPACITY)],
             rx_start: 0,
             rx_end: 0,
             plain: Plain {
@@ -242,6 +288,9 @@ impl TlsLayer {
             tx: Vec::new(),
             tx_start: 0,
             plaintext_limit: opts.plaintext_limit.max(1),
+            rx_limit: opts.rx_limit.max(MAX_RECORD_LEN),
+            in_place: opts.deliver_in_place,
+            record_pending: false,
             error: None,
             peer_closed: false,
             sent_close: false,
@@ -297,16 +346,28 @@ impl TlsLayer {
             self.rx_end -= self.rx_start;
             self.rx_start = 0;
         }
-        if self.rx_end == self.rx.len()
-            && self.is_handshaking()
-            && self.rx.len() < MAX_HANDSHAKE_BUFFER
-        {
-            // A handshake message spanning several records stays in the buffer until it is
-            // complete (e.g. a long certificate chain): grow, during the handshake only.
-            let new = (self.rx.len() * 2).min(MAX_HANDSHAKE_BUFFER);
+        if self.rx_end == self.rx.len() && self.rx.len() < self.rx_growth_cap() {
+            // The buffer holds part of a record that does not fit (it starts at offset 0
+            // after the compaction above): grow. After the handshake straight to one maximum
+            // record; during it a handshake message spanning several records must fit whole
+            // (e.g. a long certificate chain), so double up to the limit.
+            let new = if self.is_handshaking() {
+                (self.rx.len() * 2).clamp(MAX_RECORD_LEN.min(self.rx_limit), self.rx_limit)
+            } else {
+                MAX_RECORD_LEN
+            };
             self.rx.resize(new, 0);
         }
         &mut self.rx[self.rx_end..]
+    }
+
+    /// How far the receive buffer may grow now.
+    fn rx_growth_cap(&self) -> usize {
+        if self.is_handshaking() {
+            self.rx_limit
+        } else {
+            MAX_RECORD_LEN
+        }
     }
 
     /// Declares `n` bytes written into [`ciphertext_buffer`](Self::ciphertext_buffer) and
@@ -354,12 +415,13 @@ impl TlsLayer {
             } = self;
             let buf = &mut rx[*rx_start..*rx_end];
             let (discard, r) = match conn {
-                Conn::Server(c) => handle_state(c.process_tls_records(buf), plain, tx),
-                Conn::Client(c) => handle_state(c.process_tls_records(buf), plain, tx),
+                Conn::Server(c) => handle_state(c.process_tls_records(buf), plain, tx, false),
+                Conn::Client(c) => handle_state(c.process_tls_records(buf), plain, tx, false),
             };
             *rx_start = (*rx_start + discard).min(*rx_end);
             let _ = r;
         }
+        self.record_pending = false;
         mapped
     }
 
@@ -371,9 +433,10 @@ impl TlsLayer {
         let mut guard = 0u32;
         loop {
             guard += 1;
-            if self.plain.len() >= self.plaintext_limit || guard > 100_000 {
+            if self.plain.len() >= self.plaintext_limit || self.record_pending || guard > 100_000 {
                 break;
             }
+            let defer = self.in_place;
             let Self {
                 conn,
                 rx,
@@ -385,13 +448,17 @@ impl TlsLayer {
             } = self;
             let buf = &mut rx[*rx_start..*rx_end];
             let (discard, step) = match conn {
-                Conn::Server(c) => handle_state(c.process_tls_records(buf), plain, tx),
-                Conn::Client(c) => handle_state(c.process_tls_records(buf), plain, tx),
+                Conn::Server(c) => handle_state(c.process_tls_records(buf), plain, tx, defer),
+                Conn::Client(c) => handle_state(c.process_tls_records(buf), plain, tx, defer),
             };
             *rx_start = (*rx_start + discard).min(*rx_end);
             match step {
                 Err(e) => return Err(self.fail(e)),
                 Ok(Step::Continue) => {}
+                Ok(Step::AppData) => {
+                    self.record_pending = true;
+                    break;
+                }
                 Ok(Step::PeerClosed) => {
                     self.peer_closed = true;
                 }
@@ -408,7 +475,9 @@ impl TlsLayer {
     // ------------------------------------------------------------------ plaintext
 
     /// Decrypted data not yet consumed by the protocol core, contiguous: what the core left
-    /// unconsumed last time followed by what arrived since.
+    /// unconsumed last time followed by what arrived since. With
+    /// [`LayerOptions::deliver_in_place`] only what the core left unconsumed (records not yet
+    /// delivered wait inside rustls): use [`deliver_plaintext`](Self::deliver_plaintext).
     pub fn plaintext(&self) -> &[u8] {
         &self.plain.buf[self.plain.start..]
     }
@@ -422,23 +491,124 @@ impl TlsLayer {
         }
     }
 
-    /// Hands [`plaintext`](Self::plaintext) to `core_input` (e.g. a closure calling the
-    /// core's `handle_input` and returning its consumed count) until it is empty or the core
-    /// consumes nothing. Returns the total consumed.
+    /// Hands the plaintext to `core_input` (e.g. a closure calling the core's `handle_input`
+    /// and returning its consumed count) until there is none left or the core consumes
+    /// nothing. Returns the total consumed.
+    ///
+    /// With [`LayerOptions::deliver_in_place`], records are decrypted here, one at a time,
+    /// and handed over straight from rustls' buffer; what the core does not consume is kept
+    /// (copied) and offered first next time, joined with the next record when the core needs
+    /// more to make progress.
     pub fn deliver_plaintext<E>(
         &mut self,
         mut core_input: impl FnMut(&[u8]) -> Result<usize, E>,
     ) -> Result<usize, E> {
         let mut total = 0;
-        while !self.plaintext().is_empty() {
-            let n = core_input(self.plaintext())?;
-            if n == 0 {
+        loop {
+            if !self.plaintext().is_empty() {
+                let n = core_input(self.plaintext())?;
+                if n > 0 {
+                    self.consume_plaintext(n);
+                    total += n;
+                    continue;
+                }
+                if !self.record_pending {
+                    break;
+                }
+                // The core needs more than the remainder: join the next record to it.
+                self.take_record(|_| Ok::<usize, E>(0))?;
+                continue;
+            }
+            if !self.record_pending {
                 break;
             }
-            self.consume_plaintext(n);
-            total += n;
+            total += self.take_record(|payload| {
+                let mut used = 0;
+                while used < payload.len() {
+                    match core_input(&payload[used..])? {
+                        0 => break,
+                        n => used += n,
+                    }
+                }
+                Ok(used)
+            })?;
         }
         Ok(total)
+    }
+
+    /// In-place delivery: pops the record waiting inside rustls, lets `use_payload` consume a
+    /// prefix, keeps the rest in the plaintext buffer, then lets rustls decrypt the next one.
+    fn take_record<E>(
+        &mut self,
+        use_payload: impl FnOnce(&[u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        self.record_pending = false;
+        let mut result = Ok(0);
+        let mut use_payload = Some(use_payload);
+        let Self {
+            conn,
+            rx,
+            rx_start,
+            rx_end,
+            plain,
+            tx,
+            ..
+        } = self;
+        let buf = &mut rx[*rx_start..*rx_end];
+        macro_rules! go {
+            ($c:expr) => {{
+                let st = $c.process_tls_records(buf);
+                let mut discard = st.discard;
+                match st.state {
+                    Ok(ConnectionState::ReadTraffic(mut r)) => match r.next_record() {
+                        Some(Ok(rec)) => {
+                            discard += rec.discard;
+                            let payload = rec.payload;
+                            let used = match use_payload.take() {
+                                Some(f) => f(payload),
+                                None => Ok(0),
+                            };
+                            let keep = match &used {
+                                Ok(n) => (*n).min(payload.len()),
+                                Err(_) => payload.len(),
+                            };
+                            plain.append(&payload[keep..]);
+                            result = used;
+                            (discard, Ok(Step::Continue))
+                        }
+                        Some(Err(e)) => (discard, Err(e)),
+                        None => (discard, Ok(Step::Continue)),
+                    },
+                    other => {
+                        let (d, r) = handle_state(
+                            UnbufferedStatus {
+                                discard: 0,
+                                state: other,
+                            },
+                            plain,
+                            tx,
+                            false,
+                        );
+                        (discard + d, r)
+                    }
+                }
+            }};
+        }
+        let (discard, step) = match conn {
+            Conn::Server(c) => go!(c),
+            Conn::Client(c) => go!(c),
+        };
+        *rx_start = (*rx_start + discard).min(*rx_end);
+        match step {
+            Err(e) => {
+                self.fail(e);
+            }
+            Ok(Step::PeerClosed) => self.peer_closed = true,
+            Ok(_) => {}
+        }
+        // The next record, if one is buffered.
+        let _ = self.process();
+        result
     }
 
     // ------------------------------------------------------------------ output
@@ -472,7 +642,12 @@ impl TlsLayer {
     pub fn transmit_done(&mut self, n: usize) {
         self.tx_start = (self.tx_start + n).min(self.tx.len());
         if self.tx_start == self.tx.len() {
-            self.tx.clear();
+            if self.is_handshaking() {
+                self.tx.clear();
+            } else {
+                // The handshake flight (certificates) was the big one: give it back.
+                self.tx = Vec::new();
+            }
             self.tx_start = 0;
         }
     }
@@ -533,6 +708,8 @@ impl TlsLayer {
                         Ok(ConnectionState::BlockedHandshake) => Out::Blocked,
                         Ok(ConnectionState::Closed) => Out::Closed,
                         other => {
+                            // A record waiting for in-place delivery is copied now:
+                            // rustls writes only once nothing is left to read.
                             let (d, r) = handle_state(
                                 UnbufferedStatus {
                                     discard: 0,
@@ -540,6 +717,7 @@ impl TlsLayer {
                                 },
                                 plain,
                                 tx,
+                                false,
                             );
                             discard += d;
                             Out::Other(r)
@@ -557,8 +735,11 @@ impl TlsLayer {
                 Out::Blocked => return Err(EncryptError::HandshakeNotComplete),
                 Out::Closed => return Err(EncryptError::Closed),
                 Out::Other(Err(e)) => return Err(EncryptError::Failed(self.fail(e))),
-                Out::Other(Ok(Step::PeerClosed)) => self.peer_closed = true,
-                Out::Other(Ok(Step::Continue)) => {}
+                Out::Other(Ok(Step::PeerClosed)) => {
+                    self.record_pending = false;
+                    self.peer_closed = true;
+                }
+                Out::Other(Ok(Step::Continue)) => self.record_pending = false,
                 Out::Other(Ok(_)) => return Err(EncryptError::HandshakeNotComplete),
             }
         }
@@ -646,7 +827,7 @@ impl TlsLayer {
             && self.plain.len() < self.plaintext_limit
             && (self.rx_start > 0
                 || self.rx_end < self.rx.len()
-                || (self.is_handshaking() && self.rx.len() < MAX_HANDSHAKE_BUFFER))
+                || self.rx.len() < self.rx_growth_cap())
     }
 
     /// Whether the peer sent `close_notify` (no more plaintext will come).

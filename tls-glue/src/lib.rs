@@ -15,8 +15,9 @@
 //!
 //! # Buffers and who owns them
 //!
-//! * **Receive**: the layer owns one ciphertext buffer ([`LayerOptions::rx_capacity`], at least
-//!   one maximum record, [`MAX_RECORD_LEN`]). The driver either reads from the socket directly
+//! * **Receive**: the layer owns one ciphertext buffer ([`LayerOptions::rx_capacity`]; it grows
+//!   to one maximum record, [`MAX_RECORD_LEN`], when a record does not fit, and during the
+//!   handshake up to [`LayerOptions::rx_limit`]). The driver either reads from the socket directly
 //!   into [`TlsLayer::ciphertext_buffer`] and calls [`TlsLayer::commit_ciphertext`] (no copy),
 //!   or hands bytes it already holds (e.g. left over after STARTTLS) to
 //!   [`TlsLayer::handle_ciphertext`], which reports how many it took.
@@ -25,7 +26,10 @@
 //!   it and reports what it used with [`TlsLayer::consume_plaintext`]; an unconsumed partial
 //!   message stays at the front and new data lands right behind it (the buffer is compacted
 //!   in place, it does not grow per record). Above [`LayerOptions::plaintext_limit`] the layer
-//!   stops decrypting and stops taking ciphertext: that is the backpressure.
+//!   stops decrypting and stops taking ciphertext: that is the backpressure. With
+//!   [`LayerOptions::deliver_in_place`] ([`LayerOptions::minimal`], for microcontrollers)
+//!   [`TlsLayer::deliver_plaintext`] hands each record to the core straight from rustls'
+//!   buffer and only the unconsumed rest is copied.
 //! * **Send**: handshake, alert and ticket bytes wait in the layer for
 //!   [`TlsLayer::poll_transmit`] (or zero-copy via [`TlsLayer::pending_transmit`] +
 //!   [`TlsLayer::transmit_done`]). Application data goes through [`TlsLayer::encrypt`] into
