@@ -68,12 +68,17 @@ pub struct ServerConfig<'a> {
     /// In selective mode, answer `NBD_REP_ERR_TLS_REQD` rather than `NBD_REP_ERR_UNKNOWN` for
     /// unknown exports before TLS, so clients cannot enumerate exports in the clear.
     pub hide_unknown_before_tls: bool,
+    /// Advertise `NBD_FLAG_CAN_MULTI_CONN` where the export allows it (read-only exports and
+    /// [`ExportFeatures::MULTI_CONN`]). A server that takes only one connection per client at
+    /// a time (a microcontroller with a session or two per port) turns this off, so clients
+    /// such as nbdcopy do not open several connections and fail on the refused ones.
+    pub multi_conn: bool,
 }
 
 impl<'a> ServerConfig<'a> {
     /// A configuration with the defaults: no TLS, the first export as the default one, names
     /// up to 4096 bytes, options up to 16 KiB, 64 requests in flight, a 10 s handshake
-    /// deadline, structured replies and extended headers on.
+    /// deadline, structured replies, extended headers and multi-conn on.
     pub const fn new(exports: &'a [Export<'a>]) -> Self {
         Self {
             exports,
@@ -86,6 +91,7 @@ impl<'a> ServerConfig<'a> {
             structured_replies: true,
             extended_headers: true,
             hide_unknown_before_tls: false,
+            multi_conn: true,
         }
     }
 
@@ -1073,7 +1079,7 @@ impl<'a> Server<'a> {
                 let info = match bit {
                     InfoMask::EXPORT => InfoReplyRepr::Export {
                         size: e.size,
-                        flags: e.transmission_flags(self.neg.structured, self.neg.extended),
+                        flags: self.flags_of(&e, self.neg.structured, self.neg.extended),
                     },
                     InfoMask::NAME => InfoReplyRepr::Name(e.name),
                     InfoMask::DESCRIPTION => InfoReplyRepr::Description(e.description),
@@ -1124,7 +1130,7 @@ impl<'a> Server<'a> {
                 let e = self.config.exports[usize::from(export)];
                 let n = ExportNameReplyRepr {
                     size: e.size,
-                    flags: e.transmission_flags(self.neg.structured, false),
+                    flags: self.flags_of(&e, self.neg.structured, false),
                     zeroes: !self.no_zeroes,
                 }
                 .emit(buf)?;
@@ -1132,6 +1138,15 @@ impl<'a> Server<'a> {
                 Ok(n)
             }
         }
+    }
+
+    /// The transmission flags of `e` under this configuration.
+    fn flags_of(&self, e: &Export<'_>, structured: bool, extended: bool) -> TransmissionFlags {
+        let mut flags = e.transmission_flags(structured, extended);
+        if !self.config.multi_conn {
+            flags.remove(TransmissionFlags::CAN_MULTI_CONN);
+        }
+        flags
     }
 
     fn enter_transmission(&mut self, export: u16) {
@@ -1144,7 +1159,7 @@ impl<'a> Server<'a> {
             HeaderStyle::Simple
         };
         let base_allocation = style != HeaderStyle::Simple && self.neg.meta == Some(export);
-        let flags = e.transmission_flags(self.neg.structured, self.neg.extended);
+        let flags = self.flags_of(&e, self.neg.structured, self.neg.extended);
         self.tx = Transmission {
             export,
             style,

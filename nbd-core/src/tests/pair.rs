@@ -642,6 +642,27 @@ fn tls_selective_hides_tls_only_exports() {
 }
 
 #[test]
+fn multi_conn_can_be_turned_off() {
+    // Read-only exports advertise CAN_MULTI_CONN by default; a server that takes one
+    // connection per client (firmware with few session slots) turns it off.
+    for multi_conn in [true, false] {
+        let mut c = config(&EXPORTS);
+        c.multi_conn = multi_conn;
+        let mut p = Pair::new(c, ClientConfig::default(), pattern_disk(SIZE)).with_plan(Plan {
+            export: "iso",
+            ..plan(Goal::Go, TlsPolicy::Disable, false, true, false)
+        });
+        p.drive().unwrap();
+        let info = ready(&p);
+        assert!(info.flags.contains(TransmissionFlags::READ_ONLY));
+        assert_eq!(
+            info.flags.contains(TransmissionFlags::CAN_MULTI_CONN),
+            multi_conn
+        );
+    }
+}
+
+#[test]
 fn read_only_multi_conn_features() {
     static E: [Export<'static>; 1] = [Export {
         features: ExportFeatures::FLUSH,
