@@ -1471,7 +1471,9 @@ impl Default for Negotiator {
 impl Negotiator {
     /// A negotiator at the start of a plan.
     pub fn new() -> Self {
-        Self { step: Step::StartTls }
+        Self {
+            step: Step::StartTls,
+        }
     }
 
     /// Whether the plan has run to its end (transmission, or the goal's ABORT sent).
