@@ -45,6 +45,14 @@ impl Source<'_, '_> {
         }
     }
 
+    /// Loads a `w` × `h` (≤ 16 × 16) block at `(x, y)` as a Hextile [`Tile`] (16 per row).
+    #[inline]
+    pub(crate) fn load_tile(&self, x: u16, y: u16, w: u16, h: u16, t: &mut Tile) {
+        for (row, d) in (y..y + h).zip(t.chunks_exact_mut(16)) {
+            self.load(x, row, w, 1, &mut d[..usize::from(w)]);
+        }
+    }
+
     /// Writes `w` pixels of row `y` from `x` in wire format into `out` (exactly `w * bpp` bytes).
     #[inline]
     pub(crate) fn write_row(&self, x: u16, y: u16, w: u16, out: &mut [u8]) {
@@ -60,7 +68,13 @@ impl Source<'_, '_> {
 
 #[inline]
 pub(crate) fn put_px(out: &mut [u8], p: u32, bpp: usize) {
-    out[..bpp].copy_from_slice(&unpack(p)[..bpp]);
+    // Fixed-size copies: a variable-length one is a memcpy call per pixel.
+    let b = unpack(p);
+    match bpp {
+        4 => out[..4].copy_from_slice(&b),
+        2 => out[..2].copy_from_slice(&b[..2]),
+        _ => out[0] = b[0],
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -84,49 +98,45 @@ pub(crate) const fn hextile_max(bpp: usize) -> usize {
     1 + 256 * bpp
 }
 
-/// Finds the sub-rectangle of colour `c` starting at `(x, y)`: the larger of the
-/// right-then-down and down-then-right extents over uncovered pixels.
+/// A Hextile tile: packed pixels at 16 per row (only `w` × `h` of them in use). The fixed size
+/// and masked indices let the compiler drop the bounds checks in the loops below.
+pub(crate) type Tile = [u32; 256];
+
+#[inline(always)]
+fn at(x: usize, y: usize) -> usize {
+    (y * 16 + x) & 255
+}
+
+/// Finds the sub-rectangle of colour `c` starting at `(x, y)` (pixels already sent are
+/// painted over with the background, which is never `c`): the larger of the right-then-down
+/// and down-then-right extents, found in one pass down the column.
 #[inline]
-fn subrect(
-    px: &[u32],
-    w: usize,
-    h: usize,
-    covered: &[u16; 16],
-    x: usize,
-    y: usize,
-    c: u32,
-) -> (usize, usize) {
-    let same = |xx: usize, yy: usize| px[yy * w + xx] == c && covered[yy] & (1 << xx) == 0;
-    // Right, then down.
-    let mut x2 = x + 1;
-    while x2 < w && same(x2, y) {
-        x2 += 1;
-    }
-    let mut y2 = y + 1;
-    'rows: while y2 < h {
-        for xx in x..x2 {
-            if !same(xx, y2) {
-                break 'rows;
-            }
+fn subrect(t: &Tile, w: usize, h: usize, x: usize, y: usize, c: u32) -> (usize, usize) {
+    // Right-then-down: the first row's run, extended while whole rows match under it.
+    let mut hx = 0;
+    let mut hy = y;
+    let mut h_open = true;
+    // Down-then-right: the column's extent, as wide as the narrowest run in it.
+    let mut vx = w;
+    let mut j = y;
+    while j < h && t[at(x, j)] == c {
+        let mut i = x + 1;
+        while i < w && t[at(i, j)] == c {
+            i += 1;
         }
-        y2 += 1;
-    }
-    let (w1, h1) = (x2 - x, y2 - y);
-    // Down, then right.
-    let mut y3 = y + 1;
-    while y3 < h && same(x, y3) {
-        y3 += 1;
-    }
-    let mut x3 = x + 1;
-    'cols: while x3 < w {
-        for yy in y..y3 {
-            if !same(x3, yy) {
-                break 'cols;
-            }
+        if j == y {
+            hx = i;
         }
-        x3 += 1;
+        vx = vx.min(i);
+        if h_open && i >= hx {
+            hy = j + 1;
+        } else {
+            h_open = false;
+        }
+        j += 1;
     }
-    let (w2, h2) = (x3 - x, y3 - y);
+    let (w1, h1) = (hx - x, hy - y);
+    let (w2, h2) = (vx - x, j - y);
     if w2 * h2 > w1 * h1 {
         (w2, h2)
     } else {
@@ -134,22 +144,47 @@ fn subrect(
     }
 }
 
-/// Encodes one tile of packed pixels (`w` × `h`, row-major) into `out`, which must hold
-/// [`hextile_max`]`(bpp)` bytes. Returns the bytes written.
+/// A lower bound on the sub-rectangles still needed (sent ones are painted with `bg`): every
+/// pixel that differs from its left and upper neighbours starts one.
+fn corners(t: &Tile, w: usize, h: usize, bg: u32) -> usize {
+    let mut n = 0;
+    for y in 0..h {
+        for x in 0..w {
+            let p = t[at(x, y)];
+            let left = x > 0 && t[at(x - 1, y)] == p;
+            let up = y > 0 && t[at(x, y - 1)] == p;
+            n += usize::from(p != bg && !left && !up);
+        }
+    }
+    n
+}
+
+/// Encodes one tile (`w` × `h` packed pixels in `t`) into `out`, which must hold
+/// [`hextile_max`]`(bpp)` bytes. Returns the bytes written, or `None` when the tile is best
+/// sent raw: `t` has then been painted over (sent sub-rectangles become background), so the
+/// caller reloads it and calls [`hextile_raw`].
 pub(crate) fn hextile_tile(
-    px: &[u32],
+    t: &mut Tile,
     w: usize,
     h: usize,
     bpp: usize,
     carry: &mut HextileCarry,
     out: &mut [u8],
-) -> usize {
-    let n = w * h;
-    let px = &px[..n];
-    let raw_len = 1 + n * bpp;
+) -> Option<usize> {
+    let (w, h) = (w.clamp(1, 16), h.clamp(1, 16));
+    let raw_len = 1 + w * h * bpp;
     // Solid tiles are the common case on a desktop: a branch-free check first.
-    let first = px[0];
-    if px.iter().fold(0u32, |acc, &p| acc | (p ^ first)) == 0 {
+    let first = t[0];
+    let differs = if w == 16 && h == 16 {
+        t.iter().fold(0u32, |acc, &p| acc | (p ^ first))
+    } else {
+        (0..h).fold(0u32, |acc, y| {
+            t[at(0, y)..at(0, y) + w]
+                .iter()
+                .fold(acc, |a, &p| a | (p ^ first))
+        })
+    };
+    if differs == 0 {
         let mut pos = 1;
         let mut mask = 0u8;
         if carry.bg != Some(first) {
@@ -159,38 +194,33 @@ pub(crate) fn hextile_tile(
         }
         out[0] = mask;
         carry.bg = Some(first);
-        return pos;
+        return Some(pos);
     }
-    // Colour census: up to 8 distinct colours with counts.
-    let mut colours = [0u32; 8];
-    let mut counts = [0u16; 8];
+    // Colour census until a third colour shows up (then the tile has coloured sub-rectangles
+    // and the background is the more frequent of the first two: counting every colour of
+    // every tile cost half the encoding time and saved nothing on desktop content).
+    let mut colours = [first, 0];
+    let mut counts = [0u16; 2];
     let mut distinct = 1usize;
-    colours[0] = first;
     let mut many = false;
-    let mut last_idx = 0usize;
-    for &p in px {
-        if p == colours[last_idx] {
-            counts[last_idx] += 1;
-            continue;
-        }
-        match colours[..distinct].iter().position(|&c| c == p) {
-            Some(i) => {
-                counts[i] += 1;
-                last_idx = i;
-            }
-            None if distinct < 8 => {
-                colours[distinct] = p;
-                counts[distinct] = 1;
-                last_idx = distinct;
-                distinct += 1;
-            }
-            None => {
+    'census: for y in 0..h {
+        for x in 0..w {
+            let p = t[at(x, y)];
+            if p == colours[0] {
+                counts[0] += 1;
+            } else if distinct == 2 && p == colours[1] {
+                counts[1] += 1;
+            } else if distinct == 1 {
+                colours[1] = p;
+                counts[1] = 1;
+                distinct = 2;
+            } else {
                 many = true;
-                break;
+                break 'census;
             }
         }
     }
-    let best = (0..distinct).max_by_key(|&i| counts[i]).unwrap_or(0);
+    let best = usize::from(distinct == 2 && counts[1] > counts[0]);
     let bg = colours[best];
 
     let mut pos = 1usize;
@@ -200,13 +230,8 @@ pub(crate) fn hextile_tile(
         put_px(&mut out[pos..], bg, bpp);
         pos += bpp;
     }
-    if distinct == 1 {
-        out[0] = mask;
-        carry.bg = Some(bg);
-        return pos;
-    }
     let mono = distinct == 2 && !many;
-    let fg = colours[1 - best.min(1)];
+    let fg = colours[1 - best];
     let mut new_fg = carry.fg;
     if mono {
         mask |= HEXTILE_ANY;
@@ -223,27 +248,29 @@ pub(crate) fn hextile_tile(
     let count_at = pos;
     pos += 1;
     let cost = if mono { 2 } else { 2 + bpp };
-    let mut covered = [0u16; 16];
+    // Sent sub-rectangles are painted over with the background (which no sub-rectangle has).
     let mut count = 0usize;
-    let mut too_big = false;
-    'scan: for y in 0..h {
-        let row = &px[y * w..y * w + w];
-        let mut x = 0;
-        while x < w {
-            let c = row[x];
-            if c == bg || covered[y] & (1 << x) != 0 {
-                x += 1;
-                continue;
-            }
+    for y in 0..h {
+        // The row's pixels that still need sending, one bit each (no branch per pixel).
+        let mut todo = (0..w).fold(0u32, |m, x| m | (u32::from(t[at(x, y)] != bg) << x));
+        while todo != 0 {
             if pos + cost >= raw_len {
-                too_big = true;
-                break 'scan;
+                // Raw is no larger.
+                return None;
             }
-            let (sw, sh) = subrect(px, w, h, &covered, x, y, c);
-            let bits = (((1u32 << sw) - 1) << x) as u16;
-            for r in &mut covered[y..y + sh] {
-                *r |= bits;
+            if count == 64 && pos + cost * corners(t, w, h, bg) >= raw_len {
+                // Noise: what is left needs at least that many more sub-rectangles.
+                return None;
             }
+            let x = todo.trailing_zeros() as usize;
+            let c = t[at(x, y)];
+            let (sw, sh) = subrect(t, w, h, x, y, c);
+            for r in y..y + sh {
+                for i in x..x + sw {
+                    t[at(i, r)] = bg;
+                }
+            }
+            todo &= !(((1u32 << sw) - 1) << x);
             if !mono {
                 put_px(&mut out[pos..], c, bpp);
                 pos += bpp;
@@ -252,22 +279,35 @@ pub(crate) fn hextile_tile(
             out[pos + 1] = (((sw - 1) as u8) << 4) | (sh - 1) as u8;
             pos += 2;
             count += 1;
-            x += sw;
         }
-    }
-    if too_big {
-        out[0] = HEXTILE_RAW;
-        for (i, &p) in px.iter().enumerate() {
-            put_px(&mut out[1 + i * bpp..], p, bpp);
-        }
-        carry.bg = None;
-        carry.fg = None;
-        return raw_len;
     }
     out[0] = mask;
     out[count_at] = count as u8;
     carry.bg = Some(bg);
     carry.fg = new_fg;
+    Some(pos)
+}
+
+/// A tile sent raw (`w` × `h` packed pixels in `t`); forgets the carried colours. Returns the
+/// bytes written.
+pub(crate) fn hextile_raw(
+    t: &Tile,
+    w: usize,
+    h: usize,
+    bpp: usize,
+    carry: &mut HextileCarry,
+    out: &mut [u8],
+) -> usize {
+    out[0] = HEXTILE_RAW;
+    let mut pos = 1;
+    for y in 0..h {
+        for x in 0..w {
+            put_px(&mut out[pos..], t[at(x, y)], bpp);
+            pos += bpp;
+        }
+    }
+    carry.bg = None;
+    carry.fg = None;
     pos
 }
 
@@ -324,4 +364,190 @@ pub(crate) fn rre_next(
         *cy += 1;
     }
     None
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use std::vec::Vec;
+
+    /// The Hextile tile encoding written the slow, obvious way: a covered-pixel map over the
+    /// original tile, both extents found by looking at every pixel, raw as soon as the
+    /// sub-rectangles would not be smaller.
+    fn reference(px: &[u32], w: usize, h: usize, bpp: usize, carry: &mut HextileCarry) -> Vec<u8> {
+        let raw = |carry: &mut HextileCarry| {
+            let mut o = std::vec![HEXTILE_RAW];
+            for &p in px {
+                o.extend_from_slice(&unpack(p)[..bpp]);
+            }
+            carry.bg = None;
+            carry.fg = None;
+            o
+        };
+        let first = px[0];
+        let mut o = std::vec![0u8];
+        if px.iter().all(|&p| p == first) {
+            if carry.bg != Some(first) {
+                o[0] = HEXTILE_BG;
+                o.extend_from_slice(&unpack(first)[..bpp]);
+            }
+            carry.bg = Some(first);
+            return o;
+        }
+        // the first two colours, counted until a third shows up
+        let mut cols: Vec<u32> = Vec::new();
+        let mut counts = [0u32; 2];
+        let mut many = false;
+        for &p in px {
+            match cols.iter().position(|&c| c == p) {
+                Some(i) => counts[i] += 1,
+                None if cols.len() < 2 => {
+                    counts[cols.len()] = 1;
+                    cols.push(p);
+                }
+                None => {
+                    many = true;
+                    break;
+                }
+            }
+        }
+        let bg = if counts[1] > counts[0] {
+            cols[1]
+        } else {
+            cols[0]
+        };
+        let mono = !many;
+        let fg = if bg == cols[0] { cols[1] } else { cols[0] };
+        let mut mask = HEXTILE_ANY;
+        if carry.bg != Some(bg) {
+            mask |= HEXTILE_BG;
+            o.extend_from_slice(&unpack(bg)[..bpp]);
+        }
+        let mut new_fg = None;
+        if mono {
+            new_fg = carry.fg;
+            if carry.fg != Some(fg) {
+                mask |= HEXTILE_FG;
+                o.extend_from_slice(&unpack(fg)[..bpp]);
+                new_fg = Some(fg);
+            }
+        } else {
+            mask |= HEXTILE_COLOURED;
+        }
+        let count_at = o.len();
+        o.push(0);
+        let raw_len = 1 + w * h * bpp;
+        let cost = if mono { 2 } else { 2 + bpp };
+        let mut covered = std::vec![false; w * h];
+        let free = |covered: &[bool], x: usize, y: usize, c: u32| {
+            px[y * w + x] == c && !covered[y * w + x]
+        };
+        let mut count = 0;
+        for y in 0..h {
+            for x in 0..w {
+                let c = px[y * w + x];
+                if c == bg || covered[y * w + x] {
+                    continue;
+                }
+                if o.len() + cost >= raw_len {
+                    return raw(carry);
+                }
+                // right, then down
+                let mut x2 = x + 1;
+                while x2 < w && free(&covered, x2, y, c) {
+                    x2 += 1;
+                }
+                let mut y2 = y + 1;
+                while y2 < h && (x..x2).all(|xx| free(&covered, xx, y2, c)) {
+                    y2 += 1;
+                }
+                // down, then right
+                let mut y3 = y + 1;
+                while y3 < h && free(&covered, x, y3, c) {
+                    y3 += 1;
+                }
+                let mut x3 = x + 1;
+                while x3 < w && (y..y3).all(|yy| free(&covered, x3, yy, c)) {
+                    x3 += 1;
+                }
+                let (sw, sh) = if (x3 - x) * (y3 - y) > (x2 - x) * (y2 - y) {
+                    (x3 - x, y3 - y)
+                } else {
+                    (x2 - x, y2 - y)
+                };
+                for r in y..y + sh {
+                    for i in x..x + sw {
+                        covered[r * w + i] = true;
+                    }
+                }
+                if !mono {
+                    o.extend_from_slice(&unpack(c)[..bpp]);
+                }
+                o.push(((x as u8) << 4) | y as u8);
+                o.push((((sw - 1) as u8) << 4) | (sh - 1) as u8);
+                count += 1;
+            }
+        }
+        o[0] = mask;
+        o[count_at] = count;
+        carry.bg = Some(bg);
+        carry.fg = new_fg;
+        o
+    }
+
+    /// The fast tile encoder gives the reference's bytes and carried colours, for tiles of
+    /// every size from flat to noise, in a row of tiles (so carried colours matter).
+    #[test]
+    fn hextile_matches_the_reference() {
+        let mut rng = 0x1234_5678u32;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            rng
+        };
+        for bpp in [1usize, 2, 4] {
+            let (mut fast_carry, mut ref_carry) =
+                (HextileCarry::default(), HextileCarry::default());
+            for case in 0..3000 {
+                let w = 1 + (next() % 16) as usize;
+                let h = 1 + (next() % 16) as usize;
+                let colours = [1, 2, 3, 4, 8, 200][case % 6];
+                let palette: Vec<u32> = (0..colours)
+                    .map(|_| next() & ((1u64 << (8 * bpp)) - 1) as u32)
+                    .collect();
+                let flat = next() % 4;
+                let mut px = Vec::new();
+                for _ in 0..w * h {
+                    let i = if next() % 4 < flat {
+                        0
+                    } else {
+                        next() as usize % colours
+                    };
+                    px.push(palette[i]);
+                }
+                let want = reference(&px, w, h, bpp, &mut ref_carry);
+                let mut t: Tile = [0; 256];
+                for y in 0..h {
+                    t[y * 16..y * 16 + w].copy_from_slice(&px[y * w..y * w + w]);
+                }
+                let mut out = std::vec![0u8; hextile_max(bpp)];
+                let got = match hextile_tile(&mut t, w, h, bpp, &mut fast_carry, &mut out) {
+                    Some(n) => out[..n].to_vec(),
+                    None => {
+                        for y in 0..h {
+                            t[y * 16..y * 16 + w].copy_from_slice(&px[y * w..y * w + w]);
+                        }
+                        let n = hextile_raw(&t, w, h, bpp, &mut fast_carry, &mut out);
+                        out[..n].to_vec()
+                    }
+                };
+                assert_eq!(
+                    got, want,
+                    "case {case}: {w}x{h}, {colours} colours, bpp {bpp}"
+                );
+                assert_eq!(fast_carry, ref_carry, "case {case}");
+            }
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Framebuffer updates: the application lends its framebuffer and damage list, the server
 //! encodes straight from it into the caller's output buffer, resumable across calls.
 
-use super::encode::{HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next};
+use super::encode::{
+    HextileCarry, Source, hextile_max, hextile_raw, hextile_tile, put_px, rre_count, rre_next,
+};
 use super::{Server, pref};
 use crate::error::Error;
 use crate::pixel::{Framebuffer, Translator, effective_format};
@@ -653,15 +655,15 @@ impl Server {
                     let y = r.y + *ty * 16;
                     let w = (r.x + r.width - x).min(16);
                     let h = (r.y + r.height - y).min(16);
-                    source.load(x, y, w, h, &mut px);
-                    pos += hextile_tile(
-                        &px,
-                        usize::from(w),
-                        usize::from(h),
-                        bpp,
-                        carry,
-                        &mut out[pos..],
-                    );
+                    let (tw, th) = (usize::from(w), usize::from(h));
+                    source.load_tile(x, y, w, h, &mut px);
+                    pos += match hextile_tile(&mut px, tw, th, bpp, carry, &mut out[pos..]) {
+                        Some(len) => len,
+                        None => {
+                            source.load_tile(x, y, w, h, &mut px);
+                            hextile_raw(&px, tw, th, bpp, carry, &mut out[pos..])
+                        }
+                    };
                     *tx += 1;
                     if *tx == tiles_x {
                         *tx = 0;

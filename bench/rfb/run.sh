@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# VNC encoders side by side: rfb-core (Rust, as `kvmio vnc serve` runs it: ZRLE through
+# zlib-rs) and libvncserver (C, compiled here against libvncserver-dev), Hextile and ZRLE, on
+# the same 1920x1080 desktop-like frame: a full update and a 10 % damage update. Both sides read
+# the frames from files the Rust side writes, encode in the server's own pixel format and write
+# every update to a socketpair drained by a reader thread. Prints a Markdown table.
+#
+# Usage: bench/rfb/run.sh            (BENCH_SECONDS=N per case, default 3)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export BENCH_SECONDS=${BENCH_SECONDS:-3}
+
+pkg-config --exists libvncserver || { echo "libvncserver-dev is not installed (tests/setup.sh installs it)" >&2; exit 1; }
+cargo build --release -q -p std-shim --example vnc_encode_bench
+bin=target/release/examples/vnc_encode_bench
+"$bin" frames "$work"
+cc -O2 -o "$work/libvnc_bench" bench/rfb/libvnc_bench.c $(pkg-config --cflags --libs libvncserver) -lpthread
+"$work/libvnc_bench" "$work" > "$work/c.txt"
+"$bin" run "$work" > "$work/rust.txt"
+"$bin" sizes > "$work/sizes.txt"
+
+python3 - "$work" "$(pkg-config --modversion libvncserver)" <<'PY'
+import sys
+work, libver = sys.argv[1], sys.argv[2]
+def load(name):
+    r = {}
+    for line in open(f"{work}/{name}"):
+        enc, case, ns, size, n = line.split()
+        r[(enc, case)] = (int(ns), int(size), int(n))
+    return r
+rust, c = load("rust.txt"), load("c.txt")
+cases = {"full": "full frame", "text": "10 % damage: text", "photo": "10 % damage: text + photo"}
+print(f"| encoder | update | rfb-core | libvncserver {libver} | speed-up | rfb-core bytes | libvncserver bytes | size ratio |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+for key in rust:
+    (rt, rb, rn), (ct, cb, cn) = rust[key], c[key]
+    print(f"| {key[0]} | {cases[key[1]]} | {rt/1e6:.2f} ms | {ct/1e6:.2f} ms | {ct/rt:.2f}x | {rb:,} | {cb:,} | {rb/cb:.3f} |")
+sizes = dict(l.split() for l in open(f"{work}/sizes.txt"))
+print()
+print(f"Median of {min(v[2] for v in rust.values())}+ runs per case. size_of: rfb_core::server::Server = {sizes['Server']} bytes, "
+      f"rfb_core::client::Client = {sizes['Client']} bytes (with the `alloc` feature).")
+PY
