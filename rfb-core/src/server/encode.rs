@@ -203,6 +203,7 @@ pub(crate) fn hextile_tile(
     let mut counts = [0u16; 2];
     let mut distinct = 1usize;
     let mut many = false;
+    let mut third_at = 256;
     'census: for y in 0..h {
         for x in 0..w {
             let p = t[at(x, y)];
@@ -216,6 +217,7 @@ pub(crate) fn hextile_tile(
                 distinct = 2;
             } else {
                 many = true;
+                third_at = y * w + x;
                 break 'census;
             }
         }
@@ -248,6 +250,10 @@ pub(crate) fn hextile_tile(
     let count_at = pos;
     pos += 1;
     let cost = if mono { 2 } else { 2 + bpp };
+    if third_at < 8 && pos + cost * corners(t, w, h, bg) >= raw_len {
+        // Three colours in the first few pixels and too many sub-rectangles: noise.
+        return None;
+    }
     // Sent sub-rectangles are painted over with the background (which no sub-rectangle has).
     let mut count = 0usize;
     for y in 0..h {
@@ -289,8 +295,9 @@ pub(crate) fn hextile_tile(
 }
 
 /// A tile sent raw (`w` × `h` packed pixels in `t`); forgets the carried colours. Returns the
-/// bytes written.
-pub(crate) fn hextile_raw(
+/// bytes written. (The encoder writes raw tiles straight from the framebuffer rows.)
+#[cfg(test)]
+fn hextile_raw(
     t: &Tile,
     w: usize,
     h: usize,

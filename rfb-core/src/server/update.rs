@@ -2,7 +2,7 @@
 //! encodes straight from it into the caller's output buffer, resumable across calls.
 
 use super::encode::{
-    HextileCarry, Source, hextile_max, hextile_raw, hextile_tile, put_px, rre_count, rre_next,
+    HEXTILE_RAW, HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next,
 };
 use super::{Server, pref};
 use crate::error::Error;
@@ -660,8 +660,15 @@ impl Server {
                     pos += match hextile_tile(&mut px, tw, th, bpp, carry, &mut out[pos..]) {
                         Some(len) => len,
                         None => {
-                            source.load_tile(x, y, w, h, &mut px);
-                            hextile_raw(&px, tw, th, bpp, carry, &mut out[pos..])
+                            // Raw: the rows in the client's format, straight from the framebuffer.
+                            out[pos] = HEXTILE_RAW;
+                            let row = tw * bpp;
+                            for r in 0..h {
+                                let at = pos + 1 + usize::from(r) * row;
+                                source.write_row(x, y + r, w, &mut out[at..at + row]);
+                            }
+                            *carry = HextileCarry::default();
+                            1 + th * row
                         }
                     };
                     *tx += 1;

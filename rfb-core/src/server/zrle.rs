@@ -156,8 +156,33 @@ impl ZrleEncoder {
         match kind {
             0 => {
                 self.raw.push(0);
-                for &p in px {
-                    put_cpixel(&mut self.raw, p);
+                let at = self.raw.len();
+                self.raw.resize(at + n * cpb, 0);
+                let dst = &mut self.raw[at..];
+                // Fixed-size copies for the usual layouts (a memcpy call per pixel otherwise).
+                match (cpb, coff) {
+                    (3, 0) => {
+                        for (d, &p) in dst.chunks_exact_mut(3).zip(px) {
+                            let b = unpack(p);
+                            d.copy_from_slice(&[b[0], b[1], b[2]]);
+                        }
+                    }
+                    (3, _) => {
+                        for (d, &p) in dst.chunks_exact_mut(3).zip(px) {
+                            let b = unpack(p);
+                            d.copy_from_slice(&[b[1], b[2], b[3]]);
+                        }
+                    }
+                    (4, _) => {
+                        for (d, &p) in dst.chunks_exact_mut(4).zip(px) {
+                            d.copy_from_slice(&unpack(p));
+                        }
+                    }
+                    _ => {
+                        for (d, &p) in dst.chunks_exact_mut(cpb).zip(px) {
+                            d.copy_from_slice(&unpack(p)[coff..coff + cpb]);
+                        }
+                    }
                 }
             }
             1 => {
