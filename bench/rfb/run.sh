@@ -39,6 +39,7 @@ for key in rust:
     print(f"| {key[0]} | {cases[key[1]]} | {rt/1e6:.2f} ms | {ct/1e6:.2f} ms | {ct/rt:.2f}x | {rb:,} | {cb:,} | {rb/cb:.3f} |")
 sizes = dict(l.split() for l in open(f"{work}/sizes.txt"))
 print()
-print(f"Median of {min(v[2] for v in rust.values())}+ runs per case. size_of: rfb_core::server::Server = {sizes['Server']} bytes, "
+print(f"Medians of {min(v[2] for v in rust.values())}+ (rfb-core) and {min(v[2] for v in c.values())}+ (libvncserver) runs per case. "
+      f"size_of: rfb_core::server::Server = {sizes['Server']} bytes, "
       f"rfb_core::client::Client = {sizes['Client']} bytes (with the `alloc` feature).")
 PY

@@ -197,8 +197,9 @@ pub(crate) fn hextile_tile(
         return Some(pos);
     }
     // Colour census until a third colour shows up (then the tile has coloured sub-rectangles
-    // and the background is the more frequent of the first two: counting every colour of
-    // every tile cost half the encoding time and saved nothing on desktop content).
+    // and the background is the more frequent of the first two, the second on a tie, as in
+    // libvncserver: counting every colour of every tile cost half the encoding time and saved
+    // nothing on desktop content).
     let mut colours = [first, 0];
     let mut counts = [0u16; 2];
     let mut distinct = 1usize;
@@ -222,7 +223,7 @@ pub(crate) fn hextile_tile(
             }
         }
     }
-    let best = usize::from(distinct == 2 && counts[1] > counts[0]);
+    let best = usize::from(distinct == 2 && counts[1] >= counts[0]);
     let bg = colours[best];
 
     let mut pos = 1usize;
