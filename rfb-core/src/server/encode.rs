@@ -419,7 +419,8 @@ mod test {
                 }
             }
         }
-        let bg = if counts[1] > counts[0] {
+        // the second colour on a tie, as libvncserver
+        let bg = if counts[1] >= counts[0] {
             cols[1]
         } else {
             cols[0]
