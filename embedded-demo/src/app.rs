@@ -1,8 +1,14 @@
-//! The board-independent application: network services on an `embassy_net::Stack<'static>`.
+//! The board-independent application: the VNC console (:5900) and the NBD virtual media
+//! (:10809) on an `embassy_net::Stack<'static>`, both over TLS from one shared configuration
+//! ([`crate::tls`]).
 //!
-//! For now every service is a TCP echo, which proves the whole path (driver, stack, sockets,
-//! timers, executor) on every board. The team replaces [`serve`] with the rfb-core (:5900) and
-//! nbd-core (:10809) servers over tls-glue; the listener/socket/buffer plumbing stays.
+//! Session slots: [`VNC_SESSIONS`] on the VNC port, [`NBD_SESSIONS`] on the NBD port; a slot
+//! is one listener task with its own static TCP and driver buffers. One console session at a
+//! time; NBD has a second slot so a client that opens its next connection before the previous
+//! one is closed (kvmio's probe, a quick reconnect) is not refused. At most
+//! [`crate::tls::MAX_SESSIONS`] TLS sessions run at once (heap). An accepted connection runs the shared
+//! [`crate::driver`] with the service of its port ([`crate::vnc::VncService`],
+//! [`crate::nbd::NbdService`]); the firmware holds no protocol logic beyond that glue.
 //!
 //! Interfaces the services build on:
 //! * sockets: one [`TcpSocket`] per session slot, with `'static` buffers from
@@ -23,19 +29,31 @@ use embassy_net::tcp::{State, TcpSocket};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, with_timeout};
-use embedded_io_async::Write;
 use static_cell::ConstStaticCell;
+
+use crate::driver::{self, Buffers, DriverError, Summary};
+use crate::nbd::NbdService;
+use crate::vnc::VncService;
 
 /// The VNC (RFB) port.
 pub const VNC_PORT: u16 = 5900;
 /// The NBD port.
 pub const NBD_PORT: u16 = 10809;
-/// Every listening port.
-pub const PORTS: [u16; 2] = [VNC_PORT, NBD_PORT];
-/// Concurrent sessions per port (one listening socket each).
-pub const SESSIONS_PER_PORT: usize = 2;
+/// Concurrent VNC sessions (listening sockets on the VNC port).
+pub const VNC_SESSIONS: usize = 1;
+/// Concurrent NBD sessions (listening sockets on the NBD port).
+pub const NBD_SESSIONS: usize = 2;
 /// TCP sockets the application uses; the board sizes `StackResources` with it.
-pub const SOCKET_COUNT: usize = PORTS.len() * SESSIONS_PER_PORT;
+pub const SOCKET_COUNT: usize = VNC_SESSIONS + NBD_SESSIONS;
+
+/// The port of session slot `slot` and the slot's index among that port's slots.
+const fn slot_port(slot: usize) -> (u16, usize) {
+    if slot < VNC_SESSIONS {
+        (VNC_PORT, slot)
+    } else {
+        (NBD_PORT, slot - VNC_SESSIONS)
+    }
+}
 /// Receive buffer per socket. The receive buffer is the TCP window a socket advertises, and
 /// all windows together must fit what the board's NIC can hold in one burst
 /// ([`crate::board::RX_WINDOW_BUDGET`]); otherwise concurrent sessions overflow it, frames are
@@ -47,8 +65,8 @@ const _: () = assert!(
     TCP_RX_BUF >= 1024,
     "too many sockets for the board's RX window budget"
 );
-/// Transmit buffer per socket.
-pub const TCP_TX_BUF: usize = 8 * 1024;
+/// Transmit buffer per socket (TLS records are written into it as space frees up).
+pub const TCP_TX_BUF: usize = 2 * 1024;
 /// A session with no incoming data for this long is closed by the stack.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a closing session may take to get its last data and FIN acknowledged.
@@ -56,6 +74,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type RxBufs = [[u8; TCP_RX_BUF]; SOCKET_COUNT];
 type TxBufs = [[u8; TCP_TX_BUF]; SOCKET_COUNT];
+type DriverBufs = [Buffers; SOCKET_COUNT];
+
+/// Sessions running now (the heap peak is reset when one starts alone, so the `mem:` line
+/// after a lone session shows that session's peak).
+static LIVE_SESSIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// Listening sockets that are in LISTEN state (counted once per slot).
 static LISTENING: AtomicUsize = AtomicUsize::new(0);
@@ -66,6 +89,8 @@ static LISTENING_CHANGED: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 pub fn start(spawner: Spawner, stack: Stack<'static>) {
     static RX: ConstStaticCell<RxBufs> = ConstStaticCell::new([[0; TCP_RX_BUF]; SOCKET_COUNT]);
     static TX: ConstStaticCell<TxBufs> = ConstStaticCell::new([[0; TCP_TX_BUF]; SOCKET_COUNT]);
+    static BUFS: ConstStaticCell<DriverBufs> =
+        ConstStaticCell::new([const { Buffers::new() }; SOCKET_COUNT]);
 
     match crate::mem::self_test() {
         Ok(()) => info!("heap self-test ok"),
@@ -75,12 +100,46 @@ pub fn start(spawner: Spawner, stack: Stack<'static>) {
         Ok(()) => info!("rng self-test ok"),
         Err(e) => error!("rng self-test FAILED: {}", e),
     }
+    if !crate::tls::init() {
+        // Without credentials neither service can run: say so and serve nothing.
+        error!("tls: no usable credentials; services NOT started");
+        return;
+    }
+    info!(
+        "vnc: {}x{} framebuffer ({} bytes), security VeNCrypt X509Vnc{}; nbd: exports iso ({} bytes, flash) and ram ({} bytes), TLS required",
+        crate::desktop::WIDTH,
+        crate::desktop::HEIGHT,
+        crate::desktop::FB_LEN,
+        if crate::vnc::OFFER_X509NONE {
+            " + X509None"
+        } else {
+            ""
+        },
+        crate::storage::IMAGE_LEN,
+        crate::storage::RAM_DISK_LEN
+    );
+    info!(
+        "mem: per-slot static tcp_rx={} tcp_tx={} driver_buffers={} vnc_service={} nbd_service={} slots={} tls_layer={}",
+        TCP_RX_BUF,
+        TCP_TX_BUF,
+        core::mem::size_of::<Buffers>(),
+        core::mem::size_of::<VncService>(),
+        core::mem::size_of::<NbdService>(),
+        SOCKET_COUNT,
+        core::mem::size_of::<tls_glue::TlsLayer>()
+    );
 
     let rx = RX.take();
     let tx = TX.take();
-    for (slot, (rx, tx)) in rx.iter_mut().zip(tx.iter_mut()).enumerate() {
-        let port = PORTS[slot / SESSIONS_PER_PORT];
-        spawner.spawn(listener(stack, port, slot, rx, tx).expect("listener pool too small"));
+    let bufs = BUFS.take();
+    for (slot, ((rx, tx), bufs)) in rx
+        .iter_mut()
+        .zip(tx.iter_mut())
+        .zip(bufs.iter_mut())
+        .enumerate()
+    {
+        let (port, _) = slot_port(slot);
+        spawner.spawn(listener(stack, port, slot, rx, tx, bufs).expect("listener pool too small"));
     }
     spawner.spawn(announce(stack).expect("announce task already spawned"));
 }
@@ -94,8 +153,8 @@ async fn announce(stack: Stack<'static>) {
     }
     match stack.config_v4() {
         Some(c) => info!(
-            "listening on {} tcp ports {} and {} ({} sessions each)",
-            c.address, VNC_PORT, NBD_PORT, SESSIONS_PER_PORT
+            "listening on {} tcp ports {} ({} session) and {} ({} sessions)",
+            c.address, VNC_PORT, VNC_SESSIONS, NBD_PORT, NBD_SESSIONS
         ),
         None => info!("listening on tcp ports {} and {}", VNC_PORT, NBD_PORT),
     }
@@ -110,6 +169,7 @@ async fn listener(
     slot: usize,
     rx: &'static mut [u8; TCP_RX_BUF],
     tx: &'static mut [u8; TCP_TX_BUF],
+    bufs: &'static mut Buffers,
 ) -> ! {
     let mut announced = false;
     loop {
@@ -143,50 +203,55 @@ async fn listener(
             socket.remote_endpoint()
         );
         let started = Instant::now();
-        let result = serve(port, &mut socket).await;
+        if LIVE_SESSIONS.fetch_add(1, Ordering::AcqRel) == 0 {
+            crate::mem::reset_heap_peak();
+        }
+        let result = serve(port, slot_port(slot).1, &mut socket, bufs).await;
+        LIVE_SESSIONS.fetch_sub(1, Ordering::AcqRel);
         let ms = started.elapsed().as_millis();
         let clean = close(&mut socket).await;
         match result {
-            Ok(n) => info!(
-                "session end port={} slot={} bytes={} ms={} clean_close={}",
-                port, slot, n, ms, clean
+            Ok(s) => info!(
+                "session end port={} slot={} ok tls={} in={} out={} ms={} clean_close={}{}",
+                port,
+                slot,
+                s.tls,
+                s.bytes_in,
+                s.bytes_out,
+                ms,
+                clean,
+                if s.no_close_notify {
+                    " (peer sent no close_notify)"
+                } else {
+                    ""
+                }
             ),
             Err(e) => warn!(
-                "session end port={} slot={} error={:?} ms={} clean_close={}",
-                port, slot, e, ms, clean
+                "session end port={} slot={} error=\"{}\" ms={} clean_close={}",
+                port,
+                slot,
+                e.as_str(),
+                ms,
+                clean
             ),
         }
         crate::mem::log_figures();
     }
 }
 
-/// The service on one accepted connection. Returns the number of bytes echoed.
-///
-/// Placeholder until the protocol servers land: a banner `echo <port>\n`, then everything
-/// the peer sends is echoed back until it closes. The banner makes the server speak first,
-/// like RFB and NBD do: a client that waits for it knows the firmware is really connected
-/// (QEMU's slirp accepts the host side before the guest answers), and it avoids a slirp race
-/// in which data a client sends right after connecting sits in slirp for 0.5 s.
-async fn serve(port: u16, socket: &mut TcpSocket<'_>) -> Result<usize, embassy_net::tcp::Error> {
-    socket.write_all(banner(port).as_bytes()).await?;
-    // Lives in the task's (static) future, not on the stack.
-    let mut buf = [0u8; 1024];
-    let mut total = 0usize;
-    loop {
-        let n = socket.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(total);
-        }
-        socket.write_all(&buf[..n]).await?;
-        total += n;
-    }
-}
-
-fn banner(port: u16) -> &'static str {
-    match port {
-        VNC_PORT => "echo 5900\n",
-        NBD_PORT => "echo 10809\n",
-        _ => "echo\n",
+/// The service of `port` on one accepted connection; `slot` numbers the port's sessions.
+async fn serve(
+    port: u16,
+    slot: usize,
+    socket: &mut TcpSocket<'_>,
+    bufs: &mut Buffers,
+) -> Result<Summary, DriverError> {
+    if port == VNC_PORT {
+        let mut service = VncService::new(slot)?;
+        driver::run(socket, &mut service, bufs).await
+    } else {
+        let mut service = NbdService::new(slot)?;
+        driver::run(socket, &mut service, bufs).await
     }
 }
 

@@ -4,7 +4,11 @@
 //! * [`board`]: everything board-specific (clocks, Ethernet driver, time driver, executor,
 //!   logging, fault handling, the random number source). One board is selected by a cargo
 //!   feature: `board-mps2` (QEMU `mps2-an500`, the default) or `board-nucleo-h743`.
-//! * [`app`]: board-independent services on an `embassy_net::Stack<'static>`.
+//! * [`app`]: board-independent services on an `embassy_net::Stack<'static>`: listeners and
+//!   session slots; [`driver`]: the one Sans-IO connection driver (TCP ⇄ TLS ⇄ core) both
+//!   services share; [`vnc`] + [`desktop`] + [`font`]: the VNC console (rfb-core);
+//!   [`nbd`] + [`storage`]: the NBD virtual media (nbd-core); [`tls`]: the one set of
+//!   credentials and server configuration both use.
 //! * [`mem`]: stack high-water mark (stack painting) and heap accounting.
 //! * [`rng`]: the process-wide random source the services draw from.
 //!
@@ -23,8 +27,15 @@ mod fmt;
 
 mod app;
 mod board;
+mod desktop;
+mod driver;
+mod font;
 mod mem;
+mod nbd;
 mod rng;
+mod storage;
+mod tls;
+mod vnc;
 
 #[cortex_m_rt::entry]
 fn main() -> ! {

@@ -12,7 +12,7 @@
 //!   Allocator bookkeeping/rounding is reported separately by `used` (the allocator's own view).
 //!
 //! Read them with [`stats`] or print them with [`log_figures`], which emits one line
-//! `mem: stack_hwm=… stack_measured=… stack_saturated=… stack_size=… heap_peak=… heap_now=… heap_used=… heap_size=… heap_fail=…`.
+//! `mem: stack_hwm=… stack_measured=… stack_saturated=… stack_size=… heap_peak=… heap_peak_all=… heap_now=… heap_used=… heap_size=… heap_fail=…`.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::mem::MaybeUninit;
@@ -99,6 +99,7 @@ pub struct CountingHeap {
     inner: LlffHeap,
     now: AtomicUsize,
     peak: AtomicUsize,
+    peak_all: AtomicUsize,
     failures: AtomicUsize,
 }
 
@@ -108,6 +109,7 @@ impl CountingHeap {
             inner: LlffHeap::empty(),
             now: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            peak_all: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
         }
     }
@@ -124,6 +126,7 @@ unsafe impl GlobalAlloc for CountingHeap {
         } else {
             let now = self.now.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             self.peak.fetch_max(now, Ordering::Relaxed);
+            self.peak_all.fetch_max(now, Ordering::Relaxed);
         }
         p
     }
@@ -150,6 +153,11 @@ pub fn init_heap() {
     unsafe { HEAP.inner.init((&raw mut HEAP_MEM) as usize, HEAP_SIZE) };
 }
 
+/// Bytes the allocator has free (possibly fragmented).
+pub fn heap_free() -> usize {
+    HEAP.inner.free()
+}
+
 /// Start a new peak measurement from the current heap use (e.g. before a benchmark phase).
 pub fn reset_heap_peak() {
     HEAP.peak
@@ -167,8 +175,11 @@ pub struct MemStats {
     pub stack_saturated: bool,
     /// Size of the stack area, in bytes.
     pub stack_size: usize,
-    /// Maximum of the bytes requested by simultaneously live allocations.
+    /// Maximum of the bytes requested by simultaneously live allocations since the last
+    /// [`reset_heap_peak`].
     pub heap_peak: usize,
+    /// The same maximum since boot (after the self-test).
+    pub heap_peak_all: usize,
     /// Bytes requested by live allocations now.
     pub heap_now: usize,
     /// Bytes the allocator considers used now (includes its rounding and bookkeeping).
@@ -189,6 +200,7 @@ pub fn stats() -> MemStats {
         stack_saturated: hwm >= measured,
         stack_size: stack_size(),
         heap_peak: HEAP.peak.load(Ordering::Relaxed),
+        heap_peak_all: HEAP.peak_all.load(Ordering::Relaxed),
         heap_now: HEAP.now.load(Ordering::Relaxed),
         heap_used: HEAP.inner.used(),
         heap_size: HEAP_SIZE,
@@ -200,12 +212,13 @@ pub fn stats() -> MemStats {
 pub fn log_figures() {
     let s = stats();
     info!(
-        "mem: stack_hwm={} stack_measured={} stack_saturated={} stack_size={} heap_peak={} heap_now={} heap_used={} heap_size={} heap_fail={}",
+        "mem: stack_hwm={} stack_measured={} stack_saturated={} stack_size={} heap_peak={} heap_peak_all={} heap_now={} heap_used={} heap_size={} heap_fail={}",
         s.stack_hwm,
         s.stack_measured,
         u8::from(s.stack_saturated),
         s.stack_size,
         s.heap_peak,
+        s.heap_peak_all,
         s.heap_now,
         s.heap_used,
         s.heap_size,
@@ -228,6 +241,8 @@ pub fn self_test() -> Result<(), &'static str> {
     drop(v);
     let after = HEAP.now.load(Ordering::Relaxed);
     reset_heap_peak();
+    HEAP.peak_all
+        .store(HEAP.now.load(Ordering::Relaxed), Ordering::Relaxed);
     if !ok_during {
         return Err("heap: counters wrong while allocated");
     }

@@ -5,6 +5,7 @@
 //!   the random source and the network stack, spawn the network runner, then call `app` from
 //!   inside the executor;
 //! * `BoardRng`: the type installed into [`crate::rng`];
+//! * `NAME`: the board's name (VNC desktop name, shown on the desktop);
 //! * `HEAP_SIZE`: bytes for the global allocator ([`crate::mem`]);
 //! * `RX_WINDOW_BUDGET`: bytes of TCP receive window, summed over all sockets, that the NIC
 //!   can absorb in one burst ([`crate::app::TCP_RX_BUF`] is derived from it).
@@ -20,9 +21,9 @@ compile_error!("select a board: feature `board-mps2` or `board-nucleo-h743`");
 #[cfg(all(feature = "board-mps2", not(feature = "board-nucleo-h743")))]
 mod mps2;
 #[cfg(all(feature = "board-mps2", not(feature = "board-nucleo-h743")))]
-pub use mps2::{BoardRng, HEAP_SIZE, RX_WINDOW_BUDGET, run};
+pub use mps2::{BoardRng, HEAP_SIZE, NAME, RX_WINDOW_BUDGET, run};
 
 #[cfg(all(feature = "board-nucleo-h743", not(feature = "board-mps2")))]
 mod nucleo_h743;
 #[cfg(all(feature = "board-nucleo-h743", not(feature = "board-mps2")))]
-pub use nucleo_h743::{BoardRng, HEAP_SIZE, RX_WINDOW_BUDGET, run};
+pub use nucleo_h743::{BoardRng, HEAP_SIZE, NAME, RX_WINDOW_BUDGET, run};

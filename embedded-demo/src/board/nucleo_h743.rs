@@ -30,6 +30,9 @@ bind_interrupts!(struct Irqs {
 /// The hardware TRNG.
 pub type BoardRng = rng::Rng<'static, RNG>;
 
+/// The board's name.
+pub const NAME: &str = "NUCLEO-H743ZI";
+
 /// Heap for the global allocator (TLS sessions need ~36 KB each with rustls).
 pub const HEAP_SIZE: usize = 128 * 1024;
 

@@ -32,6 +32,9 @@ use lan9118::Lan9118;
 /// The random source of this board: **insecure**, test only (see [`InsecureTestRng`]).
 pub type BoardRng = InsecureTestRng;
 
+/// The board's name.
+pub const NAME: &str = "MPS2-AN500 (QEMU)";
+
 /// Heap for the global allocator (TLS sessions need ~36 KB each with rustls).
 pub const HEAP_SIZE: usize = 128 * 1024;
 

@@ -61,7 +61,7 @@ impl Write for RawUart {
 }
 
 /// Log bytes waiting for the UART.
-const LOG_RING: usize = 8 * 1024;
+const LOG_RING: usize = 2 * 1024;
 
 struct Ring {
     buf: [u8; LOG_RING],
