@@ -60,5 +60,11 @@ fi
   test "${PIPESTATUS[0]}" -eq 0
 done)
 
+# --- embedded-demo: the firmware (MPS2-AN500) booted in qemu-system-arm and driven with real
+# peers over TLS (nbdinfo, qemu-img, qemu-io, kvmio, gvnccapture, hostile input); also builds
+# the NUCLEO-H743ZI image and prints the footprint table. See embedded-demo/ci.sh.
+step "firmware under qemu-system-arm"
+embedded-demo/ci.sh
+
 echo
 echo "ALL TESTS PASSED in $(( $(date +%s) - start ))s"
