@@ -27,19 +27,20 @@ work, libver = sys.argv[1], sys.argv[2]
 def load(name):
     r = {}
     for line in open(f"{work}/{name}"):
-        enc, case, ns, size, n = line.split()
-        r[(enc, case)] = (int(ns), int(size), int(n))
+        enc, case, best, med, size, n = line.split()
+        r[(enc, case)] = (int(best), int(med), int(size), int(n))
     return r
 rust, c = load("rust.txt"), load("c.txt")
 cases = {"full": "full frame", "text": "10 % damage: text", "photo": "10 % damage: text + photo"}
 print(f"| encoder | update | rfb-core | libvncserver {libver} | speed-up | rfb-core bytes | libvncserver bytes | size ratio |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
 for key in rust:
-    (rt, rb, rn), (ct, cb, cn) = rust[key], c[key]
-    print(f"| {key[0]} | {cases[key[1]]} | {rt/1e6:.2f} ms | {ct/1e6:.2f} ms | {ct/rt:.2f}x | {rb:,} | {cb:,} | {rb/cb:.3f} |")
+    (rb_, rm, rs, rn), (cb_, cm, cs, cn) = rust[key], c[key]
+    print(f"| {key[0]} | {cases[key[1]]} | {rb_/1e6:.2f} ms ({rm/1e6:.2f}) | {cb_/1e6:.2f} ms ({cm/1e6:.2f}) "
+          f"| {cb_/rb_:.2f}x ({cm/rm:.2f}x) | {rs:,} | {cs:,} | {rs/cs:.3f} |")
 sizes = dict(l.split() for l in open(f"{work}/sizes.txt"))
 print()
-print(f"Medians of {min(v[2] for v in rust.values())}+ (rfb-core) and {min(v[2] for v in c.values())}+ (libvncserver) runs per case. "
-      f"size_of: rfb_core::server::Server = {sizes['Server']} bytes, "
-      f"rfb_core::client::Client = {sizes['Client']} bytes (with the `alloc` feature).")
+print(f"Times: fastest of {min(v[3] for v in rust.values())}+ (rfb-core) and {min(v[3] for v in c.values())}+ "
+      f"(libvncserver) runs per case, medians in parentheses. size_of: rfb_core::server::Server = "
+      f"{sizes['Server']} bytes, rfb_core::client::Client = {sizes['Client']} bytes (with the `alloc` feature).")
 PY
