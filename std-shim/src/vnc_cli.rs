@@ -104,7 +104,7 @@ pub struct VncServeArgs {
 /// `kvmio vnc capture`.
 #[derive(Args)]
 pub struct VncCaptureArgs {
-    /// The server: vnc://HOST[:PORT] (port 5900 by default).
+    /// The server: `vnc://HOST:PORT` (the port defaults to 5900).
     pub addr: String,
     /// The PNG file to write.
     pub out: PathBuf,
