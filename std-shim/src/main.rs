@@ -1,4 +1,6 @@
 //! `kvmio`: serve and use NBD virtual media and VNC consoles, with TLS.
+// Doc comments here are clap help texts (`nbd://host[:port]/…`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
