@@ -5,6 +5,7 @@
   fwtest.py vnc-watch PORT CREDS SECONDS  a VNC session that stays: animation, damage, keys
   fwtest.py hostile VNC_PORT NBD_PORT CREDS IMAGE UART_LOG
                                           hostile input; a normal client after every case
+  fwtest.py deadline NBD_PORT SECONDS     a client that never negotiates is dropped after SECONDS
   fwtest.py link-idle QEMU_PID MONITOR UART_LOG NBD_PORT CREDS IMAGE
                                           link down/up (QEMU monitor), then idle host CPU
 Environment: VNC_PASSWORD (default "secret").
@@ -108,12 +109,19 @@ class Uart:
     def count(self, pattern):
         return len(re.findall(pattern, self.text()))
 
-    def wait_idle(self, timeout=20.0):
-        """Until every opened session has ended."""
+    def wait_idle(self, ended=0, timeout=20.0):
+        """Until every opened session has ended, at least `ended` have, and the log has been
+        quiet for 0.2 s (the firmware writes its log when idle, so a line can lag behind what
+        a client already saw)."""
         end = time.monotonic() + timeout
+        last, since = None, time.monotonic()
         while time.monotonic() < end:
             t = self.text()
-            if t.count("session open") == t.count("session end"):
+            if t != last:
+                last, since = t, time.monotonic()
+            ends = t.count("session end")
+            if (t.count("session open") == ends and ends >= ended
+                    and time.monotonic() - since >= 0.2):
                 return
             time.sleep(0.05)
         fail("sessions still open on the firmware (UART log)")
@@ -458,11 +466,13 @@ def cmd_hostile(vnc_port, nbd_port, creds, image_path, uart_log):
     cases = nbd_cases(nbd_port, creds) + rfb_cases(vnc_port, creds)
     for i, (name, case) in enumerate(cases):
         t0 = time.monotonic()
+        ended = uart.count("session end")
         try:
             case()
         except (Closed, ConnectionResetError, BrokenPipeError, socket.timeout) as e:
             fail(f"{name}: {type(e).__name__}: {e}")
-        uart.wait_idle()
+        # Every case is one connection.
+        uart.wait_idle(ended + 1)
         # The next normal client must be served.
         try:
             if name.startswith("nbd"):
@@ -471,7 +481,7 @@ def cmd_hostile(vnc_port, nbd_port, creds, image_path, uart_log):
                 peers.rfb_normal(vnc_port, creds, PASSWORD)
         except (AssertionError, Closed, OSError) as e:
             fail(f"{name}: the next normal client failed: {e}")
-        uart.wait_idle()
+        uart.wait_idle(ended + 2)
         print(f"ok   {name} ({time.monotonic() - t0:.2f} s)")
     log = uart.text()
     for bad in ("PANIC", "panicked", "HARDFAULT", "heap_fail=1"):
@@ -479,6 +489,17 @@ def cmd_hostile(vnc_port, nbd_port, creds, image_path, uart_log):
             fail(f"UART log shows {bad!r}")
     print(f"hostile: {len(cases)} cases, a normal client served after each "
           f"({time.monotonic() - started:.1f} s)")
+
+
+def cmd_deadline(port, seconds):
+    """The core's handshake deadline (poll_timeout → embassy_time) drops a silent client."""
+    c = Nbd(port)
+    t0 = time.monotonic()
+    closed = peers.closed_by_server(c.s, timeout=seconds + 5)
+    took = time.monotonic() - t0
+    if not closed or not seconds - 1 <= took <= seconds + 3:
+        fail(f"silent NBD client: closed={closed} after {took:.1f} s, deadline {seconds} s")
+    print(f"silent NBD client dropped after {took:.1f} s (deadline {seconds} s)")
 
 
 def cmd_link_idle(qemu_pid, monitor_path, uart_log, nbd_port, creds, image_path):
@@ -537,6 +558,8 @@ def main(argv):
             cmd_vnc_watch(int(args[0]), args[1], float(args[2]))
         elif cmd == "hostile":
             cmd_hostile(int(args[0]), int(args[1]), args[2], args[3], args[4])
+        elif cmd == "deadline":
+            cmd_deadline(int(args[0]), float(args[1]))
         elif cmd == "link-idle":
             cmd_link_idle(int(args[0]), args[1], args[2], int(args[3]), args[4], args[5])
         else:
