@@ -13,12 +13,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nbd_core::client::Goal;
 use nbd_core::server::TlsMode;
 use nbd_core::wire::TransmissionFlags;
-use std_shim::backend::{Backend, FileBackend, RamBackend};
 use std_shim::copy::{CopyOptions, Place, copy};
 use std_shim::nbd_client::{self, ClientTls, InfoApp, ListApp};
-use std_shim::nbd_server::{Catalog, ExportSpec, NbdServerSession};
-use std_shim::pump::{Pump, TlsStarter, run_blocking};
-use std_shim::serve::{Control, Endpoint, parse_size, serve_threads};
+use std_shim::nbd_server::Catalog;
+use std_shim::serve::{Control, Endpoint, parse_size};
+use std_shim::services::{self, Runtime};
 use std_shim::uri::NbdUri;
 
 /// `println!` that returns the error instead of panicking (e.g. when piped into `head`).
@@ -192,12 +191,6 @@ struct ServeArgs {
     runtime: Runtime,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Runtime {
-    Threads,
-    Tokio,
-}
-
 #[derive(Subcommand)]
 enum CredsCommand {
     /// Create a CA, server and client certificates and an empty CRL in DIR (QEMU layout,
@@ -271,39 +264,17 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
 }
 
 fn nbd_serve(a: ServeArgs) -> Result<()> {
-    let mut specs = Vec::new();
-    for e in &a.exports {
-        let (name, path) = split_pair(e)?;
-        let backend = FileBackend::open(path.as_ref(), a.read_only)
-            .with_context(|| format!("open {path}"))?;
-        specs.push(ExportSpec {
-            name: name.into(),
-            description: path.into(),
-            backend: Arc::new(backend) as Arc<dyn Backend>,
-            read_only: a.read_only,
-            tls_only: false,
-        });
-    }
-    for m in &a.memory {
-        let (name, size) = split_pair(m)?;
-        specs.push(ExportSpec {
-            name: name.into(),
-            description: format!("RAM disk of {size}"),
-            backend: Arc::new(RamBackend::new(parse_size(size)?)?),
-            read_only: a.read_only,
-            tls_only: false,
-        });
-    }
-    if specs.is_empty() {
-        specs.push(ExportSpec {
-            name: "disk".into(),
-            description: "64 MiB RAM disk".into(),
-            backend: Arc::new(RamBackend::new(64 << 20)?),
-            read_only: a.read_only,
-            tls_only: false,
-        });
-    }
-    let catalog: &'static Catalog = Box::leak(Box::new(Catalog::new(specs)?));
+    let files = a
+        .exports
+        .iter()
+        .map(|e| split_pair(e).map(|(n, p)| (n.to_string(), PathBuf::from(p))))
+        .collect::<Result<Vec<_>>>()?;
+    let memory = a
+        .memory
+        .iter()
+        .map(|m| split_pair(m).and_then(|(n, s)| Ok((n.to_string(), parse_size(s)?))))
+        .collect::<Result<Vec<_>>>()?;
+    let catalog = Catalog::build(&files, &memory, a.read_only, 64 << 20)?;
     let mut endpoints = Vec::new();
     for l in &a.listen {
         endpoints.extend(resolve(l)?.into_iter().map(Endpoint::Tcp));
@@ -319,7 +290,7 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
         TlsArg::On => TlsMode::Selective,
         TlsArg::Require => TlsMode::Forced,
     };
-    let tls_config = if a.tls == TlsArg::Off {
+    let tls = if a.tls == TlsArg::Off {
         if a.tls_creds.is_some() || !a.tls_authz.is_empty() {
             bail!("--tls-creds and --tls-authz need --tls on or --tls require");
         }
@@ -333,81 +304,33 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
             a.tls12,
         )?)
     };
-    let timeout = Duration::from_secs(a.handshake_timeout);
-    let config = move || {
-        let mut c = nbd_core::server::ServerConfig::new(catalog.exports());
-        c.handshake_timeout = (!timeout.is_zero()).then_some(timeout);
-        c.tls = tls_mode;
-        c
-    };
-    let starter =
-        move || -> Option<TlsStarter> { tls_config.clone().map(std_shim::tls::server_starter) };
+    let service = std_shim::nbd_server::service(
+        catalog,
+        std_shim::nbd_server::NbdServiceOptions {
+            endpoints,
+            tls_mode,
+            tls,
+            handshake_timeout: (a.handshake_timeout > 0)
+                .then(|| Duration::from_secs(a.handshake_timeout)),
+            max_connections: a.max_connections,
+        },
+    );
     let control = Arc::new(Control::default());
-    stop_on_signals(&control)?;
-    let stop = control.stopping.clone();
-    if a.runtime == Runtime::Tokio {
-        let starter = Arc::new(starter);
-        std_shim::serve::serve_tokio(
-            &endpoints,
-            a.max_connections,
-            control,
-            |bound| announce(catalog, bound),
-            move |mut stream, peer| {
-                let starter = starter.clone();
-                let stop = stop.clone();
-                async move {
-                    let session = NbdServerSession::new(catalog, config(), peer)?;
-                    let cap = session.input_buffer_len();
-                    let mut pump = Pump::new(session, cap.max(4 << 20), starter());
-                    pump.watch(stop);
-                    std_shim::pump::run_tokio(&mut pump, &mut stream).await
-                }
-            },
-        )?;
-    } else {
-        serve_threads(
-            &endpoints,
-            a.max_connections,
-            control,
-            |bound| announce(catalog, bound),
-            move |mut stream, peer| {
-                let session = NbdServerSession::new(catalog, config(), peer)?;
-                let cap = session.input_buffer_len();
-                let mut pump = Pump::new(session, cap.max(4 << 20), starter());
-                pump.watch(stop.clone());
-                run_blocking(&mut pump, &mut stream)
-            },
-        )?;
-    }
-    for s in catalog.specs() {
-        if let Err(e) = s.backend.flush() {
-            log::warn!("flush {:?} at exit: {e}", s.name);
+    services::stop_on_signals(&control)?;
+    services::run(vec![service], a.runtime, control, |_, _, bound| {
+        for b in bound {
+            for s in catalog.specs() {
+                eprintln!(
+                    "kvmio: serving {:?} ({} bytes) on {b}",
+                    s.name,
+                    s.backend.size()
+                );
+            }
         }
-    }
+    })?;
+    catalog.flush_all();
     eprintln!("kvmio: stopped");
     Ok(())
-}
-
-/// SIGINT and SIGTERM ask for a clean stop; a second one ends the process at once.
-fn stop_on_signals(control: &Control) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    for sig in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, control.stopping.clone())?;
-        signal_hook::flag::register(sig, control.stopping.clone())?;
-    }
-    Ok(())
-}
-
-fn announce(catalog: &Catalog, bound: &[String]) {
-    for b in bound {
-        for s in catalog.specs() {
-            eprintln!(
-                "kvmio: serving {:?} ({} bytes) on {b}",
-                s.name,
-                s.backend.size()
-            );
-        }
-    }
 }
 
 fn human(n: u64) -> String {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use nbd_core::server::{Command, Event, Lent, Request, Server, ServerConfig};
 use nbd_core::wire::{CommandFlags, ErrorCode, Extent};
 use nbd_core::{Export, ExportFeatures};
@@ -75,6 +75,108 @@ impl Catalog {
     /// The specs.
     pub fn specs(&self) -> &[ExportSpec] {
         &self.specs
+    }
+}
+
+impl Catalog {
+    /// A catalog from `--export NAME=PATH` files, `--memory NAME=SIZE` RAM disks, and if both are
+    /// empty, `default_ram` bytes of RAM disk named `disk`. Lives for the whole process.
+    pub fn build(
+        files: &[(String, std::path::PathBuf)],
+        memory: &[(String, u64)],
+        read_only: bool,
+        default_ram: u64,
+    ) -> Result<&'static Self> {
+        let mut specs = Vec::new();
+        for (name, path) in files {
+            let backend = crate::backend::FileBackend::open(path, read_only)
+                .with_context(|| format!("open {}", path.display()))?;
+            specs.push(ExportSpec {
+                name: name.clone(),
+                description: path.display().to_string(),
+                backend: Arc::new(backend) as Arc<dyn Backend>,
+                read_only,
+                tls_only: false,
+            });
+        }
+        for (name, size) in memory {
+            specs.push(ExportSpec {
+                name: name.clone(),
+                description: format!("RAM disk of {size} bytes"),
+                backend: Arc::new(crate::backend::RamBackend::new(*size)?),
+                read_only,
+                tls_only: false,
+            });
+        }
+        if specs.is_empty() {
+            specs.push(ExportSpec {
+                name: "disk".into(),
+                description: format!("RAM disk of {default_ram} bytes"),
+                backend: Arc::new(crate::backend::RamBackend::new(default_ram)?),
+                read_only,
+                tls_only: false,
+            });
+        }
+        Ok(Box::leak(Box::new(Self::new(specs)?)))
+    }
+
+    /// Flushes every export (at exit).
+    pub fn flush_all(&self) {
+        for s in &self.specs {
+            if let Err(e) = s.backend.flush() {
+                log::warn!("flush {:?}: {e}", s.name);
+            }
+        }
+    }
+
+    /// One line per export, for start-up messages.
+    pub fn describe(&self) -> String {
+        self.specs
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:?} ({} bytes{})",
+                    s.name,
+                    s.backend.size(),
+                    if s.read_only { ", read-only" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// How an NBD service runs.
+pub struct NbdServiceOptions {
+    /// Where to listen.
+    pub endpoints: Vec<crate::serve::Endpoint>,
+    /// TLS policy.
+    pub tls_mode: nbd_core::server::TlsMode,
+    /// The TLS configuration (needed unless the mode is off).
+    pub tls: Option<tls_glue::TlsServerConfig>,
+    /// Negotiation deadline (none: no limit).
+    pub handshake_timeout: Option<std::time::Duration>,
+    /// Most connections at once.
+    pub max_connections: usize,
+}
+
+/// The NBD service over `catalog`.
+pub fn service(catalog: &'static Catalog, o: NbdServiceOptions) -> crate::services::Service {
+    let (mode, timeout) = (o.tls_mode, o.handshake_timeout);
+    crate::services::Service {
+        label: "nbd",
+        what: catalog.describe(),
+        endpoints: o.endpoints,
+        max_connections: o.max_connections.max(1),
+        tls: o.tls,
+        factory: Arc::new(move |peer| {
+            let mut c = ServerConfig::new(catalog.exports());
+            c.handshake_timeout = timeout;
+            c.tls = mode;
+            let session = NbdServerSession::new(catalog, c, peer)?;
+            let cap = session.input_buffer_len().max(4 << 20);
+            Ok((Box::new(session) as crate::services::BoxedSession, cap))
+        }),
     }
 }
 

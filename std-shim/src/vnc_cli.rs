@@ -9,8 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use rfb_core::wire::Encoding;
 
-use crate::pump::{Pump, TlsStarter, run_blocking};
-use crate::serve::{Control, Endpoint, serve_threads};
+use crate::serve::{Control, Endpoint};
 use crate::vnc_client::{CaptureOptions, capture};
 use crate::vnc_desktop::{Desktop, Image};
 use crate::vnc_security::{PlainUsers, SecName, VncAddr, parse_security_list, read_password_file};
@@ -41,14 +40,7 @@ pub enum YesNo {
     No,
 }
 
-/// The I/O driver.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Runtime {
-    /// A thread per connection (blocking driver).
-    Threads,
-    /// A tokio task per connection.
-    Tokio,
-}
+pub use crate::services::Runtime;
 
 /// `kvmio vnc serve`.
 #[derive(Args)]
@@ -281,52 +273,40 @@ fn serve(a: VncServeArgs) -> Result<()> {
     if endpoints.is_empty() {
         endpoints.push(Endpoint::Tcp("127.0.0.1:5900".parse()?));
     }
-    let what = describe(&config);
-    let shared = VncShared::new(config);
-    let starter =
-        move || -> Option<TlsStarter> { tls_config.clone().map(crate::tls::server_starter) };
-    let announce = move |bound: &[String]| {
+    let service = vnc_service(config, tls_config, endpoints, a.max_connections);
+    let control = Arc::new(Control::default());
+    crate::services::stop_on_signals(&control)?;
+    crate::services::run(vec![service], a.runtime, control, |_, what, bound| {
         for b in bound {
             eprintln!("kvmio: vnc serving {what} on {b}");
         }
-    };
-    let max_connections = a.max_connections.max(1);
-    if a.runtime == Runtime::Tokio {
-        #[cfg(feature = "tokio")]
-        {
-            let starter = Arc::new(starter);
-            return crate::serve::serve_tokio(
-                &endpoints,
-                max_connections,
-                Arc::new(Control::default()),
-                announce,
-                move |mut stream, peer| {
-                    let starter = starter.clone();
-                    let shared = shared.clone();
-                    async move {
-                        let session = VncServerSession::new(shared, peer)?;
-                        let cap = session.input_buffer_len();
-                        let mut pump = Pump::new(session, cap, starter());
-                        crate::pump::run_tokio(&mut pump, &mut stream).await
-                    }
-                },
-            );
-        }
-        #[cfg(not(feature = "tokio"))]
-        bail!("this kvmio was built without the tokio driver");
-    }
-    serve_threads(
-        &endpoints,
-        max_connections,
-        Arc::new(Control::default()),
-        announce,
-        move |mut stream, peer| {
+    })?;
+    eprintln!("kvmio: stopped");
+    Ok(())
+}
+
+/// The VNC service: sessions over one shared configuration (password, users, desktop, the
+/// failed-login blacklist).
+pub fn vnc_service(
+    config: VncServerConfig,
+    tls: Option<tls_glue::TlsServerConfig>,
+    endpoints: Vec<Endpoint>,
+    max_connections: usize,
+) -> crate::services::Service {
+    let what = describe(&config);
+    let shared = VncShared::new(config);
+    crate::services::Service {
+        label: "vnc",
+        what,
+        endpoints,
+        max_connections: max_connections.max(1),
+        tls,
+        factory: Arc::new(move |peer| {
             let session = VncServerSession::new(shared.clone(), peer)?;
             let cap = session.input_buffer_len();
-            let mut pump = Pump::new(session, cap, starter());
-            run_blocking(&mut pump, &mut stream)
-        },
-    )
+            Ok((Box::new(session) as crate::services::BoxedSession, cap))
+        }),
+    }
 }
 
 fn capture_cmd(a: VncCaptureArgs) -> Result<()> {
