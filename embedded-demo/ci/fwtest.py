@@ -459,20 +459,55 @@ def rfb_cases(port, creds):
     ]
 
 
+def third_tls_session(vnc_port, nbd_port, creds):
+    """Two TLS sessions are live (the heap holds two): a third is refused at STARTTLS, and
+    nothing else is disturbed. Returns the number of connections made (3)."""
+    v = Rfb(vnc_port, creds)
+    v.login(PASSWORD)
+    a = Nbd(nbd_port, creds)
+    a.client_flags()
+    a.starttls()
+    a.go("ram")
+    b = Nbd(nbd_port, creds)
+    b.client_flags()
+    b.option(peers.OPT_STARTTLS)
+    b.reply()
+    try:
+        s = peers.tls_wrap(b.s, creds)
+        s.sendall(peers.IHAVEOPT + struct.pack(">II", peers.OPT_LIST, 0))
+        if s.recv(100):
+            fail("a third TLS session was accepted")
+    except (OSError, Closed):
+        pass
+    b.close()
+    # The two live sessions still work.
+    a.request(peers.CMD_READ, 0, 512)
+    if a.simple_reply(512)[0]:
+        fail("the live NBD session failed next to the refused one")
+    v.request(False)
+    v.update()
+    a.close()
+    v.close()
+    return 3
+
+
 def cmd_hostile(vnc_port, nbd_port, creds, image_path, uart_log):
     image = open(image_path, "rb").read()
     uart = Uart(uart_log)
     started = time.monotonic()
     cases = nbd_cases(nbd_port, creds) + rfb_cases(vnc_port, creds)
+    cases.append(("tls: a third TLS session is refused",
+                  lambda: third_tls_session(vnc_port, nbd_port, creds)))
     for i, (name, case) in enumerate(cases):
         t0 = time.monotonic()
         ended = uart.count("session end")
         try:
-            case()
+            opened = case() or 1
         except (Closed, ConnectionResetError, BrokenPipeError, socket.timeout) as e:
             fail(f"{name}: {type(e).__name__}: {e}")
-        # Every case is one connection.
-        uart.wait_idle(ended + 1)
+        # Every case but the last is one connection.
+        uart.wait_idle(ended + opened)
+        ended += opened - 1
         # The next normal client must be served.
         try:
             if name.startswith("nbd"):
