@@ -8,6 +8,7 @@ pub mod nbd_client;
 pub mod nbd_server;
 pub mod pump;
 pub mod serve;
+pub mod serve_all;
 pub mod services;
 pub mod tls;
 pub mod uri;

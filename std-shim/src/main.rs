@@ -53,6 +53,10 @@ enum Top {
     /// VNC server and capture client.
     #[command(subcommand)]
     Vnc(std_shim::vnc_cli::VncCommand),
+    /// Serve VNC and NBD together over TLS from one set of credentials (the main job; with no
+    /// arguments: development credentials, a test pattern on 127.0.0.1:5900 and a 64 MiB RAM
+    /// disk on 127.0.0.1:10809).
+    Serve(Box<std_shim::serve_all::ServeAllArgs>),
 }
 
 #[derive(Subcommand)]
@@ -532,6 +536,7 @@ fn endpoint_name(e: EndpointArg) -> &'static str {
 fn main() {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Top::Nbd(NbdCommand::Serve(_)))
+        || matches!(cli.command, Top::Serve(_))
         || matches!(&cli.command, Top::Vnc(v) if v.is_serve());
     let level = match (cli.verbose, serving) {
         (0, true) => "info",
@@ -573,6 +578,7 @@ fn main() {
         })(),
         Top::Creds(c) => creds(c),
         Top::Vnc(v) => std_shim::vnc_cli::run(v),
+        Top::Serve(a) => std_shim::serve_all::run(*a),
     };
     if let Err(e) = r {
         // A closed stdout (`kvmio nbd info … | head`) is how pipelines end, not an error.

@@ -73,6 +73,9 @@ pub struct VncServeArgs {
     /// repeatable).
     #[arg(long, value_name = "DN")]
     pub tls_authz: Vec<String>,
+    /// Also allow TLS 1.2 (default: TLS 1.3 only).
+    #[arg(long)]
+    pub tls12: bool,
     /// Show this PNG image (any colour type; alpha is ignored) instead of the test pattern.
     #[arg(long, value_name = "FILE", conflicts_with = "size")]
     pub image: Option<PathBuf>,
@@ -187,8 +190,30 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
         .collect())
 }
 
-fn serve(a: VncServeArgs) -> Result<()> {
-    let password = match &a.password_file {
+/// What a VNC server offers, as the CLI and the configuration file say it.
+pub struct VncSettings<'a> {
+    /// `--security` (TigerVNC names), or the default from what is given.
+    pub security: Option<&'a str>,
+    /// `--password-file`.
+    pub password_file: Option<&'a std::path::Path>,
+    /// `--plain-users`.
+    pub plain_users: Option<&'a std::path::Path>,
+    /// Whether TLS credentials are available (the default list then uses the X509 types).
+    pub tls: bool,
+    /// `--image`.
+    pub image: Option<&'a std::path::Path>,
+    /// `--size`.
+    pub size: &'a str,
+    /// `--name`.
+    pub name: &'a str,
+    /// Seconds to finish the handshake.
+    pub handshake_timeout: u64,
+}
+
+/// Builds the server configuration: reads the password and users files, picks the default
+/// security list, loads the image. The configuration's `security` says whether TLS is needed.
+pub fn vnc_config(v: &VncSettings<'_>) -> Result<VncServerConfig> {
+    let password = match v.password_file {
         Some(p) => {
             let pw = read_password_file(p)?;
             if pw.len() > 8 {
@@ -198,13 +223,12 @@ fn serve(a: VncServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let plain_users = a.plain_users.as_deref().map(PlainUsers::load).transpose()?;
-    let tls = a.tls_creds.is_some();
-    let security = match &a.security {
+    let plain_users = v.plain_users.map(PlainUsers::load).transpose()?;
+    let security = match v.security {
         Some(s) => parse_security_list(s)?,
         None => {
             let mut l = Vec::new();
-            if tls {
+            if v.tls {
                 if password.is_some() {
                     l.push(SecName::X509Vnc);
                 }
@@ -224,33 +248,46 @@ fn serve(a: VncServeArgs) -> Result<()> {
             l
         }
     };
-    let needs_tls = security.iter().any(|n| n.is_x509());
-    if !needs_tls && (tls || !a.tls_authz.is_empty()) {
-        bail!("--tls-creds and --tls-authz need an X509 security type in --security");
-    }
     if security.contains(&SecName::None) {
         log::warn!("security type None: anyone who can connect sees the desktop");
     }
     if security.contains(&SecName::Plain) {
         log::warn!("security type Plain sends user names and passwords in the clear");
     }
-    let desktop = match &a.image {
+    let desktop = match v.image {
         Some(p) => Desktop::Still(Arc::new(Image::load_png(p)?)),
         None => {
-            let (width, height) = parse_size(&a.size)?;
+            let (width, height) = parse_size(v.size)?;
             Desktop::Pattern { width, height }
         }
     };
-    let config = VncServerConfig {
+    Ok(VncServerConfig {
         security,
         password,
         plain_users,
         desktop,
-        name: a.name.clone(),
+        name: v.name.to_string(),
         fps: 15,
-        handshake_timeout: Duration::from_secs(a.handshake_timeout.max(1)),
+        handshake_timeout: Duration::from_secs(v.handshake_timeout.max(1)),
         throttle_threshold: 5,
-    };
+    })
+}
+
+fn serve(a: VncServeArgs) -> Result<()> {
+    let config = vnc_config(&VncSettings {
+        security: a.security.as_deref(),
+        password_file: a.password_file.as_deref(),
+        plain_users: a.plain_users.as_deref(),
+        tls: a.tls_creds.is_some(),
+        image: a.image.as_deref(),
+        size: &a.size,
+        name: &a.name,
+        handshake_timeout: a.handshake_timeout,
+    })?;
+    let needs_tls = config.security.iter().any(|n| n.is_x509());
+    if !needs_tls && (a.tls_creds.is_some() || !a.tls_authz.is_empty()) {
+        bail!("--tls-creds and --tls-authz need an X509 security type in --security");
+    }
     let tls_dir = if needs_tls {
         Some(crate::tls::creds_dir(a.tls_creds.as_deref())?)
     } else {
@@ -262,7 +299,7 @@ fn serve(a: VncServeArgs) -> Result<()> {
             dir,
             a.tls_verify_peer == YesNo::Yes,
             &a.tls_authz,
-            true,
+            a.tls12,
         )?),
         None => None,
     };
