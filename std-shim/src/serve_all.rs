@@ -487,7 +487,7 @@ fn print_howto(
                 );
                 s += &format!("  nbdinfo 'nbds://{host}:{port}/{export}?tls-certificates={d}'\n");
                 s += &format!(
-                    "  qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir={d} \\\n      \
+                    "  qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir={d} \
                      --image-opts driver=nbd,host={},port={port},export={export},tls-creds=tls0\n",
                     a.ip()
                 );
