@@ -265,6 +265,9 @@ enum Next {
 pub enum Action<'a> {
     /// Write all of these bytes, then call [`Pump::sent`].
     Send(&'a [u8]),
+    /// Like `Send`, but a file segment follows at once: the transport may hold the bytes back
+    /// to send them in the same segments as the file data (`MSG_MORE`).
+    SendMore(&'a [u8]),
     /// Send `len` bytes of this file from this offset (`sendfile`), then call [`Pump::sent`].
     SendFile(&'a File, u64, usize),
     /// Read into this buffer, giving up at the deadline (`None`: wait for input), then call
@@ -402,7 +405,19 @@ impl<S: Session> Pump<S> {
         let next = self.decide()?;
         let until = self.wake_at();
         Ok(match next {
-            Next::SendPlain(end) => Action::Send(&self.out.as_slice()[self.send_pos..end]),
+            Next::SendPlain(end) => {
+                let bytes = &self.out.as_slice()[self.send_pos..end];
+                if self
+                    .out
+                    .files()
+                    .get(self.send_file)
+                    .is_some_and(|f| f.at == end)
+                {
+                    Action::SendMore(bytes)
+                } else {
+                    Action::Send(bytes)
+                }
+            }
             Next::SendFile => {
                 let f = &self.out.files()[self.send_file];
                 Action::SendFile(&f.file, f.offset, f.len)
@@ -622,6 +637,11 @@ pub trait Transport: io::Read + io::Write {
     /// Sets the read timeout (`None`: block).
     fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
 
+    /// Writes bytes that a file segment follows at once (sockets: `MSG_MORE`).
+    fn write_more(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
     /// Sends `len` bytes of `file` from `offset`. The default reads and writes through a
     /// buffer; sockets override it with `sendfile`.
     fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<()> {
@@ -658,6 +678,10 @@ pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) ->
                     Err(e) if pump.finishing() && is_hangup(&e) => return Ok(()),
                     r => r.context("send")?,
                 }
+                pump.sent();
+            }
+            Action::SendMore(bytes) => {
+                io.write_more(bytes).context("send")?;
                 pump.sent();
             }
             Action::SendFile(file, offset, len) => {
@@ -710,7 +734,7 @@ pub async fn run_tokio<S: Session, T: AsyncTransport>(
                 io.shutdown().await.ok();
                 return Ok(());
             }
-            Action::Send(bytes) => {
+            Action::Send(bytes) | Action::SendMore(bytes) => {
                 match io.write_all(bytes).await {
                     Err(e) if pump.finishing() && is_hangup(&e) => return Ok(()),
                     r => r.context("send")?,

@@ -46,12 +46,38 @@ impl crate::pump::Transport for Stream {
         }
     }
 
+    fn write_more(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => send_more(std::os::fd::AsFd::as_fd(s), bytes),
+            Self::Unix(s) => send_more(std::os::fd::AsFd::as_fd(s), bytes),
+        }
+    }
+
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
         use std::os::fd::AsFd;
         match self {
             Self::Tcp(s) => sendfile_all(s.as_fd(), file, offset, len, || Ok(())),
             Self::Unix(s) => sendfile_all(s.as_fd(), file, offset, len, || Ok(())),
         }
+    }
+}
+
+/// `send(MSG_MORE)` of all of `bytes`: the kernel holds them back for what follows.
+fn send_more(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    {
+        let mut done = 0;
+        while done < bytes.len() {
+            match rustix::net::send(
+                fd,
+                &bytes[done..],
+                rustix::net::SendFlags::MORE | rustix::net::SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }
 
