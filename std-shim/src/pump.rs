@@ -77,15 +77,15 @@ pub trait SecureLink: Send {
     /// Drops `n` bytes from the front of `plaintext()`.
     fn consume_plaintext(&mut self, n: usize);
     /// Appends handshake or alert bytes the layer wants sent.
-    fn take_output(&mut self, out: &mut Vec<u8>) -> Result<()>;
+    fn take_output(&mut self, out: &mut OutBuf) -> Result<()>;
     /// Encrypts `plain` into records appended to `out`.
-    fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<()>;
+    fn encrypt(&mut self, plain: &[u8], out: &mut OutBuf) -> Result<()>;
     /// Whether the handshake is still running.
     fn is_handshaking(&self) -> bool;
     /// Whether the peer sent close_notify.
     fn peer_closed(&self) -> bool;
     /// Appends a close_notify alert.
-    fn close_notify(&mut self, out: &mut Vec<u8>);
+    fn close_notify(&mut self, out: &mut OutBuf);
     /// The verified peer (after the handshake).
     fn peer(&self) -> PeerInfo;
 }
@@ -283,7 +283,8 @@ pub struct Pump<S> {
     session: S,
     rx: RxBuf,
     out: OutBuf,
-    wire: Vec<u8>,
+    /// Ciphertext to send (an `OutBuf`: reused without zeroing it again per record batch).
+    wire: OutBuf,
     /// `out` (plain) holds bytes to send; sent up to `send_pos` and `send_file` segments.
     send_plain: bool,
     send_pos: usize,
@@ -309,7 +310,7 @@ impl<S: Session> Pump<S> {
             session,
             rx: RxBuf::new(rx_capacity.max(64 * 1024)),
             out: OutBuf::default(),
-            wire: Vec::new(),
+            wire: OutBuf::default(),
             send_plain: false,
             send_pos: 0,
             send_file: 0,
@@ -422,7 +423,7 @@ impl<S: Session> Pump<S> {
                 let f = &self.out.files()[self.send_file];
                 Action::SendFile(&f.file, f.offset, f.len)
             }
-            Next::SendWire => Action::Send(&self.wire),
+            Next::SendWire => Action::Send(self.wire.as_slice()),
             Next::ReceivePlain => Action::Receive(self.rx.spare(), until),
             Next::ReceiveTls => match self.tls.as_mut() {
                 Some(t) => Action::Receive(t.recv_buffer(), until),

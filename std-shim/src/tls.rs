@@ -8,7 +8,7 @@ use tls_glue::{
     TlsClientConfig, TlsCreds, TlsLayer, TlsServerConfig, TlsVersions,
 };
 
-use crate::pump::{PeerInfo, SecureLink, TlsStarter};
+use crate::pump::{OutBuf, PeerInfo, SecureLink, TlsStarter};
 
 struct Link(TlsLayer);
 
@@ -37,10 +37,10 @@ impl SecureLink for Link {
         self.0.consume_plaintext(n);
     }
 
-    fn take_output(&mut self, out: &mut Vec<u8>) -> Result<()> {
+    fn take_output(&mut self, out: &mut OutBuf) -> Result<()> {
         let p = self.0.pending_transmit();
         let n = p.len();
-        out.extend_from_slice(p);
+        out.extend(p);
         self.0.transmit_done(n);
         if let Some(e) = self.0.error() {
             // Send the alert (already appended), then fail.
@@ -51,11 +51,10 @@ impl SecureLink for Link {
         Ok(())
     }
 
-    fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        let start = out.len();
-        out.resize(start + self.0.encrypted_len(plain.len()), 0);
-        let n = self.0.encrypt(plain, &mut out[start..]).map_err(tls_err)?;
-        out.truncate(start + n);
+    fn encrypt(&mut self, plain: &[u8], out: &mut OutBuf) -> Result<()> {
+        let need = self.0.encrypted_len(plain.len());
+        let n = self.0.encrypt(plain, out.tail(need)).map_err(tls_err)?;
+        out.commit(n);
         Ok(())
     }
 
@@ -67,12 +66,10 @@ impl SecureLink for Link {
         self.0.peer_closed()
     }
 
-    fn close_notify(&mut self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.resize(start + self.0.encrypted_len(0) + 64, 0);
-        match self.0.close_notify(&mut out[start..]) {
-            Ok(n) => out.truncate(start + n),
-            Err(_) => out.truncate(start),
+    fn close_notify(&mut self, out: &mut OutBuf) {
+        let need = self.0.encrypted_len(0) + 64;
+        if let Ok(n) = self.0.close_notify(out.tail(need)) {
+            out.commit(n);
         }
     }
 

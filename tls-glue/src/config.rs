@@ -105,6 +105,27 @@ fn roots(creds: &TlsCreds) -> Result<Arc<RootCertStore>, ConfigError> {
     Ok(Arc::new(roots))
 }
 
+/// The provider with its cipher suites reordered: AES-128-GCM first (TLS 1.3's mandatory
+/// suite, 128-bit security), then AES-256-GCM, then ChaCha20-Poly1305, each TLS 1.3 before 1.2.
+/// Peers (gnutls, OpenSSL) list AES-256-GCM first; AES-128 takes 10 AES rounds instead of 14, so
+/// choosing it makes bulk transfers cheaper on both ends (bench/nbd.py: NBD over TLS).
+fn aes128_first(
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::CipherSuite as C;
+    let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
+        C::TLS13_AES_128_GCM_SHA256 => 0,
+        C::TLS13_AES_256_GCM_SHA384 => 1,
+        C::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 4,
+        _ => 5,
+    };
+    let mut p = (**provider).clone();
+    p.cipher_suites.sort_by_key(rank);
+    Arc::new(p)
+}
+
 impl TlsServerConfig {
     /// TLS 1.3 only, no ACL.
     pub fn new(creds: &TlsCreds) -> Result<Self, ConfigError> {
@@ -147,7 +168,7 @@ impl TlsServerConfig {
             .ok_or_else(|| ConfigError("no server private key loaded".into()))?
             .clone_key();
         let mut cfg = rustls::ServerConfig::builder_with_details(
-            provider,
+            aes128_first(&provider),
             Arc::new(RustlsTime(c.opts.time.clone())),
         )
         .with_protocol_versions(opts.versions.list())
@@ -160,6 +181,8 @@ impl TlsServerConfig {
         // here, gnutls servers (QEMU, Xvnc, nbdkit) send none either, and TigerVNC's viewer
         // stalls when tickets arrive together with the first application data.
         cfg.send_tls13_tickets = 0;
+        // The server picks the suite (AES-128-GCM first: see `aes128_first`).
+        cfg.ignore_client_order = true;
         Ok(Self {
             inner: Arc::new(cfg),
         })
