@@ -3,7 +3,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,22 +251,6 @@ fn split_pair(s: &str) -> Result<(&str, &str)> {
         .with_context(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
-fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
-    let has_port = addr.parse::<SocketAddr>().is_ok()
-        || addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok());
-    let with_port = if has_port {
-        addr.to_string()
-    } else {
-        format!("{addr}:10809")
-    };
-    Ok(with_port
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {addr}"))?
-        .collect())
-}
-
 fn nbd_serve(a: ServeArgs) -> Result<()> {
     let files = a
         .exports
@@ -281,7 +265,11 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
     let catalog = Catalog::build(&files, &memory, a.read_only, 64 << 20)?;
     let mut endpoints = Vec::new();
     for l in &a.listen {
-        endpoints.extend(resolve(l)?.into_iter().map(Endpoint::Tcp));
+        endpoints.extend(
+            std_shim::serve::resolve(l, 10809)?
+                .into_iter()
+                .map(Endpoint::Tcp),
+        );
     }
     if let Some(p) = &a.unix {
         endpoints.push(Endpoint::Unix(p.clone()));

@@ -42,6 +42,16 @@ pub struct PeerInfo {
     pub cipher: String,
 }
 
+impl std::fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.cipher)?;
+        if let Some(s) = &self.subject {
+            write!(f, ", client {s}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A protocol conversation driven by bytes (an NBD or VNC server or client session).
 pub trait Session {
     /// Handles buffered plaintext input and appends output to `out`. Stops early when `out`

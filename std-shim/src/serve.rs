@@ -318,6 +318,29 @@ pub fn serve_threads(
     Ok(())
 }
 
+/// Resolves a listen address: `HOST:PORT`, `[V6]:PORT`, or a bare host or address (IPv6 too),
+/// which gets `default_port`.
+pub fn resolve(addr: &str, default_port: u16) -> Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let has_port = addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok());
+    let with_port = if has_port {
+        addr.to_string()
+    } else if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]:{default_port}")
+    } else {
+        format!("{addr}:{default_port}")
+    };
+    Ok(with_port
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {addr}"))?
+        .collect())
+}
+
 /// Parses sizes like `64M`, `1G`, `512K`, `4096` (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
@@ -550,6 +573,16 @@ impl AsyncListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        let r = |a: &str| resolve(a, 5900).unwrap()[0].to_string();
+        assert_eq!(r("127.0.0.1"), "127.0.0.1:5900");
+        assert_eq!(r("127.0.0.1:10"), "127.0.0.1:10");
+        assert_eq!(r("::1"), "[::1]:5900");
+        assert_eq!(r("[::1]:7"), "[::1]:7");
+        assert!(resolve("no such host.invalid", 1).is_err());
+    }
 
     #[test]
     fn sizes() {

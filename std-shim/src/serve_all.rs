@@ -237,24 +237,6 @@ fn ensure_dev_creds(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn resolve(addr: &str, port: u16) -> Result<Vec<Endpoint>> {
-    use std::net::ToSocketAddrs;
-    let with_port = if addr.parse::<std::net::SocketAddr>().is_ok()
-        || addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
-    {
-        addr.to_string()
-    } else {
-        format!("{addr}:{port}")
-    };
-    Ok(with_port
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {addr}"))?
-        .map(Endpoint::Tcp)
-        .collect())
-}
-
 fn first_tcp(e: &[Endpoint]) -> Option<std::net::SocketAddr> {
     e.iter().find_map(|e| match e {
         Endpoint::Tcp(a) => Some(*a),
@@ -320,7 +302,11 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
         };
         let mut endpoints = Vec::new();
         for l in &listen {
-            endpoints.extend(resolve(l, 5900)?);
+            endpoints.extend(
+                crate::serve::resolve(l, 5900)?
+                    .into_iter()
+                    .map(Endpoint::Tcp),
+            );
         }
         if endpoints.is_empty() {
             endpoints.push(Endpoint::Tcp("127.0.0.1:5900".parse()?));
@@ -402,7 +388,11 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
         };
         let mut endpoints = Vec::new();
         for l in &listen {
-            endpoints.extend(resolve(l, 10809)?);
+            endpoints.extend(
+                crate::serve::resolve(l, 10809)?
+                    .into_iter()
+                    .map(Endpoint::Tcp),
+            );
         }
         let unix = a.nbd_unix.clone().or(file.nbd.unix.clone());
         if let Some(u) = &unix {

@@ -1,6 +1,5 @@
 //! `kvmio vnc serve` and `kvmio vnc capture`: the command-line arguments and what they run.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,26 +169,6 @@ pub fn parse_encodings(s: &str) -> Result<Vec<Encoding>> {
     Ok(v)
 }
 
-fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(vec![a]);
-    }
-    let has_port = addr
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.ends_with(':') && !h.is_empty() && p.parse::<u16>().is_ok());
-    let with_port = if has_port {
-        addr.to_string()
-    } else if addr.contains(':') && !addr.starts_with('[') {
-        format!("[{addr}]:5900")
-    } else {
-        format!("{addr}:5900")
-    };
-    Ok(with_port
-        .to_socket_addrs()
-        .with_context(|| format!("resolve {addr}"))?
-        .collect())
-}
-
 /// What a VNC server offers, as the CLI and the configuration file say it.
 pub struct VncSettings<'a> {
     /// `--security` (TigerVNC names), or the default from what is given.
@@ -305,7 +284,11 @@ fn serve(a: VncServeArgs) -> Result<()> {
     };
     let mut endpoints = Vec::new();
     for l in &a.listen {
-        endpoints.extend(resolve(l)?.into_iter().map(Endpoint::Tcp));
+        endpoints.extend(
+            crate::serve::resolve(l, 5900)?
+                .into_iter()
+                .map(Endpoint::Tcp),
+        );
     }
     if endpoints.is_empty() {
         endpoints.push(Endpoint::Tcp("127.0.0.1:5900".parse()?));

@@ -546,15 +546,7 @@ impl Session for VncServerSession {
     }
 
     fn tls_established(&mut self, peer: &PeerInfo) -> Result<()> {
-        log::info!(
-            "{}: TLS {}{}",
-            self.peer,
-            peer.cipher,
-            peer.subject
-                .as_deref()
-                .map(|s| format!(", client {s}"))
-                .unwrap_or_default()
-        );
+        log::info!("{}: TLS {peer}", self.peer);
         self.server.tls_established().map_err(|e| anyhow!("{e}"))
     }
 
