@@ -71,3 +71,11 @@ write("nbd_client", "refused", bytes([1, 2]) + GREETING + rep(5, 0x80000002, b"n
 for name in os.listdir(os.path.join(os.path.dirname(__file__), "corpus", "nbd_server")):
     src = os.path.join(os.path.dirname(__file__), "corpus", "nbd_server", name)
     write("nbd_wire", name[5:], open(src, "rb").read()[2:])
+
+# tls_nbd_server: a cut byte, then what a client sends inside TLS after STARTTLS.
+inside = (opt(8) + opt(10, base) + opt(7, go_data(b"disk", (1, 2, 3))) + req(0, 1, 0, 4096)
+    + req(1, 2, 4096, 512) + b"\xab" * 512 + req(7, 3, 0, 65536) + req(3, 4, 0, 0) + req(2, 5, 0, 0))
+write("tls_nbd_server", "structured", bytes([0x21]) + inside)
+write("tls_nbd_server", "one-record", bytes([0xff]) + inside)
+write("tls_nbd_server", "extended", bytes([0x13]) + opt(11) + opt(7, go_data(b"", ())) + req(0, 1, 0, 512, ext=True) + req(2, 2, 0, 0, ext=True))
+write("tls_nbd_server", "second-starttls", bytes([0x05]) + opt(5) + opt(3) + opt(2))

@@ -71,6 +71,38 @@ pub fn fuzz_server(data: &[u8]) {
     let _ = feed_server(fuzz_server_config(), data);
 }
 
+/// A server and a client configuration that trust each other (fresh credentials, cached per
+/// process; the server does not ask for a client certificate), for fuzzing a TLS session end
+/// to end. Needs `std` and `generate`.
+#[cfg(all(
+    feature = "generate",
+    any(feature = "aws-lc-rs", feature = "ring", feature = "rustcrypto-core")
+))]
+pub fn fuzz_pair_configs() -> &'static (TlsServerConfig, crate::TlsClientConfig) {
+    static CONFIGS: std::sync::OnceLock<(TlsServerConfig, crate::TlsClientConfig)> =
+        std::sync::OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(std::format!("tls-glue-fuzz-pair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::generate_qemu_layout(&dir, &crate::GenerateOptions::default())
+            .expect("generate fuzz credentials");
+        let server = crate::TlsCreds::load_dir(
+            &dir,
+            crate::CredsOptions::system(crate::Endpoint::Server).verify_peer(false),
+        )
+        .expect("load fuzz server credentials");
+        let client =
+            crate::TlsCreds::load_dir(&dir, crate::CredsOptions::system(crate::Endpoint::Client))
+                .expect("load fuzz client credentials");
+        let _ = std::fs::remove_dir_all(&dir);
+        (
+            TlsServerConfig::new(&server).expect("fuzz server config"),
+            crate::TlsClientConfig::new(&client).expect("fuzz client config"),
+        )
+    })
+}
+
 /// A client configuration that offers TLS 1.2 only: stands in for an old peer in tests.
 #[cfg(feature = "tls12")]
 pub fn tls12_only_client(creds: &crate::TlsCreds) -> crate::TlsClientConfig {
