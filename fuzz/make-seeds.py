@@ -68,7 +68,9 @@ write("nbd_client", "simple", bytes([0, 64]) + simple)
 write("nbd_client", "list", bytes([2 << 5, 5]) + GREETING + rep(3, 2, struct.pack(">I", 4) + b"diska disk") + rep(3, 1) + rep(2, 1))
 write("nbd_client", "tls", bytes([2, 3]) + GREETING + rep(5, 1) + rep(7, 3, struct.pack(">HQH", 0, 4096, 1)) + rep(7, 1))
 write("nbd_client", "refused", bytes([1, 2]) + GREETING + rep(5, 0x80000002, b"no TLS") + rep(7, 0x80000001))
-for name in os.listdir(os.path.join(os.path.dirname(__file__), "corpus", "nbd_server")):
+for name in sorted(os.listdir(os.path.join(os.path.dirname(__file__), "corpus", "nbd_server"))):
+    if not name.startswith("seed-"):
+        continue  # fuzzer-found inputs live beside the seeds (git ignores them)
     src = os.path.join(os.path.dirname(__file__), "corpus", "nbd_server", name)
     write("nbd_wire", name[5:], open(src, "rb").read()[2:])
 
