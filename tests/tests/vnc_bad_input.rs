@@ -661,10 +661,12 @@ fn tls_handshake_dropped_at_every_byte() {
     drop(r);
     for budget in 0..total {
         let mut r = to_tls(srv.port);
-        assert_eq!(
-            tls_client_cut(&mut r, &cfg, budget),
-            None,
-            "cut at {budget}"
+        // The client's flight varies by a byte or two between handshakes (an ECDSA
+        // signature's DER length): within that slack a cut may still complete.
+        let done = tls_client_cut(&mut r, &cfg, budget);
+        assert!(
+            done.is_none() || budget + 2 >= total,
+            "cut at {budget} of {total} completed a handshake of {done:?} bytes"
         );
         let _ = r.s.shutdown(Shutdown::Write);
         let t = Instant::now();
