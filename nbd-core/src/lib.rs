@@ -86,9 +86,3 @@ pub mod wire;
 pub use error::{CommandError, Error};
 pub use export::{ConfigError, Export, ExportFeatures};
 pub use time::{Duration, Instant};
-
-#[cfg(test)]
-extern crate std;
-
-#[cfg(test)]
-mod tests;

@@ -3,14 +3,11 @@
 //! and hole chunks and BLOCK_STATUS with real extents.
 
 use std::collections::VecDeque;
-use std::string::{String, ToString};
-use std::vec;
-use std::vec::Vec;
 
-use crate::client::{self, Client, ClientConfig, Item, Negotiator, Plan};
-use crate::server::{self, Command, Lent, Request, Server, ServerConfig};
-use crate::time::Instant;
-use crate::wire::*;
+use nbd_core::client::{self, Client, ClientConfig, Item, Negotiator, Plan};
+use nbd_core::server::{self, Command, Lent, Request, Server, ServerConfig};
+use nbd_core::time::Instant;
+use nbd_core::wire::*;
 
 /// What the client saw, owned, with adjacent data pieces merged so any split compares equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +133,7 @@ impl<'a> Pair<'a> {
                 let p = self
                     .server
                     .handle_input(&self.to_server[start..start + window])
-                    .map_err(|e| std::format!("server: {e}"))?;
+                    .map_err(|e| format!("server: {e}"))?;
                 if p.consumed > 0 || p.lent.is_some() || window == avail {
                     break p;
                 }
@@ -181,7 +178,7 @@ impl<'a> Pair<'a> {
     fn answer(&mut self, r: &Request) -> Result<(), String> {
         let mut out = vec![0u8; (1 << 16) + 64];
         let s = &mut self.server;
-        let err = |e: crate::error::CommandError| e.to_string();
+        let err = |e: nbd_core::error::CommandError| e.to_string();
         let (o, l) = (r.offset as usize, r.length as usize);
         match r.command {
             Command::Read => {
@@ -296,7 +293,7 @@ impl<'a> Pair<'a> {
                 let p = self
                     .client
                     .handle_input(&self.to_client[start..start + window])
-                    .map_err(|e| std::format!("client: {e}"))?;
+                    .map_err(|e| format!("client: {e}"))?;
                 if p.consumed > 0 || p.item.is_some() || window == avail {
                     break p;
                 }
@@ -315,7 +312,7 @@ impl<'a> Pair<'a> {
                 Item::ListEntry { name, description } => {
                     Rec::ListEntry(name.into(), description.into())
                 }
-                Item::Info(i) => Rec::Info(std::format!("{i:?}")),
+                Item::Info(i) => Rec::Info(format!("{i:?}")),
                 Item::MetaContext { id, name } => Rec::Meta(id, name.into()),
                 Item::OptionDone { option, result } => {
                     Rec::OptionDone(option, result.map_err(|e| e.reply))
@@ -342,6 +339,7 @@ impl<'a> Pair<'a> {
                     ..
                 } => Rec::ChunkError(cookie, code, message.into()),
                 Item::Done { cookie, result } => Rec::Done(cookie, result.map_err(|e| e.code)),
+                other => return Err(format!("item the harness does not know: {other:?}")),
             };
             push_rec(&mut self.log, rec);
         }
@@ -365,7 +363,7 @@ impl<'a> Pair<'a> {
         if let Some((plan, neg)) = self.negotiator.as_mut()
             && let Some(n) = neg
                 .step(plan, &mut self.client, &mut out)
-                .map_err(|e| std::format!("negotiator: {e}"))?
+                .map_err(|e| format!("negotiator: {e}"))?
         {
             self.to_server.extend_from_slice(&out[..n]);
             busy = true;
@@ -382,7 +380,7 @@ impl<'a> Pair<'a> {
         offset: u64,
         length: u64,
         data: Option<&[u8]>,
-    ) -> Result<(), crate::error::CommandError> {
+    ) -> Result<(), nbd_core::error::CommandError> {
         let mut out = [0u8; 64];
         let n = self
             .client

@@ -1,15 +1,12 @@
 //! Our client against our server, for every option and command.
 
-use std::string::ToString;
-use std::vec;
-use std::vec::Vec;
 
-use super::harness::*;
-use crate::client::{self, ClientConfig, Goal, Plan, TlsPolicy};
-use crate::error::CommandError;
-use crate::export::{Export, ExportFeatures};
-use crate::server::{self, ServerConfig, TlsMode};
-use crate::wire::*;
+use crate::harness::*;
+use nbd_core::client::{self, ClientConfig, Goal, Plan, TlsPolicy};
+use nbd_core::error::CommandError;
+use nbd_core::export::{Export, ExportFeatures};
+use nbd_core::server::{self, ServerConfig, TlsMode};
+use nbd_core::wire::*;
 
 const SIZE: usize = 1 << 20;
 
@@ -622,7 +619,7 @@ fn tls_selective_hides_tls_only_exports() {
     let mut p = tls_pair(TlsMode::Selective, TlsPolicy::Disable, false, &E);
     p.negotiator = Some((
         plan(Goal::List, TlsPolicy::Disable, false, false, false),
-        crate::client::Negotiator::new(),
+        nbd_core::client::Negotiator::new(),
     ));
     p.drive().unwrap();
     let names: Vec<_> = p

@@ -1,18 +1,16 @@
 //! Property tests: wire round trips and panic-freedom, split invariance of client and server,
 //! and the TLS policy over random option sequences.
 
-use std::vec;
-use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use super::harness::*;
-use super::pair::plan;
-use crate::client::{ClientConfig, Goal, TlsPolicy};
-use crate::export::Export;
-use crate::server::{Event, Lent, Server, ServerConfig, TlsMode};
-use crate::time::Instant;
-use crate::wire::*;
+use crate::harness::*;
+use crate::pair::plan;
+use nbd_core::client::{ClientConfig, Goal, TlsPolicy};
+use nbd_core::export::Export;
+use nbd_core::server::{Event, Lent, Server, ServerConfig, TlsMode};
+use nbd_core::time::Instant;
+use nbd_core::wire::*;
 
 const SIZE: usize = 256 * 1024;
 static EXPORTS: [Export<'static>; 1] = [Export::new("disk", SIZE as u64)];
@@ -256,7 +254,7 @@ proptest! {
         loop {
             while let Some(n) = server.poll_transmit(&mut buf).unwrap() { out.extend_from_slice(&buf[..n]); }
             match server.handle_input(&input[pos..]) {
-                Err(e) => { prop_assert_eq!(e, crate::error::Error::TlsRequired); break; }
+                Err(e) => { prop_assert_eq!(e, nbd_core::error::Error::TlsRequired); break; }
                 Ok(p) if p.consumed == 0 => break,
                 Ok(p) => pos += p.consumed,
             }

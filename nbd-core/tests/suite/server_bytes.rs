@@ -1,14 +1,12 @@
 //! The server against hand-made bytes: the NBD rows of the security history (protocols.md §3),
 //! the TLS policy, and bad transmission requests.
 
-use std::vec;
-use std::vec::Vec;
 
-use crate::error::Error;
-use crate::export::Export;
-use crate::server::{Event, Lent, Request, Server, ServerConfig, TlsMode};
-use crate::time::{Duration, Instant};
-use crate::wire::*;
+use nbd_core::error::Error;
+use nbd_core::export::Export;
+use nbd_core::server::{Event, Lent, Request, Server, ServerConfig, TlsMode};
+use nbd_core::time::{Duration, Instant};
+use nbd_core::wire::*;
 
 static EXPORTS: [Export<'static>; 2] = [
     Export::new("disk", 1 << 20),
@@ -536,7 +534,7 @@ fn second_starttls_and_starttls_with_data() {
     s.server.tls_established().unwrap();
     assert_eq!(
         s.server.tls_established(),
-        Err(crate::error::CommandError::InvalidState)
+        Err(nbd_core::error::CommandError::InvalidState)
     );
     s.feed(&opt(OptionType::StartTls, &[])).unwrap();
     assert_eq!(
@@ -850,7 +848,7 @@ fn handshake_deadline() {
 
 #[test]
 fn config_is_validated() {
-    use crate::export::ConfigError;
+    use nbd_core::export::ConfigError;
     static DUP: [Export<'static>; 2] = [Export::new("a", 1), Export::new("a", 2)];
     assert_eq!(
         ServerConfig::new(&DUP).validate(),
@@ -870,8 +868,8 @@ fn config_is_validated() {
 #[test]
 fn state_sizes() {
     let server = core::mem::size_of::<Server<'static>>();
-    let client = core::mem::size_of::<crate::client::Client<16>>();
-    std::println!("size_of::<Server>() = {server}, size_of::<Client<16>>() = {client}");
+    let client = core::mem::size_of::<nbd_core::client::Client<16>>();
+    println!("size_of::<Server>() = {server}, size_of::<Client<16>>() = {client}");
     assert!(server <= 1024, "server state {server} bytes");
     assert!(client <= 1024, "client state {client} bytes");
 }
