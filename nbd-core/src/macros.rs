@@ -28,7 +28,6 @@ macro_rules! enum_with_unknown {
         $(#[$enum_attr])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-        #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
         pub enum $name {
             $( $(#[$variant_attr])* $variant, )+
             /// A value this implementation does not know.

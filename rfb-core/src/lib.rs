@@ -138,9 +138,6 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-// `arbitrary` derives name `std` paths; fuzzing builds run on a host with std.
-#[cfg(feature = "arbitrary")]
-extern crate std;
 
 #[macro_use]
 mod macros;

@@ -83,7 +83,6 @@ impl ClientFlagsRepr {
 /// option data follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct OptionHeaderRepr {
     /// The option.
     pub option: OptionType,
@@ -122,7 +121,6 @@ impl OptionHeaderRepr {
 /// bytes of reply data follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct OptionReplyHeaderRepr {
     /// The option this replies to.
     pub option: OptionType,

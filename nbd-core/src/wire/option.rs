@@ -178,7 +178,6 @@ impl<'a> ServerReplyRepr<'a> {
 /// Size constraints of an export (`NBD_INFO_BLOCK_SIZE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct BlockSize {
     /// Minimum block size: a power of two, at most 64 KiB.
     pub minimum: u32,

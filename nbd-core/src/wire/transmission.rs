@@ -6,7 +6,6 @@ use super::*;
 /// Which header style the transmission phase uses (decided in negotiation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum HeaderStyle {
     /// 28-byte requests; 16-byte simple replies only.
     Simple,
@@ -123,7 +122,6 @@ impl RequestRepr {
 /// A simple reply: `magic, u32 error, u64 cookie` (READ data follows on success).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SimpleReplyRepr {
     /// The error, 0 for success.
     pub error: u32,
@@ -158,7 +156,6 @@ impl SimpleReplyRepr {
 /// A structured (20-byte) or extended (32-byte) reply chunk header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ChunkHeaderRepr {
     /// Reply flags.
     pub flags: ReplyFlags,
@@ -253,7 +250,6 @@ impl ChunkHeaderRepr {
 /// One extent of a block-status reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Extent {
     /// Length in bytes (non-zero on the wire).
     pub length: u64,

@@ -1,6 +1,5 @@
 //! Our client against our server, for every option and command.
 
-
 use crate::harness::*;
 use nbd_core::client::{self, ClientConfig, Goal, Plan, TlsPolicy};
 use nbd_core::error::CommandError;

@@ -1,7 +1,6 @@
 //! Property tests: wire round trips and panic-freedom, split invariance of client and server,
 //! and the TLS policy over random option sequences.
 
-
 use proptest::prelude::*;
 
 use crate::harness::*;

@@ -1,7 +1,6 @@
 //! The server against hand-made bytes: the NBD rows of the security history (protocols.md §3),
 //! the TLS policy, and bad transmission requests.
 
-
 use nbd_core::error::Error;
 use nbd_core::export::Export;
 use nbd_core::server::{Event, Lent, Request, Server, ServerConfig, TlsMode};

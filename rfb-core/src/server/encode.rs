@@ -377,7 +377,6 @@ pub(crate) fn rre_next(
 #[cfg(test)]
 mod test {
     use super::*;
-    use std::vec::Vec;
 
     /// The Hextile tile encoding written the slow, obvious way: a covered-pixel map over the
     /// original tile, both extents found by looking at every pixel, raw as soon as the

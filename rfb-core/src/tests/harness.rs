@@ -1,11 +1,6 @@
 //! Our client against our server in memory, with a fake TLS step (no encryption: the TLS layer
 //! is another crate) that checks nothing crosses the StartTls boundary.
 
-use std::format;
-use std::string::String;
-use std::vec;
-use std::vec::Vec;
-
 use crate::client::{self, Client, ClientConfig, Credentials};
 use crate::server::{self, Damage, Server, ServerConfig, UpdateSource};
 use crate::wire::*;

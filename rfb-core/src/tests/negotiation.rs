@@ -1,7 +1,5 @@
 //! Golden bytes per version and security type; full sessions for every security type.
 
-use std::vec::Vec;
-
 use super::harness::*;
 use crate::client::{self, Client, ClientConfig};
 use crate::server::{self, Server, ServerConfig};

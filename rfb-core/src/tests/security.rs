@@ -1,7 +1,5 @@
 //! protocols.md §3 rows as regression tests, plus the StartTls boundary.
 
-use std::vec::Vec;
-
 use super::harness::*;
 use crate::client::{self, Client, ClientConfig};
 use crate::server::{self, Server, ServerConfig};

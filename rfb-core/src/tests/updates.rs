@@ -1,10 +1,5 @@
 //! Every encoding × pixel formats, pixel-exact through our client; split invariance.
 
-use std::format;
-use std::string::String;
-use std::vec;
-use std::vec::Vec;
-
 use proptest::prelude::*;
 
 use super::harness::*;
@@ -673,7 +668,6 @@ proptest! {
 fn pluggable_zrle_compressor() {
     use crate::zlib::{CompressError, MinizCompressor, ZrleCompressor};
     use core::sync::atomic::{AtomicUsize, Ordering};
-    use std::boxed::Box;
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     static LEVEL: AtomicUsize = AtomicUsize::new(99);
     struct Counting(MinizCompressor);

@@ -1,7 +1,5 @@
 //! parse(emit(x)) == x for every message representation.
 
-use std::vec;
-
 use proptest::prelude::*;
 
 use crate::wire::*;

@@ -31,7 +31,6 @@ enum_with_unknown! {
 
 /// SetPixelFormat (20 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SetPixelFormatRepr {
     /// Requested format (validate with [`PixelFormat::is_valid`]).
     pub format: PixelFormat,
@@ -60,7 +59,6 @@ impl SetPixelFormatRepr {
 
 /// SetEncodings header (4 bytes); `count` S32 values follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SetEncodingsHeaderRepr {
     /// Number of encodings that follow.
     pub count: u16,
@@ -90,7 +88,6 @@ impl SetEncodingsHeaderRepr {
 
 /// FramebufferUpdateRequest (10 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FramebufferUpdateRequestRepr {
     /// Only changes are wanted.
     pub incremental: bool,
@@ -139,7 +136,6 @@ impl FramebufferUpdateRequestRepr {
 
 /// KeyEvent (8 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct KeyEventRepr {
     /// Pressed (true) or released.
     pub down: bool,
@@ -171,7 +167,6 @@ impl KeyEventRepr {
 
 /// PointerEvent (6 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PointerEventRepr {
     /// Button mask (bit 0 = button 1).
     pub buttons: u8,
@@ -239,7 +234,6 @@ impl CutTextLength {
 
 /// ClientCutText (type 6) / ServerCutText (type 3) header (8 bytes); the text follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct CutTextHeaderRepr {
     /// 6 (client) or 3 (server).
     pub message_type: u8,
@@ -281,7 +275,6 @@ impl CutTextHeaderRepr {
 
 /// EnableContinuousUpdates (10 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct EnableContinuousUpdatesRepr {
     /// Enable (true) or disable.
     pub enable: bool,
@@ -371,7 +364,6 @@ impl FenceRepr {
 /// A screen of the ExtendedDesktopSize / SetDesktopSize layout (16 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Screen {
     /// Screen id (preserved across changes).
     pub id: u32,
@@ -407,7 +399,6 @@ impl Screen {
 
 /// SetDesktopSize header (8 bytes); `screens` [`Screen`]s follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SetDesktopSizeHeaderRepr {
     /// Requested framebuffer width.
     pub width: u16,
@@ -446,7 +437,6 @@ impl SetDesktopSizeHeaderRepr {
 
 /// QEMU extended key event (type 255, sub-type 0; 12 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct QemuKeyEventRepr {
     /// Pressed (true) or released.
     pub down: bool,

@@ -77,7 +77,6 @@ pub(crate) fn put32(b: &mut [u8], at: usize, v: u32) {
 /// A rectangle in framebuffer coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Rect {
     /// Left edge.
     pub x: u16,

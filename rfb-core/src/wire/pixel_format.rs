@@ -5,7 +5,6 @@ use super::{WireError, be16, check_len, put16};
 /// An RFB pixel format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PixelFormat {
     /// Bits per pixel on the wire: 8, 16 or 32.
     pub bits_per_pixel: u8,

@@ -194,7 +194,6 @@ impl<'a> FailureReasonRepr<'a> {
 /// VeNCrypt version (`U8 major, U8 minor`), sent by both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct VencryptVersionRepr {
     /// Major version.
     pub major: u8,

@@ -25,7 +25,6 @@ enum_with_unknown! {
 
 /// ServerInit header (24 bytes); `name_len` name bytes follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ServerInitRepr {
     /// Framebuffer width.
     pub width: u16,
@@ -65,7 +64,6 @@ impl ServerInitRepr {
 
 /// FramebufferUpdate header (4 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FramebufferUpdateRepr {
     /// Number of rectangles (65535 with LastRect = "until LastRect").
     pub rects: u16,
@@ -95,7 +93,6 @@ impl FramebufferUpdateRepr {
 
 /// Rectangle header (12 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RectHeaderRepr {
     /// Position and size (meaning varies for pseudo-encodings).
     pub rect: Rect,
@@ -127,7 +124,6 @@ impl RectHeaderRepr {
 
 /// SetColourMapEntries header (6 bytes); `count` × (U16 r, g, b) follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SetColourMapEntriesRepr {
     /// First colour index.
     pub first: u16,
@@ -163,7 +159,6 @@ impl SetColourMapEntriesRepr {
 
 /// ExtendedDesktopSize rectangle body header (4 bytes); `screens` [`Screen`](super::Screen)s follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ExtendedDesktopSizeRepr {
     /// Number of screens.
     pub screens: u8,

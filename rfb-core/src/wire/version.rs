@@ -5,7 +5,6 @@ use super::{WireError, check_len};
 /// A negotiated RFB protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Version {
     /// RFB 3.3 (also used for 3.4, 3.5 and 3.6): the server picks the security type.
     V3_3,
@@ -46,7 +45,6 @@ impl Version {
 /// The 12-byte ProtocolVersion message, with the raw numbers as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ProtocolVersionRepr {
     /// Major number (0…999).
     pub major: u16,
