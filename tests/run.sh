@@ -38,9 +38,6 @@ llvm-size tests/no-alloc-link/target/thumbv7em-none-eabihf/release/no-alloc-link
 timeout 60 qemu-system-arm -M mps2-an500 -nographic -semihosting-config enable=on,target=native \
   -kernel tests/no-alloc-link/target/thumbv7em-none-eabihf/release/no-alloc-link
 
-step "build kvmio"
-cargo build --release -p std-shim --bin kvmio
-
 step "unit, property and interop tests"
 # the interop tests (kvmio-tests) run the release kvmio binary against qemu/libnbd/nbdkit
 cargo build --release -p std-shim --bin kvmio
