@@ -363,18 +363,26 @@ impl<S: Session> Pump<S> {
             self.stop = None;
             if self.state == State::Running {
                 self.session.shutdown(&mut self.out)?;
-                if !self.out.is_empty() {
-                    match self.tls.as_mut() {
-                        Some(t) => {
-                            self.out.materialize()?;
-                            t.encrypt(self.out.as_slice(), &mut self.wire)?;
-                            self.out.clear();
-                        }
-                        None => self.send_plain = true,
-                    }
-                }
+                self.queue_output()?;
             }
             self.state = State::Closing;
+        }
+        Ok(())
+    }
+
+    /// Queues what the session produced: encrypted into `wire` once TLS runs, else sent as
+    /// it is (before TLS starts, and the STARTTLS answer itself).
+    fn queue_output(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        match self.tls.as_mut() {
+            Some(t) if self.state != State::Handshaking => {
+                self.out.materialize()?;
+                t.encrypt(self.out.as_slice(), &mut self.wire)?;
+                self.out.clear();
+            }
+            _ => self.send_plain = true,
         }
         Ok(())
     }
@@ -387,16 +395,6 @@ impl<S: Session> Pump<S> {
     /// Ends the pump, returning the session.
     pub fn into_session(self) -> S {
         self.session
-    }
-
-    /// The session, mutably.
-    pub fn session_mut(&mut self) -> &mut S {
-        &mut self.session
-    }
-
-    /// When the loop must give up waiting for input and call [`Pump::timeout`].
-    pub fn deadline(&self) -> Option<Instant> {
-        self.session.deadline()
     }
 
     /// The deadline (or the stop poll) passed without input.
@@ -564,17 +562,7 @@ impl<S: Session> Pump<S> {
                     self.state = State::Handshaking;
                 }
             }
-            if !self.out.is_empty() {
-                match self.tls.as_mut() {
-                    // Before TLS starts (and for the STARTTLS ACK itself) output is plaintext.
-                    Some(t) if self.state != State::Handshaking => {
-                        self.out.materialize()?;
-                        t.encrypt(self.out.as_slice(), &mut self.wire)?;
-                        self.out.clear();
-                    }
-                    _ => self.send_plain = true,
-                }
-            }
+            self.queue_output()?;
         }
     }
 
