@@ -526,46 +526,24 @@ impl<const N: usize> Client<N> {
             block_size: BlockSize::DEFAULT,
         });
         let t = info.flags;
-        let (needed, what) = match command {
-            CommandType::Read | CommandType::Write => (T::HAS_FLAGS, ""),
-            CommandType::Flush => (T::SEND_FLUSH, "FLUSH"),
-            CommandType::Trim => (T::SEND_TRIM, "TRIM"),
-            CommandType::Cache => (T::SEND_CACHE, "CACHE"),
-            CommandType::WriteZeroes => (T::SEND_WRITE_ZEROES, "WRITE_ZEROES"),
-            CommandType::BlockStatus => {
-                if self.contexts.is_empty() {
-                    return Err(CommandError::NotSupported("no metadata context negotiated"));
-                }
-                (T::HAS_FLAGS, "")
-            }
-            _ => return Err(CommandError::InvalidArgument("use disconnect() for DISC")),
-        };
-        if !t.contains(needed) {
+        if matches!(
+            command,
+            CommandType::Disc | CommandType::Resize | CommandType::Unknown(_)
+        ) {
+            return Err(CommandError::InvalidArgument("use disconnect() for DISC"));
+        }
+        if command == CommandType::BlockStatus && self.contexts.is_empty() {
+            return Err(CommandError::NotSupported("no metadata context negotiated"));
+        }
+        if let Some((needed, what)) = command.advertised_by()
+            && !t.contains(needed)
+        {
             return Err(CommandError::NotSupported(what));
         }
-        let writes = matches!(
-            command,
-            CommandType::Write | CommandType::Trim | CommandType::WriteZeroes
-        );
-        if writes && t.contains(T::READ_ONLY) {
+        if command.writes() && t.contains(T::READ_ONLY) {
             return Err(CommandError::NotSupported("the export is read-only"));
         }
-        let mut allowed = F::empty();
-        if t.contains(T::SEND_FUA) {
-            allowed |= F::FUA;
-        }
-        match command {
-            CommandType::Read if t.contains(T::SEND_DF) => allowed |= F::DF,
-            CommandType::WriteZeroes => {
-                allowed |= F::NO_HOLE;
-                if t.contains(T::SEND_FAST_ZERO) {
-                    allowed |= F::FAST_ZERO;
-                }
-            }
-            CommandType::BlockStatus => allowed |= F::REQ_ONE,
-            _ => {}
-        }
-        if !allowed.contains(flags) {
+        if !command.allowed_flags(t).contains(flags) {
             return Err(CommandError::NotSupported(
                 "command flag not advertised for this command",
             ));
@@ -582,8 +560,7 @@ impl<const N: usize> Client<N> {
                     "request reaches past the end of the export",
                 ));
             }
-            let min = u64::from(info.block_size.minimum);
-            if !offset.is_multiple_of(min) || !length.is_multiple_of(min) {
+            if !info.block_size.aligned(offset, length) {
                 return Err(CommandError::InvalidArgument(
                     "request not aligned to the minimum block size",
                 ));

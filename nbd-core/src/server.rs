@@ -1368,38 +1368,20 @@ impl<'a> Server<'a> {
         const EINVAL: ErrorCode = ErrorCode::Inval;
         let t = self.tx.flags;
         let e = self.export();
-        let extended = self.tx.style == HeaderStyle::Extended;
-        let mut allowed = F::empty();
-        if t.contains(T::SEND_FUA) {
-            allowed |= F::FUA;
-        }
-        if extended {
-            allowed |= F::PAYLOAD_LEN;
-        }
         let command = match req.command {
-            CommandType::Read => {
-                if t.contains(T::SEND_DF) {
-                    allowed |= F::DF;
-                }
-                Command::Read
-            }
+            CommandType::Read => Command::Read,
             CommandType::Write => Command::Write,
             CommandType::Flush => Command::Flush,
             CommandType::Trim => Command::Trim,
             CommandType::Cache => Command::Cache,
-            CommandType::WriteZeroes => {
-                allowed |= F::NO_HOLE;
-                if t.contains(T::SEND_FAST_ZERO) {
-                    allowed |= F::FAST_ZERO;
-                }
-                Command::WriteZeroes
-            }
-            CommandType::BlockStatus => {
-                allowed |= F::REQ_ONE;
-                Command::BlockStatus
-            }
+            CommandType::WriteZeroes => Command::WriteZeroes,
+            CommandType::BlockStatus => Command::BlockStatus,
             _ => return Err((EINVAL, "unknown command")),
         };
+        let mut allowed = req.command.allowed_flags(t);
+        if self.tx.style == HeaderStyle::Extended {
+            allowed |= F::PAYLOAD_LEN;
+        }
         if !allowed.contains(req.flags) {
             return Err((EINVAL, "command flag not valid for this command"));
         }
@@ -1418,20 +1400,15 @@ impl<'a> Server<'a> {
             _ if payload => return Err((EINVAL, "this command takes no payload")),
             _ => {}
         }
-        let writes = matches!(
-            command,
-            Command::Write | Command::Trim | Command::WriteZeroes
-        );
-        if writes && e.read_only {
+        if req.command.writes() && e.read_only {
             return Err((ErrorCode::Perm, "the export is read-only"));
         }
-        let advertised = match command {
-            Command::Flush => t.contains(T::SEND_FLUSH),
-            Command::Trim => t.contains(T::SEND_TRIM),
-            Command::WriteZeroes => t.contains(T::SEND_WRITE_ZEROES),
-            Command::Cache => t.contains(T::SEND_CACHE),
-            Command::BlockStatus => self.tx.base_allocation,
-            Command::Read | Command::Write => true,
+        let advertised = if command == Command::BlockStatus {
+            self.tx.base_allocation
+        } else {
+            req.command
+                .advertised_by()
+                .is_none_or(|(flag, _)| t.contains(flag))
         };
         if !advertised {
             return Err((EINVAL, "command not negotiated for this export"));
@@ -1459,8 +1436,7 @@ impl<'a> Server<'a> {
                 },
             );
         }
-        let min = u64::from(e.block_size.minimum);
-        if min > 1 && (!req.offset.is_multiple_of(min) || !req.length.is_multiple_of(min)) {
+        if !e.block_size.aligned(req.offset, req.length) {
             return Err((EINVAL, "request not aligned to the minimum block size"));
         }
         if command == Command::Read && req.length > u64::from(e.block_size.maximum) {

@@ -204,6 +204,12 @@ impl BlockSize {
             && self.maximum >= self.minimum
             && self.maximum.is_multiple_of(self.minimum)
     }
+
+    /// Whether a request's offset and length are multiples of the minimum block size.
+    pub(crate) fn aligned(&self, offset: u64, length: u64) -> bool {
+        let min = u64::from(self.minimum);
+        offset.is_multiple_of(min) && length.is_multiple_of(min)
+    }
 }
 
 /// `NBD_REP_INFO` data.

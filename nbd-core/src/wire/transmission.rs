@@ -119,6 +119,51 @@ impl RequestRepr {
     }
 }
 
+/// The spec's rules for a request on an export advertising given transmission flags, shared by
+/// the client (before sending) and the server (on receipt), each with its own error and order.
+impl CommandType {
+    /// The command flags valid for this command on an export advertising `t` (`PAYLOAD_LEN`
+    /// aside: it belongs to the header style, not the command).
+    pub(crate) fn allowed_flags(self, t: TransmissionFlags) -> CommandFlags {
+        use CommandFlags as F;
+        use TransmissionFlags as T;
+        let mut allowed = F::empty();
+        if t.contains(T::SEND_FUA) {
+            allowed |= F::FUA;
+        }
+        match self {
+            Self::Read if t.contains(T::SEND_DF) => allowed |= F::DF,
+            Self::WriteZeroes => {
+                allowed |= F::NO_HOLE;
+                if t.contains(T::SEND_FAST_ZERO) {
+                    allowed |= F::FAST_ZERO;
+                }
+            }
+            Self::BlockStatus => allowed |= F::REQ_ONE,
+            _ => {}
+        }
+        allowed
+    }
+
+    /// The transmission flag an export advertises this command with, and the command's name,
+    /// for the commands an export may lack (FLUSH, TRIM, CACHE, WRITE_ZEROES).
+    pub(crate) fn advertised_by(self) -> Option<(TransmissionFlags, &'static str)> {
+        use TransmissionFlags as T;
+        match self {
+            Self::Flush => Some((T::SEND_FLUSH, "FLUSH")),
+            Self::Trim => Some((T::SEND_TRIM, "TRIM")),
+            Self::Cache => Some((T::SEND_CACHE, "CACHE")),
+            Self::WriteZeroes => Some((T::SEND_WRITE_ZEROES, "WRITE_ZEROES")),
+            _ => None,
+        }
+    }
+
+    /// Whether the command changes the export's content (refused on read-only exports).
+    pub(crate) fn writes(self) -> bool {
+        matches!(self, Self::Write | Self::Trim | Self::WriteZeroes)
+    }
+}
+
 /// A simple reply: `magic, u32 error, u64 cookie` (READ data follows on success).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
