@@ -102,18 +102,61 @@ enum Step {
     Closed,
 }
 
+/// Runs rustls once over the layer's unconsumed ciphertext, server or client alike: `$body`
+/// gets rustls' state as `$state` and the layer's plaintext and transmit buffers as `$plain`
+/// and `$tx`, and returns `(bytes its records discarded, result)`. Drops every discarded byte
+/// from the receive buffer and yields the result.
+///
+/// Always hands rustls the same unconsumed bytes: its handshake deframer remembers positions
+/// inside that buffer (an empty slice makes it panic).
+macro_rules! process_records {
+    ($layer:expr, |$state:ident, $plain:ident, $tx:ident| $body:expr) => {{
+        let TlsLayer {
+            conn,
+            rx,
+            rx_start,
+            rx_end,
+            plain: $plain,
+            tx: $tx,
+            ..
+        } = $layer;
+        let buf = &mut rx[*rx_start..*rx_end];
+        let (discard, result) = match conn {
+            Conn::Server(c) => {
+                let UnbufferedStatus {
+                    discard,
+                    state: $state,
+                } = c.process_tls_records(buf);
+                let (records, result) = $body;
+                (discard + records, result)
+            }
+            Conn::Client(c) => {
+                let UnbufferedStatus {
+                    discard,
+                    state: $state,
+                } = c.process_tls_records(buf);
+                let (records, result) = $body;
+                (discard + records, result)
+            }
+        };
+        *rx_start = (*rx_start + discard).min(*rx_end);
+        result
+    }};
+}
+
 /// Handles one rustls state; `plain` receives application data (unless `defer`: then a
-/// decrypted record stays in rustls), `tx` handshake bytes.
+/// decrypted record stays in rustls), `tx` handshake bytes. Returns what the records read
+/// discarded.
 fn handle_state<D>(
-    status: UnbufferedStatus<'_, '_, D>,
+    state: Result<ConnectionState<'_, '_, D>, rustls::Error>,
     plain: &mut Plain,
     tx: &mut Vec<u8>,
     defer: bool,
 ) -> (usize, Result<Step, rustls::Error>) {
-    let mut discard = status.discard;
-    let state = match status.state {
+    let mut discard = 0;
+    let state = match state {
         Ok(s) => s,
-        Err(e) => return (discard, Err(e)),
+        Err(e) => return (0, Err(e)),
     };
     let step = match state {
         ConnectionState::ReadTraffic(_) if defer => Ok(Step::AppData),
@@ -401,26 +444,10 @@ impl TlsLayer {
         // rustls queues an alert for the peer; collect it for poll_transmit.
         // Exactly one more call: it pops the queued alert before deframing anything. A second
         // call would deframe the offending bytes again and trip rustls' "one fatal alert"
-        // debug assertion. Always hand rustls the same unconsumed bytes: its handshake
-        // deframer remembers positions inside that buffer (an empty slice makes it panic).
-        {
-            let Self {
-                conn,
-                rx,
-                rx_start,
-                rx_end,
-                plain,
-                tx,
-                ..
-            } = self;
-            let buf = &mut rx[*rx_start..*rx_end];
-            let (discard, r) = match conn {
-                Conn::Server(c) => handle_state(c.process_tls_records(buf), plain, tx, false),
-                Conn::Client(c) => handle_state(c.process_tls_records(buf), plain, tx, false),
-            };
-            *rx_start = (*rx_start + discard).min(*rx_end);
-            let _ = r;
-        }
+        // debug assertion.
+        let _ = process_records!(self, |state, plain, tx| handle_state(
+            state, plain, tx, false
+        ));
         self.record_pending = false;
         mapped
     }
@@ -437,21 +464,9 @@ impl TlsLayer {
                 break;
             }
             let defer = self.in_place;
-            let Self {
-                conn,
-                rx,
-                rx_start,
-                rx_end,
-                plain,
-                tx,
-                ..
-            } = self;
-            let buf = &mut rx[*rx_start..*rx_end];
-            let (discard, step) = match conn {
-                Conn::Server(c) => handle_state(c.process_tls_records(buf), plain, tx, defer),
-                Conn::Client(c) => handle_state(c.process_tls_records(buf), plain, tx, defer),
-            };
-            *rx_start = (*rx_start + discard).min(*rx_end);
+            let step = process_records!(self, |state, plain, tx| handle_state(
+                state, plain, tx, defer
+            ));
             match step {
                 Err(e) => return Err(self.fail(e)),
                 Ok(Step::Continue) => {}
@@ -545,60 +560,27 @@ impl TlsLayer {
         self.record_pending = false;
         let mut result = Ok(0);
         let mut use_payload = Some(use_payload);
-        let Self {
-            conn,
-            rx,
-            rx_start,
-            rx_end,
-            plain,
-            tx,
-            ..
-        } = self;
-        let buf = &mut rx[*rx_start..*rx_end];
-        macro_rules! go {
-            ($c:expr) => {{
-                let st = $c.process_tls_records(buf);
-                let mut discard = st.discard;
-                match st.state {
-                    Ok(ConnectionState::ReadTraffic(mut r)) => match r.next_record() {
-                        Some(Ok(rec)) => {
-                            discard += rec.discard;
-                            let payload = rec.payload;
-                            let used = match use_payload.take() {
-                                Some(f) => f(payload),
-                                None => Ok(0),
-                            };
-                            let keep = match &used {
-                                Ok(n) => (*n).min(payload.len()),
-                                Err(_) => payload.len(),
-                            };
-                            plain.append(&payload[keep..]);
-                            result = used;
-                            (discard, Ok(Step::Continue))
-                        }
-                        Some(Err(e)) => (discard, Err(e)),
-                        None => (discard, Ok(Step::Continue)),
-                    },
-                    other => {
-                        let (d, r) = handle_state(
-                            UnbufferedStatus {
-                                discard: 0,
-                                state: other,
-                            },
-                            plain,
-                            tx,
-                            false,
-                        );
-                        (discard + d, r)
-                    }
+        let step = process_records!(self, |state, plain, tx| match state {
+            Ok(ConnectionState::ReadTraffic(mut r)) => match r.next_record() {
+                Some(Ok(rec)) => {
+                    let payload = rec.payload;
+                    let used = match use_payload.take() {
+                        Some(f) => f(payload),
+                        None => Ok(0),
+                    };
+                    let keep = match &used {
+                        Ok(n) => (*n).min(payload.len()),
+                        Err(_) => payload.len(),
+                    };
+                    plain.append(&payload[keep..]);
+                    result = used;
+                    (rec.discard, Ok(Step::Continue))
                 }
-            }};
-        }
-        let (discard, step) = match conn {
-            Conn::Server(c) => go!(c),
-            Conn::Client(c) => go!(c),
-        };
-        *rx_start = (*rx_start + discard).min(*rx_end);
+                Some(Err(e)) => (0, Err(e)),
+                None => (0, Ok(Step::Continue)),
+            },
+            other => handle_state(other, plain, tx, false),
+        });
         match step {
             Err(e) => {
                 self.fail(e);
@@ -685,51 +667,20 @@ impl TlsLayer {
                     required: self.encrypted_len(0),
                 }));
             }
-            let Self {
-                conn,
-                rx,
-                rx_start,
-                rx_end,
-                plain,
-                tx,
-                ..
-            } = self;
-            let buf = &mut rx[*rx_start..*rx_end];
-            let mut discard;
-            macro_rules! go {
-                ($c:expr) => {{
-                    let st = $c.process_tls_records(buf);
-                    discard = st.discard;
-                    match st.state {
-                        Ok(ConnectionState::WriteTraffic(mut w)) => match f.take() {
-                            Some(f) => Out::Wrote(f(&mut w, &mut out[pending..])),
-                            None => Out::Blocked,
-                        },
-                        Ok(ConnectionState::BlockedHandshake) => Out::Blocked,
-                        Ok(ConnectionState::Closed) => Out::Closed,
-                        other => {
-                            // A record waiting for in-place delivery is copied now:
-                            // rustls writes only once nothing is left to read.
-                            let (d, r) = handle_state(
-                                UnbufferedStatus {
-                                    discard: 0,
-                                    state: other,
-                                },
-                                plain,
-                                tx,
-                                false,
-                            );
-                            discard += d;
-                            Out::Other(r)
-                        }
-                    }
-                }};
-            }
-            let r = match conn {
-                Conn::Server(c) => go!(c),
-                Conn::Client(c) => go!(c),
-            };
-            *rx_start = (*rx_start + discard).min(*rx_end);
+            let r = process_records!(self, |state, plain, tx| match state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => match f.take() {
+                    Some(f) => (0, Out::Wrote(f(&mut w, &mut out[pending..]))),
+                    None => (0, Out::Blocked),
+                },
+                Ok(ConnectionState::BlockedHandshake) => (0, Out::Blocked),
+                Ok(ConnectionState::Closed) => (0, Out::Closed),
+                other => {
+                    // A record waiting for in-place delivery is copied now:
+                    // rustls writes only once nothing is left to read.
+                    let (records, r) = handle_state(other, plain, tx, false);
+                    (records, Out::Other(r))
+                }
+            });
             match r {
                 Out::Wrote(r) => return self.finish_write(r, out, pending),
                 Out::Blocked => return Err(EncryptError::HandshakeNotComplete),
