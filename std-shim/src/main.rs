@@ -16,7 +16,7 @@ use nbd_core::wire::TransmissionFlags;
 use std_shim::copy::{CopyOptions, Place, copy};
 use std_shim::nbd_client::{self, ClientTls, InfoApp, ListApp};
 use std_shim::nbd_server::Catalog;
-use std_shim::serve::{Control, Endpoint, parse_size};
+use std_shim::serve::{Control, parse_size};
 use std_shim::services::{self, Runtime};
 use std_shim::uri::NbdUri;
 
@@ -246,37 +246,10 @@ enum EndpointArg {
     Client,
 }
 
-fn split_pair(s: &str) -> Result<(&str, &str)> {
-    s.split_once('=')
-        .with_context(|| format!("expected NAME=VALUE, got {s:?}"))
-}
-
 fn nbd_serve(a: ServeArgs) -> Result<()> {
-    let files = a
-        .exports
-        .iter()
-        .map(|e| split_pair(e).map(|(n, p)| (n.to_string(), PathBuf::from(p))))
-        .collect::<Result<Vec<_>>>()?;
-    let memory = a
-        .memory
-        .iter()
-        .map(|m| split_pair(m).and_then(|(n, s)| Ok((n.to_string(), parse_size(s)?))))
-        .collect::<Result<Vec<_>>>()?;
+    let (files, memory) = std_shim::nbd_server::parse_export_args(&a.exports, &a.memory)?;
     let catalog = Catalog::build(&files, &memory, a.read_only, 64 << 20)?;
-    let mut endpoints = Vec::new();
-    for l in &a.listen {
-        endpoints.extend(
-            std_shim::serve::resolve(l, 10809)?
-                .into_iter()
-                .map(Endpoint::Tcp),
-        );
-    }
-    if let Some(p) = &a.unix {
-        endpoints.push(Endpoint::Unix(p.clone()));
-    }
-    if a.listen.is_empty() && a.unix.is_none() {
-        endpoints.push(Endpoint::Tcp("127.0.0.1:10809".parse()?));
-    }
+    let endpoints = std_shim::serve::endpoints(&a.listen, a.unix.as_deref(), 10809)?;
     let tls_mode = match a.tls {
         TlsArg::Off => TlsMode::Off,
         TlsArg::On => TlsMode::Selective,

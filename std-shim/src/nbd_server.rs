@@ -78,6 +78,32 @@ impl Catalog {
     }
 }
 
+/// The `--export NAME=PATH` and `--memory NAME=SIZE` arguments, for [`Catalog::build`].
+pub type ExportArgs = (Vec<(String, std::path::PathBuf)>, Vec<(String, u64)>);
+
+/// Parses `--export NAME=PATH` and `--memory NAME=SIZE` arguments.
+pub fn parse_export_args(exports: &[String], memory: &[String]) -> Result<ExportArgs> {
+    let files = exports
+        .iter()
+        .map(|e| {
+            let (n, p) = e
+                .split_once('=')
+                .with_context(|| format!("expected NAME=PATH, got {e:?}"))?;
+            Ok((n.to_string(), p.into()))
+        })
+        .collect::<Result<_>>()?;
+    let memory = memory
+        .iter()
+        .map(|m| {
+            let (n, s) = m
+                .split_once('=')
+                .with_context(|| format!("expected NAME=SIZE, got {m:?}"))?;
+            Ok((n.to_string(), crate::serve::parse_size(s)?))
+        })
+        .collect::<Result<_>>()?;
+    Ok((files, memory))
+}
+
 impl Catalog {
     /// A catalog from `--export NAME=PATH` files, `--memory NAME=SIZE` RAM disks, and if both are
     /// empty, `default_ram` bytes of RAM disk named `disk`. Lives for the whole process.

@@ -335,10 +335,35 @@ pub fn resolve(addr: &str, default_port: u16) -> Result<Vec<SocketAddr>> {
     } else {
         format!("{addr}:{default_port}")
     };
-    Ok(with_port
+    let addrs: Vec<_> = with_port
         .to_socket_addrs()
         .with_context(|| format!("resolve {addr}"))?
-        .collect())
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("resolve {addr}: no addresses");
+    }
+    Ok(addrs)
+}
+
+/// Where a service listens: every address of each `listen` entry (see [`resolve`]) and the
+/// `unix` socket; with neither, `127.0.0.1:default_port`.
+pub fn endpoints(
+    listen: &[String],
+    unix: Option<&std::path::Path>,
+    default_port: u16,
+) -> Result<Vec<Endpoint>> {
+    let mut endpoints = Vec::new();
+    for l in listen {
+        endpoints.extend(resolve(l, default_port)?.into_iter().map(Endpoint::Tcp));
+    }
+    endpoints.extend(unix.map(|p| Endpoint::Unix(p.to_path_buf())));
+    if listen.is_empty() && unix.is_none() {
+        endpoints.push(Endpoint::Tcp(SocketAddr::from((
+            [127, 0, 0, 1],
+            default_port,
+        ))));
+    }
+    Ok(endpoints)
 }
 
 /// Parses sizes like `64M`, `1G`, `512K`, `4096` (binary multiples).

@@ -300,17 +300,7 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
         } else {
             a.vnc_listen.clone()
         };
-        let mut endpoints = Vec::new();
-        for l in &listen {
-            endpoints.extend(
-                crate::serve::resolve(l, 5900)?
-                    .into_iter()
-                    .map(Endpoint::Tcp),
-            );
-        }
-        if endpoints.is_empty() {
-            endpoints.push(Endpoint::Tcp("127.0.0.1:5900".parse()?));
-        }
+        let endpoints = crate::serve::endpoints(&listen, None, 5900)?;
         vnc_addr = first_tcp(&endpoints);
         let size = a
             .size
@@ -356,20 +346,7 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
     let mut nbd_addr = None;
     let mut catalog = None;
     if serve_nbd {
-        let mut files = Vec::new();
-        let mut memory = Vec::new();
-        for e in &a.exports {
-            let (n, p) = e
-                .split_once('=')
-                .with_context(|| format!("expected NAME=PATH, got {e:?}"))?;
-            files.push((n.to_string(), PathBuf::from(p)));
-        }
-        for m in &a.memory {
-            let (n, s) = m
-                .split_once('=')
-                .with_context(|| format!("expected NAME=SIZE, got {m:?}"))?;
-            memory.push((n.to_string(), parse_size(s)?));
-        }
+        let (mut files, mut memory) = crate::nbd_server::parse_export_args(&a.exports, &a.memory)?;
         if files.is_empty() && memory.is_empty() {
             for e in &file.nbd.exports {
                 match (&e.path, &e.memory) {
@@ -386,21 +363,8 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
         } else {
             a.nbd_listen.clone()
         };
-        let mut endpoints = Vec::new();
-        for l in &listen {
-            endpoints.extend(
-                crate::serve::resolve(l, 10809)?
-                    .into_iter()
-                    .map(Endpoint::Tcp),
-            );
-        }
         let unix = a.nbd_unix.clone().or(file.nbd.unix.clone());
-        if let Some(u) = &unix {
-            endpoints.push(Endpoint::Unix(u.clone()));
-        }
-        if listen.is_empty() && unix.is_none() {
-            endpoints.push(Endpoint::Tcp("127.0.0.1:10809".parse()?));
-        }
+        let endpoints = crate::serve::endpoints(&listen, unix.as_deref(), 10809)?;
         nbd_addr = first_tcp(&endpoints);
         let tls_mode = match policy {
             TlsPolicy::Require => TlsMode::Forced,

@@ -282,17 +282,7 @@ fn serve(a: VncServeArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let mut endpoints = Vec::new();
-    for l in &a.listen {
-        endpoints.extend(
-            crate::serve::resolve(l, 5900)?
-                .into_iter()
-                .map(Endpoint::Tcp),
-        );
-    }
-    if endpoints.is_empty() {
-        endpoints.push(Endpoint::Tcp("127.0.0.1:5900".parse()?));
-    }
+    let endpoints = crate::serve::endpoints(&a.listen, None, 5900)?;
     let service = vnc_service(config, tls_config, endpoints, a.max_connections);
     let control = Arc::new(Control::default());
     crate::services::stop_on_signals(&control)?;
