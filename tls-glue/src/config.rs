@@ -92,7 +92,6 @@ pub struct TlsServerConfig {
 #[derive(Debug, Clone)]
 pub struct TlsClientConfig {
     pub(crate) inner: Arc<rustls::ClientConfig>,
-    pub(crate) has_validator: bool,
 }
 
 fn roots(creds: &TlsCreds) -> Result<Arc<RootCertStore>, ConfigError> {
@@ -241,7 +240,6 @@ impl TlsClientConfig {
         cfg.alpn_protocols = opts.alpn.clone();
         Ok(Self {
             inner: Arc::new(cfg),
-            has_validator: opts.validator.is_some(),
         })
     }
 }

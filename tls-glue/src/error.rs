@@ -258,7 +258,7 @@ impl From<TlsError> for EncryptError {
 }
 
 /// Maps a rustls error to ours. `server` tells which side detected it.
-pub(crate) fn map_rustls(e: &rustls::Error, server: bool, has_validator: bool) -> TlsError {
+pub(crate) fn map_rustls(e: &rustls::Error, server: bool) -> TlsError {
     use rustls::{CertificateError as C, Error as E};
     match e {
         E::InvalidCertificate(c) => match c {
@@ -268,8 +268,9 @@ pub(crate) fn map_rustls(e: &rustls::Error, server: bool, has_validator: bool) -
             C::NotValidForName | C::NotValidForNameContext { .. } => TlsError::HostnameMismatch,
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => TlsError::WrongPurpose,
             C::UnknownIssuer | C::BadSignature | C::UnknownRevocationStatus => TlsError::UnknownCa,
+            // Only our verifiers return this: the server's ACL, the client's validator.
             C::ApplicationVerificationFailure if server => TlsError::AccessDenied,
-            C::ApplicationVerificationFailure if has_validator => TlsError::CertificateRejected,
+            C::ApplicationVerificationFailure => TlsError::CertificateRejected,
             _ => TlsError::BadCertificate,
         },
         E::NoCertificatesPresented => TlsError::NoPeerCertificate,

@@ -266,7 +266,6 @@ pub struct TlsLayer {
     error: Option<TlsError>,
     peer_closed: bool,
     sent_close: bool,
-    has_validator: bool,
 }
 
 impl core::fmt::Debug for TlsLayer {
@@ -293,7 +292,7 @@ impl TlsLayer {
         let conn = UnbufferedServerConnection::new(config.inner.clone()).map_err(|e| {
             ConfigError(alloc::format!("cannot start a TLS server connection: {e}"))
         })?;
-        Ok(Self::make(Conn::Server(conn), opts, false))
+        Ok(Self::make(Conn::Server(conn), opts))
     }
 
     /// A client connection to `server_name` (DNS name or IP address, checked against the
@@ -312,13 +311,13 @@ impl TlsLayer {
             .map_err(|e| {
                 ConfigError(alloc::format!("cannot start a TLS client connection: {e}"))
             })?;
-        let mut layer = Self::make(Conn::Client(conn), opts, config.has_validator);
+        let mut layer = Self::make(Conn::Client(conn), opts);
         // the ClientHello is ready at once
         let _ = layer.process();
         Ok(layer)
     }
 
-    fn make(conn: Conn, opts: LayerOptions, has_validator: bool) -> Self {
+    fn make(conn: Conn, opts: LayerOptions) -> Self {
         Self {
             conn,
             rx: alloc::vec![0; opts.rx_capacity.max(MIN_RX_CAPACITY)],
@@ -337,7 +336,6 @@ impl TlsLayer {
             error: None,
             peer_closed: false,
             sent_close: false,
-            has_validator,
         }
     }
 
@@ -439,7 +437,7 @@ impl TlsLayer {
     }
 
     fn fail(&mut self, e: rustls::Error) -> TlsError {
-        let mapped = map_rustls(&e, self.is_server(), self.has_validator);
+        let mapped = map_rustls(&e, self.is_server());
         self.error = Some(mapped);
         // rustls queues an alert for the peer; collect it for poll_transmit.
         // Exactly one more call: it pops the queued alert before deframing anything. A second
