@@ -161,6 +161,7 @@ pub use time::{Duration, Instant};
 pub mod client;
 mod outq;
 pub mod server;
+mod shared;
 
 pub use outq::{AppPayload, Transmit};
 

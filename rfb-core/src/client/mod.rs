@@ -7,8 +7,9 @@ mod zrle;
 use crate::Progress;
 use crate::auth::{CHALLENGE_LEN, vnc_response};
 use crate::error::{Error, InsufficientSize, ProtocolError};
-use crate::outq::{AppPayload, OutQueue, Transmit};
+use crate::outq::{OutQueue, Transmit};
 use crate::pixel::{FramebufferMut, Translator};
+use crate::shared;
 use crate::time::{Duration, Instant};
 use crate::wire::*;
 use decode::{Hextile, Sink};
@@ -737,20 +738,8 @@ impl Client {
     /// `len` bytes itself. `Extended` needs the ExtendedClipboard pseudo-encoding.
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
-        if let CutTextLength::Extended(n) = len
-            && (self.requested & req::EXT_CLIPBOARD == 0 || n == 0 || n > 1 << 31)
-        {
-            return Err(Error::InvalidArgument);
-        }
-        let h = CutTextHeaderRepr {
-            message_type: 6,
-            length: len.to_wire(),
-        };
-        self.out.push_with_payload(
-            CutTextHeaderRepr::LEN,
-            AppPayload::CutText { len: len.len() },
-            |b| h.emit(b),
-        )
+        let extended = self.requested & req::EXT_CLIPBOARD != 0;
+        shared::queue_cut_text(&mut self.out, 6, len, extended)
     }
 
     /// EnableContinuousUpdates (after [`Event::EndOfContinuousUpdates`] showed support).
@@ -770,11 +759,7 @@ impl Client {
         if self.have & HAVE_FENCE == 0 {
             return Err(Error::InvalidState);
         }
-        let mut p = heapless::Vec::new();
-        p.extend_from_slice(payload)
-            .map_err(|_| Error::InvalidArgument)?;
-        let f = FenceRepr { flags, payload: p };
-        self.out.push(f.buffer_len(), |b| f.emit(b))
+        shared::queue_fence(&mut self.out, flags, payload)
     }
 
     /// SetDesktopSize (after an ExtendedDesktopSize arrived); at most 16 screens.
@@ -1216,12 +1201,10 @@ impl Client {
                 remaining,
                 after,
             } => {
-                let n = input.len().min(remaining as usize);
-                if n == 0 {
+                let Some((data, remaining)) = shared::body_chunk(input, remaining) else {
                     return Ok((0, None));
-                }
-                self.keep_text(&input[..n]);
-                let remaining = remaining - n as u32;
+                };
+                self.keep_text(data);
                 if remaining == 0 {
                     self.finish_text(kind, after)?;
                 } else {
@@ -1231,34 +1214,26 @@ impl Client {
                         after,
                     };
                 }
-                return Ok((n, None));
+                return Ok((data.len(), None));
             }
             Msg::CursorData {
                 remaining,
                 offset,
                 total,
             } => {
-                let n = input.len().min((total - offset) as usize);
-                if n == 0 {
+                let Some((data, left)) = shared::body_chunk(input, total - offset) else {
                     return Ok((0, None));
-                }
-                let offset2 = offset + n as u32;
-                if offset2 == total {
+                };
+                if left == 0 {
                     self.end_rect(remaining, None);
                 } else {
                     self.msg = Msg::CursorData {
                         remaining,
-                        offset: offset2,
+                        offset: total - left,
                         total,
                     };
                 }
-                return Ok((
-                    n,
-                    Some(Payload::CursorData {
-                        offset,
-                        data: &input[..n],
-                    }),
-                ));
+                return Ok((data.len(), Some(Payload::CursorData { offset, data })));
             }
             Msg::Screens { remaining, screens } => {
                 let Ok(s) = Screen::parse(input) else {
@@ -1298,23 +1273,16 @@ impl Client {
                 ));
             }
             Msg::CutText { remaining } => {
-                let n = input.len().min(remaining as usize);
-                if n == 0 {
+                let Some((data, remaining)) = shared::body_chunk(input, remaining) else {
                     return Ok((0, None));
-                }
-                let remaining = remaining - n as u32;
+                };
                 self.msg = if remaining == 0 {
                     Msg::Idle
                 } else {
                     Msg::CutText { remaining }
                 };
-                return Ok((
-                    n,
-                    Some(Payload::CutText {
-                        data: &input[..n],
-                        last: remaining == 0,
-                    }),
-                ));
+                let last = remaining == 0;
+                return Ok((data.len(), Some(Payload::CutText { data, last })));
             }
         }
         let Some(&t) = input.first() else {
@@ -1355,13 +1323,11 @@ impl Client {
                 Ok((1, None))
             }
             ServerMessageType::ServerCutText => {
-                let Ok(h) = CutTextHeaderRepr::parse(input) else {
+                let extended = self.requested & req::EXT_CLIPBOARD != 0;
+                let max = self.config.limits.max_cut_text;
+                let Some(len) = shared::cut_text_header(input, extended, max)? else {
                     return Ok((0, None));
                 };
-                let len = h.decode(self.requested & req::EXT_CLIPBOARD != 0);
-                if len.len() > self.config.limits.max_cut_text {
-                    return Err(P::CutTextTooLong.into());
-                }
                 if !len.is_empty() {
                     self.msg = Msg::CutText {
                         remaining: len.len(),
@@ -1376,33 +1342,14 @@ impl Client {
                 Ok((1, None))
             }
             ServerMessageType::ServerFence => {
-                if input.len() >= 9 && input[8] > 64 {
-                    return Err(P::FencePayloadTooLong.into());
+                let (n, response) = shared::receive_fence(input, &mut self.out)?;
+                if n > 0 {
+                    self.have |= HAVE_FENCE;
                 }
-                let Ok(m) = FenceRepr::parse(input) else {
-                    return Ok((0, None));
-                };
-                let len = m.buffer_len();
-                self.have |= HAVE_FENCE;
-                if m.flags & fence_flags::REQUEST != 0 {
-                    let reply = FenceRepr {
-                        flags: m.flags & fence_flags::KNOWN & !fence_flags::REQUEST,
-                        payload: m.payload,
-                    };
-                    if self.out.free() < reply.buffer_len() {
-                        return Ok((0, None));
-                    }
-                    self.out.push(reply.buffer_len(), |b| reply.emit(b))?;
-                    Ok((len, None))
-                } else {
-                    Ok((
-                        len,
-                        Some(Payload::FenceResponse {
-                            flags: m.flags,
-                            data: &input[9..len],
-                        }),
-                    ))
-                }
+                Ok((
+                    n,
+                    response.map(|(flags, data)| Payload::FenceResponse { flags, data }),
+                ))
             }
             ServerMessageType::Qemu => {
                 if input.len() < 2 {

@@ -10,7 +10,8 @@ pub use update::{CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, UpdateSou
 use crate::Progress;
 use crate::auth::CHALLENGE_LEN;
 use crate::error::{Error, InsufficientSize, ProtocolError};
-use crate::outq::{AppPayload, OutQueue, Transmit};
+use crate::outq::{OutQueue, Transmit};
+use crate::shared;
 use crate::time::{Duration, Instant};
 use crate::wire::*;
 use update::UpdateState;
@@ -745,24 +746,12 @@ impl Server {
     }
 
     /// Sends ServerCutText: the header is queued and `poll_transmit` then asks the application to
-    /// send its `len` bytes itself ([`AppPayload::CutText`]). `Extended` needs the client's
-    /// extended-clipboard support.
+    /// send its `len` bytes itself ([`AppPayload::CutText`](crate::AppPayload::CutText)).
+    /// `Extended` needs the client's extended-clipboard support.
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
-        if let CutTextLength::Extended(n) = len
-            && (self.prefs.flags & pref::EXT_CLIPBOARD == 0 || n == 0 || n > 1 << 31)
-        {
-            return Err(Error::InvalidArgument);
-        }
-        let h = CutTextHeaderRepr {
-            message_type: 3,
-            length: len.to_wire(),
-        };
-        self.out.push_with_payload(
-            CutTextHeaderRepr::LEN,
-            AppPayload::CutText { len: len.len() },
-            |b| h.emit(b),
-        )
+        let extended = self.prefs.flags & pref::EXT_CLIPBOARD != 0;
+        shared::queue_cut_text(&mut self.out, 3, len, extended)
     }
 
     /// Sends a ServerFence (the client must have asked for the Fence pseudo-encoding).
@@ -771,11 +760,7 @@ impl Server {
         if self.prefs.flags & pref::FENCE == 0 {
             return Err(Error::InvalidState);
         }
-        let mut p = heapless::Vec::new();
-        p.extend_from_slice(payload)
-            .map_err(|_| Error::InvalidArgument)?;
-        let f = FenceRepr { flags, payload: p };
-        self.out.push(f.buffer_len(), |b| f.emit(b))
+        shared::queue_fence(&mut self.out, flags, payload)
     }
 
     /// Answers the last SetDesktopSize with a status code (0 success, 1 prohibited, 2 out of
@@ -1127,23 +1112,16 @@ impl Server {
                 return Ok((4 * n, None));
             }
             Partial::CutText { remaining } => {
-                let n = input.len().min(remaining as usize);
-                if n == 0 {
+                let Some((data, remaining)) = shared::body_chunk(input, remaining) else {
                     return Ok((0, None));
-                }
-                let remaining = remaining - n as u32;
+                };
                 self.partial = if remaining == 0 {
                     Partial::None
                 } else {
                     Partial::CutText { remaining }
                 };
-                return Ok((
-                    n,
-                    Some(Payload::CutText {
-                        data: &input[..n],
-                        last: remaining == 0,
-                    }),
-                ));
+                let last = remaining == 0;
+                return Ok((data.len(), Some(Payload::CutText { data, last })));
             }
             Partial::Screens { remaining } => {
                 let s = need!(Screen::parse(input));
@@ -1229,11 +1207,11 @@ impl Server {
                 Ok((PointerEventRepr::LEN, None))
             }
             ClientMessageType::ClientCutText => {
-                let h = need!(CutTextHeaderRepr::parse(input));
-                let len = h.decode(self.prefs.flags & pref::EXT_CLIPBOARD != 0);
-                if len.len() > self.config.limits.max_cut_text {
-                    return Err(Error::Protocol(ProtocolError::CutTextTooLong));
-                }
+                let extended = self.prefs.flags & pref::EXT_CLIPBOARD != 0;
+                let max = self.config.limits.max_cut_text;
+                let Some(len) = shared::cut_text_header(input, extended, max)? else {
+                    return Ok((0, None));
+                };
                 if !len.is_empty() {
                     self.partial = Partial::CutText {
                         remaining: len.len(),
@@ -1264,30 +1242,11 @@ impl Server {
                 Ok((EnableContinuousUpdatesRepr::LEN, None))
             }
             ClientMessageType::ClientFence => {
-                if input.len() >= 9 && input[8] > 64 {
-                    return Err(Error::Protocol(ProtocolError::FencePayloadTooLong));
-                }
-                let m = need!(FenceRepr::parse(input));
-                let len = m.buffer_len();
-                if m.flags & fence_flags::REQUEST != 0 {
-                    let reply = FenceRepr {
-                        flags: m.flags & fence_flags::KNOWN & !fence_flags::REQUEST,
-                        payload: m.payload,
-                    };
-                    if self.out.free() < reply.buffer_len() {
-                        return Ok((0, None));
-                    }
-                    self.out.push(reply.buffer_len(), |b| reply.emit(b))?;
-                    Ok((len, None))
-                } else {
-                    Ok((
-                        len,
-                        Some(Payload::FenceResponse {
-                            flags: m.flags,
-                            data: &input[9..len],
-                        }),
-                    ))
-                }
+                let (n, response) = shared::receive_fence(input, &mut self.out)?;
+                Ok((
+                    n,
+                    response.map(|(flags, data)| Payload::FenceResponse { flags, data }),
+                ))
             }
             ClientMessageType::SetDesktopSize => {
                 let h = need!(SetDesktopSizeHeaderRepr::parse(input));
