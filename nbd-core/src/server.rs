@@ -241,9 +241,8 @@ impl InfoMask {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reply {
+    /// ACK, with what it sets off for STARTTLS and ABORT.
     Ack(OptionType),
-    AckStartTls,
-    AckAbort,
     Error(OptionType, ReplyType, &'static str),
     List {
         next: u16,
@@ -507,8 +506,7 @@ impl<'a> Server<'a> {
             _ => {
                 let hdr = self.chunk(req, ChunkType::OffsetData, 8 + len, done);
                 let mut w = Writer::new(out, hdr.buffer_len() + 8)?;
-                let h = hdr.emit(w.rest())?;
-                w.advance(h).u64(offset);
+                w.nested(|b| hdr.emit(b))?.u64(offset);
                 w.len()
             }
         };
@@ -535,8 +533,7 @@ impl<'a> Server<'a> {
         check_within(req, offset, u64::from(len))?;
         let hdr = self.chunk(req, ChunkType::OffsetHole, 12, done);
         let mut w = Writer::new(out, hdr.buffer_len() + 12)?;
-        let h = hdr.emit(w.rest())?;
-        w.advance(h).u64(offset).u32(len);
+        w.nested(|b| hdr.emit(b))?.u64(offset).u32(len);
         if done {
             self.finish();
         }
@@ -627,15 +624,13 @@ impl<'a> Server<'a> {
         };
         let hdr = self.chunk(req, chunk, payload as u64, true);
         let mut w = Writer::new(out, hdr.buffer_len() + payload)?;
-        let h = hdr.emit(w.rest())?;
-        w.advance(h).u32(BASE_ALLOCATION_ID);
+        w.nested(|b| hdr.emit(b))?.u32(BASE_ALLOCATION_ID);
         if wide {
             w.u32(count as u32);
         }
         for (i, e) in extents.iter().take(count).enumerate() {
             let e = if i + 1 == count { last } else { *e };
-            let n = ExtentsView::emit_descriptor(&e, wide, w.rest())?;
-            w.advance(n);
+            w.nested(|b| ExtentsView::emit_descriptor(&e, wide, b))?;
         }
         self.finish();
         Ok(w.len())
@@ -750,7 +745,7 @@ impl<'a> Server<'a> {
         if self.config.tls == TlsMode::Forced && !self.tls_active {
             match opt {
                 O::StartTls => {}
-                O::Abort => return Ok(Reply::AckAbort),
+                O::Abort => return Ok(Reply::Ack(opt)),
                 O::ExportName => return Err(Error::TlsRequired),
                 _ => {
                     return Ok(Reply::Error(
@@ -764,7 +759,7 @@ impl<'a> Server<'a> {
         let invalid = |msg| Ok(Reply::Error(opt, ReplyType::ErrInvalid, msg));
         match opt {
             O::ExportName => self.export_name(data),
-            O::Abort => Ok(Reply::AckAbort),
+            O::Abort => Ok(Reply::Ack(opt)),
             O::List => {
                 if !data.is_empty() {
                     return invalid("NBD_OPT_LIST takes no data");
@@ -785,7 +780,7 @@ impl<'a> Server<'a> {
                         "TLS is not configured on this server",
                     ));
                 }
-                Ok(Reply::AckStartTls)
+                Ok(Reply::Ack(opt))
             }
             O::Info | O::Go => Ok(self.info_or_go(opt, data)),
             O::StructuredReply => {
@@ -986,65 +981,54 @@ impl<'a> Server<'a> {
     }
 
     fn emit_reply(&mut self, r: Reply, buf: &mut [u8]) -> Result<usize, InsufficientSize> {
-        let header = |option, reply, length: usize| OptionReplyHeaderRepr {
-            option,
-            reply,
-            length: length as u32,
-        };
         match r {
             Reply::Ack(opt) => {
-                let n = header(opt, ReplyType::Ack, 0).emit(buf)?;
-                self.phase = Phase::Options;
-                Ok(n)
-            }
-            Reply::AckStartTls => {
-                let n = header(OptionType::StartTls, ReplyType::Ack, 0).emit(buf)?;
-                // The spec: after STARTTLS nothing negotiated before it survives
-                // (CVE-2021-3716: an injected STRUCTURED_REPLY must have no effect).
-                self.neg = Negotiated::default();
-                self.phase = Phase::AwaitTls;
-                self.push_event(Event::StartTls);
-                Ok(n)
-            }
-            Reply::AckAbort => {
-                let n = header(OptionType::Abort, ReplyType::Ack, 0).emit(buf)?;
-                self.phase = Phase::Closed;
-                self.push_event(Event::Finished);
+                let n = option_reply(buf, opt, ReplyType::Ack, 0, no_data)?;
+                self.phase = match opt {
+                    OptionType::StartTls => {
+                        // The spec: after STARTTLS nothing negotiated before it survives
+                        // (CVE-2021-3716: an injected STRUCTURED_REPLY must have no effect).
+                        self.neg = Negotiated::default();
+                        self.push_event(Event::StartTls);
+                        Phase::AwaitTls
+                    }
+                    OptionType::Abort => {
+                        self.push_event(Event::Finished);
+                        Phase::Closed
+                    }
+                    _ => Phase::Options,
+                };
                 Ok(n)
             }
             Reply::Error(opt, code, msg) => {
-                let mut w = Writer::new(buf, OptionReplyHeaderRepr::LEN + msg.len())?;
-                let h = header(opt, code, msg.len()).emit(w.rest())?;
-                w.advance(h).bytes(msg.as_bytes());
+                let n = option_reply(buf, opt, code, msg.len(), |b| {
+                    b[..msg.len()].copy_from_slice(msg.as_bytes());
+                    Ok(msg.len())
+                })?;
                 self.phase = Phase::Options;
-                Ok(w.len())
+                Ok(n)
             }
             Reply::List { next } => {
                 let exports = self.config.exports;
                 let found = (usize::from(next)..exports.len()).find(|&i| self.visible(i));
-                match found {
-                    Some(i) => {
-                        let s = ServerReplyRepr {
-                            name: exports[i].name,
-                            description: exports[i].description,
-                        };
-                        let mut w = Writer::new(buf, OptionReplyHeaderRepr::LEN + s.buffer_len())?;
-                        let h = header(OptionType::List, ReplyType::Server, s.buffer_len())
-                            .emit(w.rest())?;
-                        w.advance(h);
-                        let n = s.emit(w.rest())?;
-                        w.advance(n);
-                        self.phase = Phase::Reply(Reply::List {
-                            next: (i + 1) as u16,
-                        });
-                        Ok(w.len())
-                    }
-                    None => {
-                        let n = header(OptionType::List, ReplyType::Ack, 0).emit(buf)?;
-                        self.phase = Phase::Options;
-                        Ok(n)
-                    }
-                }
+                let Some(i) = found else {
+                    return self.emit_reply(Reply::Ack(OptionType::List), buf);
+                };
+                let s = ServerReplyRepr {
+                    name: exports[i].name,
+                    description: exports[i].description,
+                };
+                let n = option_reply(
+                    buf,
+                    OptionType::List,
+                    ReplyType::Server,
+                    s.buffer_len(),
+                    |b| s.emit(b),
+                )?;
+                self.phase = Phase::Reply(Reply::List {
+                    next: (i + 1) as u16,
+                });
+                Ok(n)
             }
             Reply::Info {
                 go,
@@ -1068,12 +1052,11 @@ impl<'a> Server<'a> {
                         return self
                             .emit_reply(Reply::Error(opt, ReplyType::ErrBlockSizeReqd, msg), buf);
                     }
-                    let n = header(opt, ReplyType::Ack, 0).emit(buf)?;
-                    if go {
-                        self.enter_transmission(export);
-                    } else {
-                        self.phase = Phase::Options;
+                    if !go {
+                        return self.emit_reply(Reply::Ack(opt), buf);
                     }
+                    let n = option_reply(buf, opt, ReplyType::Ack, 0, no_data)?;
+                    self.enter_transmission(export);
                     return Ok(n);
                 };
                 let info = match bit {
@@ -1085,46 +1068,38 @@ impl<'a> Server<'a> {
                     InfoMask::DESCRIPTION => InfoReplyRepr::Description(e.description),
                     _ => InfoReplyRepr::BlockSize(e.block_size),
                 };
-                let mut w = Writer::new(buf, OptionReplyHeaderRepr::LEN + info.buffer_len())?;
-                let h = header(opt, ReplyType::Info, info.buffer_len()).emit(w.rest())?;
-                w.advance(h);
-                let n = info.emit(w.rest())?;
-                w.advance(n);
+                let n = option_reply(buf, opt, ReplyType::Info, info.buffer_len(), |b| {
+                    info.emit(b)
+                })?;
                 self.phase = Phase::Reply(Reply::Info {
                     go,
                     export,
                     pending: InfoMask(pending.0 & !bit),
                     block_size_required,
                 });
-                Ok(w.len())
+                Ok(n)
             }
             Reply::Meta {
                 option,
                 id,
                 context,
             } => {
-                if context {
-                    let m = MetaContextReplyRepr {
-                        id,
-                        name: BASE_ALLOCATION,
-                    };
-                    let mut w = Writer::new(buf, OptionReplyHeaderRepr::LEN + m.buffer_len())?;
-                    let h =
-                        header(option, ReplyType::MetaContext, m.buffer_len()).emit(w.rest())?;
-                    w.advance(h);
-                    let n = m.emit(w.rest())?;
-                    w.advance(n);
-                    self.phase = Phase::Reply(Reply::Meta {
-                        option,
-                        id,
-                        context: false,
-                    });
-                    Ok(w.len())
-                } else {
-                    let n = header(option, ReplyType::Ack, 0).emit(buf)?;
-                    self.phase = Phase::Options;
-                    Ok(n)
+                if !context {
+                    return self.emit_reply(Reply::Ack(option), buf);
                 }
+                let m = MetaContextReplyRepr {
+                    id,
+                    name: BASE_ALLOCATION,
+                };
+                let n = option_reply(buf, option, ReplyType::MetaContext, m.buffer_len(), |b| {
+                    m.emit(b)
+                })?;
+                self.phase = Phase::Reply(Reply::Meta {
+                    option,
+                    id,
+                    context: false,
+                });
+                Ok(n)
             }
             Reply::ExportName { export } => {
                 let e = self.config.exports[usize::from(export)];
@@ -1502,10 +1477,7 @@ impl<'a> Server<'a> {
                     true,
                 );
                 let mut w = Writer::new(out, hdr.buffer_len() + e.buffer_len())?;
-                let h = hdr.emit(w.rest())?;
-                w.advance(h);
-                let n = e.emit(w.rest())?;
-                w.advance(n);
+                w.nested(|b| hdr.emit(b))?.nested(|b| e.emit(b))?;
                 Ok(w.len())
             }
         }
@@ -1542,6 +1514,28 @@ fn consumed<'i>(n: usize) -> Progress<'i> {
         consumed: n,
         lent: None,
     }
+}
+
+/// An option reply: the header, then `len` bytes of data that `data` writes.
+fn option_reply(
+    buf: &mut [u8],
+    option: OptionType,
+    reply: ReplyType,
+    len: usize,
+    data: impl FnOnce(&mut [u8]) -> Result<usize, InsufficientSize>,
+) -> Result<usize, InsufficientSize> {
+    let mut w = Writer::new(buf, OptionReplyHeaderRepr::LEN + len)?;
+    let header = OptionReplyHeaderRepr {
+        option,
+        reply,
+        length: len as u32,
+    };
+    w.nested(|b| header.emit(b))?.nested(data)?;
+    Ok(w.len())
+}
+
+fn no_data(_: &mut [u8]) -> Result<usize, InsufficientSize> {
+    Ok(0)
 }
 
 fn unsupported(opt: OptionType) -> Reply {

@@ -484,16 +484,15 @@ impl<'a> Writer<'a> {
         self.pos
     }
 
-    /// The unwritten rest of the buffer (for nested `emit`s).
-    pub(crate) fn rest(&mut self) -> &mut [u8] {
+    /// Runs a nested `emit` on the unwritten rest of the buffer and counts what it wrote.
+    pub(crate) fn nested(
+        &mut self,
+        emit: impl FnOnce(&mut [u8]) -> Result<usize, InsufficientSize>,
+    ) -> Result<&mut Self, InsufficientSize> {
         let pos = self.pos.min(self.buf.len());
-        &mut self.buf[pos..]
-    }
-
-    /// Counts `n` bytes a nested `emit` wrote into `rest()`.
-    pub(crate) fn advance(&mut self, n: usize) -> &mut Self {
+        let n = emit(&mut self.buf[pos..])?;
         self.pos = self.pos.saturating_add(n).min(self.buf.len());
-        self
+        Ok(self)
     }
 }
 
