@@ -440,17 +440,20 @@ fn looks_like_der(b: &[u8]) -> bool {
     b.first() == Some(&0x30)
 }
 
-fn parse_certs(
+/// Every PEM block of `T`'s kind (`-----BEGIN {block}-----`) in `data`, or `data` itself if it
+/// is DER; `what` says what the file should hold. Empty (with an error) if none parses.
+fn parse_objects<T: PemObject + From<Vec<u8>>>(
     data: &[u8],
     label: &str,
+    block: &str,
     what: &str,
     report: &mut Report,
-) -> Vec<CertificateDer<'static>> {
+) -> Vec<T> {
     if looks_like_der(data) {
-        return alloc::vec![CertificateDer::from(data.to_vec())];
+        return alloc::vec![T::from(data.to_vec())];
     }
     let mut out = Vec::new();
-    for item in CertificateDer::pem_slice_iter(data) {
+    for item in T::pem_slice_iter(data) {
         match item {
             Ok(c) => out.push(c),
             Err(e) => {
@@ -469,10 +472,19 @@ fn parse_certs(
             Severity::Error,
             Problem::Unparsable,
             label,
-            format!("no '-----BEGIN CERTIFICATE-----' block found; expected {what}"),
+            format!("no '-----BEGIN {block}-----' block found; expected {what}"),
         );
     }
     out
+}
+
+fn parse_certs(
+    data: &[u8],
+    label: &str,
+    what: &str,
+    report: &mut Report,
+) -> Vec<CertificateDer<'static>> {
+    parse_objects(data, label, "CERTIFICATE", what, report)
 }
 
 fn parse_key(data: &[u8], label: &str, report: &mut Report) -> Option<PrivateKeyDer<'static>> {
@@ -764,6 +776,157 @@ fn find_issuer(c: &Cert<'_>, pool: &[Cert<'_>], backend: &CryptoBackend) -> Issu
     }
 }
 
+/// Walks from `leaf` through `intermediates` to a CA in `cas`, reporting why it cannot.
+fn check_issued(
+    leaf: &Cert<'_>,
+    intermediates: &[Cert<'_>],
+    cas: &[Cert<'_>],
+    backend: &CryptoBackend,
+    l: &Labels,
+    report: &mut Report,
+) {
+    let mut current = leaf;
+    for _ in 0..8 {
+        let by_ca = find_issuer(current, cas, backend);
+        if let Issued::By(_) = by_ca {
+            return;
+        }
+        if let Issued::By(i) = find_issuer(current, intermediates, backend) {
+            current = &intermediates[i];
+            continue;
+        }
+        match by_ca {
+            Issued::By(_) => {}
+            Issued::NameOnly => report.push(
+                Severity::Error,
+                Problem::BadSignature,
+                &l.cert,
+                format!(
+                    "the {} names '{}' as issuer, but its signature does not verify with that CA's key in {}: the CA was re-created or the certificate was signed by a different CA with the same name",
+                    describe(current),
+                    current.issuer_dn(),
+                    l.ca
+                ),
+            ),
+            Issued::Unsupported => report.push(
+                Severity::Warning,
+                Problem::Unsupported,
+                &l.cert,
+                format!(
+                    "cannot check the {}'s signature: the {} backend does not support its signature algorithm",
+                    describe(current),
+                    backend.name()
+                ),
+            ),
+            Issued::None => {
+                let names: Vec<String> = cas.iter().map(|c| format!("'{}'", c.subject_dn())).collect();
+                report.push(
+                    Severity::Error,
+                    Problem::NoIssuer,
+                    &l.cert,
+                    format!(
+                        "the {} has no issuer in the CA chain: it was issued by '{}', but {} holds {}",
+                        describe(current),
+                        current.issuer_dn(),
+                        l.ca,
+                        if names.is_empty() { "no usable CA".into() } else { names.join(", ") }
+                    ),
+                );
+            }
+        }
+        return;
+    }
+    report.push(
+        Severity::Error,
+        Problem::NoIssuer,
+        &l.cert,
+        "the chain is longer than 8 certificates or loops".into(),
+    );
+}
+
+/// Checks the CRLs of `ca-crl.pem`: issued and signed by a CA in `cas`, up to date, and not
+/// revoking the own certificate `leaf`.
+fn check_crls(
+    crls: &[CertificateRevocationListDer<'_>],
+    cas: &[Cert<'_>],
+    leaf: Option<&Cert<'_>>,
+    now: i64,
+    opts: &CredsOptions,
+    l: &Labels,
+    report: &mut Report,
+) {
+    for (i, der) in crls.iter().enumerate() {
+        let n = i + 1;
+        let Ok(crl) = Crl::parse(der.as_ref()) else {
+            report.push(
+                Severity::Error,
+                Problem::Unparsable,
+                &l.crl,
+                format!("CRL #{n} is not a valid X.509 CRL"),
+            );
+            continue;
+        };
+        match cas.iter().find(|ca| ca.subject == crl.issuer) {
+            None => report.push(
+                Severity::Error,
+                Problem::CrlIssuer,
+                &l.crl,
+                format!(
+                    "CRL #{n} was issued by '{}', which is not a CA in {}",
+                    x509::format_dn(crl.issuer),
+                    l.ca
+                ),
+            ),
+            Some(ca) => {
+                if opts.backend.verify_signed(
+                    ca.spki_alg,
+                    ca.public_key,
+                    crl.sig_alg,
+                    crl.tbs,
+                    crl.signature,
+                ) == Some(false)
+                {
+                    report.push(
+                        Severity::Error,
+                        Problem::CrlIssuer,
+                        &l.crl,
+                        format!(
+                            "CRL #{n}'s signature does not verify with the CA '{}'",
+                            ca.subject_dn()
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(next) = crl.next_update
+            && next < now
+        {
+            report.push(
+                Severity::Warning,
+                Problem::CrlOutdated,
+                &l.crl,
+                format!("CRL #{n} is out of date: its next update was due on {} (now {}); get a fresh CRL from the CA", format_unix(next), format_unix(now)),
+            );
+        }
+        if let Some(leaf) = leaf
+            && crl.issuer == leaf.issuer
+            && crl.lists(leaf.serial)
+        {
+            report.push(
+                Severity::Error,
+                Problem::Revoked,
+                &l.cert,
+                format!(
+                    "the {} {} is revoked by {}",
+                    opts.endpoint.word(),
+                    describe(leaf),
+                    l.crl
+                ),
+            );
+        }
+    }
+}
+
 fn load(pem: &CredsPem<'_>, opts: CredsOptions, l: &Labels) -> Result<TlsCreds, Report> {
     let mut report = Report::default();
     let endpoint = opts.endpoint;
@@ -929,178 +1092,26 @@ fn load(pem: &CredsPem<'_>, opts: CredsOptions, l: &Labels) -> Result<TlsCreds, 
         }
     }
 
-    // chain to a CA in ca-cert.pem
-    if let Some(leaf) = parsed_chain.first() {
-        let mut current = leaf.clone();
-        let mut steps = 0;
-        loop {
-            steps += 1;
-            if steps > 8 {
-                report.push(
-                    Severity::Error,
-                    Problem::NoIssuer,
-                    &l.cert,
-                    "the chain is longer than 8 certificates or loops".into(),
-                );
-                break;
-            }
-            if let Issued::By(_) = find_issuer(&current, &cas, &opts.backend) {
-                break;
-            }
-            if let Issued::By(i) = find_issuer(&current, &parsed_chain[1..], &opts.backend) {
-                current = parsed_chain[1 + i].clone();
-                continue;
-            }
-            match find_issuer(&current, &cas, &opts.backend) {
-                Issued::By(_) => {}
-                Issued::NameOnly => report.push(
-                    Severity::Error,
-                    Problem::BadSignature,
-                    &l.cert,
-                    format!(
-                        "the {} names '{}' as issuer, but its signature does not verify with that CA's key in {}: the CA was re-created or the certificate was signed by a different CA with the same name",
-                        describe(&current),
-                        current.issuer_dn(),
-                        l.ca
-                    ),
-                ),
-                Issued::Unsupported => report.push(
-                    Severity::Warning,
-                    Problem::Unsupported,
-                    &l.cert,
-                    format!(
-                        "cannot check the {}'s signature: the {} backend does not support its signature algorithm",
-                        describe(&current),
-                        opts.backend.name()
-                    ),
-                ),
-                Issued::None => {
-                    let names: Vec<String> = cas.iter().map(|c| format!("'{}'", c.subject_dn())).collect();
-                    report.push(
-                        Severity::Error,
-                        Problem::NoIssuer,
-                        &l.cert,
-                        format!(
-                            "the {} has no issuer in the CA chain: it was issued by '{}', but {} holds {}",
-                            describe(&current),
-                            current.issuer_dn(),
-                            l.ca,
-                            if names.is_empty() { "no usable CA".into() } else { names.join(", ") }
-                        ),
-                    );
-                }
-            }
-            break;
-        }
+    if let Some((leaf, intermediates)) = parsed_chain.split_first() {
+        check_issued(leaf, intermediates, &cas, &opts.backend, l, &mut report);
     }
 
-    // CRLs
-    let mut crls = Vec::new();
-    if let Some(d) = pem.ca_crl {
-        if looks_like_der(d) {
-            crls.push(CertificateRevocationListDer::from(d.to_vec()));
-        } else {
-            for item in CertificateRevocationListDer::pem_slice_iter(d) {
-                match item {
-                    Ok(c) => crls.push(c),
-                    Err(e) => {
-                        report.push(
-                            Severity::Error,
-                            Problem::Unparsable,
-                            &l.crl,
-                            format!("cannot parse the PEM data: {e}"),
-                        );
-                        crls.clear();
-                        break;
-                    }
-                }
-            }
-            if crls.is_empty()
-                && !d.iter().all(|b| b.is_ascii_whitespace())
-                && !report.contains(Problem::Unparsable, &l.crl)
-            {
-                report.push(
-                    Severity::Error,
-                    Problem::Unparsable,
-                    &l.crl,
-                    "no '-----BEGIN X509 CRL-----' block found".into(),
-                );
-            }
+    // CRLs (a file of white space only lists none)
+    let crls = match pem.ca_crl {
+        Some(d) if !d.iter().all(u8::is_ascii_whitespace) => {
+            parse_objects(d, &l.crl, "X509 CRL", "the CA's CRLs", &mut report)
         }
-        for (i, der) in crls.iter().enumerate() {
-            match Crl::parse(der.as_ref()) {
-                Ok(crl) => {
-                    let issuer = cas.iter().find(|ca| ca.subject == crl.issuer);
-                    match issuer {
-                        None => report.push(
-                            Severity::Error,
-                            Problem::CrlIssuer,
-                            &l.crl,
-                            format!(
-                                "CRL #{} was issued by '{}', which is not a CA in {}",
-                                i + 1,
-                                x509::format_dn(crl.issuer),
-                                l.ca
-                            ),
-                        ),
-                        Some(ca) => {
-                            if opts.backend.verify_signed(
-                                ca.spki_alg,
-                                ca.public_key,
-                                crl.sig_alg,
-                                crl.tbs,
-                                crl.signature,
-                            ) == Some(false)
-                            {
-                                report.push(
-                                    Severity::Error,
-                                    Problem::CrlIssuer,
-                                    &l.crl,
-                                    format!(
-                                        "CRL #{}'s signature does not verify with the CA '{}'",
-                                        i + 1,
-                                        ca.subject_dn()
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                    if let Some(next) = crl.next_update
-                        && next < now
-                    {
-                        report.push(
-                                Severity::Warning,
-                                Problem::CrlOutdated,
-                                &l.crl,
-                                format!("CRL #{} is out of date: its next update was due on {} (now {}); get a fresh CRL from the CA", i + 1, format_unix(next), format_unix(now)),
-                            );
-                    }
-                    if let Some(leaf) = parsed_chain.first()
-                        && crl.issuer == leaf.issuer
-                        && crl.lists(leaf.serial)
-                    {
-                        report.push(
-                            Severity::Error,
-                            Problem::Revoked,
-                            &l.cert,
-                            format!(
-                                "the {} {} is revoked by {}",
-                                endpoint.word(),
-                                describe(leaf),
-                                l.crl
-                            ),
-                        );
-                    }
-                }
-                Err(_) => report.push(
-                    Severity::Error,
-                    Problem::Unparsable,
-                    &l.crl,
-                    format!("CRL #{} is not a valid X.509 CRL", i + 1),
-                ),
-            }
-        }
-    }
+        _ => Vec::new(),
+    };
+    check_crls(
+        &crls,
+        &cas,
+        parsed_chain.first(),
+        now,
+        &opts,
+        l,
+        &mut report,
+    );
 
     // private key: supported and matching
     if let (Some(k), Some(leaf)) = (&key, parsed_chain.first()) {

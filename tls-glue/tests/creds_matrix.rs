@@ -430,6 +430,29 @@ fn misconfiguration_matrix() {
         },
         Clean,
     ));
+    // 29b. a CRL file of white space only lists no CRL; one without a CRL block is an error,
+    // and so is a broken PEM block
+    cases.push((
+        Case {
+            crl: Some(" \n\n".into()),
+            ..server_case("crl-blank", &ca, &good_server)
+        },
+        Clean,
+    ));
+    cases.push((
+        Case {
+            crl: Some(ca.pem.clone()),
+            ..server_case("crl-no-block", &ca, &good_server)
+        },
+        Error(P::Unparsable, "ca-crl.pem", &["BEGIN X509 CRL"]),
+    ));
+    cases.push((
+        Case {
+            crl: Some("-----BEGIN X509 CRL-----\n!!!\n".into()),
+            ..server_case("crl-broken-pem", &ca, &good_server)
+        },
+        Error(P::Unparsable, "ca-crl.pem", &["cannot parse the PEM data"]),
+    ));
 
     // 30. chain: leaf + intermediate in the cert file, root in ca-cert.pem
     let inter_key = key();
