@@ -193,31 +193,24 @@ struct Slot {
     req_one: bool,
 }
 
-/// Where the reply parser is inside a message.
+/// The payload of a reply the parser is inside of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rx {
-    Idle,
-    /// READ data of a simple reply or an `OFFSET_DATA` chunk.
-    Data {
-        slot: u8,
-        offset: u64,
-        remaining: u64,
-        done: bool,
-    },
+struct Body {
+    slot: u8,
+    remaining: u64,
+    /// The chunk is the reply's last.
+    done: bool,
+    kind: BodyKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// READ data of a simple reply or an `OFFSET_DATA` chunk, for export `offset`.
+    Data { offset: u64 },
     /// Descriptors of a block-status chunk.
-    Extents {
-        slot: u8,
-        context: u32,
-        remaining: u64,
-        wide: bool,
-        done: bool,
-    },
+    Extents { context: u32, wide: bool },
     /// The rest of an unknown error chunk.
-    Skip {
-        slot: u8,
-        remaining: u64,
-        done: bool,
-    },
+    Skip,
 }
 
 /// Most contexts a SET_META_CONTEXT may select that the client tracks.
@@ -243,7 +236,7 @@ pub struct Client<const N: usize = 16> {
     export: Option<ExportInfo>,
     last: Option<(OptionType, Result<(), ReplyType>)>,
     slots: Vec<Slot, N>,
-    rx: Rx,
+    rx: Option<Body>,
     pending_done: Option<(u64, Result<(), RequestError>)>,
     disconnected: bool,
     events: Deque<Event, 4>,
@@ -267,7 +260,7 @@ impl<const N: usize> Client<N> {
             export: None,
             last: None,
             slots: Vec::new(),
-            rx: Rx::Idle,
+            rx: None,
             pending_done: None,
             disconnected: false,
             events: Deque::new(),
@@ -987,94 +980,8 @@ impl<const N: usize> Client<N> {
     }
 
     fn on_reply<'i>(&mut self, input: &'i [u8]) -> Result<Progress<'i>, Error> {
-        match self.rx {
-            Rx::Idle => {}
-            Rx::Data {
-                slot,
-                offset,
-                remaining,
-                done,
-            } => {
-                let n = remaining.min(input.len() as u64);
-                if n == 0 {
-                    return Ok(progress(0, None));
-                }
-                let cookie = self.slots[usize::from(slot)].cookie;
-                self.rx = Rx::Data {
-                    slot,
-                    offset: offset + n,
-                    remaining: remaining - n,
-                    done,
-                };
-                if n == remaining {
-                    self.rx = Rx::Idle;
-                    if done {
-                        self.complete(slot)?;
-                    }
-                }
-                let item = Item::ReadData {
-                    cookie,
-                    offset,
-                    data: &input[..n as usize],
-                };
-                return Ok(progress(n as usize, Some(item)));
-            }
-            Rx::Extents {
-                slot,
-                context,
-                remaining,
-                wide,
-                done,
-            } => {
-                let d = ExtentsView::descriptor_len(wide) as u64;
-                let n = remaining.min(input.len() as u64) / d * d;
-                if n == 0 {
-                    return Ok(progress(0, None));
-                }
-                let view = ExtentsView::new(&input[..n as usize], wide);
-                if view.iter().any(|e| e.length == 0) {
-                    return Err(Error::BadChunk);
-                }
-                let s = self.slots[usize::from(slot)];
-                self.rx = Rx::Extents {
-                    slot,
-                    context,
-                    remaining: remaining - n,
-                    wide,
-                    done,
-                };
-                if n == remaining {
-                    self.rx = Rx::Idle;
-                    if done {
-                        self.complete(slot)?;
-                    }
-                }
-                let item = Item::Extents {
-                    cookie: s.cookie,
-                    context,
-                    extents: view,
-                };
-                return Ok(progress(n as usize, Some(item)));
-            }
-            Rx::Skip {
-                slot,
-                remaining,
-                done,
-            } => {
-                let n = remaining.min(input.len() as u64);
-                self.rx = Rx::Skip {
-                    slot,
-                    remaining: remaining - n,
-                    done,
-                };
-                if n == remaining {
-                    self.rx = Rx::Idle;
-                    if done {
-                        self.complete(slot)?;
-                    }
-                }
-                return Ok(progress(n as usize, None));
-            }
+        if let Some(body) = self.rx {
+            return self.on_body(body, input);
         }
         let Some(magic) = input.get(..4) else {
             return Ok(progress(0, None));
@@ -1089,6 +996,56 @@ impl<const N: usize> Client<N> {
             return Err(Error::BadChunk);
         }
         self.on_chunk(h, input)
+    }
+
+    fn on_body<'i>(&mut self, body: Body, input: &'i [u8]) -> Result<Progress<'i>, Error> {
+        let mut n = body.remaining.min(input.len() as u64);
+        if let BodyKind::Extents { wide, .. } = body.kind {
+            // Descriptors are lent whole.
+            let d = ExtentsView::descriptor_len(wide) as u64;
+            n = n / d * d;
+        }
+        if n == 0 {
+            return Ok(progress(0, None));
+        }
+        let data = &input[..n as usize];
+        let cookie = self.slots[usize::from(body.slot)].cookie;
+        let (item, kind) = match body.kind {
+            BodyKind::Data { offset } => (
+                Some(Item::ReadData {
+                    cookie,
+                    offset,
+                    data,
+                }),
+                BodyKind::Data { offset: offset + n },
+            ),
+            BodyKind::Extents { context, wide } => {
+                let extents = ExtentsView::new(data, wide);
+                if extents.iter().any(|e| e.length == 0) {
+                    return Err(Error::BadChunk);
+                }
+                let item = Item::Extents {
+                    cookie,
+                    context,
+                    extents,
+                };
+                (Some(item), body.kind)
+            }
+            BodyKind::Skip => (None, BodyKind::Skip),
+        };
+        if n < body.remaining {
+            self.rx = Some(Body {
+                remaining: body.remaining - n,
+                kind,
+                ..body
+            });
+        } else {
+            self.rx = None;
+            if body.done {
+                self.complete(body.slot)?;
+            }
+        }
+        Ok(progress(n as usize, item))
     }
 
     fn on_simple_reply<'i>(&mut self, input: &'i [u8]) -> Result<Progress<'i>, Error> {
@@ -1106,12 +1063,12 @@ impl<const N: usize> Client<N> {
         }
         if reading && r.error == 0 {
             self.slots[usize::from(slot)].covered = u32::try_from(s.length).unwrap_or(u32::MAX);
-            self.rx = Rx::Data {
+            self.rx = Some(Body {
                 slot,
-                offset: s.offset,
                 remaining: s.length,
                 done: true,
-            };
+                kind: BodyKind::Data { offset: s.offset },
+            });
             return Ok(progress(SimpleReplyRepr::LEN, None));
         }
         self.slots[usize::from(slot)].error = r.error;
@@ -1159,12 +1116,12 @@ impl<const N: usize> Client<N> {
                     return Err(Error::BadChunk);
                 }
                 self.cover(slot, len)?;
-                self.rx = Rx::Data {
+                self.rx = Some(Body {
                     slot,
-                    offset,
                     remaining: len,
                     done,
-                };
+                    kind: BodyKind::Data { offset },
+                });
                 Ok(progress(hl + 8, None))
             }
             ChunkType::OffsetHole => {
@@ -1223,13 +1180,12 @@ impl<const N: usize> Client<N> {
                 if !self.contexts.contains(&context) {
                     return Err(Error::BadChunk);
                 }
-                self.rx = Rx::Extents {
+                self.rx = Some(Body {
                     slot,
-                    context,
                     remaining: n,
-                    wide,
                     done,
-                };
+                    kind: BodyKind::Extents { context, wide },
+                });
                 Ok(progress(hl + fixed as usize, None))
             }
             c if c.is_error() => {
@@ -1261,11 +1217,12 @@ impl<const N: usize> Client<N> {
                 }
                 let rest = h.length - head as u64;
                 if rest > 0 {
-                    self.rx = Rx::Skip {
+                    self.rx = Some(Body {
                         slot,
                         remaining: rest,
                         done,
-                    };
+                        kind: BodyKind::Skip,
+                    });
                 } else if done {
                     self.complete(slot)?;
                 }

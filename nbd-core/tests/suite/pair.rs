@@ -682,3 +682,42 @@ fn read_only_multi_conn_features() {
         Err(CommandError::NotSupported("TRIM"))
     );
 }
+
+#[test]
+fn unknown_error_chunk_is_skipped_in_every_cut() {
+    for cut in [1usize, 5, 64] {
+        let mut p = Pair::new(
+            config(&EXPORTS),
+            ClientConfig::default(),
+            pattern_disk(SIZE),
+        )
+        .with_plan(plan(Goal::Go, TlsPolicy::Disable, false, true, false));
+        p.drive().unwrap();
+        p.cuts = vec![cut];
+        // A READ the server never sees: the test answers it with an error chunk of a type the
+        // client does not know, whose payload goes on past the message.
+        let mut out = [0u8; 64];
+        p.client.read(7, 0, 4096, &mut out).unwrap();
+        let payload = [0, 0, 0, 5, 0, 3, b'b', b'a', b'd', 1, 2, 3, 4, 5];
+        let n = ChunkHeaderRepr {
+            flags: ReplyFlags::DONE,
+            chunk: ChunkType::Unknown(0x8003),
+            cookie: 7,
+            offset: 0,
+            length: payload.len() as u64,
+            extended: false,
+        }
+        .emit(&mut out)
+        .unwrap();
+        p.to_client.extend_from_slice(&out[..n]);
+        p.to_client.extend_from_slice(&payload);
+        p.drive().unwrap();
+        assert!(
+            p.log
+                .contains(&Rec::ChunkError(7, ErrorCode::Io, "bad".into()))
+        );
+        assert_eq!(p.done(7), Some(Err(ErrorCode::Io)));
+        assert!(p.client.is_transmitting());
+        assert_eq!(p.client.in_flight(), 0);
+    }
+}
