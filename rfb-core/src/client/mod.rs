@@ -346,44 +346,6 @@ enum Msg {
     },
 }
 
-mod req {
-    pub(crate) const COPYRECT: u32 = 1 << 0;
-    pub(crate) const RRE: u32 = 1 << 1;
-    pub(crate) const HEXTILE: u32 = 1 << 2;
-    pub(crate) const ZRLE: u32 = 1 << 3;
-    pub(crate) const DESKTOP_SIZE: u32 = 1 << 4;
-    pub(crate) const EXT_DESKTOP_SIZE: u32 = 1 << 5;
-    pub(crate) const CURSOR: u32 = 1 << 6;
-    pub(crate) const LAST_RECT: u32 = 1 << 7;
-    pub(crate) const DESKTOP_NAME: u32 = 1 << 8;
-    pub(crate) const QEMU_KEY: u32 = 1 << 9;
-    pub(crate) const FENCE: u32 = 1 << 10;
-    pub(crate) const CONTINUOUS: u32 = 1 << 11;
-    pub(crate) const EXT_CLIPBOARD: u32 = 1 << 12;
-}
-
-fn req_bit(e: Encoding) -> Option<u32> {
-    use req::*;
-    Some(match e {
-        Encoding::Raw => 0,
-        Encoding::CopyRect => COPYRECT,
-        Encoding::Rre => RRE,
-        Encoding::Hextile => HEXTILE,
-        Encoding::Zrle if cfg!(feature = "alloc") => ZRLE,
-        Encoding::DesktopSize => DESKTOP_SIZE,
-        Encoding::ExtendedDesktopSize => EXT_DESKTOP_SIZE,
-        Encoding::Cursor => CURSOR,
-        Encoding::LastRect => LAST_RECT,
-        Encoding::DesktopName => DESKTOP_NAME,
-        Encoding::QemuExtendedKeyEvent => QEMU_KEY,
-        Encoding::Fence => FENCE,
-        Encoding::ContinuousUpdates => CONTINUOUS,
-        Encoding::ExtendedClipboard => EXT_CLIPBOARD,
-        e if e.compress_level().is_some() => 0,
-        _ => return None,
-    })
-}
-
 // Features the server confirmed.
 const HAVE_QEMU_KEY: u8 = 1;
 const HAVE_CONTINUOUS: u8 = 2;
@@ -679,7 +641,7 @@ impl Client {
         self.running()?;
         let mut bits = 0;
         for e in encodings {
-            bits |= req_bit(*e).ok_or(Error::InvalidArgument)?;
+            bits |= e.bit().ok_or(Error::InvalidArgument)?;
         }
         let n = SetEncodingsHeaderRepr::LEN + 4 * encodings.len();
         if encodings.len() > 90 {
@@ -738,7 +700,7 @@ impl Client {
     /// `len` bytes itself. `Extended` needs the ExtendedClipboard pseudo-encoding.
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
-        let extended = self.requested & req::EXT_CLIPBOARD != 0;
+        let extended = self.requested & bits::EXT_CLIPBOARD != 0;
         shared::queue_cut_text(&mut self.out, 6, len, extended)
     }
 
@@ -1323,7 +1285,7 @@ impl Client {
                 Ok((1, None))
             }
             ServerMessageType::ServerCutText => {
-                let extended = self.requested & req::EXT_CLIPBOARD != 0;
+                let extended = self.requested & bits::EXT_CLIPBOARD != 0;
                 let max = self.config.limits.max_cut_text;
                 let Some(len) = shared::cut_text_header(input, extended, max)? else {
                     return Ok((0, None));
@@ -1373,9 +1335,11 @@ impl Client {
         let n = RectHeaderRepr::LEN;
         let r = h.rect;
         // 65535 with LastRect negotiated means "until LastRect".
-        let until_last = remaining == 0xffff && self.requested & req::LAST_RECT != 0;
+        let until_last = remaining == 0xffff && self.requested & bits::LAST_RECT != 0;
         let remaining = if until_last { 0xffff } else { remaining - 1 };
-        let bit = req_bit(h.encoding)
+        let bit = h
+            .encoding
+            .bit()
             .ok_or(Error::Protocol(P::UnrequestedEncoding(h.encoding.into())))?;
         if bit != 0 && self.requested & bit == 0 {
             return Err(P::UnrequestedEncoding(h.encoding.into()).into());

@@ -352,20 +352,6 @@ enum Partial {
     Screens { remaining: u8 },
 }
 
-/// Pseudo-encodings and flags the client asked for.
-pub(crate) mod pref {
-    pub(crate) const COPYRECT: u32 = 1 << 0;
-    pub(crate) const DESKTOP_SIZE: u32 = 1 << 1;
-    pub(crate) const EXT_DESKTOP_SIZE: u32 = 1 << 2;
-    pub(crate) const CURSOR: u32 = 1 << 3;
-    pub(crate) const LAST_RECT: u32 = 1 << 4;
-    pub(crate) const DESKTOP_NAME: u32 = 1 << 5;
-    pub(crate) const QEMU_KEY: u32 = 1 << 6;
-    pub(crate) const FENCE: u32 = 1 << 7;
-    pub(crate) const CONTINUOUS: u32 = 1 << 8;
-    pub(crate) const EXT_CLIPBOARD: u32 = 1 << 9;
-}
-
 /// The client's encoding preferences, folded from SetEncodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Prefs {
@@ -385,26 +371,18 @@ impl Prefs {
         }
     }
     fn fold(&mut self, e: Encoding, first_pixel_encoding: &mut bool) {
-        use pref::*;
-        let supported_pixel = matches!(e, Encoding::Raw | Encoding::Rre | Encoding::Hextile)
-            || (e == Encoding::Zrle && cfg!(feature = "alloc"));
-        if supported_pixel && *first_pixel_encoding {
+        let Some(bit) = e.bit() else {
+            return;
+        };
+        let pixel = matches!(
+            e,
+            Encoding::Raw | Encoding::Rre | Encoding::Hextile | Encoding::Zrle
+        );
+        if pixel && *first_pixel_encoding {
             self.encoding = e;
             *first_pixel_encoding = false;
         }
-        self.flags |= match e {
-            Encoding::CopyRect => COPYRECT,
-            Encoding::DesktopSize => DESKTOP_SIZE,
-            Encoding::ExtendedDesktopSize => EXT_DESKTOP_SIZE,
-            Encoding::Cursor => CURSOR,
-            Encoding::LastRect => LAST_RECT,
-            Encoding::DesktopName => DESKTOP_NAME,
-            Encoding::QemuExtendedKeyEvent => QEMU_KEY,
-            Encoding::Fence => FENCE,
-            Encoding::ContinuousUpdates => CONTINUOUS,
-            Encoding::ExtendedClipboard => EXT_CLIPBOARD,
-            _ => 0,
-        };
+        self.flags |= bit;
         if let Some(l) = e.compress_level() {
             self.level = l;
         }
@@ -550,11 +528,12 @@ impl Server {
         self.prefs.encoding
     }
 
-    /// Whether the client asked for the pseudo-encoding (or CopyRect) `encoding`.
+    /// Whether the client's SetEncodings listed `encoding` (a pseudo-encoding, CopyRect, RRE,
+    /// Hextile or ZRLE; always false for Raw and the compression levels).
     pub fn client_supports(&self, encoding: Encoding) -> bool {
-        let mut p = Prefs::new();
-        p.fold(encoding, &mut false);
-        p.flags != 0 && self.prefs.flags & p.flags == p.flags
+        encoding
+            .bit()
+            .is_some_and(|b| b != 0 && self.prefs.flags & b != 0)
     }
 
     /// Whether an update may be sent now: a request is pending (or continuous updates are on)
@@ -750,14 +729,14 @@ impl Server {
     /// `Extended` needs the client's extended-clipboard support.
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
-        let extended = self.prefs.flags & pref::EXT_CLIPBOARD != 0;
+        let extended = self.prefs.flags & bits::EXT_CLIPBOARD != 0;
         shared::queue_cut_text(&mut self.out, 3, len, extended)
     }
 
     /// Sends a ServerFence (the client must have asked for the Fence pseudo-encoding).
     pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), Error> {
         self.running()?;
-        if self.prefs.flags & pref::FENCE == 0 {
+        if self.prefs.flags & bits::FENCE == 0 {
             return Err(Error::InvalidState);
         }
         shared::queue_fence(&mut self.out, flags, payload)
@@ -768,7 +747,7 @@ impl Server {
     /// (pass the new size in [`UpdateSource`] on success).
     pub fn reply_desktop_size(&mut self, status: u16) -> Result<(), Error> {
         self.running()?;
-        if self.prefs.flags & pref::EXT_DESKTOP_SIZE == 0 {
+        if self.prefs.flags & bits::EXT_DESKTOP_SIZE == 0 {
             return Err(Error::InvalidState);
         }
         self.desktop_size_reply = Some(status);
@@ -1207,7 +1186,7 @@ impl Server {
                 Ok((PointerEventRepr::LEN, None))
             }
             ClientMessageType::ClientCutText => {
-                let extended = self.prefs.flags & pref::EXT_CLIPBOARD != 0;
+                let extended = self.prefs.flags & bits::EXT_CLIPBOARD != 0;
                 let max = self.config.limits.max_cut_text;
                 let Some(len) = shared::cut_text_header(input, extended, max)? else {
                     return Ok((0, None));
@@ -1222,7 +1201,7 @@ impl Server {
             }
             ClientMessageType::EnableContinuousUpdates => {
                 let m = need!(EnableContinuousUpdatesRepr::parse(input));
-                if self.prefs.flags & pref::CONTINUOUS == 0 {
+                if self.prefs.flags & bits::CONTINUOUS == 0 {
                     return Err(Error::Protocol(ProtocolError::UnexpectedMessage(t)));
                 }
                 if self.out.free() < 1 {
@@ -1270,7 +1249,7 @@ impl Server {
                     return Ok((0, None));
                 }
                 if input[1] != 0
-                    || self.prefs.flags & pref::QEMU_KEY == 0
+                    || self.prefs.flags & bits::QEMU_KEY == 0
                     || !self.config.qemu_extended_key_events
                 {
                     return Err(Error::Protocol(ProtocolError::UnknownQemuMessage(input[1])));
@@ -1302,17 +1281,17 @@ impl Server {
     fn apply_prefs(&mut self, p: Prefs) -> Result<(), Error> {
         // First sight of a pseudo-encoding that needs an acknowledgement.
         let new = p.flags & !self.acked;
-        if new & pref::CONTINUOUS != 0 {
+        if new & bits::CONTINUOUS != 0 {
             self.out.push(1, |b| b[0] = 150)?;
         }
-        if new & pref::FENCE != 0 {
+        if new & bits::FENCE != 0 {
             let f = FenceRepr {
                 flags: fence_flags::REQUEST,
                 payload: heapless::Vec::new(),
             };
             let _ = self.out.push(f.buffer_len(), |b| f.emit(b));
         }
-        if p.flags & pref::EXT_CLIPBOARD != 0 {
+        if p.flags & bits::EXT_CLIPBOARD != 0 {
             // Caps: text, with request/notify/provide, max unsolicited text size.
             let caps: u32 = 1 | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 28);
             let max = self.config.limits.max_cut_text;
@@ -1326,10 +1305,10 @@ impl Server {
                 put32(b, 12, max);
             });
         }
-        if new & pref::QEMU_KEY != 0 && self.config.qemu_extended_key_events {
+        if new & bits::QEMU_KEY != 0 && self.config.qemu_extended_key_events {
             self.qemu_key_ack_pending = true;
         }
-        self.acked |= p.flags & (pref::CONTINUOUS | pref::FENCE | pref::QEMU_KEY);
+        self.acked |= p.flags & (bits::CONTINUOUS | bits::FENCE | bits::QEMU_KEY);
         if self.update.is_some() {
             self.pending_prefs = Some(p);
         } else {

@@ -1,10 +1,10 @@
 //! Framebuffer updates: the application lends its framebuffer and damage list, the server
 //! encodes straight from it into the caller's output buffer, resumable across calls.
 
+use super::Server;
 use super::encode::{
     HEXTILE_RAW, HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next,
 };
-use super::{Server, pref};
 use crate::error::Error;
 use crate::pixel::{Framebuffer, Translator, effective_format};
 use crate::wire::*;
@@ -174,7 +174,7 @@ impl Server {
     fn as_copy(&self, d: &Damage, fb: &Framebuffer<'_>) -> Option<(Rect, u16, u16)> {
         match *d {
             Damage::Copied { dst, src_x, src_y }
-                if self.prefs.flags & pref::COPYRECT != 0 && !self.full_update_requested =>
+                if self.prefs.flags & bits::COPYRECT != 0 && !self.full_update_requested =>
             {
                 let src = Rect::new(src_x, src_y, dst.width, dst.height);
                 (dst.fits_in(fb.width(), fb.height())
@@ -212,23 +212,23 @@ impl Server {
         }
         let flags = self.prefs.flags;
         let resized = (fb.width(), fb.height()) != (self.width, self.height);
-        let ext = flags & pref::EXT_DESKTOP_SIZE != 0;
+        let ext = flags & bits::EXT_DESKTOP_SIZE != 0;
         let mut pseudo = 0u8;
         if resized || (ext && (self.full_update_requested || self.desktop_size_reply.is_some())) {
-            if !ext && (flags & pref::DESKTOP_SIZE == 0) {
+            if !ext && (flags & bits::DESKTOP_SIZE == 0) {
                 // The client cannot follow a resize; the application must disconnect it.
                 return Err(Error::InvalidArgument);
             }
             pseudo |= PSEUDO_SIZE;
         }
-        if src.desktop_name.is_some() && flags & pref::DESKTOP_NAME != 0 {
+        if src.desktop_name.is_some() && flags & bits::DESKTOP_NAME != 0 {
             pseudo |= PSEUDO_NAME;
         }
         if self.qemu_key_ack_pending {
             pseudo |= PSEUDO_QEMU_KEY;
         }
         if let Some(c) = &src.cursor
-            && flags & pref::CURSOR != 0
+            && flags & bits::CURSOR != 0
         {
             let (w, h) = (c.image.width(), c.image.height());
             let mask_len = usize::from(w.div_ceil(8)) * usize::from(h);
@@ -250,7 +250,7 @@ impl Server {
             }
         }
         let last_rect = rects > 0xfffe;
-        if last_rect && flags & pref::LAST_RECT == 0 {
+        if last_rect && flags & bits::LAST_RECT == 0 {
             return Err(Error::InvalidArgument);
         }
         if resized {

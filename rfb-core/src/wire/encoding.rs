@@ -54,7 +54,49 @@ enum_with_unknown! {
     }
 }
 
+/// One bit per encoding and pseudo-encoding this crate implements: the sets both peers fold a
+/// SetEncodings into (the client: what it asked for; the server: what the client listed).
+pub(crate) mod bits {
+    pub(crate) const COPYRECT: u32 = 1 << 0;
+    pub(crate) const RRE: u32 = 1 << 1;
+    pub(crate) const HEXTILE: u32 = 1 << 2;
+    pub(crate) const ZRLE: u32 = 1 << 3;
+    pub(crate) const DESKTOP_SIZE: u32 = 1 << 4;
+    pub(crate) const EXT_DESKTOP_SIZE: u32 = 1 << 5;
+    pub(crate) const CURSOR: u32 = 1 << 6;
+    pub(crate) const LAST_RECT: u32 = 1 << 7;
+    pub(crate) const DESKTOP_NAME: u32 = 1 << 8;
+    pub(crate) const QEMU_KEY: u32 = 1 << 9;
+    pub(crate) const FENCE: u32 = 1 << 10;
+    pub(crate) const CONTINUOUS: u32 = 1 << 11;
+    pub(crate) const EXT_CLIPBOARD: u32 = 1 << 12;
+}
+
 impl Encoding {
+    /// Its bit in a SetEncodings set ([`bits`]): 0 for Raw and the compression levels (nothing
+    /// to ask for), `None` for what this crate does not implement (ZRLE without `alloc`).
+    pub(crate) fn bit(self) -> Option<u32> {
+        use bits::*;
+        Some(match self {
+            Self::Raw => 0,
+            Self::CopyRect => COPYRECT,
+            Self::Rre => RRE,
+            Self::Hextile => HEXTILE,
+            Self::Zrle if cfg!(feature = "alloc") => ZRLE,
+            Self::DesktopSize => DESKTOP_SIZE,
+            Self::ExtendedDesktopSize => EXT_DESKTOP_SIZE,
+            Self::Cursor => CURSOR,
+            Self::LastRect => LAST_RECT,
+            Self::DesktopName => DESKTOP_NAME,
+            Self::QemuExtendedKeyEvent => QEMU_KEY,
+            Self::Fence => FENCE,
+            Self::ContinuousUpdates => CONTINUOUS,
+            Self::ExtendedClipboard => EXT_CLIPBOARD,
+            e if e.compress_level().is_some() => 0,
+            _ => return None,
+        })
+    }
+
     /// Compression level pseudo-encoding (−256 … −247 = level 0 … 9), if this is one.
     pub fn compress_level(self) -> Option<u8> {
         let v = i32::from(self);
