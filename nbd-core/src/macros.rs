@@ -1,21 +1,21 @@
 //! Logging shim (`log`, `defmt` or nothing) and the `enum_with_unknown!` helper.
+//!
+//! With both `log` and `defmt` enabled (as `--all-features` does), messages go to `log` and
+//! `defmt` only contributes the `defmt::Format` derives.
 
-#[cfg(all(feature = "log", feature = "defmt"))]
-compile_error!("the `log` and `defmt` features are mutually exclusive");
-
-macro_rules! nbd_log {
+macro_rules! log_at {
     ($level:ident, $($arg:expr),* $(,)?) => {{
         #[cfg(feature = "log")]
         log::$level!($($arg),*);
-        #[cfg(feature = "defmt")]
+        #[cfg(all(feature = "defmt", not(feature = "log")))]
         defmt::$level!($($arg),*);
         #[cfg(not(any(feature = "log", feature = "defmt")))]
         { $( let _ = &$arg; )* }
     }};
 }
 
-macro_rules! trace { ($($arg:expr),* $(,)?) => { nbd_log!(trace, $($arg),*) }; }
-macro_rules! debug { ($($arg:expr),* $(,)?) => { nbd_log!(debug, $($arg),*) }; }
+macro_rules! trace { ($($arg:expr),* $(,)?) => { log_at!(trace, $($arg),*) }; }
+macro_rules! debug { ($($arg:expr),* $(,)?) => { log_at!(debug, $($arg),*) }; }
 
 /// Declares a wire enum over an integer type whose unknown values are kept as `Unknown(n)`.
 macro_rules! enum_with_unknown {

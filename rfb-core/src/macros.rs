@@ -3,7 +3,7 @@
 //! With both `log` and `defmt` enabled (as `--all-features` does), messages go to `log` and
 //! `defmt` only contributes the `defmt::Format` derives.
 
-macro_rules! rfb_log {
+macro_rules! log_at {
     ($level:ident, $($arg:expr),* $(,)?) => {{
         #[cfg(feature = "log")]
         log::$level!($($arg),*);
@@ -14,8 +14,8 @@ macro_rules! rfb_log {
     }};
 }
 
-macro_rules! trace { ($($arg:expr),* $(,)?) => { rfb_log!(trace, $($arg),*) }; }
-macro_rules! debug { ($($arg:expr),* $(,)?) => { rfb_log!(debug, $($arg),*) }; }
+macro_rules! trace { ($($arg:expr),* $(,)?) => { log_at!(trace, $($arg),*) }; }
+macro_rules! debug { ($($arg:expr),* $(,)?) => { log_at!(debug, $($arg),*) }; }
 
 /// Declares a wire enum over an integer type whose unknown values are kept as `Unknown(n)`.
 macro_rules! enum_with_unknown {
