@@ -347,9 +347,18 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Partial {
     None,
-    Encodings { remaining: u16, acc: Prefs },
-    CutText { remaining: u32 },
-    Screens { remaining: u8 },
+    Encodings {
+        remaining: u16,
+        acc: Prefs,
+        /// A pixel encoding was chosen (else `acc` keeps Raw).
+        picked: bool,
+    },
+    CutText {
+        remaining: u32,
+    },
+    Screens {
+        remaining: u8,
+    },
 }
 
 /// The client's encoding preferences, folded from SetEncodings.
@@ -370,7 +379,9 @@ impl Prefs {
             level: 6,
         }
     }
-    fn fold(&mut self, e: Encoding, first_pixel_encoding: &mut bool) {
+    /// Folds in the next encoding of a SetEncodings; the first pixel encoding this crate
+    /// implements is chosen (`picked` tells whether an earlier one was).
+    fn fold(&mut self, e: Encoding, picked: &mut bool) {
         let Some(bit) = e.bit() else {
             return;
         };
@@ -378,9 +389,9 @@ impl Prefs {
             e,
             Encoding::Raw | Encoding::Rre | Encoding::Hextile | Encoding::Zrle
         );
-        if pixel && *first_pixel_encoding {
+        if pixel && !*picked {
             self.encoding = e;
-            *first_pixel_encoding = false;
+            *picked = true;
         }
         self.flags |= bit;
         if let Some(l) = e.compress_level() {
@@ -1069,23 +1080,27 @@ impl Server {
         }
         match self.partial {
             Partial::None => {}
-            Partial::Encodings { remaining, mut acc } => {
+            Partial::Encodings {
+                remaining,
+                mut acc,
+                mut picked,
+            } => {
                 let n = (input.len() / 4).min(usize::from(remaining));
                 if n == 0 {
                     return Ok((0, None));
                 }
-                let mut first = acc.encoding == Encoding::Unknown(i32::MIN);
                 for c in input[..4 * n].chunks_exact(4) {
-                    acc.fold(Encoding::from(be32(c, 0) as i32), &mut first);
+                    acc.fold(Encoding::from(be32(c, 0) as i32), &mut picked);
                 }
                 let remaining = remaining - n as u16;
                 if remaining > 0 {
-                    self.partial = Partial::Encodings { remaining, acc };
+                    self.partial = Partial::Encodings {
+                        remaining,
+                        acc,
+                        picked,
+                    };
                 } else {
                     self.partial = Partial::None;
-                    if first {
-                        acc.encoding = Encoding::Raw;
-                    }
                     self.apply_prefs(acc)?;
                 }
                 return Ok((4 * n, None));
@@ -1138,16 +1153,15 @@ impl Server {
                 if h.count > self.config.limits.max_encodings {
                     return Err(Error::Protocol(ProtocolError::TooManyEncodings));
                 }
-                let mut acc = Prefs::new();
-                // Marks "no pixel encoding seen yet" while streaming.
-                acc.encoding = Encoding::Unknown(i32::MIN);
+                // Raw until the list names a pixel encoding this crate implements.
+                let acc = Prefs::new();
                 if h.count == 0 {
-                    acc.encoding = Encoding::Raw;
                     self.apply_prefs(acc)?;
                 } else {
                     self.partial = Partial::Encodings {
                         remaining: h.count,
                         acc,
+                        picked: false,
                     };
                 }
                 Ok((SetEncodingsHeaderRepr::LEN, None))
