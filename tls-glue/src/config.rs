@@ -364,24 +364,11 @@ pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, ConfigError
 }
 
 fn host_string(name: &ServerName<'_>) -> String {
-    use core::fmt::Write as _;
-    match name {
-        ServerName::DnsName(d) => d.as_ref().to_string(),
-        ServerName::IpAddress(pki_types::IpAddr::V4(a)) => {
-            let o = a.as_ref();
-            alloc::format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])
-        }
-        ServerName::IpAddress(pki_types::IpAddr::V6(a)) => {
-            let o = a.as_ref();
-            let mut s = String::new();
-            for (i, pair) in o.chunks(2).enumerate() {
-                if i > 0 {
-                    s.push(':');
-                }
-                let _ = write!(s, "{:x}", u16::from_be_bytes([pair[0], pair[1]]));
-            }
-            s
-        }
-        _ => String::new(),
-    }
+    let ip = match name {
+        ServerName::DnsName(d) => return d.as_ref().to_string(),
+        ServerName::IpAddress(pki_types::IpAddr::V4(a)) => &a.as_ref()[..],
+        ServerName::IpAddress(pki_types::IpAddr::V6(a)) => &a.as_ref()[..],
+        _ => return String::new(),
+    };
+    crate::x509::format_ip(ip).unwrap_or_default()
 }

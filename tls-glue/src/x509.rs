@@ -494,25 +494,37 @@ impl<'a> Cert<'a> {
         while let Ok(t) = r.any() {
             match t.tag {
                 0x82 => out.push(alloc::format!("DNS:{}", String::from_utf8_lossy(t.value))),
-                0x87 if t.value.len() == 4 => {
-                    let v = t.value;
-                    out.push(alloc::format!("IP:{}.{}.{}.{}", v[0], v[1], v[2], v[3]));
-                }
-                0x87 if t.value.len() == 16 => {
-                    let mut s = String::from("IP:");
-                    for (i, pair) in t.value.chunks(2).enumerate() {
-                        if i > 0 {
-                            s.push(':');
-                        }
-                        let _ = write!(s, "{:x}", u16::from_be_bytes([pair[0], pair[1]]));
+                0x87 => {
+                    if let Some(ip) = format_ip(t.value) {
+                        out.push(alloc::format!("IP:{ip}"));
                     }
-                    out.push(s);
                 }
                 _ => {}
             }
         }
         out
     }
+}
+
+/// An IPv4 (4 bytes) or IPv6 (16 bytes) address as text: dotted decimal, or eight
+/// colon-separated hex groups (not shortened with `::`).
+pub(crate) fn format_ip(octets: &[u8]) -> Option<String> {
+    let mut s = String::new();
+    match octets.len() {
+        4 => {
+            let _ = write!(s, "{}.{}.{}.{}", octets[0], octets[1], octets[2], octets[3]);
+        }
+        16 => {
+            for (i, pair) in octets.chunks(2).enumerate() {
+                if i > 0 {
+                    s.push(':');
+                }
+                let _ = write!(s, "{:x}", u16::from_be_bytes([pair[0], pair[1]]));
+            }
+        }
+        _ => return None,
+    }
+    Some(s)
 }
 
 /// A parsed certificate revocation list.
@@ -715,6 +727,17 @@ mod tests {
         let mut o = String::new();
         format_oid(oid::SERVER_AUTH, &mut o);
         assert_eq!(o, "1.3.6.1.5.5.7.3.1");
+    }
+
+    #[test]
+    fn ip_addresses() {
+        assert_eq!(format_ip(&[127, 0, 0, 1]).as_deref(), Some("127.0.0.1"));
+        let mut v6 = [0u8; 16];
+        v6[0] = 0x20;
+        v6[1] = 0x01;
+        v6[15] = 1;
+        assert_eq!(format_ip(&v6).as_deref(), Some("2001:0:0:0:0:0:0:1"));
+        assert_eq!(format_ip(&[1, 2, 3]), None);
     }
 
     #[test]
