@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,29 +47,12 @@ impl crate::pump::Transport for Stream {
         }
     }
 
+    /// `send(MSG_MORE)` of all of `bytes`: the kernel holds them back for what follows.
     fn write_more(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Self::Tcp(s) => send_more(std::os::fd::AsFd::as_fd(s), bytes),
-            Self::Unix(s) => send_more(std::os::fd::AsFd::as_fd(s), bytes),
-        }
-    }
-
-    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
-        use std::os::fd::AsFd;
-        match self {
-            Self::Tcp(s) => sendfile_all(s.as_fd(), file, offset, len, || Ok(())),
-            Self::Unix(s) => sendfile_all(s.as_fd(), file, offset, len, || Ok(())),
-        }
-    }
-}
-
-/// `send(MSG_MORE)` of all of `bytes`: the kernel holds them back for what follows.
-fn send_more(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
-    {
         let mut done = 0;
         while done < bytes.len() {
             match rustix::net::send(
-                fd,
+                self.as_fd(),
                 &bytes[done..],
                 rustix::net::SendFlags::MORE | rustix::net::SendFlags::NOSIGNAL,
             ) {
@@ -79,44 +63,53 @@ fn send_more(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
         }
         Ok(())
     }
+
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
+        let (mut off, end) = (offset, offset + len as u64);
+        while off < end {
+            match sendfile_once(self.as_fd(), file, &mut off, end) {
+                Err(e) if is_retry(&e) => {}
+                r => r?,
+            }
+        }
+        Ok(())
+    }
 }
 
-/// `sendfile` until all `len` bytes went out; `wait` is called on EAGAIN (non-blocking sockets).
-fn sendfile_all(
-    fd: std::os::fd::BorrowedFd<'_>,
-    file: &std::fs::File,
-    offset: u64,
-    len: usize,
-    mut wait: impl FnMut() -> io::Result<()>,
-) -> io::Result<()> {
-    let mut off = offset;
-    let end = offset + len as u64;
-    while off < end {
-        let want = (end - off) as usize;
-        match rustix::fs::sendfile(fd, file, Some(&mut off), want) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than the export",
-                ));
-            }
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => wait()?,
-            Err(e) => return Err(e.into()),
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Tcp(s) => s.as_fd(),
+            Self::Unix(s) => s.as_fd(),
         }
     }
-    Ok(())
 }
 
-impl Stream {
-    /// Closes both directions.
-    pub fn shutdown(&self) {
-        let _ = match self {
-            Self::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
-            Self::Unix(s) => s.shutdown(std::net::Shutdown::Both),
-        };
+/// One `sendfile` of `file` from `*off` (advanced) up to `end`. A file that ends before `end`
+/// is an error: the peer was promised the bytes.
+fn sendfile_once(
+    fd: BorrowedFd<'_>,
+    file: &std::fs::File,
+    off: &mut u64,
+    end: u64,
+) -> io::Result<()> {
+    let want = (end - *off) as usize;
+    match rustix::fs::sendfile(fd, file, Some(off), want) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shorter than the export",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// EINTR, or EAGAIN on a socket that is not writable yet: try again.
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
 }
 
 impl io::Read for Stream {
@@ -183,8 +176,7 @@ impl Listener {
         }
     }
 
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Self::Tcp(l) => l.as_fd(),
             Self::Unix(l, ..) => l.as_fd(),
@@ -244,7 +236,7 @@ impl Control {
 pub const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// Waits until `fd` is readable or `STOP_POLL` passed.
-fn readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+fn readable(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [rustix::event::PollFd::new(
         &fd,
         rustix::event::PollFlags::IN,
@@ -293,7 +285,6 @@ pub fn serve_threads(
                     };
                     if control.active.load(Ordering::SeqCst) >= max_connections {
                         log::warn!("{peer}: refused, {max_connections} connections already");
-                        stream.shutdown();
                         continue;
                     }
                     control.active.fetch_add(1, Ordering::SeqCst);
@@ -311,11 +302,16 @@ pub fn serve_threads(
             });
         }
     });
+    wait_for_connections(&control);
+    Ok(())
+}
+
+/// After a stop: gives the connections (which watch the stop flag) 10 s to end cleanly.
+fn wait_for_connections(control: &Control) {
     let left = control.drain(Duration::from_secs(10));
     if left > 0 {
         log::warn!("{left} connections did not end within 10 s");
     }
-    Ok(())
 }
 
 /// Resolves a listen address: `HOST:PORT`, `[V6]:PORT`, or a bare host or address (IPv6 too),
@@ -404,39 +400,26 @@ pub enum AsyncStream {
 #[cfg(feature = "tokio")]
 impl crate::pump::AsyncTransport for AsyncStream {
     async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
-        use std::os::fd::AsFd;
-        let mut off = offset;
-        let end = offset + len as u64;
+        use tokio::io::Interest;
+        let (mut off, end) = (offset, offset + len as u64);
         while off < end {
-            let want = (end - off) as usize;
             let r = match self {
                 Self::Tcp(s) => {
                     s.writable().await?;
-                    s.try_io(tokio::io::Interest::WRITABLE, || {
-                        rustix::fs::sendfile(s.as_fd(), file, Some(&mut off), want)
-                            .map_err(io::Error::from)
+                    s.try_io(Interest::WRITABLE, || {
+                        sendfile_once(s.as_fd(), file, &mut off, end)
                     })
                 }
                 Self::Unix(s) => {
                     s.writable().await?;
-                    s.try_io(tokio::io::Interest::WRITABLE, || {
-                        rustix::fs::sendfile(s.as_fd(), file, Some(&mut off), want)
-                            .map_err(io::Error::from)
+                    s.try_io(Interest::WRITABLE, || {
+                        sendfile_once(s.as_fd(), file, &mut off, end)
                     })
                 }
             };
             match r {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shorter than the export",
-                    ));
-                }
-                Ok(_) => {}
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) if is_retry(&e) => {}
+                r => r?,
             }
         }
         Ok(())
@@ -507,7 +490,9 @@ where
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let accepting = control.clone();
     rt.block_on(async move {
+        let control = accepting;
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
         let handler = Arc::new(handler);
@@ -529,7 +514,10 @@ where
                     Listener::Unix(l, ..) => {
                         let l = l.try_clone()?;
                         l.set_nonblocking(true)?;
-                        AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?)
+                        AsyncListener::Unix(
+                            tokio::net::UnixListener::from_std(l)?,
+                            listener.local(),
+                        )
                     }
                 };
                 while !control.is_stopping() {
@@ -564,18 +552,18 @@ where
         while let Some(r) = set.join_next().await {
             r??;
         }
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while control.active.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // The connection tasks go on running on the runtime's workers meanwhile.
+    wait_for_connections(&control);
+    Ok(())
 }
 
 #[cfg(feature = "tokio")]
 enum AsyncListener {
     Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
+    /// The listener and the name its peers get in logs (`unix:PATH`, as [`serve_threads`]).
+    Unix(tokio::net::UnixListener, String),
 }
 
 #[cfg(feature = "tokio")]
@@ -587,9 +575,9 @@ impl AsyncListener {
                 s.set_nodelay(true)?;
                 Ok((AsyncStream::Tcp(s), a.to_string()))
             }
-            Self::Unix(l) => {
+            Self::Unix(l, name) => {
                 let (s, _) = l.accept().await?;
-                Ok((AsyncStream::Unix(s), "unix".to_string()))
+                Ok((AsyncStream::Unix(s), name.clone()))
             }
         }
     }
