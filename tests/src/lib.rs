@@ -27,6 +27,7 @@ pub mod tlsio;
 pub mod vnc;
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
@@ -110,6 +111,13 @@ fn warn_if_stale(bin: &Path) {
 /// A `kvmio` command.
 pub fn kvmio() -> Command {
     Command::new(kvmio_bin())
+}
+
+/// `kvmio nbd copy --no-progress SRC DST` (files, `-`, or NBD URIs).
+pub fn kvmio_copy(src: impl AsRef<OsStr>, dst: impl AsRef<OsStr>) -> Command {
+    let mut c = kvmio();
+    c.args(["nbd", "copy", "--no-progress"]).arg(src).arg(dst);
+    c
 }
 
 /// The Debian package that ships a peer program.
@@ -714,29 +722,64 @@ pub struct PeerTls<'a> {
     pub verify_peer: bool,
 }
 
-/// `qemu-nbd -f raw -x disk -b 127.0.0.1 -p PORT -t -e 8 [TLS] EXTRA… IMAGE` on a free port,
-/// listening when this returns. With `tls`: `--object tls-creds-x509,id=tls0,endpoint=server,
-/// dir=…,verify-peer=on|off --tls-creds tls0`. `extra` may add e.g. `-r`, or
-/// [`qemu_authz_args`].
+/// `qemu-nbd [TLS] EXTRA… -f raw -x disk -t -e 8 ADDRESS… IMAGE`. With `tls`: `--object
+/// tls-creds-x509,id=tls0,endpoint=server,dir=…,verify-peer=on|off --tls-creds tls0`.
+fn qemu_nbd_command(
+    image: &Path,
+    tls: Option<PeerTls<'_>>,
+    extra: &[String],
+    address: &[String],
+) -> Command {
+    let mut c = peer("qemu-nbd");
+    if let Some(t) = tls {
+        c.arg("--object")
+            .arg(format!(
+                "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer={}",
+                qemu_escape(&t.dir.display().to_string()),
+                if t.verify_peer { "on" } else { "off" }
+            ))
+            .args(["--tls-creds", "tls0"]);
+    }
+    c.args(extra)
+        .args(["-f", "raw", "-x", "disk", "-t", "-e", "8"])
+        .args(address)
+        .arg(image);
+    c
+}
+
+/// `qemu-nbd` (see [`qemu_nbd_command`]) on `-b 127.0.0.1 -p PORT`, a free port, listening
+/// when this returns. `extra` may add e.g. `-r`, [`qemu_authz_args`], or its own TLS object.
 pub fn qemu_nbd(image: &Path, tls: Option<PeerTls<'_>>, extra: &[String]) -> (Proc, u16) {
     start_on_free_port("qemu-nbd", |port| {
-        let mut c = peer("qemu-nbd");
-        if let Some(t) = tls {
-            c.arg("--object")
-                .arg(format!(
-                    "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer={}",
-                    qemu_escape(&t.dir.display().to_string()),
-                    if t.verify_peer { "on" } else { "off" }
-                ))
-                .args(["--tls-creds", "tls0"]);
-        }
-        c.args(extra)
-            .args(["-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(["-t", "-e", "8"])
-            .arg(image);
-        c
+        let address = [
+            "-b".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        qemu_nbd_command(image, tls, extra, &address)
     })
+}
+
+/// `qemu-nbd` (see [`qemu_nbd_command`]) on the Unix socket `-k SOCKET`, listening when this
+/// returns.
+pub fn qemu_nbd_unix(image: &Path, socket: &Path, tls: Option<PeerTls<'_>>) -> Proc {
+    let address = ["-k".into(), socket.display().to_string()];
+    let mut p = Proc::spawn(
+        "qemu-nbd (unix)",
+        qemu_nbd_command(image, tls, &[], &address),
+    );
+    let end = Instant::now() + LISTEN_DEADLINE;
+    while !socket.exists() {
+        p.assert_alive();
+        assert!(
+            Instant::now() < end,
+            "qemu-nbd did not create {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p
 }
 
 /// The qemu-nbd arguments of an `authz-simple` ACL admitting exactly the client DN `dn`
@@ -1080,69 +1123,100 @@ pub fn pki(dir: &Path) -> Pki {
 /// (for CRLs) in `dir`.
 pub fn certtool_pki(dir: &Path) -> Pki {
     std::fs::create_dir_all(dir).expect("mkdir");
-    let w = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("template");
-    w(
-        "ca.info",
+    std::fs::write(
+        dir.join("ca.info"),
         "cn = Test CA\nca\ncert_signing_key\ncrl_signing_key\nexpiration_days = 3650\n",
+    )
+    .expect("template");
+    certtool_rsa_key(dir, "ca-key.pem");
+    certtool(
+        dir,
+        &[
+            "--generate-self-signed",
+            "--load-privkey",
+            "ca-key.pem",
+            "--template",
+            "ca.info",
+            "--outfile",
+            "ca-cert.pem",
+        ],
     );
-    w(
-        "server.info",
+    let _ = std::fs::remove_file(dir.join("ca.info"));
+    certtool_leaf(
+        dir,
+        "server",
         "organization = Test Org\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\n\
          ip_address = ::1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 3650\n",
+        dir,
     );
-    w(
-        "client.info",
+    certtool_leaf(
+        dir,
+        "client",
         "country = GB\nstate = London\nlocality = City Of London\norganization = Test Org\n\
          cn = client.example.com\ntls_www_client\nencryption_key\nsigning_key\n\
          expiration_days = 3650\n",
+        dir,
     );
-    let ct = |args: &[&str]| {
-        run(peer("certtool")
-            .current_dir(dir)
-            .arg("--no-text")
-            .args(args))
-        .expect_ok();
-    };
-    for k in ["ca-key.pem", "server-key.pem", "client-key.pem"] {
-        ct(&[
-            "--generate-privkey",
-            "--key-type=rsa",
-            "--bits=2048",
-            "--outfile",
-            k,
-        ]);
-    }
-    ct(&[
-        "--generate-self-signed",
-        "--load-privkey",
-        "ca-key.pem",
-        "--template",
-        "ca.info",
-        "--outfile",
-        "ca-cert.pem",
-    ]);
-    for who in ["server", "client"] {
-        ct(&[
-            "--generate-certificate",
-            "--load-ca-certificate",
-            "ca-cert.pem",
-            "--load-ca-privkey",
-            "ca-key.pem",
-            "--load-privkey",
-            &format!("{who}-key.pem"),
-            "--template",
-            &format!("{who}.info"),
-            "--outfile",
-            &format!("{who}-cert.pem"),
-        ]);
-    }
-    for f in ["ca.info", "server.info", "client.info"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
     Pki {
         dir: dir.into(),
         client_dn: "C=GB,ST=London,L=City Of London,O=Test Org,CN=client.example.com".into(),
     }
+}
+
+/// `certtool --no-text ARGS…` in `dir`.
+fn certtool(dir: &Path, args: &[&str]) {
+    run(peer("certtool")
+        .current_dir(dir)
+        .arg("--no-text")
+        .args(args))
+    .expect_ok();
+}
+
+/// An RSA 2048 key made by certtool in `dir/file`.
+fn certtool_rsa_key(dir: &Path, file: &str) {
+    certtool(
+        dir,
+        &[
+            "--generate-privkey",
+            "--key-type=rsa",
+            "--bits=2048",
+            "--outfile",
+            file,
+        ],
+    );
+}
+
+/// An RSA 2048 key and a certificate made by certtool from the template text `template`,
+/// signed by the CA in `ca_dir` (`ca-cert.pem`, `ca-key.pem`): `dir/{who}-key.pem` and
+/// `dir/{who}-cert.pem`.
+pub fn certtool_leaf(dir: &Path, who: &str, template: &str, ca_dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let (key, cert, info) = (
+        format!("{who}-key.pem"),
+        format!("{who}-cert.pem"),
+        format!("{who}.info"),
+    );
+    std::fs::write(dir.join(&info), template).expect("template");
+    certtool_rsa_key(dir, &key);
+    let ca_cert = ca_dir.join("ca-cert.pem").display().to_string();
+    let ca_key = ca_dir.join("ca-key.pem").display().to_string();
+    certtool(
+        dir,
+        &[
+            "--generate-certificate",
+            "--load-ca-certificate",
+            &ca_cert,
+            "--load-ca-privkey",
+            &ca_key,
+            "--load-privkey",
+            &key,
+            "--template",
+            &info,
+            "--outfile",
+            &cert,
+        ],
+    );
+    let _ = std::fs::remove_file(dir.join(&info));
 }
 
 /// A CRL in `dir/ca-crl.pem` made by certtool with the CA in `dir`, revoking the certificate

@@ -2,18 +2,10 @@
 //! (structured replies, `base:allocation`, sparse-aware copies), nbdkit `memory` and `file`,
 //! and nbdkit error injection (server-side errors must make the copy fail: CVE-2022-0485).
 
-use std::process::Command;
-
 use kvmio_tests::*;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-fn kvmio_copy(src: &str, dst: &str) -> Command {
-    let mut c = kvmio();
-    c.args(["nbd", "copy", "--no-progress", src, dst]);
-    c
-}
 
 /// qemu-nbd serves a 64 MiB sparse image (read-only, so it allows multi-conn): `kvmio nbd
 /// info` sees structured/extended replies and base:allocation, `kvmio nbd list` sees the
@@ -56,7 +48,7 @@ fn kvmio_copy_from_qemu_nbd_is_identical_and_sparse_aware() {
     );
 
     let out = dir.path().join("out.img");
-    run(&mut kvmio_copy(&uri, &out.display().to_string())).expect_ok();
+    run(&mut kvmio_copy(&uri, &out)).expect_ok();
     assert_same_bytes(&read(&out), &data, "kvmio nbd copy from qemu-nbd");
     let held: u64 = ranges.iter().map(|r| r.1 as u64).sum();
     let allocated = allocated_bytes(&out);
@@ -84,7 +76,7 @@ fn kvmio_copy_into_qemu_nbd_then_qemu_img_compare_is_identical() {
     test_image(&src, 16 * MIB, 43);
     let (_qemu, port) = qemu_nbd(&img, None, &[]);
     let uri = format!("nbd://127.0.0.1:{port}/disk");
-    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&src, &uri)).expect_ok();
     let cmp = run(&mut Target::tcp(port, "disk").qemu_img_compare(&src)).expect_ok();
     assert!(
         cmp.text().contains("Images are identical"),
@@ -102,7 +94,7 @@ fn kvmio_copy_into_nbdkit_memory_reads_back_with_nbdcopy() {
     let data = test_image(&src, 64 * MIB, 47);
     let (_nbdkit, port) = nbdkit(None, &["memory", "64M"]);
     let uri = format!("nbd://127.0.0.1:{port}/");
-    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&src, &uri)).expect_ok();
     let back = dir.path().join("back.img");
     run(peer("nbdcopy").arg(&uri).arg(&back)).expect_ok();
     assert_same_bytes(&read(&back), &data, "nbdcopy of what kvmio wrote to nbdkit");
@@ -121,11 +113,11 @@ fn kvmio_copy_from_and_to_nbdkit_file() {
     let (_nbdkit, port) = nbdkit(None, &["file", &spec]);
     let uri = format!("nbd://127.0.0.1:{port}/");
     let out = dir.path().join("out.img");
-    run(&mut kvmio_copy(&uri, &out.display().to_string())).expect_ok();
+    run(&mut kvmio_copy(&uri, &out)).expect_ok();
     assert_same_bytes(&read(&out), &data, "kvmio nbd copy from nbdkit file");
     let other = dir.path().join("other.img");
     let other_data = test_image(&other, 8 * MIB, 59);
-    run(&mut kvmio_copy(&other.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&other, &uri)).expect_ok();
     assert_same_bytes(
         &read(&img),
         &other_data,
@@ -181,7 +173,7 @@ fn kvmio_copy_fails_clearly_when_a_late_server_read_fails() {
     let uri = format!("nbd://127.0.0.1:{port}/");
     let dir = tempdir();
     let out = dir.path().join("out.img");
-    run(&mut kvmio_copy(&uri, &out.display().to_string()))
+    run(&mut kvmio_copy(&uri, &out))
         .expect_fail()
         .expect_stderr_any(&["EIO", "input/output error"]);
 }
@@ -207,12 +199,9 @@ fn kvmio_copy_fails_clearly_when_server_writes_fail() {
     let dir = tempdir();
     let src = dir.path().join("src.img");
     test_image(&src, 16 * MIB, 61);
-    run(&mut kvmio_copy(
-        &src.display().to_string(),
-        &format!("nbd://127.0.0.1:{port}/"),
-    ))
-    .expect_fail()
-    .expect_stderr_any(&["ENOSPC", "no space"]);
+    run(&mut kvmio_copy(&src, format!("nbd://127.0.0.1:{port}/")))
+        .expect_fail()
+        .expect_stderr_any(&["ENOSPC", "no space"]);
 }
 
 /// NBD to NBD: `kvmio nbd copy` from qemu-nbd straight into nbdkit, one connection each and
@@ -272,7 +261,7 @@ fn kvmio_copy_honours_server_block_size_limits() {
     let dir = tempdir();
     let src = dir.path().join("src.img");
     let data = test_image(&src, 3 * MIB, 71);
-    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&src, &uri)).expect_ok();
     let back = run(&mut kvmio_copy(&uri, "-")).expect_ok();
     assert_same_bytes(
         &back.stdout,
@@ -339,7 +328,7 @@ fn kvmio_client_with_simple_replies_against_nbd_server() {
     assert_same_bytes(&out.stdout, &data, "kvmio nbd copy from nbd-server");
     let src = dir.path().join("src.img");
     let new = test_image(&src, 4 * MIB, 79);
-    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&src, &uri)).expect_ok();
     drop(server);
     assert_same_bytes(
         &read(&img),

@@ -102,6 +102,17 @@ fn assert_no_session_and_healthy(server: &mut KvmioServer, good: Option<&Path>) 
     server.assert_healthy("disk", 1 << 20, good);
 }
 
+/// nbdinfo, qemu-img and kvmio in turn are refused, and `server` logs `msg` for each.
+#[track_caller]
+fn three_clients_refused(server: &mut KvmioServer, t: &Target, msg: &str) {
+    nbdinfo(t).expect_fail();
+    server.proc.wait_log_count(msg, 1, LOG_WAIT);
+    qemu_img_info(t).expect_fail();
+    server.proc.wait_log_count(msg, 2, LOG_WAIT);
+    kvmio_info(t).expect_fail();
+    server.proc.wait_log_count(msg, 3, LOG_WAIT);
+}
+
 // ------------------------------------------------------------------ plaintext vs TLS
 
 /// A plaintext client against `--tls require` is told TLS is required and learns nothing:
@@ -147,12 +158,9 @@ fn tls_clients_to_plain_server_fail_closed() {
         .expect_stderr(&["refused STARTTLS", "NBD_REP_ERR_POLICY"]);
     let src = w.tmp.path().join("src.img");
     std::fs::write(&src, vec![7u8; 1 << 20]).expect("write");
-    run(kvmio()
-        .args(["nbd", "copy", "--no-progress"])
-        .arg(&src)
-        .arg(t.uri()))
-    .expect_fail()
-    .expect_stderr(&["refused STARTTLS"]);
+    run(&mut kvmio_copy(&src, t.uri()))
+        .expect_fail()
+        .expect_stderr(&["refused STARTTLS"]);
     nbdinfo(&t).expect_fail();
     run(peer("nbdcopy").arg(t.uri()).arg("-"))
         .expect_fail()
@@ -238,13 +246,13 @@ fn fake_server(greeting: Vec<u8>, fixed: bool) -> (u16, std::thread::JoinHandle<
 #[test]
 fn kvmio_tls_client_sends_nothing_but_starttls_in_the_clear() {
     let w = World::new();
-    let uri = |port: u16| Target::tcp(port, "disk").with_tls(&w.client_dir).uri();
+    let target = |port: u16| Target::tcp(port, "disk").with_tls(&w.client_dir);
 
     let mut greeting = NBDMAGIC.to_be_bytes().to_vec();
     greeting.extend(IHAVEOPT.to_be_bytes());
     greeting.extend(3u16.to_be_bytes());
     let (port, h) = fake_server(greeting, true);
-    kvmio_info_uri(&uri(port))
+    kvmio_info(&target(port))
         .expect_fail()
         .expect_stderr(&["STARTTLS"]);
     let seen = h.join().expect("fake server");
@@ -260,7 +268,7 @@ fn kvmio_tls_client_sends_nothing_but_starttls_in_the_clear() {
     plain_newstyle.extend(IHAVEOPT.to_be_bytes());
     plain_newstyle.extend(0u16.to_be_bytes());
     let (port, h) = fake_server(plain_newstyle, false);
-    kvmio_info_uri(&uri(port)).expect_fail();
+    kvmio_info(&target(port)).expect_fail();
     let seen = h.join().expect("fake server");
     assert!(
         seen.trailing.len() <= 4,
@@ -274,17 +282,13 @@ fn kvmio_tls_client_sends_nothing_but_starttls_in_the_clear() {
     oldstyle.extend(1u32.to_be_bytes());
     oldstyle.extend([0u8; 124]);
     let (port, h) = fake_server(oldstyle, false);
-    kvmio_info_uri(&uri(port)).expect_fail();
+    kvmio_info(&target(port)).expect_fail();
     let seen = h.join().expect("fake server");
     assert!(
         seen.trailing.is_empty(),
         "the client sent {:02x?} to an oldstyle server",
         seen.trailing
     );
-}
-
-fn kvmio_info_uri(uri: &str) -> Out {
-    run(kvmio().args(["nbd", "info", uri]))
 }
 
 // ------------------------------------------------------------------ certificates
@@ -420,12 +424,7 @@ fn revoked_certificates_are_refused() {
     );
     let mut server = tls_server(Runtime::Threads, &server_dir, &[]);
     let t = server.target("disk").with_tls(&w.client_dir);
-    nbdinfo(&t).expect_fail();
-    server.proc.wait_log_count("has been revoked", 1, LOG_WAIT);
-    qemu_img_info(&t).expect_fail();
-    server.proc.wait_log_count("has been revoked", 2, LOG_WAIT);
-    kvmio_info(&t).expect_fail();
-    server.proc.wait_log_count("has been revoked", 3, LOG_WAIT);
+    three_clients_refused(&mut server, &t, "has been revoked");
     let other_client = w.ca.leaf_with(false, client_cn("second.example.com"));
     let good = w.dir(
         "second-client",
@@ -469,43 +468,14 @@ fn certtool_crl_revokes_client_certificate() {
     server.proc.wait_log("has been revoked", LOG_WAIT);
     // a second client certificate from the same CA (certtool again)
     let second = tmp.path().join("second");
-    std::fs::create_dir_all(&second).expect("mkdir");
-    std::fs::copy(pki.dir.join("ca-cert.pem"), second.join("ca-cert.pem")).expect("copy");
-    std::fs::write(
-        second.join("client.info"),
+    ca_only_dir(&pki.dir, &second);
+    certtool_leaf(
+        &second,
+        "client",
         "organization = Test Org\ncn = second.example.com\ntls_www_client\nencryption_key\n\
          signing_key\nexpiration_days = 30\n",
-    )
-    .expect("template");
-    let ct = |args: &[&str]| -> Out {
-        run(peer("certtool")
-            .current_dir(&second)
-            .arg("--no-text")
-            .args(args))
-        .expect_ok()
-    };
-    ct(&[
-        "--generate-privkey",
-        "--key-type=rsa",
-        "--bits=2048",
-        "--outfile",
-        "client-key.pem",
-    ]);
-    let ca_cert = pki.dir.join("ca-cert.pem").display().to_string();
-    let ca_key = pki.dir.join("ca-key.pem").display().to_string();
-    ct(&[
-        "--generate-certificate",
-        "--load-ca-certificate",
-        &ca_cert,
-        "--load-ca-privkey",
-        &ca_key,
-        "--load-privkey",
-        "client-key.pem",
-        "--template",
-        "client.info",
-        "--outfile",
-        "client-cert.pem",
-    ]);
+        &pki.dir,
+    );
     run(&mut server
         .target("disk")
         .with_tls(&second)
@@ -551,13 +521,7 @@ fn missing_client_certificate_is_refused_when_verify_peer() {
     let ca_only = w.ca_only();
     let mut server = tls_server(Runtime::Threads, &w.server_dir, &[]);
     let t = server.target("disk").with_tls(&ca_only);
-    let msg = "sent no certificate";
-    nbdinfo(&t).expect_fail();
-    server.proc.wait_log_count(msg, 1, LOG_WAIT);
-    qemu_img_info(&t).expect_fail();
-    server.proc.wait_log_count(msg, 2, LOG_WAIT);
-    kvmio_info(&t).expect_fail();
-    server.proc.wait_log_count(msg, 3, LOG_WAIT);
+    three_clients_refused(&mut server, &t, "sent no certificate");
     assert_no_session_and_healthy(&mut server, Some(&w.client_dir));
 
     let mut lenient = tls_server(Runtime::Tokio, &w.server_dir, &["--tls-verify-peer", "no"]);
@@ -592,12 +556,7 @@ fn dn_not_in_tls_authz_is_refused() {
     );
     let t = server.target("disk").with_tls(&w.client_dir);
     let msg = "not in the access list";
-    nbdinfo(&t).expect_fail();
-    server.proc.wait_log_count(msg, 1, LOG_WAIT);
-    qemu_img_info(&t).expect_fail();
-    server.proc.wait_log_count(msg, 2, LOG_WAIT);
-    kvmio_info(&t).expect_fail();
-    server.proc.wait_log_count(msg, 3, LOG_WAIT);
+    three_clients_refused(&mut server, &t, msg);
     assert_no_session_and_healthy(&mut server, Some(&allowed_dir));
 
     let mut glob = tls_server(
@@ -647,30 +606,20 @@ fn tls12_only_peers_need_the_tls12_flag() {
     // our client against a TLS 1.2-only qemu-nbd
     let img = w.tmp.path().join("disk.img");
     sparse_image(&img, 1 << 20, &[(0, 4096)], 5);
-    let (_qemu, port) = start_on_free_port("qemu-nbd (TLS 1.2 only)", |port| {
-        let mut c = peer("qemu-nbd");
-        c.arg("--object")
-            .arg(format!(
+    let (_qemu, port) = qemu_nbd(
+        &img,
+        None,
+        &[
+            "--object".into(),
+            format!(
                 "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on,\
                  priority=NORMAL:-VERS-TLS1.3",
                 qemu_escape(&w.server_dir.display().to_string())
-            ))
-            .args([
-                "--tls-creds",
-                "tls0",
-                "-f",
-                "raw",
-                "-x",
-                "disk",
-                "-b",
-                "127.0.0.1",
-                "-p",
-            ])
-            .arg(port.to_string())
-            .arg("-t")
-            .arg(&img);
-        c
-    });
+            ),
+            "--tls-creds".into(),
+            "tls0".into(),
+        ],
+    );
     let uri = Target::tcp(port, "disk").with_tls(&w.client_dir).uri();
     run(kvmio().args(["nbd", "info", &uri]))
         .expect_fail()

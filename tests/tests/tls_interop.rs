@@ -7,7 +7,6 @@
 //!   (`--tls=require`, with and without `--tls-verify-peer`).
 
 use std::path::Path;
-use std::process::Command;
 
 use kvmio_tests::*;
 use serde_json::Value;
@@ -201,12 +200,6 @@ fn optional_tls_serves_plain_and_tls_clients() {
 
 // ------------------------------------------------------------------------------ our client
 
-fn kvmio_copy(src: &str, dst: &str) -> Command {
-    let mut c = kvmio();
-    c.args(["nbd", "copy", "--no-progress", src, dst]);
-    c
-}
-
 /// Our client against qemu-nbd over TLS with a required client certificate: info (with
 /// TLS), copy out byte-identical, copy in and read back.
 fn kvmio_client_to_qemu_nbd_with_client_cert(pki: &Pki) {
@@ -225,11 +218,11 @@ fn kvmio_client_to_qemu_nbd_with_client_cert(pki: &Pki) {
     let info = run(kvmio().args(["nbd", "info", &uri])).expect_ok().text();
     assert!(info.contains("with TLS"), "{info}");
     let out = dir.path().join("out.img");
-    run(&mut kvmio_copy(&uri, &out.display().to_string())).expect_ok();
+    run(&mut kvmio_copy(&uri, &out)).expect_ok();
     assert_same_bytes(&read(&out), &data, "kvmio nbd copy from qemu-nbd over TLS");
     let src = dir.path().join("src.img");
     let new = test_image(&src, 4 * MIB, 109);
-    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&src, &uri)).expect_ok();
     drop(qemu);
     assert_same_bytes(
         &read(&img),
@@ -335,7 +328,7 @@ fn kvmio_client_to_nbdkit_tls(pki: &Pki, verify_peer: bool) {
     let uri = Target::tcp(port, "").with_tls(&pki.dir).uri();
     let src = d.path().join("src.img");
     let data = test_image(&src, 16 * MIB, 131);
-    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&src, &uri)).expect_ok();
     let back = run(&mut kvmio_copy(&uri, "-")).expect_ok();
     assert_same_bytes(
         &back.stdout,
@@ -378,7 +371,7 @@ fn kvmio_client_to_kvmio_server_over_tls_with_authz() {
     let uri = server.target("disk").with_tls(&pki.dir).uri();
     let src = d.path().join("src.img");
     let data = test_image(&src, 8 * MIB, 137);
-    run(&mut kvmio_copy(&src.display().to_string(), &uri)).expect_ok();
+    run(&mut kvmio_copy(&src, &uri)).expect_ok();
     let back = run(&mut kvmio_copy(&uri, "-")).expect_ok();
     assert_same_bytes(&back.stdout, &data, "kvmio to kvmio over TLS");
 }
@@ -391,19 +384,11 @@ fn tls_over_unix_socket_with_nbds_unix_uris() {
     let d = tempdir();
     let pki = pki(&d.path().join("pki"));
     let sock = d.path().join("tls.sock");
-    let (dir, sock_s) = (pki.dir.display().to_string(), sock.display().to_string());
-    let server = KvmioServer::start(
+    let sock_s = sock.display().to_string();
+    let server = tls_server(
         Runtime::Tokio,
-        &[
-            "--unix",
-            &sock_s,
-            "--tls",
-            "require",
-            "--tls-creds",
-            &dir,
-            "--memory",
-            "disk=1M",
-        ],
+        &pki,
+        &["--unix", &sock_s, "--memory", "disk=1M"],
     );
     let t = Target::unix(&sock, "disk").with_tls(&pki.dir);
     let info = run(peer("nbdinfo").arg(t.uri())).expect_ok().text();
@@ -420,18 +405,8 @@ fn tls_over_unix_socket_with_nbds_unix_uris() {
     .expect_ok();
     assert!(q.text().contains("1 MiB"), "{}", q.text());
     let data = random_bytes(1 << 20, 139);
-    run_with_input(
-        kvmio()
-            .args(["nbd", "copy", "--no-progress", "-"])
-            .arg(t.uri()),
-        Some(&data),
-    )
-    .expect_ok();
-    let back = run(kvmio()
-        .args(["nbd", "copy", "--no-progress"])
-        .arg(t.uri())
-        .arg("-"))
-    .expect_ok();
+    run_with_input(&mut kvmio_copy("-", t.uri()), Some(&data)).expect_ok();
+    let back = run(&mut kvmio_copy(t.uri(), "-")).expect_ok();
     assert_same_bytes(&back.stdout, &data, "stdin to nbds+unix and back");
     drop(server);
 }
@@ -446,13 +421,12 @@ fn kvmio_client_to_nbd_server_force_tls() {
     let data = test_image(&img, 2 * MIB, 149);
     let server = nbd_server(&img, Some(&pki.dir));
     let t = Target::tcp(server.port, "disk");
-    let info = run(kvmio()
-        .args(["nbd", "info"])
-        .arg(t.clone().with_tls(&pki.dir).uri()))
-    .expect_ok()
-    .text();
+    let tls_uri = t.clone().with_tls(&pki.dir).uri();
+    let info = run(kvmio().args(["nbd", "info", &tls_uri]))
+        .expect_ok()
+        .text();
     assert!(info.contains("with TLS"), "{info}");
-    let got = run(&mut kvmio_copy(&t.clone().with_tls(&pki.dir).uri(), "-")).expect_ok();
+    let got = run(&mut kvmio_copy(&tls_uri, "-")).expect_ok();
     assert_same_bytes(
         &got.stdout,
         &data,
@@ -460,11 +434,7 @@ fn kvmio_client_to_nbd_server_force_tls() {
     );
     let src = d.path().join("src.img");
     let new = test_image(&src, 2 * MIB, 151);
-    run(&mut kvmio_copy(
-        &src.display().to_string(),
-        &t.clone().with_tls(&pki.dir).uri(),
-    ))
-    .expect_ok();
+    run(&mut kvmio_copy(&src, &tls_uri)).expect_ok();
     run(kvmio().args(["nbd", "info"]).arg(t.uri()))
         .expect_fail()
         .expect_stderr(&["NBD_REP_ERR_TLS_REQD"]);
@@ -481,55 +451,23 @@ fn kvmio_client_over_nbds_unix_exits_zero_after_a_finished_session() {
     let d = tempdir();
     let pki = pki_with(&d.path().join("pki"), &["--key", "rsa2048"]);
     let sock = d.path().join("kvmio.sock");
-    let (dir, sock_s) = (pki.dir.display().to_string(), sock.display().to_string());
-    let _server = KvmioServer::start(
+    let sock_s = sock.display().to_string();
+    let _server = tls_server(
         Runtime::Threads,
-        &[
-            "--unix",
-            &sock_s,
-            "--tls",
-            "require",
-            "--tls-creds",
-            &dir,
-            "--memory",
-            "disk=1M",
-        ],
+        &pki,
+        &["--unix", &sock_s, "--memory", "disk=1M"],
     );
     let img = d.path().join("disk.img");
     sparse_image(&img, 1 << 20, &[(0, 4096)], 157);
     let qsock = d.path().join("qemu.sock");
-    let mut qemu = Proc::spawn("qemu-nbd (unix, TLS)", {
-        let mut c = peer("qemu-nbd");
-        c.arg("--object")
-            .arg(format!(
-                "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
-                qemu_escape(&dir)
-            ))
-            .args([
-                "--tls-creds",
-                "tls0",
-                "-f",
-                "raw",
-                "-x",
-                "disk",
-                "-t",
-                "-e",
-                "4",
-                "-k",
-            ])
-            .arg(&qsock)
-            .arg(&img);
-        c
-    });
-    let end = std::time::Instant::now() + LISTEN_DEADLINE;
-    while !qsock.exists() {
-        qemu.assert_alive();
-        assert!(
-            std::time::Instant::now() < end,
-            "qemu-nbd did not create {qsock:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let _qemu = qemu_nbd_unix(
+        &img,
+        &qsock,
+        Some(PeerTls {
+            dir: &pki.dir,
+            verify_peer: true,
+        }),
+    );
     let mut failures = Vec::new();
     for s in [&sock, &qsock] {
         let uri = Target::unix(s, "disk").with_tls(&pki.dir).uri();

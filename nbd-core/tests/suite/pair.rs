@@ -214,6 +214,11 @@ fn config(exports: &'static [Export<'static>]) -> ServerConfig<'static> {
     ServerConfig::new(exports)
 }
 
+/// A pair serving `exports` over a patterned disk, the client negotiating `plan`.
+fn pair(exports: &'static [Export<'static>], plan: Plan<'static>) -> Pair<'static> {
+    Pair::new(config(exports), ClientConfig::default(), pattern_disk(SIZE)).with_plan(plan)
+}
+
 static EXPORTS: [Export<'static>; 2] = [
     Export {
         description: "the disk",
@@ -228,12 +233,10 @@ static EXPORTS: [Export<'static>; 2] = [
 
 #[test]
 fn simple_replies_every_command() {
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(plan(Goal::Go, TlsPolicy::Disable, false, false, false));
+    let mut p = pair(
+        &EXPORTS,
+        plan(Goal::Go, TlsPolicy::Disable, false, false, false),
+    );
     p.drive().unwrap();
     assert_eq!(server_ready(&p).style, HeaderStyle::Simple);
     exercise(&mut p);
@@ -252,12 +255,10 @@ fn simple_replies_every_command() {
 
 #[test]
 fn structured_replies_holes_and_block_status() {
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(plan(Goal::Go, TlsPolicy::Disable, false, true, true));
+    let mut p = pair(
+        &EXPORTS,
+        plan(Goal::Go, TlsPolicy::Disable, false, true, true),
+    );
     p.drive().unwrap();
     let r = server_ready(&p);
     assert_eq!(r.style, HeaderStyle::Structured);
@@ -275,12 +276,10 @@ fn structured_replies_holes_and_block_status() {
 
 #[test]
 fn extended_headers_every_command() {
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(plan(Goal::Go, TlsPolicy::Disable, true, true, true));
+    let mut p = pair(
+        &EXPORTS,
+        plan(Goal::Go, TlsPolicy::Disable, true, true, true),
+    );
     p.drive().unwrap();
     let r = server_ready(&p);
     assert_eq!(r.style, HeaderStyle::Extended);
@@ -298,12 +297,10 @@ fn extended_headers_every_command() {
 #[test]
 fn every_command_in_every_cut() {
     for cut in [1usize, 3, 7, 19, 4096] {
-        let mut p = Pair::new(
-            config(&EXPORTS),
-            ClientConfig::default(),
-            pattern_disk(SIZE),
-        )
-        .with_plan(plan(Goal::Go, TlsPolicy::Disable, false, true, true));
+        let mut p = pair(
+            &EXPORTS,
+            plan(Goal::Go, TlsPolicy::Disable, false, true, true),
+        );
         p.cuts = vec![cut];
         p.drive().unwrap();
         exercise(&mut p);
@@ -313,12 +310,10 @@ fn every_command_in_every_cut() {
 
 #[test]
 fn many_requests_in_flight() {
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(plan(Goal::Go, TlsPolicy::Disable, false, true, false));
+    let mut p = pair(
+        &EXPORTS,
+        plan(Goal::Go, TlsPolicy::Disable, false, true, false),
+    );
     p.drive().unwrap();
     p.batch = 16;
     let model = p.disk.clone();
@@ -352,12 +347,10 @@ fn many_requests_in_flight() {
 
 #[test]
 fn info_list_and_abort() {
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(plan(Goal::Info, TlsPolicy::Disable, false, false, false));
+    let mut p = pair(
+        &EXPORTS,
+        plan(Goal::Info, TlsPolicy::Disable, false, false, false),
+    );
     p.drive().unwrap();
     assert!(p.log.contains(&Rec::Info(
         "Export { size: 1048576, flags: TransmissionFlags(HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_TRIM | SEND_WRITE_ZEROES | CAN_MULTI_CONN | SEND_CACHE | SEND_FAST_ZERO) }"
@@ -377,12 +370,10 @@ fn info_list_and_abort() {
     assert!(p.server_events.contains(&server::Event::Finished));
     assert!(p.server.is_closed() && p.client.is_closed());
 
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(plan(Goal::List, TlsPolicy::Disable, false, false, false));
+    let mut p = pair(
+        &EXPORTS,
+        plan(Goal::List, TlsPolicy::Disable, false, false, false),
+    );
     p.drive().unwrap();
     let entries: Vec<_> = p
         .log
@@ -397,33 +388,29 @@ fn info_list_and_abort() {
         ]
     );
 
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(plan(
-        Goal::ListMetaContexts,
-        TlsPolicy::Disable,
-        false,
-        true,
-        true,
-    ));
+    let mut p = pair(
+        &EXPORTS,
+        plan(
+            Goal::ListMetaContexts,
+            TlsPolicy::Disable,
+            false,
+            true,
+            true,
+        ),
+    );
     p.drive().unwrap();
     assert!(p.log.contains(&Rec::Meta(0, "base:allocation".into())));
 }
 
 #[test]
 fn read_only_export_and_default_name() {
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(Plan {
-        export: "iso",
-        ..plan(Goal::Go, TlsPolicy::Disable, false, true, false)
-    });
+    let mut p = pair(
+        &EXPORTS,
+        Plan {
+            export: "iso",
+            ..plan(Goal::Go, TlsPolicy::Disable, false, true, false)
+        },
+    );
     p.drive().unwrap();
     let info = ready(&p);
     assert!(
@@ -443,27 +430,23 @@ fn read_only_export_and_default_name() {
         Err(CommandError::NotSupported("the export is read-only"))
     );
     // The empty name is the default export.
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(Plan {
-        export: "",
-        ..plan(Goal::Go, TlsPolicy::Disable, false, false, false)
-    });
+    let mut p = pair(
+        &EXPORTS,
+        Plan {
+            export: "",
+            ..plan(Goal::Go, TlsPolicy::Disable, false, false, false)
+        },
+    );
     p.drive().unwrap();
     assert_eq!(server_ready(&p).export, 0);
     // An unknown name: GO fails with ERR_UNKNOWN and the negotiator reports it.
-    let mut p = Pair::new(
-        config(&EXPORTS),
-        ClientConfig::default(),
-        pattern_disk(SIZE),
-    )
-    .with_plan(Plan {
-        export: "nope",
-        ..plan(Goal::Go, TlsPolicy::Disable, false, false, false)
-    });
+    let mut p = pair(
+        &EXPORTS,
+        Plan {
+            export: "nope",
+            ..plan(Goal::Go, TlsPolicy::Disable, false, false, false)
+        },
+    );
     let e = p.drive().unwrap_err();
     assert!(e.contains("export not found"), "{e}");
 }
@@ -503,13 +486,7 @@ fn block_sizes_are_advertised_and_enforced() {
         },
         ..Export::new("disk", SIZE as u64)
     }];
-    let mut p = Pair::new(config(&E), ClientConfig::default(), pattern_disk(SIZE)).with_plan(plan(
-        Goal::Go,
-        TlsPolicy::Disable,
-        false,
-        true,
-        false,
-    ));
+    let mut p = pair(&E, plan(Goal::Go, TlsPolicy::Disable, false, true, false));
     p.drive().unwrap();
     let info = ready(&p);
     assert_eq!(info.block_size.minimum, 512);
@@ -664,13 +641,7 @@ fn read_only_multi_conn_features() {
         features: ExportFeatures::FLUSH,
         ..Export::new("disk", SIZE as u64)
     }];
-    let mut p = Pair::new(config(&E), ClientConfig::default(), pattern_disk(SIZE)).with_plan(plan(
-        Goal::Go,
-        TlsPolicy::Disable,
-        false,
-        true,
-        true,
-    ));
+    let mut p = pair(&E, plan(Goal::Go, TlsPolicy::Disable, false, true, true));
     p.drive().unwrap();
     let info = ready(&p);
     assert!(!info.flags.contains(TransmissionFlags::CAN_MULTI_CONN));
@@ -686,12 +657,10 @@ fn read_only_multi_conn_features() {
 #[test]
 fn unknown_error_chunk_is_skipped_in_every_cut() {
     for cut in [1usize, 5, 64] {
-        let mut p = Pair::new(
-            config(&EXPORTS),
-            ClientConfig::default(),
-            pattern_disk(SIZE),
-        )
-        .with_plan(plan(Goal::Go, TlsPolicy::Disable, false, true, false));
+        let mut p = pair(
+            &EXPORTS,
+            plan(Goal::Go, TlsPolicy::Disable, false, true, false),
+        );
         p.drive().unwrap();
         p.cuts = vec![cut];
         // A READ the server never sees: the test answers it with an error chunk of a type the
