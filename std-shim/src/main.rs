@@ -508,6 +508,14 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_millis()
         .init();
+    // Past RLIMIT_FSIZE a write fails with EFBIG (reported like any I/O error) instead of
+    // SIGXFSZ ending the process, as servers and copy tools want.
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        log::warn!("SIGXFSZ: {e}");
+    }
     let r = match cli.command {
         Top::Nbd(NbdCommand::Serve(a)) => nbd_serve(a),
         Top::Nbd(NbdCommand::Info { uri, json, tls }) => nbd_info(&uri, json, &tls),

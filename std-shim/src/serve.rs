@@ -222,6 +222,15 @@ impl Control {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// A connection ended: counts it out and logs how, with the number still open.
+    fn finished(&self, peer: &str, r: Result<()>) {
+        let open = self.active.fetch_sub(1, Ordering::SeqCst) - 1;
+        match r {
+            Ok(()) => log::debug!("{peer}: closed ({open} open)"),
+            Err(e) => log::warn!("{peer}: {e:#} ({open} open)"),
+        }
+    }
+
     /// Waits up to `grace` for the connections to end; returns how many are left.
     pub fn drain(&self, grace: Duration) -> usize {
         let end = std::time::Instant::now() + grace;
@@ -292,11 +301,8 @@ pub fn serve_threads(
                     let control = control.clone();
                     std::thread::spawn(move || {
                         log::debug!("{peer}: connected");
-                        match handler(stream, peer.clone()) {
-                            Ok(()) => log::debug!("{peer}: closed"),
-                            Err(e) => log::warn!("{peer}: {e:#}"),
-                        }
-                        control.active.fetch_sub(1, Ordering::SeqCst);
+                        let r = handler(stream, peer.clone());
+                        control.finished(&peer, r);
                     });
                 }
             });
@@ -539,11 +545,9 @@ where
                     let fut = handler(stream, peer.clone());
                     let control = control.clone();
                     tokio::spawn(async move {
-                        match fut.await {
-                            Ok(()) => log::debug!("{peer}: closed"),
-                            Err(e) => log::warn!("{peer}: {e:#}"),
-                        }
-                        control.active.fetch_sub(1, Ordering::SeqCst);
+                        log::debug!("{peer}: connected");
+                        let r = fut.await;
+                        control.finished(&peer, r);
                     });
                 }
                 Ok::<(), anyhow::Error>(())
