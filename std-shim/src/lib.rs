@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod copy;
+pub mod listen;
 pub mod nbd_client;
 pub mod nbd_server;
 pub mod pump;

@@ -14,9 +14,10 @@ use nbd_core::client::Goal;
 use nbd_core::server::TlsMode;
 use nbd_core::wire::TransmissionFlags;
 use std_shim::copy::{CopyOptions, Place, copy};
+use std_shim::listen::ServerControl;
 use std_shim::nbd_client::{self, ClientTls, InfoApp, ListApp};
 use std_shim::nbd_server::Catalog;
-use std_shim::serve::{Control, parse_size};
+use std_shim::serve::parse_size;
 use std_shim::services::{self, Runtime};
 use std_shim::uri::NbdUri;
 
@@ -161,15 +162,21 @@ struct ServeArgs {
     /// Export a file or block device (repeatable).
     #[arg(long = "export", value_name = "NAME=PATH")]
     exports: Vec<String>,
-    /// Export a RAM disk (repeatable).
+    /// Export a RAM disk (repeatable). Its data lives only as long as the process: FLUSH and
+    /// FUA promise nothing for it (file exports: acknowledged after FLUSH or with FUA means on
+    /// disk).
     #[arg(long = "memory", value_name = "NAME=SIZE")]
     memory: Vec<String>,
     /// Refuse writes on every export.
     #[arg(long)]
     read_only: bool,
-    /// Most connections served at once.
+    /// Most connections served at once (more are closed, and logged).
     #[arg(long, default_value_t = 64)]
     max_connections: usize,
+    /// Listen backlog: connections the kernel completes and holds until they are accepted
+    /// (default: the most the system allows, net.core.somaxconn).
+    #[arg(long, value_name = "N")]
+    backlog: Option<u32>,
     /// Seconds a client may take to finish negotiation (0: no limit).
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
@@ -278,9 +285,10 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
             handshake_timeout: (a.handshake_timeout > 0)
                 .then(|| Duration::from_secs(a.handshake_timeout)),
             max_connections: a.max_connections,
+            backlog: a.backlog,
         },
     );
-    let control = Arc::new(Control::default());
+    let control = Arc::new(ServerControl::default());
     services::stop_on_signals(&control)?;
     services::run(vec![service], a.runtime, control, |_, _, bound| {
         for b in bound {

@@ -182,8 +182,11 @@ pub struct NbdServiceOptions {
     pub tls: Option<tls_glue::TlsServerConfig>,
     /// Negotiation deadline (none: no limit).
     pub handshake_timeout: Option<std::time::Duration>,
-    /// Most connections at once.
+    /// Most connections at once (more are closed: NBD has no way to say why before its
+    /// greeting).
     pub max_connections: usize,
+    /// Listen backlog (`None`: the most the system allows).
+    pub backlog: Option<u32>,
 }
 
 /// The NBD service over `catalog`.
@@ -194,6 +197,7 @@ pub fn service(catalog: &'static Catalog, o: NbdServiceOptions) -> crate::servic
         what: catalog.describe(),
         endpoints: o.endpoints,
         max_connections: o.max_connections.max(1),
+        backlog: o.backlog,
         tls: o.tls,
         factory: Arc::new(move |peer| {
             let mut c = ServerConfig::new(catalog.exports());
@@ -203,6 +207,7 @@ pub fn service(catalog: &'static Catalog, o: NbdServiceOptions) -> crate::servic
             let cap = session.input_buffer_len().max(4 << 20);
             Ok((Box::new(session) as crate::services::BoxedSession, cap))
         }),
+        refusal: None,
     }
 }
 

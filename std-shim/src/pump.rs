@@ -213,20 +213,30 @@ impl OutBuf {
     }
 }
 
-/// A receive buffer: bytes `[start, end)` are pending; reads go to `[end, ..)`.
+/// A receive buffer: bytes `[start, end)` are pending; reads go to `[end, ..)`. It starts
+/// small, so an idle connection costs little, and doubles up to its limit when a message
+/// does not fit or a read filled all the space offered (a fast sender: fewer, larger reads).
 #[derive(Debug)]
 struct RxBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    limit: usize,
+    /// The last read filled the space offered.
+    filled: bool,
 }
 
+/// The size a receive buffer starts at (or its limit, if smaller).
+const RX_INITIAL: usize = 16 * 1024;
+
 impl RxBuf {
-    fn new(cap: usize) -> Self {
+    fn new(limit: usize) -> Self {
         Self {
-            buf: vec![0u8; cap],
+            buf: vec![0u8; RX_INITIAL.min(limit)],
             start: 0,
             end: 0,
+            limit,
+            filled: false,
         }
     }
 
@@ -248,7 +258,18 @@ impl RxBuf {
             self.end -= self.start;
             self.start = 0;
         }
+        let full = self.end == self.buf.len();
+        if (full || std::mem::take(&mut self.filled)) && self.buf.len() < self.limit {
+            let grown = (self.buf.len() * 2).min(self.limit);
+            self.buf.resize(grown, 0);
+        }
         &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into the last `spare`.
+    fn commit(&mut self, n: usize) {
+        self.filled = self.end + n == self.buf.len();
+        self.end += n;
     }
 }
 
@@ -313,8 +334,8 @@ pub struct Pump<S> {
 pub const HIGH_WATER: usize = 4 << 20;
 
 impl<S: Session> Pump<S> {
-    /// A pump with an input buffer of `rx_capacity` bytes (at least what the session needs for
-    /// one whole message); `starter` makes TLS layers when the session asks for one.
+    /// A pump with an input buffer that grows up to `rx_capacity` bytes (at least what the
+    /// session needs for one whole message; at least 64 KiB); `starter` makes TLS layers when the session asks for one.
     pub fn new(session: S, rx_capacity: usize, starter: Option<TlsStarter>) -> Self {
         Self {
             session,
@@ -333,7 +354,7 @@ impl<S: Session> Pump<S> {
         }
     }
 
-    /// Watches a stop flag: the loops check it at least every [`crate::serve::STOP_POLL`] and
+    /// Watches a stop flag: the loops check it at least every [`crate::listen::STOP_POLL`] and
     /// then shut the session down cleanly.
     pub fn watch(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
         self.stop = Some(stop);
@@ -350,7 +371,7 @@ impl<S: Session> Pump<S> {
         let poll = self
             .stop
             .as_ref()
-            .map(|_| Instant::now() + crate::serve::STOP_POLL);
+            .map(|_| Instant::now() + crate::listen::STOP_POLL);
         match (self.session.deadline(), poll) {
             (Some(d), Some(p)) => Some(d.min(p)),
             (d, p) => d.or(p),
@@ -500,6 +521,9 @@ impl<S: Session> Pump<S> {
             }
             if !self.again {
                 let Some(t) = self.tls.as_mut() else {
+                    if self.rx.spare().is_empty() {
+                        bail!("peer sent more than the session can buffer");
+                    }
                     return Ok(Next::ReceivePlain);
                 };
                 // Alerts or key updates the layer produced while decrypting.
@@ -610,7 +634,7 @@ impl<S: Session> Pump<S> {
                 Ok(())
             }
             None => {
-                self.rx.end += n;
+                self.rx.commit(n);
                 Ok(())
             }
         }

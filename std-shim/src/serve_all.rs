@@ -13,8 +13,9 @@ use clap::{Args, ValueEnum};
 use nbd_core::server::TlsMode;
 use serde::Deserialize;
 
+use crate::listen::ServerControl;
 use crate::nbd_server::{Catalog, NbdServiceOptions};
-use crate::serve::{Control, Endpoint, parse_size};
+use crate::serve::{Endpoint, parse_size};
 use crate::services::{self, Runtime};
 use crate::vnc_cli::{VncSettings, vnc_config, vnc_service};
 
@@ -89,7 +90,8 @@ pub struct ServeAllArgs {
     /// Export a file or block device (repeatable).
     #[arg(long = "export", value_name = "NAME=PATH")]
     pub exports: Vec<String>,
-    /// Export a RAM disk (repeatable; default one of 64M named "disk").
+    /// Export a RAM disk (repeatable; default one of 64M named "disk"). Its data lives only
+    /// as long as the process: FLUSH and FUA promise nothing for it.
     #[arg(long = "memory", value_name = "NAME=SIZE")]
     pub memory: Vec<String>,
     /// Refuse writes on every export.
@@ -101,6 +103,10 @@ pub struct ServeAllArgs {
     /// Most connections per service.
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Listen backlog of every listener (default: the most the system allows,
+    /// net.core.somaxconn).
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
     /// Seconds a client has to finish negotiating.
     #[arg(long)]
     pub handshake_timeout: Option<u64>,
@@ -114,6 +120,8 @@ pub struct FileConfig {
     pub runtime: Option<Runtime>,
     /// Most connections per service.
     pub max_connections: Option<usize>,
+    /// Listen backlog (default: the system's maximum).
+    pub backlog: Option<u32>,
     /// Seconds to finish negotiating.
     pub handshake_timeout: Option<u64>,
     /// `[tls]`.
@@ -256,6 +264,7 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
     };
     let runtime = a.runtime.or(file.runtime).unwrap_or(Runtime::Threads);
     let max_connections = a.max_connections.or(file.max_connections).unwrap_or(64);
+    let backlog = a.backlog.or(file.backlog);
     let handshake_timeout = a.handshake_timeout.or(file.handshake_timeout).unwrap_or(10);
     let policy = a.tls.or(file.tls.mode).unwrap_or(TlsPolicy::Require);
     let verify_peer = match a.tls_verify_peer.as_deref() {
@@ -341,6 +350,7 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
             tls.clone().filter(|_| x509),
             endpoints,
             max_connections,
+            backlog,
         ));
     }
     let mut nbd_addr = None;
@@ -380,11 +390,12 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
                 handshake_timeout: (handshake_timeout > 0)
                     .then(|| Duration::from_secs(handshake_timeout)),
                 max_connections,
+                backlog,
             },
         ));
     }
 
-    let control = Arc::new(Control::default());
+    let control = Arc::new(ServerControl::default());
     services::stop_on_signals(&control)?;
     let printed = std::sync::Once::new();
     let expected = services.len();

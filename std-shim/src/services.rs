@@ -1,14 +1,16 @@
 //! Running listening services (NBD, VNC, or both from one process): a session factory per
-//! service, one shared stop flag, SIGINT/SIGTERM handling, the thread or tokio driver.
+//! service, one shared stop flag, SIGINT/SIGTERM handling, the thread or tokio driver (one
+//! runtime for every service), the open-file limit raised and checked against the caps.
 
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use clap::ValueEnum;
 use tls_glue::TlsServerConfig;
 
+use crate::listen::{self, Admit, Gate, Listener, ServerControl};
 use crate::pump::{OutBuf, PeerInfo, Processed, Pump, Session, run_blocking};
-use crate::serve::{Control, Endpoint, serve_threads};
+use crate::serve::Endpoint;
 
 /// The I/O driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -57,14 +59,20 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Most connections at once.
     pub max_connections: usize,
+    /// The listen backlog (connections the kernel completes and holds until they are
+    /// accepted); `None`: the most the system allows (`net.core.somaxconn`).
+    pub backlog: Option<u32>,
     /// The TLS configuration its sessions start when they ask for TLS.
     pub tls: Option<TlsServerConfig>,
     /// Makes sessions.
     pub factory: SessionFactory,
+    /// Makes a session that tells a connection over `max_connections` why it is refused, for
+    /// protocols that have a way to say so (VNC); without one, such connections are closed.
+    pub refusal: Option<SessionFactory>,
 }
 
 /// SIGINT and SIGTERM ask for a clean stop; a second one ends the process at once.
-pub fn stop_on_signals(control: &Control) -> Result<()> {
+pub fn stop_on_signals(control: &ServerControl) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, 130, control.stopping.clone())?;
@@ -75,92 +83,155 @@ pub fn stop_on_signals(control: &Control) -> Result<()> {
 
 /// Serves every service until `control.stop()` (or a signal, with [`stop_on_signals`]); then
 /// every connection ends cleanly. `on_bound` gets each service's label, description and bound
-/// addresses once all are listening.
+/// addresses once it is listening. Every listener is bound before any is served, so a service
+/// that cannot listen stops the start. Raises the open-file limit to its hard limit and warns
+/// when the connection caps are above what it allows; the thread driver refuses caps above
+/// [`listen::THREADS_MAX_CONNECTIONS`].
 pub fn run(
     services: Vec<Service>,
     runtime: Runtime,
-    control: Arc<Control>,
-    on_bound: impl Fn(&str, &str, &[String]) + Send + Sync,
+    control: Arc<ServerControl>,
+    on_bound: impl Fn(&str, &str, &[String]),
 ) -> Result<()> {
-    let on_bound = &on_bound;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = services
-            .into_iter()
-            .map(|svc| {
-                let control = control.clone();
-                scope.spawn(move || serve_one(svc, runtime, control, on_bound))
-            })
-            .collect();
-        let mut result = Ok(());
-        for h in handles {
-            let r = h
-                .join()
-                .map_err(|_| anyhow!("service thread panicked"))
-                .and_then(|r| r);
-            if let Err(e) = r {
-                // One service failing to start stops the others.
-                control.stop();
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
+    let total: usize = services.iter().map(|s| s.max_connections).sum();
+    if runtime == Runtime::Threads && total > listen::THREADS_MAX_CONNECTIONS {
+        anyhow::bail!(
+            "--runtime threads serves at most {} connections at once (a thread each), and \
+             --max-connections asks for {total}: use --runtime tokio",
+            listen::THREADS_MAX_CONNECTIONS
+        );
+    }
+    let nofile = listen::raise_nofile_limit();
+    let usable = nofile.saturating_sub(listen::FD_HEADROOM);
+    if total as u64 > usable {
+        log::warn!(
+            "--max-connections {total} is above what the open-file limit allows \
+             (RLIMIT_NOFILE {nofile}): past about {usable} connections new ones are closed"
+        );
+    }
+    let system = listen::system_backlog();
+    let mut bound = Vec::new();
+    for svc in services {
+        let backlog = svc.backlog.unwrap_or(system);
+        if backlog > system {
+            log::warn!(
+                "{}: listen backlog {backlog} is capped by net.core.somaxconn to {system}",
+                svc.label
+            );
         }
-        result
-    })
-}
-
-fn serve_one(
-    svc: Service,
-    runtime: Runtime,
-    control: Arc<Control>,
-    on_bound: &(impl Fn(&str, &str, &[String]) + Send + Sync),
-) -> Result<()> {
-    let Service {
-        label,
-        what,
-        endpoints,
-        max_connections,
-        tls,
-        factory,
-    } = svc;
-    let stop = control.stopping.clone();
-    let announce = |bound: &[String]| on_bound(label, &what, bound);
-    let starter = move || tls.clone().map(crate::tls::server_starter);
+        let listeners = svc
+            .endpoints
+            .iter()
+            .map(|e| Listener::bind(e, backlog))
+            .collect::<Result<Vec<_>>>()?;
+        let addrs: Vec<_> = listeners.iter().map(Listener::local).collect();
+        log::debug!("{}: listen backlog {}", svc.label, backlog.min(system));
+        on_bound(svc.label, &svc.what, &addrs);
+        bound.push((Connections::new(svc, &control), listeners));
+    }
     match runtime {
-        Runtime::Threads => serve_threads(
-            &endpoints,
-            max_connections,
-            control,
-            announce,
-            move |mut stream, peer| {
-                let (session, cap) = factory(peer)?;
-                let mut pump = Pump::new(session, cap, starter());
-                pump.watch(stop.clone());
-                run_blocking(&mut pump, &mut stream)
-            },
-        ),
+        Runtime::Threads => run_threads(bound, &control),
         #[cfg(feature = "tokio")]
-        Runtime::Tokio => {
-            let starter = Arc::new(starter);
-            crate::serve::serve_tokio(
-                &endpoints,
-                max_connections,
-                control,
-                announce,
-                move |mut stream, peer| {
-                    let made = factory(peer);
-                    let starter = starter.clone();
-                    let stop = stop.clone();
-                    async move {
-                        let (session, cap) = made?;
-                        let mut pump = Pump::new(session, cap, starter());
-                        pump.watch(stop);
-                        crate::pump::run_tokio(&mut pump, &mut stream).await
-                    }
-                },
-            )
-        }
+        Runtime::Tokio => run_tokio(bound, &control)?,
         #[cfg(not(feature = "tokio"))]
         Runtime::Tokio => anyhow::bail!("this kvmio was built without the tokio driver"),
     }
+    Ok(())
+}
+
+/// How one service's connections are set up.
+#[derive(Clone)]
+struct Connections {
+    gate: Gate,
+    tls: Option<TlsServerConfig>,
+    factory: SessionFactory,
+    refusal: Option<SessionFactory>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Connections {
+    fn new(svc: Service, control: &ServerControl) -> Self {
+        Self {
+            gate: Gate {
+                max_connections: svc.max_connections.max(1),
+                explain_refusals: svc.refusal.is_some(),
+            },
+            tls: svc.tls,
+            factory: svc.factory,
+            refusal: svc.refusal,
+            stop: control.stopping.clone(),
+        }
+    }
+
+    /// The pump for a connection from `peer`: a session of the service, or its refusal.
+    fn pump(&self, peer: String, admit: Admit) -> Result<Pump<BoxedSession>> {
+        let (factory, tls) = match (admit, &self.refusal) {
+            (Admit::Refuse, Some(refusal)) => (refusal, None),
+            _ => (&self.factory, self.tls.clone()),
+        };
+        let (session, cap) = factory(peer)?;
+        let mut pump = Pump::new(session, cap, tls.map(crate::tls::server_starter));
+        pump.watch(self.stop.clone());
+        Ok(pump)
+    }
+}
+
+fn run_threads(bound: Vec<(Connections, Vec<Listener>)>, control: &Arc<ServerControl>) {
+    std::thread::scope(|scope| {
+        for (conns, listeners) in &bound {
+            let handler: listen::ThreadHandler = {
+                let conns = conns.clone();
+                Arc::new(move |mut stream, peer, admit| {
+                    let mut pump = conns.pump(peer, admit)?;
+                    run_blocking(&mut pump, &mut stream)
+                })
+            };
+            for l in listeners {
+                let handler = handler.clone();
+                scope.spawn(move || listen::accept_threads(l, conns.gate, control, &handler));
+            }
+        }
+    });
+    control.wait_for_connections();
+}
+
+#[cfg(feature = "tokio")]
+fn run_tokio(bound: Vec<(Connections, Vec<Listener>)>, control: &Arc<ServerControl>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut accepting = tokio::task::JoinSet::new();
+        for (conns, listeners) in bound {
+            let handler: listen::TaskHandler = {
+                let conns = conns.clone();
+                Arc::new(move |mut stream, peer, admit| {
+                    let conns = conns.clone();
+                    Box::pin(async move {
+                        let mut pump = conns.pump(peer, admit)?;
+                        crate::pump::run_tokio(&mut pump, &mut stream).await
+                    })
+                })
+            };
+            for l in listeners {
+                accepting.spawn(listen::accept_tokio(
+                    l,
+                    conns.gate,
+                    control.clone(),
+                    handler.clone(),
+                ));
+            }
+        }
+        while let Some(r) = accepting.join_next().await {
+            if let Err(e) = r? {
+                // An accept loop that cannot go on stops the server.
+                control.stop();
+                return Err(e);
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // The connection tasks go on running on the runtime's workers meanwhile.
+    control.wait_for_connections();
+    Ok(())
 }

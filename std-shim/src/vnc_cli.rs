@@ -8,11 +8,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use rfb_core::wire::Encoding;
 
-use crate::serve::{Control, Endpoint};
+use crate::listen::ServerControl;
+use crate::serve::Endpoint;
 use crate::vnc_client::{CaptureOptions, capture};
 use crate::vnc_desktop::{Desktop, Image};
 use crate::vnc_security::{PlainUsers, SecName, VncAddr, parse_security_list, read_password_file};
-use crate::vnc_server::{VncServerConfig, VncServerSession, VncShared, describe};
+use crate::vnc_server::{
+    VncRefusal, VncServerConfig, VncServerSession, VncShared, describe, peer_key,
+};
 
 /// `kvmio vnc …`.
 #[derive(Subcommand)]
@@ -90,9 +93,13 @@ pub struct VncServeArgs {
     /// Seconds a client may take from connecting to ServerInit.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub handshake_timeout: u64,
-    /// Most connections served at once (more are closed at once).
+    /// Most connections served at once (more are told "too many connections").
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
+    /// Listen backlog: connections the kernel completes and holds until they are accepted
+    /// (default: the most the system allows, net.core.somaxconn).
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
 }
 
 /// `kvmio vnc capture`.
@@ -283,8 +290,8 @@ fn serve(a: VncServeArgs) -> Result<()> {
         None => None,
     };
     let endpoints = crate::serve::endpoints(&a.listen, None, 5900)?;
-    let service = vnc_service(config, tls_config, endpoints, a.max_connections);
-    let control = Arc::new(Control::default());
+    let service = vnc_service(config, tls_config, endpoints, a.max_connections, a.backlog);
+    let control = Arc::new(ServerControl::default());
     crate::services::stop_on_signals(&control)?;
     crate::services::run(vec![service], a.runtime, control, |_, what, bound| {
         for b in bound {
@@ -302,6 +309,7 @@ pub fn vnc_service(
     tls: Option<tls_glue::TlsServerConfig>,
     endpoints: Vec<Endpoint>,
     max_connections: usize,
+    backlog: Option<u32>,
 ) -> crate::services::Service {
     let what = describe(&config);
     let shared = VncShared::new(config);
@@ -310,12 +318,33 @@ pub fn vnc_service(
         what,
         endpoints,
         max_connections: max_connections.max(1),
+        backlog,
         tls,
-        factory: Arc::new(move |peer| {
-            let session = VncServerSession::new(shared.clone(), peer)?;
+        factory: {
+            let shared = shared.clone();
+            Arc::new(move |peer| {
+                if let Some(d) = shared.blocked(peer_key(&peer)) {
+                    // Told why, as over the cap (TigerVNC says the same).
+                    log::warn!(
+                        "{peer}: refused, too many failed logins from this address \
+                         (blocked for {} s more)",
+                        d.as_secs() + 1
+                    );
+                    let session =
+                        VncRefusal::new(shared.clone(), peer, "Too many security failures")?;
+                    let cap = session.input_buffer_len();
+                    return Ok((Box::new(session) as crate::services::BoxedSession, cap));
+                }
+                let session = VncServerSession::new(shared.clone(), peer)?;
+                let cap = session.input_buffer_len();
+                Ok((Box::new(session) as crate::services::BoxedSession, cap))
+            })
+        },
+        refusal: Some(Arc::new(move |peer| {
+            let session = VncRefusal::new(shared.clone(), peer, "too many connections")?;
             let cap = session.input_buffer_len();
             Ok((Box::new(session) as crate::services::BoxedSession, cap))
-        }),
+        })),
     }
 }
 

@@ -578,6 +578,83 @@ impl Session for VncServerSession {
     }
 }
 
+/// A connection over the server's cap: the version exchange, then `reason` (e.g. "too many
+/// connections") in the form the client's RFB version allows, then close. The full session
+/// (framebuffer, encoders) is never built.
+pub struct VncRefusal {
+    server: Server,
+    shared: Arc<VncShared>,
+    peer: String,
+}
+
+impl VncRefusal {
+    /// The refusal for a connection from `peer`.
+    pub fn new(shared: Arc<VncShared>, peer: String, reason: &'static str) -> Result<Self> {
+        let mut config = shared.config.core_config();
+        config.refuse_with = Some(reason);
+        let server = Server::new(config, shared.core_now(Instant::now()), random_challenge()?);
+        Ok(Self {
+            server,
+            shared,
+            peer,
+        })
+    }
+
+    /// The input buffer the session needs.
+    pub fn input_buffer_len(&self) -> usize {
+        self.server.min_input_buffer()
+    }
+}
+
+impl Session for VncRefusal {
+    fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed> {
+        let consumed = match self.server.state() {
+            State::Handshake => match self.server.handle_input(input) {
+                Ok(p) => p.consumed,
+                Err(e) => {
+                    log::debug!("{}: {e}", self.peer);
+                    input.len()
+                }
+            },
+            // The refusal is on its way: nothing else matters.
+            _ => input.len(),
+        };
+        while let Some(t) = self
+            .server
+            .poll_transmit(out.tail(1024))
+            .map_err(|e| anyhow!("rfb: transmit buffer: {e}"))?
+        {
+            out.commit(t.len);
+        }
+        let mut control = Control::Continue;
+        while let Some(e) = self.server.poll_event() {
+            if matches!(e, Event::Closed) {
+                control = Control::Close;
+            }
+        }
+        if matches!(self.server.state(), State::Closed) {
+            control = Control::Close;
+        }
+        Ok(Processed { consumed, control })
+    }
+
+    fn tls_established(&mut self, _peer: &PeerInfo) -> Result<()> {
+        bail!("a refused connection never starts TLS")
+    }
+
+    fn eof(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.server.poll_timeout().map(|t| self.shared.std_time(t))
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        self.server.handle_timeout(self.shared.core_now(now));
+    }
+}
+
 /// A one-line description of what a server offers, for its start-up message.
 pub fn describe(config: &VncServerConfig) -> String {
     let (w, h) = config.desktop.size();

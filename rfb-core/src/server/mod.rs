@@ -101,6 +101,10 @@ pub struct ServerConfig {
     pub auth_failure_delay: Duration,
     /// Offer QEMU extended key events to clients that ask for them.
     pub qemu_extended_key_events: bool,
+    /// Refuse the connection with this reason right after the version exchange, in the way
+    /// the client's version allows (no security types and a reason; 3.3: security type 0 and
+    /// a reason): e.g. "too many connections" from a server at its connection limit.
+    pub refuse_with: Option<&'static str>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +119,7 @@ impl Default for ServerConfig {
             handshake_timeout: Some(Duration::from_secs(30)),
             auth_failure_delay: Duration::from_millis(100),
             qemu_extended_key_events: true,
+            refuse_with: None,
         }
     }
 }
@@ -929,7 +934,9 @@ impl Server {
                     Some(cv) => self.version = cv.min(self.config.max_version),
                 }
                 debug!("rfb server: version 3.{}", self.version.minor());
-                if self.version == Version::V3_3 {
+                if let Some(reason) = self.config.refuse_with {
+                    self.refuse(reason);
+                } else if self.version == Version::V3_3 {
                     // The server picks: only None and VncAuth exist in 3.3.
                     let pick = self
                         .config

@@ -192,6 +192,33 @@ fn v33_refuses_vencrypt_only_config_with_reason() {
 }
 
 #[test]
+fn refusal_reason_in_every_version() {
+    let reason = "too many connections";
+    for (client, lead) in [
+        (&b"RFB 003.003\n"[..], &[0u8, 0, 0, 0][..]),
+        (b"RFB 003.007\n", &[0u8][..]),
+        (b"RFB 003.008\n", &[0u8][..]),
+    ] {
+        let mut c = ServerConfig::with_security(&[SecurityType::None], &[]);
+        c.refuse_with = Some(reason);
+        let mut s = Server::new(c, Instant::ZERO, CHALLENGE);
+        assert_eq!(out(&mut s), b"RFB 003.008\n");
+        feed(&mut s, client).unwrap();
+        let o = out(&mut s);
+        let (head, rest) = o.split_at(lead.len());
+        assert_eq!(head, lead, "{client:?}");
+        assert_eq!(&rest[..4], (reason.len() as u32).to_be_bytes());
+        assert_eq!(&rest[4..], reason.as_bytes());
+        assert_eq!(s.poll_event(), Some(server::Event::Closed));
+        // Nothing more is read: the connection is over.
+        assert!(matches!(
+            s.state(),
+            server::State::Closed | server::State::Closing
+        ));
+    }
+}
+
+#[test]
 fn client_picks_highest_common_version() {
     let mut c = Client::new(ClientConfig::default(), Instant::ZERO);
     let p = c.handle_input(b"RFB 003.889\n").unwrap();
