@@ -157,7 +157,8 @@ impl OutBuf {
     /// `n` writable bytes after the produced ones (contents unspecified).
     pub fn tail(&mut self, n: usize) -> &mut [u8] {
         if self.buf.len() < self.len + n {
-            self.buf.resize((self.len + n).next_power_of_two(), 0);
+            // Grows by doubling (Vec's amortized growth), to no more than it has to.
+            self.buf.resize(self.len + n, 0);
         }
         &mut self.buf[self.len..self.len + n]
     }
@@ -210,8 +211,19 @@ impl OutBuf {
         self.len = 0;
         self.files.clear();
         self.file_bytes = 0;
+        if self.buf.len() > OUTBUF_KEEP {
+            // One large reply (a 32 MiB READ) must not pin its buffer for the connection's life.
+            self.buf = Vec::new();
+        }
     }
 }
+
+/// An output buffer larger than this is freed once sent rather than kept for reuse.
+const OUTBUF_KEEP: usize = 4 << 20;
+
+/// Plaintext encrypted at a time: the ciphertext waiting to be sent stays below about this
+/// much, however large the reply.
+const TLS_BATCH: usize = 1 << 20;
 
 /// A receive buffer: bytes `[start, end)` are pending; reads go to `[end, ..)`. It starts
 /// small, so an idle connection costs little, and doubles up to its limit when a message
@@ -320,6 +332,9 @@ pub struct Pump<S> {
     send_plain: bool,
     send_pos: usize,
     send_file: usize,
+    /// `out` holds plaintext for TLS, encrypted up to `encrypted` so far (a batch at a time).
+    encrypt_pending: bool,
+    encrypted: usize,
     tls: Option<Box<dyn SecureLink>>,
     starter: Option<TlsStarter>,
     state: State,
@@ -345,6 +360,8 @@ impl<S: Session> Pump<S> {
             send_plain: false,
             send_pos: 0,
             send_file: 0,
+            encrypt_pending: false,
+            encrypted: 0,
             tls: None,
             starter,
             state: State::Running,
@@ -398,12 +415,25 @@ impl<S: Session> Pump<S> {
             return Ok(());
         }
         match self.tls.as_mut() {
-            Some(t) if self.state != State::Handshaking => {
+            Some(_) if self.state != State::Handshaking => {
                 self.out.materialize()?;
-                t.encrypt(self.out.as_slice(), &mut self.wire)?;
-                self.out.clear();
+                self.encrypt_pending = true;
             }
             _ => self.send_plain = true,
+        }
+        Ok(())
+    }
+
+    /// Encrypts the next [`TLS_BATCH`] of `out` into `wire`.
+    fn encrypt_batch(&mut self) -> Result<()> {
+        let t = self.tls.as_mut().context("TLS layer missing")?;
+        let end = (self.encrypted + TLS_BATCH).min(self.out.len());
+        t.encrypt(&self.out.as_slice()[self.encrypted..end], &mut self.wire)?;
+        self.encrypted = end;
+        if end == self.out.len() {
+            self.out.clear();
+            self.encrypted = 0;
+            self.encrypt_pending = false;
         }
         Ok(())
     }
@@ -484,6 +514,10 @@ impl<S: Session> Pump<S> {
             }
             if !self.wire.is_empty() {
                 return Ok(Next::SendWire);
+            }
+            if self.encrypt_pending {
+                self.encrypt_batch()?;
+                continue;
             }
             if let Some(e) = self.failed.take() {
                 self.state = State::Done;

@@ -85,22 +85,29 @@ pub fn stop_on_signals(control: &ServerControl) -> Result<()> {
 /// every connection ends cleanly. `on_bound` gets each service's label, description and bound
 /// addresses once it is listening. Every listener is bound before any is served, so a service
 /// that cannot listen stops the start. Raises the open-file limit to its hard limit and warns
-/// when the connection caps are above what it allows; the thread driver refuses caps above
-/// [`listen::THREADS_MAX_CONNECTIONS`].
+/// when the connection caps are above what it allows; the thread driver lowers caps above
+/// [`listen::THREADS_MAX_CONNECTIONS`] (in all) to it, and says so.
 pub fn run(
     services: Vec<Service>,
     runtime: Runtime,
     control: Arc<ServerControl>,
     on_bound: impl Fn(&str, &str, &[String]),
 ) -> Result<()> {
+    let mut services = services;
     let total: usize = services.iter().map(|s| s.max_connections).sum();
     if runtime == Runtime::Threads && total > listen::THREADS_MAX_CONNECTIONS {
-        anyhow::bail!(
-            "--runtime threads serves at most {} connections at once (a thread each), and \
-             --max-connections asks for {total}: use --runtime tokio",
+        log::warn!(
+            "--runtime threads serves at most {} connections at once (a thread each), not the \
+             {total} of --max-connections: past that they are refused; --runtime tokio has no \
+             such limit",
             listen::THREADS_MAX_CONNECTIONS
         );
+        let share = listen::THREADS_MAX_CONNECTIONS / services.len().max(1);
+        for s in &mut services {
+            s.max_connections = s.max_connections.min(share);
+        }
     }
+    let total: usize = services.iter().map(|s| s.max_connections).sum();
     let nofile = listen::raise_nofile_limit();
     let usable = nofile.saturating_sub(listen::FD_HEADROOM);
     if total as u64 > usable {

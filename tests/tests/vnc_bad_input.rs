@@ -743,15 +743,35 @@ fn handshake_deadline_and_connection_cap() {
     );
     srv.proc
         .wait_log("handshake timed out", Duration::from_secs(5));
-    // Two connections are served; a third is closed at once.
+    // Two connections are served; a third is told why it is refused, in the form its RFB
+    // version allows (3.8 and 3.7: no security types and a reason; 3.3: type 0 and a reason),
+    // and closed.
     let mut a = Raw::connect(srv.port);
     let mut b = Raw::connect(srv.port);
     a.read(12);
     b.read(12);
-    let mut c = Raw::connect(srv.port);
-    assert_eq!(c.read_to_close(), b"", "third connection");
-    srv.proc
-        .wait_log("refused, 2 connections already", Duration::from_secs(5));
+    let reason = b"too many connections";
+    for (n, (version, lead)) in [
+        (&b"RFB 003.008\n"[..], &[0u8][..]),
+        (b"RFB 003.007\n", &[0u8][..]),
+        (b"RFB 003.003\n", &[0u8, 0, 0, 0][..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = Raw::connect(srv.port);
+        assert_eq!(c.read(12), b"RFB 003.008\n");
+        let mut want = lead.to_vec();
+        want.extend((reason.len() as u32).to_be_bytes());
+        want.extend(reason);
+        let got = expect_close(&mut c, version, "over the cap");
+        assert_eq!(got, want, "refusal for {version:?}");
+        srv.proc.wait_log_count(
+            "refused, 2 connections already",
+            n + 1,
+            Duration::from_secs(5),
+        );
+    }
     drop((a, b));
     // The slots free up.
     let end = Instant::now() + Duration::from_secs(10);
