@@ -39,8 +39,28 @@ pub trait Backend: Send + Sync {
     fn extents(&self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()>;
 }
 
-/// The NBD error for an I/O error.
+/// The NBD error for an I/O error, as the spec ("Error values") and qemu-nbd and nbdkit map
+/// errno: EPERM, EACCES and EROFS are `NBD_EPERM`; ENOSPC, EDQUOT and EFBIG (a write past
+/// `RLIMIT_FSIZE`) are `NBD_ENOSPC`; EIO, ENOMEM, EINVAL, EOVERFLOW, ENOTSUP/EOPNOTSUPP and
+/// ESHUTDOWN map to their namesakes. The raw errno decides when there is one; errors without
+/// one (a file that ends early, ...) go by their kind. Any other errno is `NBD_EIO`: qemu-nbd
+/// and nbdkit send `NBD_EINVAL` there, but a backend error such as ENXIO or ESTALE is the
+/// storage failing, not the request being invalid. An `io::Error` wrapping another (with
+/// context) is looked through for the OS error inside.
 pub fn errno(e: &io::Error) -> ErrorCode {
+    use rustix::io::Errno as E;
+    if let Some(raw) = os_error(e) {
+        return match raw {
+            E::PERM | E::ACCESS | E::ROFS => ErrorCode::Perm,
+            E::NOSPC | E::DQUOT | E::FBIG => ErrorCode::NoSpc,
+            E::NOMEM => ErrorCode::NoMem,
+            E::INVAL => ErrorCode::Inval,
+            E::OVERFLOW => ErrorCode::Overflow,
+            E::NOTSUP => ErrorCode::NotSup,
+            E::SHUTDOWN => ErrorCode::Shutdown,
+            _ => ErrorCode::Io,
+        };
+    }
     use io::ErrorKind as K;
     match e.kind() {
         K::PermissionDenied | K::ReadOnlyFilesystem => ErrorCode::Perm,
@@ -49,6 +69,40 @@ pub fn errno(e: &io::Error) -> ErrorCode {
         K::Unsupported => ErrorCode::NotSup,
         K::OutOfMemory => ErrorCode::NoMem,
         _ => ErrorCode::Io,
+    }
+}
+
+/// The OS error in `e` or in the errors it wraps.
+fn os_error(e: &io::Error) -> Option<rustix::io::Errno> {
+    if let Some(raw) = rustix::io::Errno::from_io_error(e) {
+        return Some(raw);
+    }
+    let mut inner: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
+    while let Some(err) = inner {
+        if let Some(raw) = err
+            .downcast_ref::<io::Error>()
+            .and_then(rustix::io::Errno::from_io_error)
+        {
+            return Some(raw);
+        }
+        inner = err.source();
+    }
+    None
+}
+
+/// An error with the step it happened in (its errno still decides the NBD error).
+#[derive(Debug)]
+struct Step(&'static str, io::Error);
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0, self.1)
+    }
+}
+
+impl std::error::Error for Step {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.1)
     }
 }
 
@@ -119,7 +173,9 @@ impl Backend for FileBackend {
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         self.file.write_all_at(buf, offset)?;
         if fua {
-            self.file.sync_data()?;
+            self.file
+                .sync_data()
+                .map_err(|e| io::Error::new(e.kind(), Step("fdatasync (FUA)", e)))?;
         }
         Ok(())
     }
@@ -296,6 +352,47 @@ mod tests {
             assert!(ext.iter().any(|e| e.flags == HOLE_ZERO), "{ext:?}");
             assert!(ext.iter().any(|e| e.flags == 0), "{ext:?}");
         }
+    }
+
+    #[test]
+    fn errno_follows_the_spec_and_qemu_nbd() {
+        use rustix::io::Errno as E;
+        let os = |e: E| io::Error::from_raw_os_error(e.raw_os_error());
+        for (e, code) in [
+            (E::PERM, ErrorCode::Perm),
+            (E::ACCESS, ErrorCode::Perm),
+            (E::ROFS, ErrorCode::Perm),
+            (E::IO, ErrorCode::Io),
+            (E::NOMEM, ErrorCode::NoMem),
+            (E::INVAL, ErrorCode::Inval),
+            (E::NOSPC, ErrorCode::NoSpc),
+            (E::DQUOT, ErrorCode::NoSpc),
+            (E::FBIG, ErrorCode::NoSpc),
+            (E::OVERFLOW, ErrorCode::Overflow),
+            (E::NOTSUP, ErrorCode::NotSup),
+            (E::OPNOTSUPP, ErrorCode::NotSup),
+            (E::SHUTDOWN, ErrorCode::Shutdown),
+            (E::NXIO, ErrorCode::Io),
+            (E::STALE, ErrorCode::Io),
+        ] {
+            assert_eq!(errno(&os(e)), code, "{e:?}");
+            // wrapped with context, the errno inside still decides
+            let wrapped = io::Error::other(os(e));
+            assert_eq!(errno(&wrapped), code, "wrapped {e:?}");
+        }
+        // no errno: by kind (a file that ends before the export does)
+        assert_eq!(
+            errno(&io::Error::from(io::ErrorKind::UnexpectedEof)),
+            ErrorCode::Io
+        );
+        assert_eq!(
+            errno(&io::Error::from(io::ErrorKind::Unsupported)),
+            ErrorCode::NotSup
+        );
+        assert_eq!(
+            errno(&io::Error::from(io::ErrorKind::StorageFull)),
+            ErrorCode::NoSpc
+        );
     }
 
     #[test]

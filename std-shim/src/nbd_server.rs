@@ -239,7 +239,54 @@ const MAX_EXTENTS: usize = 1 << 16;
 struct WriteInProgress {
     req: Request,
     remaining: u64,
-    error: Option<ErrorCode>,
+    /// The first error: the rest of the payload is still read, but not written.
+    error: Option<std::io::Error>,
+}
+
+/// The code an error reply carries: the spec reserves `NBD_EOVERFLOW` for READs with
+/// `NBD_CMD_FLAG_DF` and `NBD_ENOTSUP` for WRITE_ZEROES with `NBD_CMD_FLAG_FAST_ZERO`; elsewhere
+/// they become `NBD_EINVAL`, as nbdkit does.
+fn reply_code(code: ErrorCode, r: &Request) -> ErrorCode {
+    match code {
+        ErrorCode::Overflow
+            if !(r.command == Command::Read && r.flags.contains(CommandFlags::DF)) =>
+        {
+            ErrorCode::Inval
+        }
+        ErrorCode::NotSup
+            if !(r.command == Command::WriteZeroes
+                && r.flags.contains(CommandFlags::FAST_ZERO)) =>
+        {
+            ErrorCode::Inval
+        }
+        c => c,
+    }
+}
+
+/// Whether `file` is a regular file that ends before `end` (truncated under the export).
+/// Block devices report no length here and are taken at their word.
+fn ends_before(file: &std::fs::File, end: u64) -> bool {
+    file.metadata()
+        .is_ok_and(|m| m.file_type().is_file() && m.len() < end)
+}
+
+/// A WRITE's backend error and where it happened; its `source` keeps the errno.
+#[derive(Debug)]
+struct WriteError {
+    offset: u64,
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "write at {}: {}", self.offset, self.source)
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
 }
 
 /// One NBD server connection.
@@ -365,11 +412,14 @@ impl<'c> NbdServerSession<'c> {
         self.finish(&r, result, out)
     }
 
+    /// Answers `r` with success or, for an error, the NBD error the spec maps it to (see
+    /// [`errno`] and [`reply_code`]) and the error's text. Only the request fails: the
+    /// connection goes on.
     fn finish(&mut self, r: &Request, result: std::io::Result<()>, out: &mut OutBuf) -> Result<()> {
         let n = match result {
             Ok(()) => self.server.reply_ok(r, out.tail(64)),
             Err(e) => {
-                let code = errno(&e);
+                let code = reply_code(errno(&e), r);
                 if code != ErrorCode::NotSup {
                     log::warn!(
                         "{}: {:?} at {}+{}: {e}",
@@ -396,10 +446,12 @@ impl<'c> NbdServerSession<'c> {
         if self.zero_copy
             && !self.server.tls_active()
             && let Some(file) = b.file()
+            && !ends_before(file, r.offset + r.length)
         {
             // Zero copy (remote peers): the header now, the data by sendfile right behind
             // it. An I/O error would come after a success header; the connection then drops,
-            // which the spec allows (a local file seldom fails this way).
+            // which the spec allows (a local file seldom fails this way). A file truncated
+            // under the export is caught above: that READ fails with EIO below, alone.
             let n = self
                 .server
                 .reply_read_data(r, r.offset, r.length, true, out.tail(h))
@@ -436,17 +488,17 @@ impl<'c> NbdServerSession<'c> {
                 .as_deref()
                 .ok_or_else(|| anyhow!("no export"))?;
             if let Err(e) = b.write_at(data, offset, fua) {
-                log::warn!("{}: write at {offset}: {e}", self.peer);
-                w.error = Some(errno(&e));
+                // Keep the error itself (its errno picks the reply's code), with where it
+                // happened; the rest of the payload is consumed but not written.
+                w.error = Some(std::io::Error::new(
+                    e.kind(),
+                    WriteError { offset, source: e },
+                ));
             }
         }
         if last {
             let w = self.write.take().expect("write in progress");
-            let result = match w.error {
-                None => Ok(()),
-                Some(code) => Err(std::io::Error::other(format!("write failed: {code}"))),
-            };
-            self.finish(&w.req, result, out)?;
+            self.finish(&w.req, w.error.map_or(Ok(()), Err), out)?;
         }
         Ok(())
     }
@@ -507,5 +559,79 @@ impl Session for NbdServerSession<'_> {
         let t = now.saturating_duration_since(self.epoch);
         self.server
             .handle_timeout(nbd_core::Instant::from_micros(t.as_micros() as u64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(command: Command, flags: CommandFlags) -> Request {
+        Request {
+            cookie: 1,
+            command,
+            flags,
+            offset: 0,
+            length: 512,
+        }
+    }
+
+    #[test]
+    fn overflow_and_notsup_only_where_the_spec_allows_them() {
+        let read_df = req(Command::Read, CommandFlags::DF);
+        let read = req(Command::Read, CommandFlags::empty());
+        let fast = req(Command::WriteZeroes, CommandFlags::FAST_ZERO);
+        let zero = req(Command::WriteZeroes, CommandFlags::empty());
+        assert_eq!(
+            reply_code(ErrorCode::Overflow, &read_df),
+            ErrorCode::Overflow
+        );
+        assert_eq!(reply_code(ErrorCode::Overflow, &read), ErrorCode::Inval);
+        assert_eq!(reply_code(ErrorCode::NotSup, &fast), ErrorCode::NotSup);
+        assert_eq!(reply_code(ErrorCode::NotSup, &zero), ErrorCode::Inval);
+        for code in [
+            ErrorCode::Perm,
+            ErrorCode::Io,
+            ErrorCode::NoSpc,
+            ErrorCode::Shutdown,
+        ] {
+            assert_eq!(reply_code(code, &read), code);
+            assert_eq!(reply_code(code, &zero), code);
+        }
+    }
+
+    #[test]
+    fn a_write_error_keeps_its_errno_and_says_where() {
+        let os = std::io::Error::from_raw_os_error(rustix::io::Errno::FBIG.raw_os_error());
+        let e = std::io::Error::new(
+            os.kind(),
+            WriteError {
+                offset: 4096,
+                source: os,
+            },
+        );
+        assert_eq!(errno(&e), ErrorCode::NoSpc);
+        assert!(e.to_string().starts_with("write at 4096: "), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_file_ends_before_the_export() {
+        let f = scratch_file();
+        f.set_len(4096).unwrap();
+        assert!(!ends_before(&f, 4096));
+        assert!(ends_before(&f, 4097));
+    }
+
+    fn scratch_file() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("kvmio-nbd-server-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
     }
 }
