@@ -5,12 +5,18 @@
 //! seekable, spread over several connections with many requests in flight on each. READ data is
 //! written to the destination straight from the receive buffer; WRITE data is read from the
 //! source straight into the send buffer behind the request header.
+//!
+//! A copy that fails says what the destination holds: the byte ranges known written there
+//! (a file: written; an NBD export: acknowledged by the server), after flushing them
+//! (`fdatasync`, an NBD FLUSH on a fresh connection, or flushing the stream), e.g. `copy failed
+//! with 1048576 of 8388608 bytes written to the destination and flushed, at [0, 1048576): …`,
+//! and then the error, the destination's own when it was the one that failed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +77,83 @@ impl Default for CopyOptions {
     }
 }
 
+/// Byte ranges of a destination that hold their final contents, merged and in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ranges(BTreeMap<u64, u64>);
+
+impl Ranges {
+    /// Adds `[offset, offset + len)`.
+    pub fn add(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let (mut start, mut end) = (offset, offset + len);
+        if let Some((&s, &e)) = self.0.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+        }
+        let touching: Vec<u64> = self.0.range(start..=end).map(|(&s, _)| s).collect();
+        for s in touching {
+            if let Some(e) = self.0.remove(&s) {
+                end = end.max(e);
+            }
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Bytes covered.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// The ranges as `(start, end)`, end exclusive.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.0.iter().map(|(&s, &e)| (s, e))
+    }
+}
+
+/// Most ranges a failure message lists.
+const SHOWN_RANGES: usize = 16;
+
+impl std::fmt::Display for Ranges {
+    /// `[0, 4096), [8192, 12288)`; after 16 ranges, how many more.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (s, e)) in self.iter().take(SHOWN_RANGES).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "[{s}, {e})")?;
+        }
+        if self.0.len() > SHOWN_RANGES {
+            write!(f, " and {} more ranges", self.0.len() - SHOWN_RANGES)?;
+        }
+        Ok(())
+    }
+}
+
+/// The error of a copy that failed after writing `written` of `total` bytes, which `flushed`
+/// tried to make durable.
+fn failed(
+    cause: anyhow::Error,
+    written: &Ranges,
+    total: u64,
+    flushed: Result<()>,
+) -> anyhow::Error {
+    if written.total() == 0 {
+        return cause.context("copy failed before anything was written to the destination");
+    }
+    let state = match flushed {
+        Ok(()) => "and flushed".to_string(),
+        Err(e) => format!("(but flushing them failed: {e:#})"),
+    };
+    cause.context(format!(
+        "copy failed with {} of {total} bytes written to the destination {state}, at {written}",
+        written.total()
+    ))
+}
+
 /// Where data goes; shared by the copy's connections, so `&self`.
 pub trait Sink: Send + Sync {
     /// Writes `data` at `offset`.
@@ -79,32 +162,70 @@ pub trait Sink: Send + Sync {
     fn zero(&self, offset: u64, len: u64) -> Result<()>;
     /// Everything was written.
     fn finish(&self) -> Result<()>;
+    /// Makes what was written so far durable (files) or hands it to the OS (streams).
+    fn flush(&self) -> Result<()>;
+    /// The ranges written so far (after a [`flush`](Self::flush): what the destination holds).
+    fn written(&self) -> Ranges;
 }
 
 /// A file destination: created sparse at the right size, so zero areas need no writes.
 struct FileSink {
     file: FileBackend,
+    path: PathBuf,
     fresh: bool,
+    written: Mutex<Ranges>,
+}
+
+impl FileSink {
+    fn record(&self, offset: u64, len: u64) -> Result<()> {
+        self.written
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .add(offset, len);
+        Ok(())
+    }
 }
 
 impl Sink for FileSink {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        Ok(self.file.write_at(data, offset, false)?)
+        self.file.write_at(data, offset, false).with_context(|| {
+            format!(
+                "{}: write of {} bytes at offset {offset}",
+                self.path.display(),
+                data.len()
+            )
+        })?;
+        self.record(offset, data.len() as u64)
     }
 
     fn zero(&self, offset: u64, len: u64) -> Result<()> {
-        if self.fresh {
-            return Ok(());
+        if !self.fresh {
+            self.file
+                .write_zeroes(offset, len, true, false)
+                .with_context(|| {
+                    format!(
+                        "{}: zeroing {len} bytes at offset {offset}",
+                        self.path.display()
+                    )
+                })?;
         }
-        Ok(self.file.write_zeroes(offset, len, true, false)?)
+        self.record(offset, len)
     }
 
     fn finish(&self) -> Result<()> {
+        self.flush()
+    }
+
+    fn flush(&self) -> Result<()> {
         match self.file.flush() {
             // Character devices (/dev/null) cannot be synced.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
-            r => Ok(r?),
+            r => r.with_context(|| format!("{}: fdatasync", self.path.display())),
         }
+    }
+
+    fn written(&self) -> Ranges {
+        self.written.lock().map(|w| w.clone()).unwrap_or_default()
     }
 }
 
@@ -193,6 +314,20 @@ impl<W: Write + Send> Sink for StreamSink<W> {
         g.0.flush()?;
         Ok(())
     }
+
+    fn flush(&self) -> Result<()> {
+        let mut g = self.inner.lock().map_err(|_| anyhow!("poisoned"))?;
+        g.0.flush()?;
+        Ok(())
+    }
+
+    fn written(&self) -> Ranges {
+        let mut r = Ranges::default();
+        if let Ok(g) = self.inner.lock() {
+            r.add(0, g.1);
+        }
+        r
+    }
 }
 
 /// Splits `[0, size)` into windows of `window` bytes and deals them round-robin to `workers`.
@@ -214,9 +349,45 @@ fn windows(size: u64, window: u64, workers: usize, worker: usize) -> VecDeque<(u
 /// Bytes per block-status window (and per unit of work spread over connections).
 const WINDOW: u64 = 64 << 20;
 
+/// The first error of a copy's destination, kept apart from the error it causes on the
+/// connection that hit it (which names the other side), and a flag that stops the other
+/// connections.
+#[derive(Default)]
+struct Failure {
+    destination: Mutex<Option<anyhow::Error>>,
+    stop: AtomicBool,
+}
+
+impl Failure {
+    /// Records a destination error; returns the error that ends the connection.
+    fn destination(&self, e: anyhow::Error) -> anyhow::Error {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut d) = self.destination.lock()
+            && d.is_none()
+        {
+            *d = Some(e);
+        }
+        anyhow!("the destination failed")
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The destination's error if it had one, else `other`.
+    fn cause(&self, other: anyhow::Error) -> anyhow::Error {
+        self.destination
+            .lock()
+            .ok()
+            .and_then(|mut d| d.take())
+            .unwrap_or(other)
+    }
+}
+
 /// Reads an NBD export into a sink.
 struct ReadApp {
     sink: Arc<dyn Sink>,
+    failure: Arc<Failure>,
     windows: VecDeque<(u64, u64)>,
     jobs: VecDeque<(u64, u64)>,
     request: u64,
@@ -235,6 +406,10 @@ impl ClientApp for ReadApp {
     }
 
     fn submit(&mut self, client: &mut Client<DEPTH>, out: &mut OutBuf) -> Result<bool> {
+        if self.failure.stopped() {
+            // Another connection failed: send nothing more.
+            return Ok(true);
+        }
         while client.can_send_request() {
             if let Some((off, len)) = self.jobs.pop_front() {
                 let n = len.min(self.request);
@@ -278,11 +453,15 @@ impl ClientApp for ReadApp {
     fn reply(&mut self, item: Item<'_>) -> Result<()> {
         match item {
             Item::ReadData { offset, data, .. } => {
-                self.sink.write_at(offset, data)?;
+                self.sink
+                    .write_at(offset, data)
+                    .map_err(|e| self.failure.destination(e))?;
                 self.done.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             Item::ReadHole { offset, length, .. } => {
-                self.sink.zero(offset, u64::from(length))?;
+                self.sink
+                    .zero(offset, u64::from(length))
+                    .map_err(|e| self.failure.destination(e))?;
                 self.done.fetch_add(u64::from(length), Ordering::Relaxed);
             }
             Item::Extents {
@@ -301,7 +480,9 @@ impl ClientApp for ReadApp {
                     }
                     let len = e.length.min(end - pos);
                     if e.flags & zero != 0 {
-                        self.sink.zero(pos, len)?;
+                        self.sink
+                            .zero(pos, len)
+                            .map_err(|e| self.failure.destination(e))?;
                         self.done.fetch_add(len, Ordering::Relaxed);
                     } else {
                         match self.jobs.back_mut() {
@@ -358,6 +539,11 @@ enum Source {
 /// Writes a source into an NBD export.
 struct WriteApp {
     source: Arc<Source>,
+    failure: Arc<Failure>,
+    /// Ranges the server acknowledged writing (shared by the connections).
+    written: Arc<Mutex<Ranges>>,
+    /// Requests in flight: cookie → (command, offset, length).
+    pending: HashMap<u64, (CommandType, u64, u64)>,
     windows: VecDeque<(u64, u64)>,
     jobs: VecDeque<(u64, u64, bool)>,
     request: u64,
@@ -412,10 +598,14 @@ impl WriteApp {
         let buf = out.tail(len as usize);
         match (data, &*self.source) {
             (Some(d), _) => buf.copy_from_slice(d),
-            (None, Source::File(f)) => f.read_at(buf, off)?,
+            (None, Source::File(f)) => f
+                .read_at(buf, off)
+                .with_context(|| format!("reading the source at offset {off}"))?,
             (None, Source::Stream(_)) => buf.fill(0),
         }
         out.commit(len as usize);
+        self.pending
+            .insert(self.cookie, (CommandType::Write, off, len));
         self.done.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
@@ -440,6 +630,8 @@ impl WriteApp {
                 )
                 .map_err(|e| anyhow!("{e}"))?;
             out.commit(n);
+            self.pending
+                .insert(self.cookie, (CommandType::WriteZeroes, off, len));
             self.done.fetch_add(len, Ordering::Relaxed);
             Ok(())
         } else {
@@ -460,6 +652,11 @@ impl ClientApp for WriteApp {
     }
 
     fn submit(&mut self, client: &mut Client<DEPTH>, out: &mut OutBuf) -> Result<bool> {
+        if self.failure.stopped() {
+            // Another connection failed: send nothing more (what is in flight is still
+            // answered and recorded).
+            return Ok(true);
+        }
         while client.can_send_request() {
             if let Some((off, len, zero)) = self.jobs.pop_front() {
                 let max = if zero && self.can_zero {
@@ -550,6 +747,7 @@ impl ClientApp for WriteApp {
                     )
                     .map_err(|e| anyhow!("{e}"))?;
                 out.commit(n);
+                self.pending.insert(self.cookie, (CommandType::Flush, 0, 0));
                 self.flushed = true;
                 return Ok(false);
             }
@@ -560,14 +758,113 @@ impl ClientApp for WriteApp {
 
     fn reply(&mut self, item: Item<'_>) -> Result<()> {
         match item {
-            Item::ChunkError { code, message, .. } => bail!("server error {code}: {message}"),
-            Item::Done { result, .. } => {
-                result.map_err(|e| anyhow!("request failed: {e}"))?;
+            Item::ChunkError {
+                cookie,
+                code,
+                message,
+                ..
+            } => {
+                let what = self.describe(cookie);
+                if message.is_empty() {
+                    bail!("{what} failed: {code}");
+                }
+                bail!("{what} failed: {code}: {message}");
+            }
+            Item::Done { cookie, result } => {
+                if let Err(e) = result {
+                    bail!("{} failed: {e}", self.describe(cookie));
+                }
+                if let Some((command, off, len)) = self.pending.remove(&cookie)
+                    && command != CommandType::Flush
+                {
+                    self.written
+                        .lock()
+                        .map_err(|_| anyhow!("poisoned"))?
+                        .add(off, len);
+                }
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+impl WriteApp {
+    /// The request `cookie` for messages: `WRITE of 65536 bytes at offset 0`.
+    fn describe(&self, cookie: u64) -> String {
+        match self.pending.get(&cookie) {
+            Some((CommandType::Flush, _, _)) => "FLUSH".into(),
+            Some((CommandType::WriteZeroes, off, len)) => {
+                format!("WRITE_ZEROES of {len} bytes at offset {off}")
+            }
+            Some((_, off, len)) => format!("WRITE of {len} bytes at offset {off}"),
+            None => format!("request {cookie}"),
+        }
+    }
+}
+
+/// Sends one FLUSH (after a failed copy, on a fresh connection: the one that failed may be
+/// unusable).
+#[derive(Default)]
+struct FlushApp {
+    can_flush: bool,
+    sent: bool,
+    done: bool,
+}
+
+impl ClientApp for FlushApp {
+    fn ready(&mut self, info: &ExportInfo, _client: &Client<DEPTH>) -> Result<()> {
+        self.can_flush = info.flags.contains(TransmissionFlags::SEND_FLUSH);
+        Ok(())
+    }
+
+    fn submit(&mut self, client: &mut Client<DEPTH>, out: &mut OutBuf) -> Result<bool> {
+        if !self.can_flush || self.sent {
+            return Ok(true);
+        }
+        if !client.can_send_request() {
+            return Ok(false);
+        }
+        let n = client
+            .request(
+                CommandType::Flush,
+                CommandFlags::empty(),
+                1,
+                0,
+                0,
+                out.tail(32),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        out.commit(n);
+        self.sent = true;
+        Ok(true)
+    }
+
+    fn reply(&mut self, item: Item<'_>) -> Result<()> {
+        match item {
+            Item::ChunkError { code, message, .. } => bail!("FLUSH failed: {code}: {message}"),
+            Item::Done { result, .. } => {
+                result.map_err(|e| anyhow!("FLUSH failed: {e}"))?;
+                self.done = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// FLUSH on the NBD export `dst` over a fresh connection.
+fn flush_nbd(dst: &NbdUri, tls: &ClientTls) -> Result<()> {
+    let mut o = nbd_client::Options::for_uri(dst, Goal::Go);
+    o.base_allocation = false;
+    let app = nbd_client::run_with(dst, tls, o, FlushApp::default())?;
+    if !app.can_flush {
+        bail!("the destination export offers no FLUSH");
+    }
+    if !app.done {
+        bail!("the FLUSH was not answered");
+    }
+    Ok(())
 }
 
 fn probe(uri: &NbdUri, tls: &ClientTls) -> Result<InfoApp> {
@@ -639,8 +936,11 @@ pub fn copy(src: &Place, dst: &Place, opts: &CopyOptions) -> Result<u64> {
             }
             drop(f);
             let sink = FileSink {
-                file: FileBackend::open(path, false)?,
+                file: FileBackend::open(path, false)
+                    .with_context(|| format!("open {}", path.display()))?,
+                path: path.clone(),
                 fresh: regular,
+                written: Mutex::new(Ranges::default()),
             };
             from_nbd_with(s, Arc::new(sink), true, opts, info)
         }
@@ -661,15 +961,20 @@ pub fn copy(src: &Place, dst: &Place, opts: &CopyOptions) -> Result<u64> {
             d,
             opts,
         ),
-        (Place::File(a), Place::File(b)) => Ok(std::fs::copy(a, b)?),
-        (Place::File(a), Place::Stdio) => Ok(std::io::copy(
-            &mut std::fs::File::open(a)?,
+        // Neither side is NBD: the OS's copies (they report no progress on failure).
+        (Place::File(a), Place::File(b)) => {
+            std::fs::copy(a, b).with_context(|| format!("copy {} to {}", a.display(), b.display()))
+        }
+        (Place::File(a), Place::Stdio) => std::io::copy(
+            &mut std::fs::File::open(a).with_context(|| format!("open {}", a.display()))?,
             &mut std::io::stdout(),
-        )?),
-        (Place::Stdio, Place::File(b)) => Ok(std::io::copy(
+        )
+        .with_context(|| format!("copy {} to stdout", a.display())),
+        (Place::Stdio, Place::File(b)) => std::io::copy(
             &mut std::io::stdin(),
-            &mut std::fs::File::create(b)?,
-        )?),
+            &mut std::fs::File::create(b).with_context(|| format!("create {}", b.display()))?,
+        )
+        .with_context(|| format!("copy stdin to {}", b.display())),
         (Place::Stdio, Place::Stdio) => Ok(std::io::copy(
             &mut std::io::stdin(),
             &mut std::io::stdout(),
@@ -697,12 +1002,14 @@ fn from_nbd_with(
         1
     };
     let done = Arc::new(AtomicU64::new(0));
+    let failure = Arc::new(Failure::default());
     let bar = progress_thread(info.size, done.clone(), opts.progress);
     let result = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|i| {
                 let app = ReadApp {
                     sink: sink.clone(),
+                    failure: failure.clone(),
                     windows: windows(info.size, WINDOW, workers, i),
                     jobs: VecDeque::new(),
                     request: u64::from(opts.request_size),
@@ -712,7 +1019,14 @@ fn from_nbd_with(
                     done: done.clone(),
                 };
                 let tls = opts.tls.clone();
-                scope.spawn(move || nbd_client::run(src, &tls, Goal::Go, app).map(|_| ()))
+                let failure = failure.clone();
+                scope.spawn(move || {
+                    let r = nbd_client::run(src, &tls, Goal::Go, app).map(|_| ());
+                    if r.is_err() {
+                        failure.stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
             })
             .collect();
         handles
@@ -724,7 +1038,15 @@ fn from_nbd_with(
         stop.store(1, Ordering::Relaxed);
         let _ = h.join();
     }
-    result?;
+    if let Err(e) = result {
+        let flushed = sink.flush();
+        return Err(failed(
+            failure.cause(e),
+            &sink.written(),
+            info.size,
+            flushed,
+        ));
+    }
     sink.finish()?;
     Ok(info.size)
 }
@@ -749,12 +1071,17 @@ fn to_nbd(source: Source, size: Option<u64>, dst: &NbdUri, opts: &CopyOptions) -
     };
     let source = Arc::new(source);
     let done = Arc::new(AtomicU64::new(0));
+    let failure = Arc::new(Failure::default());
+    let written = Arc::new(Mutex::new(Ranges::default()));
     let bar = progress_thread(total, done.clone(), opts.progress);
     let result = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|i| {
                 let app = WriteApp {
                     source: source.clone(),
+                    failure: failure.clone(),
+                    written: written.clone(),
+                    pending: HashMap::new(),
                     windows: if seekable {
                         windows(total, WINDOW, workers, i)
                     } else {
@@ -773,10 +1100,15 @@ fn to_nbd(source: Source, size: Option<u64>, dst: &NbdUri, opts: &CopyOptions) -
                     done: done.clone(),
                 };
                 let tls = opts.tls.clone();
+                let failure = failure.clone();
                 scope.spawn(move || {
                     let mut o = nbd_client::Options::for_uri(dst, Goal::Go);
                     o.base_allocation = false;
-                    nbd_client::run_with(dst, &tls, o, app).map(|a| a.stream_pos)
+                    let r = nbd_client::run_with(dst, &tls, o, app).map(|a| a.stream_pos);
+                    if r.is_err() {
+                        failure.stop.store(true, Ordering::Relaxed);
+                    }
+                    r
                 })
             })
             .collect();
@@ -789,10 +1121,107 @@ fn to_nbd(source: Source, size: Option<u64>, dst: &NbdUri, opts: &CopyOptions) -
         stop.store(1, Ordering::Relaxed);
         let _ = h.join();
     }
-    let streamed = result?;
+    let streamed = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // What the server acknowledged is written: make it durable before saying so.
+            let written = written.lock().map(|w| w.clone()).unwrap_or_default();
+            let flushed = if written.total() > 0 {
+                flush_nbd(dst, &opts.tls).with_context(|| format!("{dst}"))
+            } else {
+                Ok(())
+            };
+            return Err(failed(e, &written, total, flushed));
+        }
+    };
     Ok(if seekable {
         total
     } else {
         streamed.into_iter().sum()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(r: &Ranges) -> Vec<(u64, u64)> {
+        r.iter().collect()
+    }
+
+    #[test]
+    fn ranges_merge_touching_and_overlapping_pieces() {
+        let mut r = Ranges::default();
+        r.add(100, 0);
+        assert_eq!(r.total(), 0);
+        r.add(4096, 4096);
+        r.add(0, 1024);
+        r.add(16384, 100);
+        assert_eq!(ranges(&r), [(0, 1024), (4096, 8192), (16384, 16484)]);
+        r.add(1024, 3072); // touches both neighbours
+        assert_eq!(ranges(&r), [(0, 8192), (16384, 16484)]);
+        r.add(8000, 9000); // overlaps both, covers the gap
+        assert_eq!(ranges(&r), [(0, 17000)]);
+        r.add(10, 10); // inside
+        assert_eq!(ranges(&r), [(0, 17000)]);
+        assert_eq!(r.total(), 17000);
+        assert_eq!(r.to_string(), "[0, 17000)");
+        r.add(20000, 5);
+        assert_eq!(r.to_string(), "[0, 17000), [20000, 20005)");
+    }
+
+    #[test]
+    fn ranges_in_any_order_give_the_same_set() {
+        let pieces: Vec<(u64, u64)> = (0..64).map(|i| (i * 1000, 1000)).collect();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20 {
+            let mut order = pieces.clone();
+            for i in (1..order.len()).rev() {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                order.swap(i, (rng % (i as u64 + 1)) as usize);
+            }
+            let mut r = Ranges::default();
+            for (o, l) in order.iter().filter(|(o, _)| o / 1000 % 7 != 3) {
+                r.add(*o, *l);
+            }
+            let mut expect = Ranges::default();
+            for (o, l) in pieces.iter().filter(|(o, _)| o / 1000 % 7 != 3) {
+                expect.add(*o, *l);
+            }
+            assert_eq!(r, expect);
+            assert_eq!(
+                r.total(),
+                1000 * pieces.iter().filter(|(o, _)| o / 1000 % 7 != 3).count() as u64
+            );
+        }
+    }
+
+    #[test]
+    fn a_failure_says_what_the_destination_holds() {
+        let mut w = Ranges::default();
+        let e = failed(anyhow!("boom"), &w, 100, Ok(()));
+        assert_eq!(
+            format!("{e:#}"),
+            "copy failed before anything was written to the destination: boom"
+        );
+        w.add(0, 10);
+        w.add(20, 5);
+        let e = failed(anyhow!("boom"), &w, 100, Ok(()));
+        assert_eq!(
+            format!("{e:#}"),
+            "copy failed with 15 of 100 bytes written to the destination and flushed, at \
+             [0, 10), [20, 25): boom"
+        );
+        let e = failed(anyhow!("boom"), &w, 100, Err(anyhow!("EIO")));
+        assert!(
+            format!("{e:#}").contains("(but flushing them failed: EIO), at [0, 10)"),
+            "{e:#}"
+        );
+        for i in 0..40 {
+            w.add(100 + 10 * i, 5);
+        }
+        assert!(w.to_string().ends_with(" and 26 more ranges"), "{w}");
+    }
 }
