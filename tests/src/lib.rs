@@ -22,6 +22,7 @@
 //! A missing peer program is a test failure that names the Debian package to install, never a
 //! skip.
 
+pub mod faultfs;
 pub mod raw;
 pub mod tlsio;
 pub mod vnc;
@@ -747,7 +748,7 @@ fn qemu_nbd_command(
     c
 }
 
-/// `qemu-nbd` (see [`qemu_nbd_command`]) on `-b 127.0.0.1 -p PORT`, a free port, listening
+/// `qemu-nbd` (see `qemu_nbd_command`) on `-b 127.0.0.1 -p PORT`, a free port, listening
 /// when this returns. `extra` may add e.g. `-r`, [`qemu_authz_args`], or its own TLS object.
 pub fn qemu_nbd(image: &Path, tls: Option<PeerTls<'_>>, extra: &[String]) -> (Proc, u16) {
     start_on_free_port("qemu-nbd", |port| {
@@ -761,7 +762,7 @@ pub fn qemu_nbd(image: &Path, tls: Option<PeerTls<'_>>, extra: &[String]) -> (Pr
     })
 }
 
-/// `qemu-nbd` (see [`qemu_nbd_command`]) on the Unix socket `-k SOCKET`, listening when this
+/// `qemu-nbd` (see `qemu_nbd_command`) on the Unix socket `-k SOCKET`, listening when this
 /// returns.
 pub fn qemu_nbd_unix(image: &Path, socket: &Path, tls: Option<PeerTls<'_>>) -> Proc {
     let address = ["-k".into(), socket.display().to_string()];
