@@ -350,6 +350,73 @@ fn readable(fd: BorrowedFd<'_>) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&t)), Ok(n) if n > 0)
 }
 
+/// Work for a connection thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// How long a connection thread waits for the next connection before it ends.
+const THREAD_IDLE: Duration = Duration::from_secs(10);
+
+/// Connection threads kept for reuse: a new connection goes to an idle thread if there is one,
+/// else to a new thread; a thread idle for [`THREAD_IDLE`] ends. Starting and ending a thread
+/// per connection costs a burst of short TLS connections more than their handshakes (stacks,
+/// allocator arenas and the TLB shootdowns of unmapping them, the crypto library's per-thread
+/// state).
+#[derive(Default)]
+struct Threads {
+    /// Jobs waiting for an idle thread, and how many threads are idle.
+    queue: std::sync::Mutex<(std::collections::VecDeque<Job>, usize)>,
+    wake: std::sync::Condvar,
+}
+
+impl Threads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::VecDeque<Job>, usize)> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `job` on an idle thread, or a new one.
+    fn run(self: &Arc<Self>, job: Job) -> io::Result<()> {
+        let mut q = self.lock();
+        if q.1 > q.0.len() {
+            q.0.push_back(job);
+            drop(q);
+            self.wake.notify_one();
+            return Ok(());
+        }
+        drop(q);
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name("kvmio-conn".into())
+            .spawn(move || {
+                job();
+                pool.idle();
+            })
+            .map(|_| ())
+    }
+
+    /// A thread's life after its first job: the next ones, until none comes for a while.
+    fn idle(&self) {
+        let mut q = self.lock();
+        loop {
+            if let Some(job) = q.0.pop_front() {
+                drop(q);
+                job();
+                q = self.lock();
+                continue;
+            }
+            q.1 += 1;
+            let (back, waited) = self
+                .wake
+                .wait_timeout(q, THREAD_IDLE)
+                .unwrap_or_else(|e| e.into_inner());
+            q = back;
+            q.1 -= 1;
+            if waited.timed_out() && q.0.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
 /// Runs a connection's handler.
 pub(crate) type ThreadHandler = Arc<dyn Fn(Stream, String, Admit) -> Result<()> + Send + Sync>;
 
@@ -362,6 +429,7 @@ pub(crate) fn accept_threads(
     handler: &ThreadHandler,
 ) {
     let mut reserve = Reserve::new();
+    let threads = Arc::new(Threads::default());
     while !control.is_stopping() {
         if !readable(l.as_fd()) {
             continue;
@@ -372,11 +440,11 @@ pub(crate) fn accept_threads(
                 return;
             };
             let (handler, control2, who) = (handler.clone(), control.clone(), peer.clone());
-            let spawned = std::thread::Builder::new().spawn(move || {
+            let spawned = threads.run(Box::new(move || {
                 log::debug!("{who}: connected");
                 let r = handler(stream, who.clone(), admit);
                 control2.finished(&who, admit, r);
-            });
+            }));
             if let Err(e) = spawned {
                 control.finished(&peer, admit, Err(anyhow::anyhow!("no thread for it: {e}")));
             }

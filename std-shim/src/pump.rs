@@ -726,7 +726,8 @@ pub fn copy_file(
 
 /// Runs a pump over a blocking transport.
 pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) -> Result<()> {
-    let mut timeout_set = false;
+    // The read timeout set on the transport.
+    let mut timeout_set: Option<Duration> = None;
     loop {
         match pump.step()? {
             Action::Done => return Ok(()),
@@ -746,13 +747,17 @@ pub fn run_blocking<S: Session, T: Transport>(pump: &mut Pump<S>, io: &mut T) ->
                 pump.sent();
             }
             Action::Receive(buf, deadline) => {
+                // A wait of the stop poll or longer is read with the stop poll as timeout (the
+                // loop comes back and asks again), so the socket option is set once rather
+                // than before every read; shorter waits are set exactly.
+                let poll = crate::listen::STOP_POLL;
                 let wait = deadline.map(|d| {
                     d.saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(1))
+                        .clamp(Duration::from_millis(1), poll)
                 });
-                if wait.is_some() || timeout_set {
+                if wait != timeout_set || wait.is_some_and(|w| w != poll) {
                     io.set_read_timeout(wait)?;
-                    timeout_set = wait.is_some();
+                    timeout_set = wait;
                 }
                 match io.read(buf) {
                     Ok(n) => pump.received(n)?,
