@@ -325,11 +325,15 @@ impl<'c> NbdServerSession<'c> {
     }
 
     fn drain(&mut self, out: &mut OutBuf) -> Result<Option<Control>> {
+        // The server's own messages are small (an option reply with a name and description
+        // up to 8 KiB): offer little and grow only when it asks, so an idle connection's
+        // output buffer stays small.
+        let mut offer = 512;
         loop {
-            let buf = out.tail(64 * 1024);
-            match self.server.poll_transmit(buf) {
+            match self.server.poll_transmit(out.tail(offer)) {
                 Ok(Some(n)) => out.commit(n),
                 Ok(None) => break,
+                Err(e) if e.required > offer => offer = e.required,
                 Err(e) => bail!("nbd: {e}"),
             }
         }

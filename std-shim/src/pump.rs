@@ -239,7 +239,7 @@ struct RxBuf {
 }
 
 /// The size a receive buffer starts at (or its limit, if smaller).
-const RX_INITIAL: usize = 16 * 1024;
+const RX_INITIAL: usize = 4 * 1024;
 
 impl RxBuf {
     fn new(limit: usize) -> Self {
