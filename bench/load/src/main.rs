@@ -60,6 +60,9 @@ enum Command {
         /// Seconds to open them all.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Seconds to keep them held after the fresh client ran.
+        #[arg(long, default_value_t = 0)]
+        keep: u64,
     },
     /// N RFB clients at once (security None): served, or refused with a reason.
     VncBurst {
@@ -116,10 +119,17 @@ fn main() -> Result<()> {
                 file,
                 server_pid,
                 timeout,
+                keep,
             } => {
                 let t = nbd::Target::new(&uri, tls_creds, &file)?;
-                let r =
-                    nbd::hold(&t, connections, server_pid, Duration::from_secs(timeout)).await?;
+                let r = nbd::hold(
+                    &t,
+                    connections,
+                    server_pid,
+                    Duration::from_secs(timeout),
+                    Duration::from_secs(keep),
+                )
+                .await?;
                 if cli.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {

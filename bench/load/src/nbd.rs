@@ -519,13 +519,14 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// Opens `connections` connections, negotiates each to the transmission phase and holds them;
-/// while all are held, a fresh client runs the burst sequence; then each held one does a
-/// checked READ and disconnects. `server_pid` lets it report the server's memory.
+/// while all are held, a fresh client runs the burst sequence; `keep` later, each held one
+/// does a checked READ and disconnects. `server_pid` lets it report the server's memory.
 pub async fn hold(
     t: &Target,
     connections: usize,
     server_pid: Option<u32>,
     deadline: Duration,
+    keep: Duration,
 ) -> Result<HoldReport> {
     if connections + 1 > t.max_clients() {
         bail!("the file is too small for {connections} connections");
@@ -538,7 +539,14 @@ pub async fn hold(
         .map(|i| {
             let (t, release, ready) = (t.clone(), release.clone(), ready.clone());
             tokio::spawn(async move {
-                client(&t, i + 1, Some(release), Some(ready), deadline + deadline).await
+                client(
+                    &t,
+                    i + 1,
+                    Some(release),
+                    Some(ready),
+                    deadline + deadline + keep,
+                )
+                .await
             })
         })
         .collect();
@@ -559,6 +567,7 @@ pub async fn hold(
     let fresh_start = Instant::now();
     let fresh = client(t, 0, None, None, deadline).await;
     let fresh = report(vec![fresh], fresh_start.elapsed().as_secs_f64());
+    tokio::time::sleep(keep).await;
     release.store(true, Ordering::SeqCst);
     let fin_start = Instant::now();
     let mut results = Vec::with_capacity(connections);
