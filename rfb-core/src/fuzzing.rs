@@ -34,61 +34,86 @@ fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     data.chunks(step)
 }
 
-/// Feeds `data[1..]` to a server (configuration from `data[0]`, cut sizes from `data[1]`).
-/// Returns the number of FramebufferUpdates completed (for tests: the input got that far).
-///
-/// The virtual clock stands still (the failure delay is zero) unless a piece of input starts
-/// with 0xff: then it jumps to the server's next deadline (handshake timeout).
-pub fn server(data: &[u8]) -> usize {
-    let Some((&sel, rest)) = data.split_first() else {
-        return 0;
-    };
-    let (sc, _) = configs(sel);
-    let mut s = Server::new(sc, Instant::ZERO, [7; 16]);
-    // Flat areas, stripes and noise, so every encoder sub-mode runs.
-    let mut pixels = [0u8; 16 * 16 * 4];
-    for (i, p) in pixels.chunks_exact_mut(4).enumerate() {
-        let (x, y) = (i % 16, i / 16);
-        let v: u32 = if x < 8 && y < 8 {
-            0x0020_4060
-        } else if y % 3 == 0 {
-            0x00ff_0000 | (x as u32 * 16)
-        } else {
-            (i as u32).wrapping_mul(0x9e37_79b9) >> 8
-        };
-        p.copy_from_slice(&v.to_le_bytes());
+/// A server with the application policy every fuzz target gives it: VncAuth accepted when the
+/// response's first bit is clear, Plain always, ServerInit at 16 × 16, desktop-size requests
+/// refused, and an update (changed and copied areas over flat, striped and noisy pixels, so
+/// every encoder sub-mode runs) whenever the client wants one.
+pub struct ServerHarness {
+    server: Server,
+    pixels: [u8; 16 * 16 * 4],
+    out: [u8; 2048],
+    updates: usize,
+    /// `StartTls` is left to the caller (a real TLS layer), else TLS counts as established
+    /// at once.
+    pub real_tls: bool,
+    /// The server asked for TLS (with `real_tls`).
+    pub tls_requested: bool,
+}
+
+impl ServerHarness {
+    /// A server for `config` (its failure delay set to zero).
+    pub fn new(mut config: ServerConfig) -> Self {
+        config.auth_failure_delay = crate::Duration::ZERO;
+        let mut pixels = [0u8; 16 * 16 * 4];
+        for (i, p) in pixels.chunks_exact_mut(4).enumerate() {
+            let (x, y) = (i % 16, i / 16);
+            let v: u32 = if x < 8 && y < 8 {
+                0x0020_4060
+            } else if y % 3 == 0 {
+                0x00ff_0000 | (x as u32 * 16)
+            } else {
+                (i as u32).wrapping_mul(0x9e37_79b9) >> 8
+            };
+            p.copy_from_slice(&v.to_le_bytes());
+        }
+        Self {
+            server: Server::new(config, Instant::ZERO, [7; 16]),
+            pixels,
+            out: [0u8; 2048],
+            updates: 0,
+            real_tls: false,
+            tls_requested: false,
+        }
     }
-    let mut updates = 0;
-    let mut buf = [0u8; 4096];
-    let mut out = [0u8; 2048];
-    let mut have = 0usize;
-    for chunk in chunks(rest) {
-        let n = chunk.len().min(buf.len() - have);
-        buf[have..have + n].copy_from_slice(&chunk[..n]);
-        have += n;
+
+    /// FramebufferUpdates completed so far.
+    pub fn updates(&self) -> usize {
+        self.updates
+    }
+
+    /// The server.
+    pub fn server(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    /// Feeds `input`: returns the bytes consumed, or `None` once the connection is over (a
+    /// fatal error). With `jump`, the virtual clock jumps to the server's next deadline.
+    pub fn feed(&mut self, input: &[u8], jump: bool) -> Option<usize> {
+        let mut consumed = 0;
         loop {
-            let (consumed, progressed) = match s.handle_input(&buf[..have]) {
+            let s = &mut self.server;
+            let progressed = match s.handle_input(&input[consumed..]) {
                 Ok(p) => {
                     if let Some(server::Payload::PlainCredentials { .. }) = p.payload {
                         let _ = s.accept_auth();
                     }
-                    (p.consumed, p.consumed > 0 || p.payload.is_some())
+                    consumed += p.consumed;
+                    p.consumed > 0 || p.payload.is_some()
                 }
                 Err(e) => {
-                    while s.poll_transmit(&mut out).ok().flatten().is_some() {}
+                    while s.poll_transmit(&mut self.out).ok().flatten().is_some() {}
                     if e.is_fatal() {
-                        return updates;
+                        return None;
                     }
-                    (0, false)
+                    false
                 }
             };
-            buf.copy_within(consumed..have, 0);
-            have -= consumed;
-            while let Ok(Some(_)) = s.poll_transmit(&mut out) {}
+            while let Ok(Some(_)) = s.poll_transmit(&mut self.out) {}
             let mut ev = false;
             while let Some(e) = s.poll_event() {
                 ev = true;
                 match e {
+                    server::Event::StartTls if self.real_tls => self.tls_requested = true,
                     server::Event::StartTls => {
                         let _ = s.tls_established();
                     }
@@ -108,9 +133,9 @@ pub fn server(data: &[u8]) -> usize {
                     _ => {}
                 }
             }
-            while let Ok(Some(_)) = s.poll_transmit(&mut out) {}
+            while let Ok(Some(_)) = s.poll_transmit(&mut self.out) {}
             if s.wants_update()
-                && let Ok(fb) = Framebuffer::new(&pixels, 16, 16, 64, PixelFormat::RGB888)
+                && let Ok(fb) = Framebuffer::new(&self.pixels, 16, 16, 64, PixelFormat::RGB888)
             {
                 let damage = [
                     Damage::Changed(Rect::new(0, 0, 16, 16)),
@@ -122,10 +147,10 @@ pub fn server(data: &[u8]) -> usize {
                 ];
                 let src = UpdateSource::new(fb, &damage);
                 for _ in 0..10_000 {
-                    match s.encode_update(&src, &mut out) {
+                    match s.encode_update(&src, &mut self.out) {
                         Ok(st) if !st.done => {}
                         Ok(_) => {
-                            updates += 1;
+                            self.updates += 1;
                             break;
                         }
                         Err(_) => break,
@@ -133,7 +158,7 @@ pub fn server(data: &[u8]) -> usize {
                 }
             }
             // Advancing to every deadline would expire the handshake timeout at once.
-            let now = if chunk.first() == Some(&0xff) {
+            let now = if jump {
                 s.poll_timeout().unwrap_or(Instant::ZERO)
             } else {
                 Instant::ZERO
@@ -145,12 +170,37 @@ pub fn server(data: &[u8]) -> usize {
                 }
             }
             if !progressed && !ev {
-                break;
+                return Some(consumed);
             }
         }
     }
-    let _ = s.handle_eof();
-    updates
+}
+
+/// Feeds `data[1..]` to a server (configuration from `data[0]`, cut sizes from `data[1]`).
+/// Returns the number of FramebufferUpdates completed (for tests: the input got that far).
+///
+/// The virtual clock stands still (the failure delay is zero) unless a piece of input starts
+/// with 0xff: then it jumps to the server's next deadline (handshake timeout).
+pub fn server(data: &[u8]) -> usize {
+    let Some((&sel, rest)) = data.split_first() else {
+        return 0;
+    };
+    let (sc, _) = configs(sel);
+    let mut h = ServerHarness::new(sc);
+    let mut buf = [0u8; 4096];
+    let mut have = 0usize;
+    for chunk in chunks(rest) {
+        let n = chunk.len().min(buf.len() - have);
+        buf[have..have + n].copy_from_slice(&chunk[..n]);
+        have += n;
+        let Some(consumed) = h.feed(&buf[..have], chunk.first() == Some(&0xff)) else {
+            return h.updates();
+        };
+        buf.copy_within(consumed..have, 0);
+        have -= consumed;
+    }
+    let _ = h.server.handle_eof();
+    h.updates()
 }
 
 /// Feeds `data[1..]` to a client (configuration from `data[0]`) with a 32 × 32 framebuffer.
