@@ -5,12 +5,13 @@ DISC) one after another, 50 NBD connections held open for the whole run, `kvmio 
 the export now and then, and VNC viewers (`kvmio vnc capture`, VeNCrypt X509) connecting,
 taking a frame and leaving. Every minute it samples the server's RSS, open file descriptors
 and threads. At the end it says whether anything grew, comparing the samples after the first
-two minutes (warm-up) with the last: the exit status is 1 if RSS grew by more than 10 % + 4 MiB,
-if the descriptors grew, or if any client failed.
+two minutes (warm-up) with the last ones (median RSS, least descriptors: single samples vary
+with the connections open at that moment): the exit status is 1 if RSS grew by more than
+10 % + 4 MiB, if the descriptors grew, or if any client failed.
 
 Usage: bench/soak.py [--minutes 30] [--runtime tokio|threads]
 """
-import argparse, os, socket, subprocess, sys, tempfile, threading, time
+import argparse, os, socket, statistics, subprocess, sys, tempfile, threading, time
 
 here = os.path.dirname(os.path.abspath(__file__))
 ap = argparse.ArgumentParser()
@@ -120,16 +121,23 @@ srv.wait(timeout=30)
 
 print(f"\n`bench/soak.py --minutes {args.minutes:g} --runtime {args.runtime}`: " +
       ", ".join(f"{k} {ok} ok / {bad} failed" for k, (ok, bad) in stats.items()))
-base = samples[min(2, len(samples) - 1)]
-last = samples[-1]
+# The connections come and go, so single samples vary with what is running at that moment:
+# compare the least descriptors and the median RSS of the first samples after warm-up with
+# those of the last ones.
+under_load = samples[2:] if len(samples) > 4 else samples
+k = max(1, min(5, len(under_load) // 3))
+first, final = under_load[:k], under_load[-k:]
+med = lambda xs: statistics.median(xs)
+base = (med([x[0] for x in first]), min(x[1] for x in first))
+last = (med([x[0] for x in final]), min(x[1] for x in final))
 grew = []
 if last[0] > base[0] * 1.10 + 4096:
-    grew.append(f"RSS {base[0]} -> {last[0]} KiB")
+    grew.append(f"median RSS {base[0]:.0f} -> {last[0]:.0f} KiB")
 if last[1] > base[1]:
     grew.append(f"fds {base[1]} -> {last[1]}")
 failed = sum(bad for _, bad in stats.values())
 if grew or failed:
     print("GREW or FAILED: " + "; ".join(grew + ([f"{failed} client runs failed"] if failed else [])))
     sys.exit(1)
-print(f"nothing grew: RSS {base[0] / 1024:.1f} -> {last[0] / 1024:.1f} MiB, fds {base[1]} -> {last[1]} "
-      f"(minute {min(2, len(samples) - 1)} to the last)")
+print(f"nothing grew: median RSS {base[0] / 1024:.1f} -> {last[0] / 1024:.1f} MiB, least fds "
+      f"{base[1]} -> {last[1]} (the first {k} samples under load against the last {k})")
