@@ -23,6 +23,7 @@
 //! skip.
 
 pub mod faultfs;
+pub mod faults;
 pub mod raw;
 pub mod tlsio;
 pub mod vnc;
