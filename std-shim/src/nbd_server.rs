@@ -540,7 +540,15 @@ impl Session for NbdServerSession<'_> {
     }
 
     fn eof(&mut self) -> Result<()> {
-        self.server.handle_eof().map_err(|e| anyhow!("nbd: {e}"))
+        self.server.handle_eof().map_err(|e| anyhow!("nbd: {e}"))?;
+        if let Some(w) = &self.write {
+            bail!(
+                "connection closed in the middle of a WRITE payload ({} of {} bytes missing)",
+                w.remaining,
+                w.req.length
+            );
+        }
+        Ok(())
     }
 
     fn shutdown(&mut self, _out: &mut OutBuf) -> Result<()> {

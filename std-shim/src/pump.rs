@@ -654,6 +654,13 @@ impl<S: Session> Pump<S> {
             }
             self.session.eof()?;
             self.state = State::Done;
+            let unparsed = match self.tls.as_ref() {
+                Some(t) => t.plaintext().len(),
+                None => self.rx.data().len(),
+            };
+            if unparsed > 0 {
+                bail!("connection closed in the middle of a message ({unparsed} bytes unparsed)");
+            }
             return Ok(());
         }
         self.again = true;

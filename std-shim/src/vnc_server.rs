@@ -165,7 +165,9 @@ pub struct VncServerSession {
     shared: Arc<VncShared>,
     peer: String,
     key: u64,
-    fb: Fb,
+    /// Drawn at ClientInit, after authentication: a connection that never logs in costs no
+    /// framebuffer.
+    fb: Option<Fb>,
     /// Union of the areas asked for by non-incremental requests since the last update.
     full: Option<Rect>,
     /// Union of the areas asked for by incremental requests.
@@ -231,19 +233,13 @@ impl VncServerSession {
         server
             .set_zrle_compressor(ZlibRsCompressor::boxed)
             .map_err(|e| anyhow!("{e}"))?;
-        let fb = match &shared.config.desktop {
-            Desktop::Still(i) => Fb::Still(i.clone()),
-            Desktop::Pattern { width, height } => {
-                Fb::Pattern(Box::new(Pattern::new(*width, *height)))
-            }
-        };
         let fps = shared.config.fps.clamp(1, 120);
         Ok(Self {
             server,
             shared,
             peer,
             key,
-            fb,
+            fb: None,
             full: None,
             wanted: None,
             forced: false,
@@ -258,6 +254,17 @@ impl VncServerSession {
     /// The input buffer the session needs.
     pub fn input_buffer_len(&self) -> usize {
         self.server.min_input_buffer()
+    }
+
+    /// The framebuffer, drawn on first use.
+    fn framebuffer(&mut self) -> &mut Fb {
+        let desktop = &self.shared.config.desktop;
+        self.fb.get_or_insert_with(|| match desktop {
+            Desktop::Still(i) => Fb::Still(i.clone()),
+            Desktop::Pattern { width, height } => {
+                Fb::Pattern(Box::new(Pattern::new(*width, *height)))
+            }
+        })
     }
 
     /// FramebufferUpdates sent so far.
@@ -347,7 +354,7 @@ impl VncServerSession {
                 }
                 Event::AuthFailed { .. } => {}
                 Event::ClientInit { shared } => {
-                    let img = self.fb.image();
+                    let img = self.framebuffer().image();
                     let (w, h) = (img.width, img.height);
                     log::debug!("{}: ClientInit (shared {shared})", self.peer);
                     let name = self.shared.config.name.clone();
@@ -431,18 +438,22 @@ impl VncServerSession {
             return Ok(());
         }
         let now = Instant::now();
+        self.framebuffer();
+        let Some(fbuf) = self.fb.as_mut() else {
+            return Ok(());
+        };
         let (w, h) = {
-            let i = self.fb.image();
+            let i = fbuf.image();
             (i.width, i.height)
         };
         let whole = Rect::new(0, 0, w, h);
         let mut damage = Vec::new();
         if let Some(full) = self.full {
-            if let Fb::Pattern(p) = &mut self.fb {
+            if let Fb::Pattern(p) = fbuf {
                 p.advance();
             }
             damage.push(Damage::Changed(full.clip_to(w, h)));
-        } else if let Fb::Pattern(p) = &mut self.fb {
+        } else if let Fb::Pattern(p) = fbuf {
             if now < self.next_frame {
                 return Ok(());
             }
@@ -459,7 +470,9 @@ impl VncServerSession {
         if damage.is_empty() && !self.forced {
             return Ok(());
         }
-        let img = self.fb.image();
+        let Some(img) = self.fb.as_ref().map(Fb::image) else {
+            return Ok(());
+        };
         let fb = Framebuffer::new(&img.data, img.width, img.height, img.stride(), NATIVE)
             .map_err(|e| anyhow!("{e}"))?;
         let src = UpdateSource::new(fb, &damage);
@@ -565,7 +578,7 @@ impl Session for VncServerSession {
         let frame = (self.authenticated
             && self.server.wants_update()
             && self.full.is_none()
-            && matches!(self.fb, Fb::Pattern(_)))
+            && matches!(self.fb, Some(Fb::Pattern(_))))
         .then_some(self.next_frame);
         match (core, frame) {
             (Some(a), Some(b)) => Some(a.min(b)),

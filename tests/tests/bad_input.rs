@@ -515,6 +515,32 @@ fn handshake_timeout_drops_idle_and_trickling_clients(rt: Runtime) {
     healthy(&mut s);
 }
 
+/// A client that hangs up in the middle of a WRITE payload or of a request header is logged
+/// as such, not as a clean close.
+fn a_hang_up_mid_message_is_logged_as_one(rt: Runtime) {
+    let mut s = server(rt, &[]);
+    let mut c = connect(&s);
+    c.go_ok("disk");
+    let mut b = raw::request_bytes(CommandType::Write, CommandFlags::empty(), 1, 0, 65536);
+    b.extend([7u8; 1000]);
+    c.send(&b).unwrap();
+    drop(c);
+    s.proc.wait_log(
+        "in the middle of a WRITE payload (64536 of 65536 bytes missing)",
+        Duration::from_secs(10),
+    );
+    let mut c = connect(&s);
+    c.go_ok("disk");
+    let header = raw::request_bytes(CommandType::Read, CommandFlags::empty(), 2, 0, 512);
+    c.send(&header[..11]).unwrap();
+    drop(c);
+    s.proc.wait_log(
+        "connection closed in the middle of a message (11 bytes unparsed)",
+        Duration::from_secs(10),
+    );
+    healthy(&mut s);
+}
+
 macro_rules! per_runtime {
     ($($name:ident),* $(,)?) => {
         mod threads {
@@ -538,4 +564,5 @@ per_runtime!(
     junk_after_disc_gets_no_reply_and_a_close,
     max_connections_refuses_a_third_connection,
     handshake_timeout_drops_idle_and_trickling_clients,
+    a_hang_up_mid_message_is_logged_as_one,
 );
