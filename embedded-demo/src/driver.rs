@@ -1,6 +1,7 @@
 //! The connection driver every service shares: bytes between an `embedded-io-async` transport
 //! (an `embassy-net` [`TcpSocket`](embassy_net::tcp::TcpSocket) here) and a Sans-IO protocol
-//! core, with the [`TlsLayer`] in between once the core asks for TLS.
+//! core, through a [`tls_glue::Link`] that carries plaintext until the core asks for TLS and a
+//! [`TlsLayer`] after: the same hand-over state machine std-shim's pump runs.
 //!
 //! A service is a protocol core plus the application state it needs (the NBD exports, the
 //! VNC desktop), with the core's shape ([`Service`]): `handle_input` takes plaintext,
@@ -15,9 +16,9 @@
 //!    clear; bytes already received after the switch point go to a new [`TlsLayer`] as
 //!    ciphertext; run the handshake (same deadline as the core's handshake), then
 //!    `tls_established`;
-//! 3. feed buffered plaintext to `handle_input` (with TLS straight from the decrypted record,
-//!    [`TlsLayer::deliver_plaintext`]) until it consumes nothing, going back to 1 if it took
-//!    anything: a service takes no input while it has output to drain;
+//! 3. feed buffered plaintext to `handle_input` ([`Link::deliver`]; with TLS straight from the
+//!    decrypted record) until it consumes nothing, going back to 1 if it took anything: a
+//!    service takes no input while it has output to drain;
 //! 4. otherwise wait for the transport or the service's deadline, whichever comes first.
 //!
 //! Memory: the driver's buffers come from the caller ([`Buffers`], static per session slot);
@@ -25,18 +26,8 @@
 
 use embassy_time::{Duration, Instant, with_deadline, with_timeout};
 use embedded_io_async::{Read, Write};
-use tls_glue::{EncryptError, LayerOptions, TlsError, TlsLayer};
-
-/// What the driver must do, reported by [`Service::poll_event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// The service handled something (its output may have grown): drain again.
-    Continue,
-    /// Everything produced so far goes out in the clear; then put TLS in place.
-    StartTls,
-    /// The conversation is over: send what is pending, close (TLS close_notify first).
-    Close,
-}
+pub use tls_glue::Control;
+use tls_glue::{EncryptError, LayerOptions, Link, TlsError, TlsLayer};
 
 /// A service's fatal error. The service has logged the details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,15 +56,13 @@ pub trait Service {
 
 /// Plaintext output buffer size: one `poll_transmit` at most (rfb-core's encoder needs 2048).
 pub const PLAIN_OUT: usize = 2048;
-/// Ciphertext output buffer: one record of [`PLAIN_OUT`] bytes plus overhead and slack.
+/// The link's buffer ([`Buffers::wire`]): plaintext input before TLS (the largest pre-TLS
+/// message a service accepts whole), then one encrypted record of [`PLAIN_OUT`] bytes plus
+/// overhead and slack ([`Link::seal_in_place`]).
 pub const WIRE_OUT: usize = PLAIN_OUT + tls_glue::RECORD_OVERHEAD + 64;
-/// Plaintext input before TLS: the first bytes of [`Buffers::wire`], which has no other use
-/// until TLS is up (the largest pre-TLS message a service accepts whole).
-pub const PLAIN_IN: usize = 1024;
-const _: () = assert!(PLAIN_IN <= WIRE_OUT);
 /// TLS layer buffers: one record in; the core may leave up to this much plaintext unconsumed
 /// (a whole NBD option, VNC credentials) before the layer stops decrypting.
-pub const TLS_PLAINTEXT_LIMIT: usize = PLAIN_IN;
+pub const TLS_PLAINTEXT_LIMIT: usize = 1024;
 /// Initial TLS receive buffer: a ClientHello (1.5 KiB with a post-quantum key share) and the
 /// client's small records fit; it grows to a full record only for peers that send them.
 pub const TLS_RX_INITIAL: usize = 2048;
@@ -84,7 +73,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Buffers {
     /// The service's plaintext output.
     pub plain_out: [u8; PLAIN_OUT],
-    /// Encrypted output once TLS is up; before, the plaintext input ([`PLAIN_IN`] bytes).
+    /// The link's storage: plaintext input before TLS, encrypted output after.
     pub wire: [u8; WIRE_OUT],
 }
 
@@ -149,12 +138,6 @@ pub struct Summary {
     pub no_close_notify: bool,
 }
 
-/// The TLS state of a session; the permit bounds concurrent TLS sessions (heap).
-struct Secure {
-    layer: TlsLayer,
-    _permit: crate::tls::Permit,
-}
-
 /// Runs `service` over `io` until the conversation ends. The caller closes the transport.
 pub async fn run<T, S>(
     io: &mut T,
@@ -165,12 +148,13 @@ where
     T: Read + Write,
     S: Service,
 {
+    let Buffers { plain_out, wire } = bufs;
     let mut d = Driver {
         io,
         service,
-        bufs,
-        tls: None,
-        plain_len: 0,
+        plain_out,
+        link: Link::new(&mut wire[..]),
+        _permit: None,
         summary: Summary::default(),
     };
     let r = d.run().await;
@@ -179,11 +163,9 @@ where
         Ok(()) => Ok(summary),
         Err(e) => {
             // An alert for the peer may be queued (bad certificate, …): best effort.
-            if let Some(s) = d.tls.as_mut() {
-                let p = s.layer.pending_transmit();
-                if !p.is_empty() {
-                    let _ = with_timeout(Duration::from_secs(1), d.io.write_all(p)).await;
-                }
+            let p = d.link.pending_transmit();
+            if !p.is_empty() {
+                let _ = with_timeout(Duration::from_secs(1), d.io.write_all(p)).await;
             }
             Err(e)
         }
@@ -193,10 +175,10 @@ where
 struct Driver<'a, T, S> {
     io: &'a mut T,
     service: &'a mut S,
-    bufs: &'a mut Buffers,
-    tls: Option<Secure>,
-    /// Bytes at the start of `bufs.wire` holding unconsumed plaintext (before TLS).
-    plain_len: usize,
+    plain_out: &'a mut [u8; PLAIN_OUT],
+    link: Link<&'a mut [u8]>,
+    /// Held while TLS is up: bounds concurrent TLS sessions (heap).
+    _permit: Option<crate::tls::Permit>,
     summary: Summary,
 }
 
@@ -213,54 +195,37 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
                     Some(Control::Close) => return self.close_notify().await,
                 }
             }
-            // 2. one step of input
-            let consumed = match self.tls.as_mut() {
-                Some(s) => {
-                    // Records go to the service straight from rustls' buffer (in-place
-                    // delivery); the service stops taking input when it has output to drain.
-                    let service = &mut *self.service;
-                    match s.layer.deliver_plaintext(|p| service.handle_input(p)) {
-                        Ok(n) => n,
-                        Err(e) => return Err(self.fail(e).await),
-                    }
-                }
-                None => {
-                    let n = match self.service.handle_input(&self.bufs.wire[..self.plain_len]) {
-                        Ok(n) => n,
-                        Err(e) => return Err(self.fail(e).await),
-                    };
-                    self.bufs.wire.copy_within(n..self.plain_len, 0);
-                    self.plain_len -= n;
-                    n
-                }
+            // 2. input, until the service consumes nothing (over TLS records go to it straight
+            // from rustls' buffer; it stops taking input when it has output to drain)
+            let service = &mut *self.service;
+            let consumed = match self.link.deliver(|p| service.handle_input(p)) {
+                Ok(n) => n,
+                Err(e) => return Err(self.fail(e).await),
             };
             self.summary.bytes_in += consumed as u64;
             if consumed > 0 {
                 continue;
             }
             // 3. wait for input or the deadline
-            if self.tls.is_some() {
+            if self.link.is_tls() {
                 // Alerts, key updates: whatever the layer wants sent.
                 self.flush_tls().await?;
-                let s = self.tls.as_mut().ok_or(DriverError::Io)?;
-                if let Some(e) = s.layer.error() {
+                if let Some(e) = self.link.error() {
                     return Err(DriverError::Tls(e));
                 }
-                if s.layer.peer_closed() {
+                if self.link.peer_closed() {
                     self.service.handle_eof()?;
                     return self.close_notify().await;
                 }
-                if s.layer.ciphertext_buffer().is_empty() {
-                    // The core needs more than the layer holds: a message over the limits.
-                    return Err(DriverError::Service("message larger than the input buffer"));
-                }
-            } else if self.plain_len == PLAIN_IN {
+            }
+            if self.link.recv_buffer().is_empty() {
+                // The core needs more than the link holds: a message over the limits.
                 return Err(DriverError::Service("message larger than the input buffer"));
             }
             if let Some(0) = self.read_some().await? {
                 // The peer closed. Over TLS without close_notify the service decides
                 // whether that was a clean end (a VNC viewer just hangs up).
-                let tls_eof = self.tls.as_mut().map(|s| s.layer.handle_eof());
+                let tls_eof = self.link.is_tls().then(|| self.link.handle_eof());
                 return match (self.service.handle_eof(), tls_eof) {
                     (Ok(()), Some(Err(_))) => {
                         self.summary.no_close_notify = true;
@@ -282,14 +247,11 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
         DriverError::Service(e.0)
     }
 
-    /// Reads once into the right buffer, or handles the deadline. `Some(n)`: `n` bytes read
-    /// (0: end of stream); `None`: the deadline passed.
+    /// Reads once into the link, or handles the deadline. `Some(n)`: `n` bytes read (0: end
+    /// of stream); `None`: the deadline passed.
     async fn read_some(&mut self) -> Result<Option<usize>, DriverError> {
         let deadline = self.service.poll_timeout();
-        let buf: &mut [u8] = match self.tls.as_mut() {
-            Some(s) => s.layer.ciphertext_buffer(),
-            None => &mut self.bufs.wire[self.plain_len..PLAIN_IN],
-        };
+        let buf = self.link.recv_buffer();
         let r = match deadline {
             Some(t) => match with_deadline(t, self.io.read(buf)).await {
                 Ok(r) => r,
@@ -301,53 +263,40 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
             None => self.io.read(buf).await,
         };
         let n = r.map_err(|_| DriverError::Io)?;
-        if n > 0 {
-            match self.tls.as_mut() {
-                Some(s) => s.layer.commit_ciphertext(n).map_err(DriverError::Tls)?,
-                None => self.plain_len += n,
-            }
-        }
+        self.link.received(n).map_err(DriverError::Tls)?;
         Ok(Some(n))
     }
 
     /// Drains the service's output: encrypted once TLS is up, else in the clear.
     async fn flush_output(&mut self) -> Result<(), DriverError> {
         loop {
-            let n = self.service.poll_transmit(&mut self.bufs.plain_out)?;
+            let n = self.service.poll_transmit(&mut self.plain_out[..])?;
             if n == 0 {
                 return Ok(());
             }
             self.summary.bytes_out += n as u64;
-            match self.tls.as_mut() {
-                Some(s) => {
-                    let m = s
-                        .layer
-                        .encrypt(&self.bufs.plain_out[..n], &mut self.bufs.wire)
-                        .map_err(encrypt_error)?;
-                    write_all(self.io, &self.bufs.wire[..m]).await?;
-                }
-                None => write_all(self.io, &self.bufs.plain_out[..n]).await?,
-            }
+            let wire = self
+                .link
+                .seal_in_place(&self.plain_out[..n])
+                .map_err(encrypt_error)?;
+            write_all(self.io, wire).await?;
         }
     }
 
     /// Sends the TLS layer's own pending bytes (handshake, alerts), without copying.
     async fn flush_tls(&mut self) -> Result<(), DriverError> {
-        let Some(s) = self.tls.as_mut() else {
-            return Ok(());
-        };
-        let pending = s.layer.pending_transmit();
+        let pending = self.link.pending_transmit();
         if !pending.is_empty() {
             let n = pending.len();
             write_all(self.io, pending).await?;
-            s.layer.transmit_done(n);
+            self.link.transmit_done(n);
         }
         Ok(())
     }
 
     /// The service asked for TLS: its plaintext is out; the rest of the input is ciphertext.
     async fn start_tls(&mut self) -> Result<(), DriverError> {
-        if self.tls.is_some() {
+        if self.link.is_tls() {
             return Err(DriverError::Service("TLS requested twice"));
         }
         let permit = crate::tls::Permit::acquire().ok_or(DriverError::NoTlsMemory)?;
@@ -356,34 +305,21 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
             ..LayerOptions::minimal(TLS_PLAINTEXT_LIMIT)
         })
         .ok_or(DriverError::NoTlsMemory)?;
-        let mut s = Secure {
-            layer,
-            _permit: permit,
-        };
-        if self.plain_len > 0 {
-            let taken = s
-                .layer
-                .handle_ciphertext(&self.bufs.wire[..self.plain_len])
-                .map_err(DriverError::Tls)?;
-            if taken != self.plain_len {
-                return Err(DriverError::Service(
-                    "too much data right after the TLS switch",
-                ));
-            }
-            self.plain_len = 0;
-        }
-        self.tls = Some(s);
+        self._permit = Some(permit);
+        self.link.start_tls(layer).map_err(|e| match e {
+            TlsError::Protocol => DriverError::Service("too much data right after the TLS switch"),
+            e => DriverError::Tls(e),
+        })?;
         // The handshake, bounded by the core's handshake deadline.
         loop {
             self.flush_tls().await?;
-            let s = self.tls.as_mut().ok_or(DriverError::Io)?;
-            if let Some(e) = s.layer.error() {
+            if let Some(e) = self.link.error() {
                 return Err(DriverError::Tls(e));
             }
-            if !s.layer.is_handshaking() {
+            if !self.link.is_handshaking() {
                 break;
             }
-            if s.layer.ciphertext_buffer().is_empty() {
+            if self.link.recv_buffer().is_empty() {
                 return Err(DriverError::Tls(TlsError::Protocol));
             }
             match self.read_some().await {
@@ -401,30 +337,25 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
             }
         }
         self.summary.tls = true;
-        let s = self.tls.as_ref().ok_or(DriverError::Io)?;
-        self.service.tls_established(&s.layer)?;
+        if self.link.poll_established() {
+            let layer = self.link.layer().ok_or(DriverError::Io)?;
+            self.service.tls_established(layer)?;
+        }
         Ok(())
     }
 
     /// Ends the conversation: pending TLS bytes, then close_notify.
     async fn close_notify(&mut self) -> Result<(), DriverError> {
-        if self.tls.is_none() {
+        if !self.link.is_tls() {
             return Ok(());
         }
         self.flush_tls().await?;
-        let Some(s) = self.tls.as_mut() else {
-            return Ok(());
-        };
-        if s.layer.error().is_some() || s.layer.is_handshaking() {
-            return Ok(());
-        }
-        match s.layer.close_notify(&mut self.bufs.wire) {
-            Ok(n) => write_all(self.io, &self.bufs.wire[..n]).await,
-            Err(_) => Ok(()),
+        match self.link.close(&mut self.plain_out[..]) {
+            Ok(0) | Err(_) => Ok(()),
+            Ok(n) => write_all(self.io, &self.plain_out[..n]).await,
         }
     }
 }
-
 fn encrypt_error(e: EncryptError) -> DriverError {
     match e {
         EncryptError::Failed(t) => DriverError::Tls(t),

@@ -74,7 +74,7 @@ const CONFIG: ServerConfig<'static> = {
     c.multi_conn = false;
     c
 };
-const _: () = assert!(16 + 512 <= crate::driver::PLAIN_IN);
+const _: () = assert!(16 + 512 <= crate::driver::WIRE_OUT);
 
 /// Most extents in one BLOCK_STATUS reply.
 const MAX_EXTENTS: usize = 16;

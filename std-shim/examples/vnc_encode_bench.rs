@@ -21,7 +21,7 @@ use rfb_core::client::Client;
 use rfb_core::server::{Damage, Event, Server, ServerConfig, UpdateSource};
 use rfb_core::wire::{Encoding, PixelFormat, Rect, SecurityType};
 use rfb_core::{Framebuffer, Instant};
-use std_shim::vnc_security::ZlibRsCompressor;
+use std_shim::vnc::security::ZlibRsCompressor;
 
 const W: u16 = 1920;
 const H: u16 = 1080;

@@ -13,13 +13,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nbd_core::client::Goal;
 use nbd_core::server::TlsMode;
 use nbd_core::wire::TransmissionFlags;
-use std_shim::copy::{CopyOptions, Place, copy};
-use std_shim::listen::ServerControl;
-use std_shim::nbd_client::{self, ClientTls, InfoApp, ListApp};
-use std_shim::nbd_server::Catalog;
-use std_shim::serve::parse_size;
+use std_shim::io::listen::ServerControl;
+use std_shim::io::parse_size;
+use std_shim::nbd::catalog::Catalog;
+use std_shim::nbd::client::{self as nbd_client, ClientTls, InfoApp, ListApp};
+use std_shim::nbd::copy::{CopyOptions, Place, copy};
+use std_shim::nbd::uri::NbdUri;
 use std_shim::services::{self, Runtime};
-use std_shim::uri::NbdUri;
 
 /// `println!` that returns the error instead of panicking (e.g. when piped into `head`).
 macro_rules! say {
@@ -53,7 +53,7 @@ enum Top {
     Creds(CredsCommand),
     /// VNC server and capture client.
     #[command(subcommand)]
-    Vnc(std_shim::vnc_cli::VncCommand),
+    Vnc(std_shim::vnc::cli::VncCommand),
     /// Serve VNC and NBD together over TLS from one set of credentials (the main job; with no
     /// arguments: development credentials, a test pattern on 127.0.0.1:5900 and a 64 MiB RAM
     /// disk on 127.0.0.1:10809).
@@ -254,9 +254,9 @@ enum EndpointArg {
 }
 
 fn nbd_serve(a: ServeArgs) -> Result<()> {
-    let (files, memory) = std_shim::nbd_server::parse_export_args(&a.exports, &a.memory)?;
+    let (files, memory) = std_shim::nbd::catalog::parse_export_args(&a.exports, &a.memory)?;
     let catalog = Catalog::build(&files, &memory, a.read_only, 64 << 20)?;
-    let endpoints = std_shim::serve::endpoints(&a.listen, a.unix.as_deref(), 10809)?;
+    let endpoints = std_shim::io::endpoints(&a.listen, a.unix.as_deref(), 10809)?;
     let tls_mode = match a.tls {
         TlsArg::Off => TlsMode::Off,
         TlsArg::On => TlsMode::Selective,
@@ -276,9 +276,9 @@ fn nbd_serve(a: ServeArgs) -> Result<()> {
             a.tls12,
         )?)
     };
-    let service = std_shim::nbd_server::service(
+    let service = std_shim::nbd::server::service(
         catalog,
-        std_shim::nbd_server::NbdServiceOptions {
+        std_shim::nbd::server::NbdServiceOptions {
             endpoints,
             tls_mode,
             tls,
@@ -554,7 +554,7 @@ fn main() {
             copy(&Place::parse(&src)?, &Place::parse(&dst)?, &opts).map(|_| ())
         })(),
         Top::Creds(c) => creds(c),
-        Top::Vnc(v) => std_shim::vnc_cli::run(v),
+        Top::Vnc(v) => std_shim::vnc::cli::run(v),
         Top::Serve(a) => std_shim::serve_all::run(*a),
     };
     if let Err(e) = r {

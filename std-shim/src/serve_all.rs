@@ -13,11 +13,12 @@ use clap::{Args, ValueEnum};
 use nbd_core::server::TlsMode;
 use serde::Deserialize;
 
-use crate::listen::ServerControl;
-use crate::nbd_server::{Catalog, NbdServiceOptions};
-use crate::serve::{Endpoint, parse_size};
+use crate::io::listen::ServerControl;
+use crate::io::{Endpoint, parse_size};
+use crate::nbd::catalog::Catalog;
+use crate::nbd::server::NbdServiceOptions;
 use crate::services::{self, Runtime};
-use crate::vnc_cli::{VncSettings, vnc_config, vnc_service};
+use crate::vnc::cli::{VncSettings, vnc_config, vnc_service};
 
 /// TLS policy of `kvmio serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -309,7 +310,7 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
         } else {
             a.vnc_listen.clone()
         };
-        let endpoints = crate::serve::endpoints(&listen, None, 5900)?;
+        let endpoints = crate::io::endpoints(&listen, None, 5900)?;
         vnc_addr = first_tcp(&endpoints);
         let size = a
             .size
@@ -356,7 +357,8 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
     let mut nbd_addr = None;
     let mut catalog = None;
     if serve_nbd {
-        let (mut files, mut memory) = crate::nbd_server::parse_export_args(&a.exports, &a.memory)?;
+        let (mut files, mut memory) =
+            crate::nbd::catalog::parse_export_args(&a.exports, &a.memory)?;
         if files.is_empty() && memory.is_empty() {
             for e in &file.nbd.exports {
                 match (&e.path, &e.memory) {
@@ -374,14 +376,14 @@ pub fn run(a: ServeAllArgs) -> Result<()> {
             a.nbd_listen.clone()
         };
         let unix = a.nbd_unix.clone().or(file.nbd.unix.clone());
-        let endpoints = crate::serve::endpoints(&listen, unix.as_deref(), 10809)?;
+        let endpoints = crate::io::endpoints(&listen, unix.as_deref(), 10809)?;
         nbd_addr = first_tcp(&endpoints);
         let tls_mode = match policy {
             TlsPolicy::Require => TlsMode::Forced,
             TlsPolicy::On => TlsMode::Selective,
             TlsPolicy::Off => TlsMode::Off,
         };
-        services.push(crate::nbd_server::service(
+        services.push(crate::nbd::server::service(
             c,
             NbdServiceOptions {
                 endpoints,

@@ -8,9 +8,10 @@ use anyhow::Result;
 use clap::ValueEnum;
 use tls_glue::TlsServerConfig;
 
-use crate::listen::{self, Admit, Gate, Listener, ServerControl};
-use crate::pump::{OutBuf, PeerInfo, Processed, Pump, Session, run_blocking};
-use crate::serve::Endpoint;
+use crate::io::Endpoint;
+use crate::io::blocking::run_blocking;
+use crate::io::listen::{self, Admit, Gate, Listener, ServerControl};
+use crate::pump::{OutBuf, PeerInfo, Processed, Pump, Session};
 
 /// The I/O driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -216,7 +217,7 @@ fn run_tokio(bound: Vec<(Connections, Vec<Listener>)>, control: &Arc<ServerContr
                     let conns = conns.clone();
                     Box::pin(async move {
                         let mut pump = conns.pump(peer, admit)?;
-                        crate::pump::run_tokio(&mut pump, &mut stream).await
+                        crate::io::tokio::run_tokio(&mut pump, &mut stream).await
                     })
                 })
             };

@@ -1,4 +1,5 @@
-//! `tls-glue` behind the pump's [`SecureLink`], and loading credentials for the CLI.
+//! TLS for the pump (a `tls-glue` layer per connection from one shared configuration) and
+//! loading credentials in the QEMU layout.
 
 use std::path::{Path, PathBuf};
 
@@ -8,100 +9,20 @@ use tls_glue::{
     TlsClientConfig, TlsCreds, TlsLayer, TlsServerConfig, TlsVersions,
 };
 
-use crate::pump::{OutBuf, PeerInfo, SecureLink, TlsStarter};
-
-struct Link(TlsLayer);
+use crate::pump::TlsStarter;
 
 fn tls_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("TLS: {e}")
 }
 
-impl SecureLink for Link {
-    fn feed(&mut self, ciphertext: &[u8]) -> Result<usize> {
-        self.0.handle_ciphertext(ciphertext).map_err(tls_err)
-    }
-
-    fn recv_buffer(&mut self) -> &mut [u8] {
-        self.0.ciphertext_buffer()
-    }
-
-    fn commit(&mut self, n: usize) -> Result<()> {
-        self.0.commit_ciphertext(n).map_err(tls_err)
-    }
-
-    fn plaintext(&self) -> &[u8] {
-        self.0.plaintext()
-    }
-
-    fn consume_plaintext(&mut self, n: usize) {
-        self.0.consume_plaintext(n);
-    }
-
-    fn take_output(&mut self, out: &mut OutBuf) -> Result<()> {
-        let p = self.0.pending_transmit();
-        let n = p.len();
-        out.extend(p);
-        self.0.transmit_done(n);
-        if let Some(e) = self.0.error() {
-            // Send the alert (already appended), then fail.
-            if n == 0 {
-                return Err(tls_err(e));
-            }
-        }
-        Ok(())
-    }
-
-    fn encrypt(&mut self, plain: &[u8], out: &mut OutBuf) -> Result<()> {
-        let need = self.0.encrypted_len(plain.len());
-        let n = self.0.encrypt(plain, out.tail(need)).map_err(tls_err)?;
-        out.commit(n);
-        Ok(())
-    }
-
-    fn is_handshaking(&self) -> bool {
-        self.0.is_handshaking()
-    }
-
-    fn peer_closed(&self) -> bool {
-        self.0.peer_closed()
-    }
-
-    fn close_notify(&mut self, out: &mut OutBuf) {
-        let need = self.0.encrypted_len(0) + 64;
-        if let Ok(n) = self.0.close_notify(out.tail(need)) {
-            out.commit(n);
-        }
-    }
-
-    fn peer(&self) -> PeerInfo {
-        PeerInfo {
-            subject: self.0.peer_subject_dn(),
-            cipher: format!(
-                "{} {} {}",
-                self.0.protocol_version().unwrap_or("?"),
-                self.0.cipher_suite().unwrap_or("?"),
-                self.0.key_exchange_group().unwrap_or("")
-            )
-            .trim_end()
-            .to_string(),
-        }
-    }
-}
-
 /// Makes a server-side TLS layer per connection from one shared configuration.
 pub fn server_starter(config: TlsServerConfig) -> TlsStarter {
-    Box::new(move || {
-        Ok(Box::new(Link(TlsLayer::server(&config).map_err(tls_err)?)) as Box<dyn SecureLink>)
-    })
+    Box::new(move || TlsLayer::server(&config).map_err(tls_err))
 }
 
 /// Makes a client-side TLS layer verifying `server_name`.
 pub fn client_starter(config: TlsClientConfig, server_name: String) -> TlsStarter {
-    Box::new(move || {
-        Ok(Box::new(Link(
-            TlsLayer::client(&config, &server_name).map_err(tls_err)?,
-        )) as Box<dyn SecureLink>)
-    })
+    Box::new(move || TlsLayer::client(&config, &server_name).map_err(tls_err))
 }
 
 /// The credentials directory: the one given, or QEMU's default (`$HOME/.pki/qemu` if it

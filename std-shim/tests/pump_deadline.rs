@@ -6,9 +6,8 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use std_shim::pump::{
-    Control, OutBuf, PeerInfo, Processed, Pump, Session, Transport, run_blocking,
-};
+use std_shim::io::blocking::{Transport, run_blocking};
+use std_shim::pump::{Control, OutBuf, PeerInfo, Processed, Pump, Session};
 
 /// Arms a timer when the first byte arrives; closes once the timer fired.
 #[derive(Default)]

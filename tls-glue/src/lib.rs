@@ -164,6 +164,7 @@ mod error;
 #[cfg(feature = "generate")]
 mod generate;
 mod layer;
+pub mod link;
 mod pin;
 #[cfg(feature = "rustcrypto-core")]
 mod rustcrypto;
@@ -197,6 +198,7 @@ pub use generate::{
 pub use layer::{
     LayerOptions, MAX_FRAGMENT_LEN, MAX_HANDSHAKE_BUFFER, MAX_RECORD_LEN, RECORD_OVERHEAD, TlsLayer,
 };
+pub use link::{Control, GrowingBuffer, Link, Storage};
 #[cfg(feature = "std")]
 pub use pin::{PinCheck, TrustedServers};
 pub use pin::{ServerCertValidator, fingerprint_sha256, format_fingerprint};

@@ -10,5 +10,5 @@ pub mod vnc;
 /// Raises this process's open-file limit to its hard limit (each client needs a descriptor);
 /// returns the limit now in force.
 pub fn raise_nofile_limit() -> u64 {
-    std_shim::listen::raise_nofile_limit()
+    std_shim::io::listen::raise_nofile_limit()
 }

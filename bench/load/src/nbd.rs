@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use nbd_core::client::{Client, ExportInfo, Goal, Item};
-use std_shim::nbd_client::{ClientApp, ClientSession, ClientTls, DEPTH, Options, starter};
-use std_shim::pump::{OutBuf, PeerInfo, Processed, Pump, Session, run_tokio};
-use std_shim::serve::AsyncStream;
-use std_shim::uri::{NbdUri, Transport};
+use std_shim::io::AsyncStream;
+use std_shim::io::tokio::run_tokio;
+use std_shim::nbd::client::{ClientApp, ClientSession, ClientTls, DEPTH, Options, starter};
+use std_shim::nbd::uri::{NbdUri, Transport};
+use std_shim::pump::{OutBuf, PeerInfo, Processed, Pump, Session};
 
 /// Bytes of each checked READ.
 pub const READ_LEN: u32 = 64 * 1024;

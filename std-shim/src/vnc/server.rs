@@ -15,8 +15,8 @@ use rfb_core::wire::{Encoding, Rect};
 use rfb_core::{AuthThrottle, Framebuffer};
 
 use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
-use crate::vnc_desktop::{Desktop, Image, NATIVE, Pattern, clip};
-use crate::vnc_security::{
+use crate::vnc::desktop::{Desktop, Image, NATIVE, Pattern, clip};
+use crate::vnc::security::{
     PlainUsers, SecName, ZlibRsCompressor, format_security_list, server_offer,
 };
 

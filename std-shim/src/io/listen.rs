@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::serve::{Endpoint, Stream};
+use crate::io::{Endpoint, Stream};
 
 /// How often blocked loops look at the stop flag.
 pub const STOP_POLL: Duration = Duration::from_millis(200);
@@ -463,7 +463,7 @@ pub(crate) type BoxFuture = std::pin::Pin<Box<dyn Future<Output = Result<()>> + 
 /// Runs a connection's handler on the tokio driver.
 #[cfg(feature = "tokio")]
 pub(crate) type TaskHandler =
-    Arc<dyn Fn(crate::serve::AsyncStream, String, Admit) -> BoxFuture + Send + Sync>;
+    Arc<dyn Fn(crate::io::AsyncStream, String, Admit) -> BoxFuture + Send + Sync>;
 
 /// A listener registered with tokio. The [`Listener`] it came from stays alive beside it
 /// (its drop removes a Unix socket's path).
@@ -485,8 +485,8 @@ impl AsyncListener {
         })
     }
 
-    async fn accept(&self) -> io::Result<(crate::serve::AsyncStream, String)> {
-        use crate::serve::AsyncStream;
+    async fn accept(&self) -> io::Result<(crate::io::AsyncStream, String)> {
+        use crate::io::AsyncStream;
         match self {
             Self::Tcp(l) => {
                 let (s, a) = l.accept().await?;

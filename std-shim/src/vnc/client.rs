@@ -12,10 +12,11 @@ use rfb_core::FramebufferMut;
 use rfb_core::client::{Client, ClientConfig, Credentials, Event, Payload};
 use rfb_core::wire::{Encoding, PixelFormat, Rect, SecurityType, VencryptSubtype};
 
-use crate::pump::{Control, OutBuf, PeerInfo, Processed, Pump, Session, TlsStarter, run_blocking};
-use crate::serve::Stream;
-use crate::vnc_desktop::{Image, NATIVE};
-use crate::vnc_security::{SecName, VncAddr, client_accept, format_security_list};
+use crate::io::Stream;
+use crate::io::blocking::run_blocking;
+use crate::pump::{Control, OutBuf, PeerInfo, Processed, Pump, Session, TlsStarter};
+use crate::vnc::desktop::{Image, NATIVE};
+use crate::vnc::security::{SecName, VncAddr, client_accept, format_security_list};
 
 /// How to capture.
 #[derive(Debug, Clone)]

@@ -8,12 +8,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use rfb_core::wire::Encoding;
 
-use crate::listen::ServerControl;
-use crate::serve::Endpoint;
-use crate::vnc_client::{CaptureOptions, capture};
-use crate::vnc_desktop::{Desktop, Image};
-use crate::vnc_security::{PlainUsers, SecName, VncAddr, parse_security_list, read_password_file};
-use crate::vnc_server::{
+use crate::io::Endpoint;
+use crate::io::listen::ServerControl;
+use crate::vnc::client::{CaptureOptions, capture};
+use crate::vnc::desktop::{Desktop, Image};
+use crate::vnc::security::{PlainUsers, SecName, VncAddr, parse_security_list, read_password_file};
+use crate::vnc::server::{
     VncRefusal, VncServerConfig, VncServerSession, VncShared, describe, peer_key,
 };
 
@@ -289,7 +289,7 @@ fn serve(a: VncServeArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let endpoints = crate::serve::endpoints(&a.listen, None, 5900)?;
+    let endpoints = crate::io::endpoints(&a.listen, None, 5900)?;
     let service = vnc_service(config, tls_config, endpoints, a.max_connections, a.backlog);
     let control = Arc::new(ServerControl::default());
     crate::services::stop_on_signals(&control)?;

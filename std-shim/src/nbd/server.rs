@@ -3,179 +3,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use super::catalog::Catalog;
+use anyhow::{Result, anyhow, bail};
 use nbd_core::server::{Command, Event, Lent, Request, Server, ServerConfig};
 use nbd_core::wire::{CommandFlags, ErrorCode, Extent};
-use nbd_core::{Export, ExportFeatures};
 
-use crate::backend::{Backend, errno};
+use crate::nbd::backend::{Backend, errno};
 use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
-
-/// One export: its name, description and storage.
-pub struct ExportSpec {
-    /// Name clients select.
-    pub name: String,
-    /// Description shown by LIST and INFO.
-    pub description: String,
-    /// Storage.
-    pub backend: Arc<dyn Backend>,
-    /// Refuse writes.
-    pub read_only: bool,
-    /// Reachable only over TLS (selective mode).
-    pub tls_only: bool,
-}
-
-/// The exports a server offers and the core's view of them.
-pub struct Catalog {
-    specs: Vec<ExportSpec>,
-    exports: Vec<Export<'static>>,
-}
-
-impl Catalog {
-    /// Builds the catalog.
-    pub fn new(specs: Vec<ExportSpec>) -> Result<Self> {
-        let exports = specs
-            .iter()
-            .map(|s| {
-                let mut features = s.backend.features();
-                if s.read_only {
-                    features.remove(
-                        ExportFeatures::TRIM
-                            | ExportFeatures::WRITE_ZEROES
-                            | ExportFeatures::FAST_ZERO,
-                    );
-                }
-                Export {
-                    // The names live as long as the catalog; the core borrows them from here.
-                    name: leak(&s.name),
-                    description: leak(&s.description),
-                    size: s.backend.size(),
-                    read_only: s.read_only,
-                    tls_only: s.tls_only,
-                    block_size: nbd_core::wire::BlockSize {
-                        minimum: 1,
-                        preferred: 4096,
-                        maximum: MAX_PAYLOAD,
-                    },
-                    features,
-                }
-            })
-            .collect::<Vec<_>>();
-        ServerConfig::new(&exports)
-            .validate()
-            .map_err(|e| anyhow!("exports: {e}"))?;
-        Ok(Self { specs, exports })
-    }
-
-    /// The core's export table.
-    pub fn exports(&self) -> &[Export<'static>] {
-        &self.exports
-    }
-
-    /// The specs.
-    pub fn specs(&self) -> &[ExportSpec] {
-        &self.specs
-    }
-}
-
-/// The `--export NAME=PATH` and `--memory NAME=SIZE` arguments, for [`Catalog::build`].
-pub type ExportArgs = (Vec<(String, std::path::PathBuf)>, Vec<(String, u64)>);
-
-/// Parses `--export NAME=PATH` and `--memory NAME=SIZE` arguments.
-pub fn parse_export_args(exports: &[String], memory: &[String]) -> Result<ExportArgs> {
-    let files = exports
-        .iter()
-        .map(|e| {
-            let (n, p) = e
-                .split_once('=')
-                .with_context(|| format!("expected NAME=PATH, got {e:?}"))?;
-            Ok((n.to_string(), p.into()))
-        })
-        .collect::<Result<_>>()?;
-    let memory = memory
-        .iter()
-        .map(|m| {
-            let (n, s) = m
-                .split_once('=')
-                .with_context(|| format!("expected NAME=SIZE, got {m:?}"))?;
-            Ok((n.to_string(), crate::serve::parse_size(s)?))
-        })
-        .collect::<Result<_>>()?;
-    Ok((files, memory))
-}
-
-impl Catalog {
-    /// A catalog from `--export NAME=PATH` files, `--memory NAME=SIZE` RAM disks, and if both are
-    /// empty, `default_ram` bytes of RAM disk named `disk`. Lives for the whole process.
-    pub fn build(
-        files: &[(String, std::path::PathBuf)],
-        memory: &[(String, u64)],
-        read_only: bool,
-        default_ram: u64,
-    ) -> Result<&'static Self> {
-        let mut specs = Vec::new();
-        for (name, path) in files {
-            let backend = crate::backend::FileBackend::open(path, read_only)
-                .with_context(|| format!("open {}", path.display()))?;
-            specs.push(ExportSpec {
-                name: name.clone(),
-                description: path.display().to_string(),
-                backend: Arc::new(backend) as Arc<dyn Backend>,
-                read_only,
-                tls_only: false,
-            });
-        }
-        for (name, size) in memory {
-            specs.push(ExportSpec {
-                name: name.clone(),
-                description: format!("RAM disk of {size} bytes"),
-                backend: Arc::new(crate::backend::RamBackend::new(*size)?),
-                read_only,
-                tls_only: false,
-            });
-        }
-        if specs.is_empty() {
-            specs.push(ExportSpec {
-                name: "disk".into(),
-                description: format!("RAM disk of {default_ram} bytes"),
-                backend: Arc::new(crate::backend::RamBackend::new(default_ram)?),
-                read_only,
-                tls_only: false,
-            });
-        }
-        Ok(Box::leak(Box::new(Self::new(specs)?)))
-    }
-
-    /// Flushes every export (at exit).
-    pub fn flush_all(&self) {
-        for s in &self.specs {
-            if let Err(e) = s.backend.flush() {
-                log::warn!("flush {:?}: {e}", s.name);
-            }
-        }
-    }
-
-    /// One line per export, for start-up messages.
-    pub fn describe(&self) -> String {
-        self.specs
-            .iter()
-            .map(|s| {
-                format!(
-                    "{:?} ({} bytes{})",
-                    s.name,
-                    s.backend.size(),
-                    if s.read_only { ", read-only" } else { "" }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
 
 /// How an NBD service runs.
 pub struct NbdServiceOptions {
     /// Where to listen.
-    pub endpoints: Vec<crate::serve::Endpoint>,
+    pub endpoints: Vec<crate::io::Endpoint>,
     /// TLS policy.
     pub tls_mode: nbd_core::server::TlsMode,
     /// The TLS configuration (needed unless the mode is off).
@@ -218,12 +57,6 @@ pub fn service(catalog: &'static Catalog, o: NbdServiceOptions) -> crate::servic
 fn is_remote(peer: &str) -> bool {
     peer.parse::<std::net::SocketAddr>()
         .is_ok_and(|a| !a.ip().is_loopback())
-}
-
-/// Catalogs live for the whole process (built once at start), so their strings can be leaked
-/// for the `'static` the core's tables want.
-fn leak(s: &str) -> &'static str {
-    Box::leak(s.to_owned().into_boxed_str())
 }
 
 /// Largest READ/WRITE payload: 32 MiB, the spec's default.
@@ -345,7 +178,7 @@ impl<'c> NbdServerSession<'c> {
                     control = Some(Control::StartTls);
                 }
                 Event::Ready(r) => {
-                    let spec = &self.catalog.specs[r.export];
+                    let spec = &self.catalog.specs()[r.export];
                     log::info!(
                         "{}: export {:?} ({} bytes), {:?} replies{}",
                         self.peer,

@@ -24,10 +24,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use nbd_core::client::{Client, ExportInfo, Goal, Item};
 use nbd_core::wire::{AllocationFlags, CommandFlags, CommandType, TransmissionFlags};
 
-use crate::backend::{Backend, FileBackend};
-use crate::nbd_client::{self, ClientApp, ClientTls, DEPTH, InfoApp};
+use crate::nbd::backend::{Backend, FileBackend};
+use crate::nbd::client::{self as nbd_client, ClientApp, ClientTls, DEPTH, InfoApp};
+use crate::nbd::uri::NbdUri;
 use crate::pump::OutBuf;
-use crate::uri::NbdUri;
 
 /// One side of a copy.
 #[derive(Debug, Clone)]

@@ -9,9 +9,10 @@ use nbd_core::client::{
 };
 use nbd_core::wire::{MAX_STRING_LEN, ReplyType};
 
-use crate::pump::{Control, OutBuf, PeerInfo, Processed, Pump, Session, TlsStarter, run_blocking};
-use crate::serve::Stream;
-use crate::uri::{NbdUri, Transport};
+use crate::io::Stream;
+use crate::io::blocking::run_blocking;
+use crate::nbd::uri::{NbdUri, Transport};
+use crate::pump::{Control, OutBuf, PeerInfo, Processed, Pump, Session, TlsStarter};
 
 /// Requests one connection keeps in flight.
 pub const DEPTH: usize = 16;
