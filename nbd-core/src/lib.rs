@@ -20,6 +20,11 @@
 //! returns `Ok(None)` (send what it wrote), then `poll_event` until `None`, then read
 //! `poll_timeout` and arrange to call `handle_timeout` then.
 //!
+//! A machine changes phase when it handles input or a command, never while it writes output:
+//! what it decided to send stays pending in `poll_transmit`, and until that is drained it reads
+//! no further input (and the server gives out no events), so a driver draining in this order
+//! sees each milestone after the bytes that lead to it. Each module documents its phases.
+//!
 //! `handle_input` reports how many bytes it consumed and may lend a piece of the input (a
 //! request, or WRITE/READ data) that is valid until the next call: bulk data is never copied by
 //! the core. It handles at most one message per call: call it again with the unconsumed rest

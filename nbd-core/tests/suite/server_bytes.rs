@@ -108,7 +108,8 @@ fn flags(f: u32) -> Vec<u8> {
     f.to_be_bytes().to_vec()
 }
 
-fn opt(o: OptionType, data: &[u8]) -> Vec<u8> {
+/// An option header and its data, as a client sends them.
+pub(crate) fn opt(o: OptionType, data: &[u8]) -> Vec<u8> {
     let mut v = vec![0u8; 16];
     OptionHeaderRepr {
         option: o,
