@@ -60,6 +60,12 @@ pub struct Export<'a> {
 
 impl<'a> Export<'a> {
     /// A writable export with every feature a file backend has, default block sizes.
+    ///
+    /// That includes [`ExportFeatures::MULTI_CONN`]: clients (nbdcopy, qemu-img) then open
+    /// several connections and rely on a FLUSH on one of them covering writes made on all.
+    /// That holds for a file or a shared RAM disk; for a backend per connection (or one that
+    /// caches writes per connection) remove it:
+    /// `export.features.remove(ExportFeatures::MULTI_CONN)`.
     pub const fn new(name: &'a str, size: u64) -> Self {
         Self {
             name,

@@ -34,28 +34,39 @@
 //! way, it was told); a [`error::CommandError`] from a command is the application's mistake and
 //! changes nothing.
 //!
+//! The loop, with the one rule that matters: everything the server has to say goes out before
+//! the driver blocks for more input (a reply written by a `reply_*` command, and the replies the
+//! core queues itself, such as errors for bad requests). `examples/ram_server.rs` is the whole
+//! program (a RAM export served to nbdinfo, qemu-io and nbdcopy; CI runs it).
+//!
 //! ```no_run
 //! # use nbd_core::{server::*, export::Export, time::Instant};
 //! # fn recv(_: &mut [u8]) -> usize { 0 } fn send(_: &[u8]) {}
+//! # fn carry_out(_: &mut Server<'_>, _: &Request, _: &mut [u8]) -> usize { 0 }
 //! let exports = [Export::new("disk", 64 << 20)];
 //! let config = ServerConfig::new(&exports);
 //! let mut server = Server::new(config, Instant::ZERO).unwrap();
-//! let (mut inbuf, mut outbuf) = (vec![0u8; config.input_buffer_len()], vec![0u8; 1 << 20]);
+//! let (mut inbuf, mut outbuf) = (vec![0u8; config.input_buffer_len()], vec![0u8; 33 << 20]);
 //! let (mut start, mut end) = (0, 0);
 //! loop {
 //!     while let Some(n) = server.poll_transmit(&mut outbuf).unwrap() { send(&outbuf[..n]); }
 //!     while let Some(event) = server.poll_event() { /* StartTls, Ready, Finished, TimedOut */ }
 //!     if server.is_closed() { break; }
+//!     let mut progress = false;
 //!     loop {
 //!         let p = server.handle_input(&inbuf[start..end]).unwrap();
 //!         start += p.consumed;
 //!         match p.lent {
-//!             Some(Lent::Request(req)) => { /* carry it out, then e.g. server.reply_ok(&req, &mut outbuf) */ }
-//!             Some(Lent::WriteData { offset, data, .. }) => { /* pwrite(data, offset) */ }
+//!             // carry it out, encode the reply (e.g. server.reply_ok), send it now
+//!             Some(Lent::Request(req)) => { let n = carry_out(&mut server, &req, &mut outbuf); send(&outbuf[..n]); }
+//!             // pwrite(data, offset); after the last piece, reply to the WRITE
+//!             Some(Lent::WriteData { offset, data, .. }) => {}
 //!             None if p.consumed == 0 => break,
 //!             None => {}
 //!         }
+//!         progress = true;
 //!     }
+//!     if progress { continue; } // drain what the core queued before blocking
 //!     inbuf.copy_within(start..end, 0); end -= start; start = 0;
 //!     end += recv(&mut inbuf[end..]);
 //! }

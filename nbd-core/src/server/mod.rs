@@ -178,6 +178,11 @@ impl<'a> ServerConfig<'a> {
 }
 
 /// A transmission request the application must answer with exactly one final `reply_*`.
+///
+/// Requests the core can answer alone never reach the application: a zero-length READ,
+/// WRITE, TRIM, CACHE or WRITE_ZEROES succeeds at once, and a request that breaks a rule
+/// (beyond the end, misaligned, a flag not negotiated, a write to a read-only export) gets
+/// the spec's error; both replies come out of `poll_transmit` in order with the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Request {
@@ -221,7 +226,9 @@ pub enum Lent<'i> {
     /// A request to carry out.
     Request(Request),
     /// A piece of a WRITE's payload: `data` belongs at export `offset`. A WRITE's payload
-    /// arrives as one or more pieces, in order, right after its `Request`.
+    /// arrives as one or more pieces, in order, right after its `Request`; the payload is
+    /// complete when the pieces add up to the request's `length` (the last piece ends at
+    /// `offset + length`): reply then. No other request is lent in between.
     WriteData {
         /// The WRITE's cookie.
         cookie: u64,

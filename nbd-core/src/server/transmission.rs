@@ -19,8 +19,9 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// Encodes the header of a READ reply carrying `len` bytes of data for export `offset`;
-    /// the driver sends exactly those bytes right behind it. With simple replies the data
+    /// Encodes the header of a READ reply carrying `len` bytes of data for export `offset`
+    /// into `out` and returns the header's length (`read_data_header_len()` bytes); the driver
+    /// sends exactly `len` bytes of data right behind it, best in the same write. With simple replies the data
     /// must be the whole request (and `done` true); with structured or extended replies it
     /// may be any non-empty piece of it, `done` marking the last chunk.
     pub fn reply_read_data(
