@@ -125,10 +125,10 @@ nbd_opts() { echo "driver=nbd,host=127.0.0.1,port=$NBD_PORT,export=$1,tls-creds=
 step "NBD: nbdinfo over TLS"
 info=$(nbdinfo "$NBD_URI/iso?tls-certificates=$CREDS") || fail "nbdinfo"
 echo "$info" | grep -E 'protocol|export-size|is_read_only|can_multi_conn|base:allocation'
-echo "$info" | grep -q 'with TLS' || fail "nbdinfo: not TLS"
-echo "$info" | grep -q "export-size: $(stat -c %s "$IMAGE")" || fail "nbdinfo: iso size"
-echo "$info" | grep -q 'is_read_only: true' || fail "nbdinfo: iso not read-only"
-echo "$info" | grep -q 'base:allocation' || fail "nbdinfo: no base:allocation"
+grep -q 'with TLS' <<<"$info" || fail "nbdinfo: not TLS"
+grep -q "export-size: $(stat -c %s "$IMAGE")" <<<"$info" || fail "nbdinfo: iso size"
+grep -q 'is_read_only: true' <<<"$info" || fail "nbdinfo: iso not read-only"
+grep -q 'base:allocation' <<<"$info" || fail "nbdinfo: no base:allocation"
 nbdinfo "$NBD_URI/ram?tls-certificates=$CREDS" | grep -q 'can_multi_conn: false' ||
     fail "nbdinfo: the RAM disk claims multi-conn"
 idle
@@ -154,7 +154,7 @@ EOF
 got_map=$(echo "$map" | awk '{print $1, $2, $3}')
 [ "$got_map" = "$want_map" ] || fail "nbdinfo --map differs from the image's zero blocks: want
 $want_map"
-echo "$map" | grep -q 'hole,zero' || fail "no zero region reported"
+grep -q 'hole,zero' <<<"$map" || fail "no zero region reported"
 idle
 
 step "NBD: qemu-img compare and convert over TLS, byte for byte"

@@ -10,7 +10,7 @@ use pki_types::pem::PemObject;
 use pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::backend::{CryptoBackend, TimeSource};
-use crate::x509::{self, Cert, Crl, KeyAlg, format_unix, ku};
+use crate::x509::{Cert, Crl, KeyAlg, format_dn, format_unix, ku, normalize_sec1};
 
 /// Which side of TLS the credentials are for (QEMU `endpoint=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,7 +518,7 @@ fn parse_key(data: &[u8], label: &str, report: &mut Report) -> Option<PrivateKey
         return None;
     }
     match PrivateKeyDer::from_pem_slice(data) {
-        Ok(PrivateKeyDer::Sec1(k)) => match x509::normalize_sec1(k.secret_sec1_der()) {
+        Ok(PrivateKeyDer::Sec1(k)) => match normalize_sec1(k.secret_sec1_der()) {
             Some(fixed) => Some(PrivateKeyDer::Sec1(fixed.into())),
             None => Some(PrivateKeyDer::Sec1(k)),
         },
@@ -715,7 +715,7 @@ fn check_leaf(c: &Cert<'_>, now: i64, label: &str, endpoint: Endpoint, report: &
             );
         }
     }
-    if endpoint == Endpoint::Server && c.san.is_none() {
+    if endpoint == Endpoint::Server && !c.has_san {
         report.push(
             Severity::Warning,
             Problem::Info,
@@ -753,16 +753,17 @@ enum Issued {
 fn find_issuer(c: &Cert<'_>, pool: &[Cert<'_>], backend: &CryptoBackend) -> Issued {
     let mut name_only = None;
     let mut unsupported = None;
+    let sig_alg = c.sig_alg();
     for (i, cand) in pool.iter().enumerate() {
-        if cand.subject != c.issuer {
+        if cand.subject() != c.issuer() {
             continue;
         }
         match backend.verify_signed(
-            cand.spki_alg,
-            cand.public_key,
-            c.sig_alg,
+            &cand.spki_alg(),
+            cand.public_key(),
+            &sig_alg,
             c.tbs,
-            c.signature,
+            c.signature(),
         ) {
             Some(true) => return Issued::By(i),
             Some(false) => name_only = Some(i),
@@ -866,24 +867,24 @@ fn check_crls(
             );
             continue;
         };
-        match cas.iter().find(|ca| ca.subject == crl.issuer) {
+        match cas.iter().find(|ca| ca.subject() == crl.issuer()) {
             None => report.push(
                 Severity::Error,
                 Problem::CrlIssuer,
                 &l.crl,
                 format!(
                     "CRL #{n} was issued by '{}', which is not a CA in {}",
-                    x509::format_dn(crl.issuer),
+                    format_dn(crl.issuer()),
                     l.ca
                 ),
             ),
             Some(ca) => {
                 if opts.backend.verify_signed(
-                    ca.spki_alg,
-                    ca.public_key,
-                    crl.sig_alg,
+                    &ca.spki_alg(),
+                    ca.public_key(),
+                    &crl.sig_alg(),
                     crl.tbs,
-                    crl.signature,
+                    crl.signature(),
                 ) == Some(false)
                 {
                     report.push(
@@ -909,8 +910,8 @@ fn check_crls(
             );
         }
         if let Some(leaf) = leaf
-            && crl.issuer == leaf.issuer
-            && crl.lists(leaf.serial)
+            && crl.issuer() == leaf.issuer()
+            && crl.lists(leaf.serial())
         {
             report.push(
                 Severity::Error,
@@ -1123,7 +1124,7 @@ fn load(pem: &CredsPem<'_>, opts: CredsOptions, l: &Labels) -> Result<TlsCreds, 
                 format!("the private key type is not supported by the {} backend (use RSA, ECDSA P-256/P-384 or Ed25519)", opts.backend.name()),
             ),
             Ok(sk) => match sk.public_key() {
-                Some(spki) if spki.as_ref() != leaf.spki => report.push(
+                Some(spki) if spki.as_ref() != leaf.spki() => report.push(
                     Severity::Error,
                     Problem::KeyMismatch,
                     &l.key,

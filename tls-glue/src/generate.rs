@@ -270,11 +270,9 @@ pub fn generate_qemu_layout(dir: &Path, opts: &GenerateOptions) -> std::io::Resu
     }
     Ok(GeneratedFiles {
         files,
-        client_dn: crate::x509::format_dn(
-            crate::x509::Cert::parse(client_cert.der())
-                .map(|c| c.subject)
-                .unwrap_or_default(),
-        ),
+        client_dn: crate::x509::Cert::parse(client_cert.der())
+            .map(|c| c.subject_dn())
+            .unwrap_or_default(),
         server_fingerprint: crate::pin::format_fingerprint(&crate::pin::fingerprint_sha256(
             server_cert.der(),
         )),

@@ -927,16 +927,8 @@ struct RsaVerify {
 
 #[cfg(feature = "rustcrypto-rsa")]
 fn rsa_public(public_key: &[u8]) -> Result<rsa::RsaPublicKey, InvalidSignature> {
-    use crate::x509::{Reader, TAG_INTEGER, TAG_SEQUENCE, single};
-    let seq = single(public_key, TAG_SEQUENCE).map_err(|_| InvalidSignature)?;
-    let mut r = Reader::new(seq.value);
-    let n = r.expect(TAG_INTEGER).map_err(|_| InvalidSignature)?;
-    let e = r.expect(TAG_INTEGER).map_err(|_| InvalidSignature)?;
-    let key = rsa::RsaPublicKey::new(
-        rsa::BigUint::from_bytes_be(n.value),
-        rsa::BigUint::from_bytes_be(e.value),
-    )
-    .map_err(|_| InvalidSignature)?;
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    let key = rsa::RsaPublicKey::from_pkcs1_der(public_key).map_err(|_| InvalidSignature)?;
     // rustls/webpki accept 2048..=8192-bit keys.
     if !(2048..=8192).contains(&(rsa::traits::PublicKeyParts::size(&key) * 8)) {
         return Err(InvalidSignature);
@@ -1236,39 +1228,17 @@ impl SigningKey for Key {
     }
 
     fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
-        #[cfg(feature = "rustcrypto-rsa")]
         use p256::pkcs8::EncodePublicKey;
-        let ec = |curve: &[u8], point: &[u8]| {
-            let mut alg = Vec::new();
-            der_push(&mut alg, 0x06, crate::x509::oid::EC_PUBLIC_KEY);
-            der_push(&mut alg, 0x06, curve);
-            spki(&alg, point)
-        };
         let der = match self {
-            Key::P256(k) => ec(
-                crate::x509::oid::P256,
-                k.verifying_key().to_encoded_point(false).as_bytes(),
-            ),
+            Key::P256(k) => p256::PublicKey::from(k.verifying_key()).to_public_key_der(),
             #[cfg(feature = "rustcrypto-p384")]
-            Key::P384(k) => ec(
-                crate::x509::oid::P384,
-                k.verifying_key().to_encoded_point(false).as_bytes(),
-            ),
+            Key::P384(k) => p384::PublicKey::from(k.verifying_key()).to_public_key_der(),
             #[cfg(feature = "rustcrypto-ed25519")]
-            Key::Ed25519(k) => {
-                let mut alg = Vec::new();
-                der_push(&mut alg, 0x06, crate::x509::oid::ED25519);
-                spki(&alg, k.verifying_key().as_bytes())
-            }
+            Key::Ed25519(k) => k.verifying_key().to_public_key_der(),
             #[cfg(feature = "rustcrypto-rsa")]
-            Key::Rsa(k, _) => k
-                .to_public_key()
-                .to_public_key_der()
-                .ok()?
-                .as_bytes()
-                .to_vec(),
+            Key::Rsa(k, _) => k.to_public_key().to_public_key_der(),
         };
-        Some(SubjectPublicKeyInfoDer::from(der))
+        Some(SubjectPublicKeyInfoDer::from(der.ok()?.into_vec()))
     }
 
     fn algorithm(&self) -> SignatureAlgorithm {
@@ -1344,18 +1314,4 @@ impl Signer for KeySigner {
     fn scheme(&self) -> SignatureScheme {
         self.scheme
     }
-}
-
-use crate::x509::der_push;
-
-fn spki(alg_contents: &[u8], key: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    der_push(&mut body, 0x30, alg_contents);
-    let mut bits = Vec::with_capacity(key.len() + 1);
-    bits.push(0);
-    bits.extend_from_slice(key);
-    der_push(&mut body, 0x03, &bits);
-    let mut out = Vec::new();
-    der_push(&mut out, 0x30, &body);
-    out
 }
