@@ -27,6 +27,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
+step "MSRV: the published crates with Rust 1.88 (rust-version)"
+CARGO_TARGET_DIR=target/msrv cargo +1.88 build -p nbd-core -p rfb-core -p tls-glue --all-features
+
+step "cargo publish --dry-run of the published crates (scratch copy, publish switched on)"
+tests/publish-check.sh
+
 step "no_std builds for thumbv7em-none-eabihf"
 cargo build -p nbd-core --target thumbv7em-none-eabihf --no-default-features
 cargo build -p rfb-core --target thumbv7em-none-eabihf --no-default-features

@@ -42,6 +42,7 @@ fi
 echo 'kvmio-vnc:Plain-Test-1' | $SUDO chpasswd
 
 rustup target list --installed | grep -q thumbv7em-none-eabihf || rustup target add thumbv7em-none-eabihf
+rustup toolchain list | grep -q '^1.88' || rustup toolchain install 1.88 --profile minimal
 rustup component list --installed | grep -q rustfmt || rustup component add rustfmt
 rustup component list --installed | grep -q clippy || rustup component add clippy
 if rustup toolchain list | grep -q '^nightly'; then
