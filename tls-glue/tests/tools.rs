@@ -28,7 +28,7 @@ fn certtool(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .args(args)
         .output()
-        .expect("certtool not found: install gnutls-bin (reference/peers.md §0.1)");
+        .expect("certtool not found: install gnutls-bin (tests/setup.sh does)");
     assert!(
         out.status.success(),
         "certtool {args:?}: {}",
