@@ -701,7 +701,8 @@ impl Client {
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
         let extended = self.requested & bits::EXT_CLIPBOARD != 0;
-        shared::queue_cut_text(&mut self.out, 6, len, extended)
+        let t = ClientMessageType::ClientCutText.into();
+        shared::queue_cut_text(&mut self.out, t, len, extended)
     }
 
     /// EnableContinuousUpdates (after [`Event::EndOfContinuousUpdates`] showed support).
@@ -836,8 +837,10 @@ impl Client {
     }
 
     fn authenticated(&mut self) -> Result<(), Error> {
-        let shared = u8::from(self.config.shared);
-        self.out.push(1, |b| b[0] = shared)?;
+        let m = ClientInitRepr {
+            shared: self.config.shared,
+        };
+        self.out.push(ClientInitRepr::LEN, |b| m.emit(b))?;
         self.phase = Phase::ServerInit;
         self.push(Ev::Authenticated);
         Ok(())
@@ -973,7 +976,7 @@ impl Client {
                 let Some(&ack) = input.first() else {
                     return Ok((0, None));
                 };
-                if ack != 0 {
+                if ack != vencrypt_ack::VERSION_OK {
                     return Err(P::VencryptVersion.into());
                 }
                 self.phase = Phase::VencryptSubtypes;
@@ -1017,7 +1020,7 @@ impl Client {
                 let Some(&ack) = input.first() else {
                     return Ok((0, None));
                 };
-                if ack != 1 {
+                if ack != vencrypt_ack::SUBTYPE_OK {
                     return Err(P::VencryptRefused.into());
                 }
                 let Some(sub) = self.subtype else {
@@ -1335,8 +1338,13 @@ impl Client {
         let n = RectHeaderRepr::LEN;
         let r = h.rect;
         // 65535 with LastRect negotiated means "until LastRect".
-        let until_last = remaining == 0xffff && self.requested & bits::LAST_RECT != 0;
-        let remaining = if until_last { 0xffff } else { remaining - 1 };
+        const UNTIL_LAST: u16 = FramebufferUpdateRepr::UNTIL_LAST_RECT;
+        let until_last = remaining == UNTIL_LAST && self.requested & bits::LAST_RECT != 0;
+        let remaining = if until_last {
+            UNTIL_LAST
+        } else {
+            remaining - 1
+        };
         let bit = h
             .encoding
             .bit()
@@ -1407,7 +1415,7 @@ impl Client {
                 let e = ExtendedDesktopSizeRepr::parse(&input[n..])
                     .map_err(|_| Error::Protocol(P::InvalidScreenLayout))?;
                 let (reason, status) = (r.x, r.y);
-                if reason != 1 || status == 0 {
+                if reason != desktop_size::REASON_THIS_CLIENT || status == desktop_size::STATUS_OK {
                     self.width = r.width;
                     self.height = r.height;
                 }
@@ -1436,7 +1444,7 @@ impl Client {
                 }
                 let bpp = self.format.bytes_per_pixel() as u64;
                 let len = u64::from(r.width) * u64::from(r.height) * bpp
-                    + u64::from(r.width.div_ceil(8)) * u64::from(r.height);
+                    + cursor_mask_len(r.width, r.height) as u64;
                 let len = u32::try_from(len).map_err(|_| Error::Protocol(P::CursorTooLarge))?;
                 self.push(Ev::Cursor {
                     hx: r.x,
@@ -1501,29 +1509,30 @@ impl Client {
         let mut sink = self.sink(fb)?;
         let (n, finished, dec) = match (encoding, dec) {
             (Encoding::CopyRect, _) => {
-                if input.len() < 4 {
+                let Ok(c) = CopyRectRepr::parse(input) else {
                     return Ok((0, None));
-                }
-                let (sx, sy) = (be16(input, 0), be16(input, 2));
-                if !Rect::new(sx, sy, r.width, r.height).fits_in(self.width, self.height) {
+                };
+                let src = Rect::new(c.src_x, c.src_y, r.width, r.height);
+                if !src.fits_in(self.width, self.height) {
                     return Err(P::CopyRectSourceOutOfBounds.into());
                 }
-                sink.copy(r, sx, sy);
-                (4, true, dec)
+                sink.copy(r, c.src_x, c.src_y);
+                (CopyRectRepr::LEN, true, dec)
             }
             (_, RectDecoder::Raw { mut x, mut y }) => {
                 let (n, done) = decode::raw(&r, &mut x, &mut y, input, &mut sink);
                 (n, done, RectDecoder::Raw { x, y })
             }
             (_, RectDecoder::RreHeader) => {
-                let Some((count, bg)) = decode::rre_header(input, bpp) else {
+                let Some((count, bg)) = rre::parse_header(input, bpp) else {
                     return Ok((0, None));
                 };
                 if count > r.area() {
                     return Err(P::TooManySubrectangles.into());
                 }
                 sink.fill(r, bg);
-                (4 + bpp, count == 0, RectDecoder::Rre { remaining: count })
+                let n = rre::header_len(bpp);
+                (n, count == 0, RectDecoder::Rre { remaining: count })
             }
             (_, RectDecoder::Rre { mut remaining }) => {
                 let (n, done) = decode::rre(&r, &mut remaining, input, &mut sink)?;

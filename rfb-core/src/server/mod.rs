@@ -737,7 +737,7 @@ impl Server {
     /// Rings the client's bell.
     pub fn bell(&mut self) -> Result<(), Error> {
         self.running()?;
-        self.out.push(1, |b| b[0] = 2)
+        self.out.push(1, |b| b[0] = ServerMessageType::Bell.into())
     }
 
     /// Sends ServerCutText: the header is queued and `poll_transmit` then asks the application to
@@ -746,7 +746,8 @@ impl Server {
     pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
         self.running()?;
         let extended = self.prefs.flags & bits::EXT_CLIPBOARD != 0;
-        shared::queue_cut_text(&mut self.out, 3, len, extended)
+        let t = ServerMessageType::ServerCutText.into();
+        shared::queue_cut_text(&mut self.out, t, len, extended)
     }
 
     /// Sends a ServerFence (the client must have asked for the Fence pseudo-encoding).
@@ -996,14 +997,14 @@ impl Server {
             Phase::VencryptVersion => {
                 let v = need!(VencryptVersionRepr::parse(input));
                 if v != VencryptVersionRepr::V0_2 {
-                    let _ = self.out.push(1, |b| b[0] = 1);
+                    let _ = self.out.push(1, |b| b[0] = vencrypt_ack::VERSION_REFUSED);
                     self.phase = Phase::Closing;
                     return Err(Error::Protocol(ProtocolError::VencryptVersion));
                 }
                 let subs = self.config.vencrypt_subtypes.clone();
                 let n = VencryptSubtypesRepr::buffer_len_for(subs.len());
                 self.out.push(1 + n, |b| {
-                    b[0] = 0;
+                    b[0] = vencrypt_ack::VERSION_OK;
                     VencryptSubtypesRepr::emit_list(&subs, &mut b[1..]);
                 })?;
                 self.phase = Phase::VencryptSubtype;
@@ -1016,7 +1017,7 @@ impl Server {
                 let sub = VencryptSubtype::from(be32(input, 0));
                 if !self.config.vencrypt_subtypes.contains(&sub) {
                     if sub.uses_tls() {
-                        let _ = self.out.push(1, |b| b[0] = 0);
+                        let _ = self.out.push(1, |b| b[0] = vencrypt_ack::SUBTYPE_REFUSED);
                     }
                     self.phase = Phase::Closing;
                     return Err(Error::Protocol(ProtocolError::SubtypeNotOffered));
@@ -1024,7 +1025,7 @@ impl Server {
                 self.method.subtype = Some(sub);
                 debug!("rfb server: VeNCrypt sub-type {}", u32::from(sub));
                 if sub.uses_tls() {
-                    self.out.push(1, |b| b[0] = 1)?;
+                    self.out.push(1, |b| b[0] = vencrypt_ack::SUBTYPE_OK)?;
                     self.phase = Phase::AwaitTls(sub);
                     self.push_event(Event::StartTls);
                 } else {
@@ -1062,14 +1063,12 @@ impl Server {
                 ))
             }
             Phase::ClientInit => {
-                let Some(&shared) = input.first() else {
+                let Ok(m) = ClientInitRepr::parse(input) else {
                     return Ok((0, None));
                 };
                 self.phase = Phase::ServerInit;
-                self.push_event(Event::ClientInit {
-                    shared: shared != 0,
-                });
-                Ok((1, None))
+                self.push_event(Event::ClientInit { shared: m.shared });
+                Ok((ClientInitRepr::LEN, None))
             }
             Phase::Normal => self.step_message(input),
             Phase::Closing | Phase::Closed => Ok((0, None)),
@@ -1233,7 +1232,7 @@ impl Server {
                     self.continuous = Some(rect);
                 } else {
                     self.continuous = None;
-                    self.out.push(1, |b| b[0] = 150)?;
+                    self.out.push(1, end_of_continuous_updates)?;
                 }
                 self.push_event(Event::ContinuousUpdates {
                     enabled: m.enable,
@@ -1303,7 +1302,7 @@ impl Server {
         // First sight of a pseudo-encoding that needs an acknowledgement.
         let new = p.flags & !self.acked;
         if new & bits::CONTINUOUS != 0 {
-            self.out.push(1, |b| b[0] = 150)?;
+            self.out.push(1, end_of_continuous_updates)?;
         }
         if new & bits::FENCE != 0 {
             let f = FenceRepr {
@@ -1314,10 +1313,11 @@ impl Server {
         }
         if p.flags & bits::EXT_CLIPBOARD != 0 {
             // Caps: text, with request/notify/provide, max unsolicited text size.
-            let caps: u32 = 1 | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 28);
+            use ext_clipboard::*;
+            let caps = TEXT | CAPS | REQUEST | NOTIFY | PROVIDE;
             let max = self.config.limits.max_cut_text;
             let h = CutTextHeaderRepr {
-                message_type: 3,
+                message_type: ServerMessageType::ServerCutText.into(),
                 length: CutTextLength::Extended(8).to_wire(),
             };
             let _ = self.out.push(16, |b| {
@@ -1386,4 +1386,9 @@ impl Server {
         };
         Ok(Some(Transmit { len, then: None }))
     }
+}
+
+/// EndOfContinuousUpdates (a lone type byte).
+fn end_of_continuous_updates(b: &mut [u8]) {
+    b[0] = ServerMessageType::EndOfContinuousUpdates.into();
 }

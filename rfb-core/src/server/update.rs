@@ -2,9 +2,7 @@
 //! encodes straight from it into the caller's output buffer, resumable across calls.
 
 use super::Server;
-use super::encode::{
-    HEXTILE_RAW, HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next,
-};
+use super::encode::{HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next};
 use crate::error::Error;
 use crate::pixel::{Framebuffer, Translator, effective_format};
 use crate::wire::*;
@@ -231,7 +229,7 @@ impl Server {
             && flags & bits::CURSOR != 0
         {
             let (w, h) = (c.image.width(), c.image.height());
-            let mask_len = usize::from(w.div_ceil(8)) * usize::from(h);
+            let mask_len = cursor_mask_len(w, h);
             if w > 256 || h > 256 || c.mask.len() < mask_len || !c.image.format().true_colour {
                 return Err(Error::InvalidArgument);
             }
@@ -261,7 +259,11 @@ impl Server {
             stage: Stage::Header,
             pseudo,
             size_ext: ext,
-            rects: if last_rect { 0xffff } else { rects as u16 },
+            rects: if last_rect {
+                FramebufferUpdateRepr::UNTIL_LAST_RECT
+            } else {
+                rects as u16
+            },
             last_rect,
             damage: 0,
             rect: RectState::Start,
@@ -378,13 +380,15 @@ impl Server {
                 } else {
                     src.screens
                 };
-                let n = RectHeaderRepr::LEN + ExtendedDesktopSizeRepr::LEN + 16 * screens.len();
+                let n = RectHeaderRepr::LEN
+                    + ExtendedDesktopSizeRepr::LEN
+                    + Screen::LEN * screens.len();
                 if out.len() < n {
                     return None;
                 }
                 let (reason, status) = match self.desktop_size_reply {
-                    Some(s) => (1, s),
-                    None => (0, 0),
+                    Some(s) => (desktop_size::REASON_THIS_CLIENT, s),
+                    None => (desktop_size::REASON_SERVER, desktop_size::STATUS_OK),
                 };
                 RectHeaderRepr {
                     rect: Rect::new(reason, status, w, h),
@@ -394,9 +398,10 @@ impl Server {
                 ExtendedDesktopSizeRepr {
                     screens: screens.len() as u8,
                 }
-                .emit(&mut out[12..]);
+                .emit(&mut out[RectHeaderRepr::LEN..]);
+                let at = RectHeaderRepr::LEN + ExtendedDesktopSizeRepr::LEN;
                 for (i, s) in screens.iter().enumerate() {
-                    s.emit(&mut out[16 + 16 * i..]);
+                    s.emit(&mut out[at + Screen::LEN * i..]);
                 }
                 st.pseudo &= !PSEUDO_SIZE;
                 return Some(n);
@@ -423,8 +428,9 @@ impl Server {
                 encoding: Encoding::DesktopName,
             }
             .emit(out);
-            put32(out, 12, name.len() as u32);
-            out[16..n].copy_from_slice(name);
+            // U32 length, then the name.
+            put32(out, RectHeaderRepr::LEN, name.len() as u32);
+            out[RectHeaderRepr::LEN + 4..n].copy_from_slice(name);
             st.pseudo &= !PSEUDO_NAME;
             return Some(n);
         }
@@ -484,7 +490,7 @@ impl Server {
             pos += row_len;
             row += 1;
         }
-        let mask_len = usize::from(img.width().div_ceil(8)) * usize::from(img.height());
+        let mask_len = cursor_mask_len(img.width(), img.height());
         let n = (mask_len - mask_sent).min(out.len() - pos);
         out[pos..pos + n].copy_from_slice(&c.mask[mask_sent..mask_sent + n]);
         pos += n;
@@ -512,7 +518,8 @@ impl Server {
         let mut pos = 0usize;
         if st.rect == RectState::Start {
             if let Some((dst, sx, sy)) = self.as_copy(d, fb) {
-                if out.len() < RectHeaderRepr::LEN + 4 {
+                let n = RectHeaderRepr::LEN + CopyRectRepr::LEN;
+                if out.len() < n {
                     return Ok(None);
                 }
                 RectHeaderRepr {
@@ -520,10 +527,13 @@ impl Server {
                     encoding: Encoding::CopyRect,
                 }
                 .emit(out);
-                put16(out, 12, sx);
-                put16(out, 14, sy);
+                CopyRectRepr {
+                    src_x: sx,
+                    src_y: sy,
+                }
+                .emit(&mut out[RectHeaderRepr::LEN..]);
                 st.damage += 1;
-                return Ok(Some(16));
+                return Ok(Some(n));
             }
             let r = Self::damage_rect(d, fb);
             if r.is_empty() {
@@ -558,7 +568,7 @@ impl Server {
                 Encoding::Rre => {
                     let bg = source.pixel(r.x, r.y);
                     let count = rre_count(source, r.x, r.y, r.width, r.height, bg);
-                    let n = RectHeaderRepr::LEN + 4 + bpp;
+                    let n = RectHeaderRepr::LEN + rre::header_len(bpp);
                     if out.len() < n {
                         return Ok(None);
                     }
@@ -567,8 +577,9 @@ impl Server {
                         encoding: Encoding::Rre,
                     }
                     .emit(out);
-                    put32(out, 12, count);
-                    put_px(&mut out[16..], bg, bpp);
+                    let body = &mut out[RectHeaderRepr::LEN..];
+                    rre::emit_header_count(body, count);
+                    put_px(&mut body[4..], bg, bpp);
                     pos = n;
                     st.rect = RectState::Rre { bg, cx: 0, cy: 0 };
                 }
@@ -622,17 +633,16 @@ impl Server {
             RectState::Rre { bg, cx, cy } => {
                 let mut done = false;
                 loop {
-                    if out.len() - pos < bpp + 8 {
+                    let len = rre::subrect_len(bpp);
+                    if out.len() - pos < len {
                         break;
                     }
                     match rre_next(source, (r.x, r.y, r.width, r.height), *bg, cx, cy) {
                         Some((p, sx, sy, sw)) => {
                             put_px(&mut out[pos..], p, bpp);
-                            put16(out, pos + bpp, sx);
-                            put16(out, pos + bpp + 2, sy);
-                            put16(out, pos + bpp + 4, sw);
-                            put16(out, pos + bpp + 6, 1);
-                            pos += bpp + 8;
+                            let geometry = Rect::new(sx, sy, sw, 1);
+                            rre::emit_subrect_geometry(&mut out[pos..], bpp, &geometry);
+                            pos += len;
                         }
                         None => {
                             done = true;
@@ -645,23 +655,24 @@ impl Server {
             RectState::Hextile { tx, ty, carry } => {
                 let mut px = [0u32; 256];
                 let max = hextile_max(bpp);
-                let tiles_x = r.width.div_ceil(16);
-                let tiles_y = r.height.div_ceil(16);
+                const TILE: u16 = hextile::TILE_SIZE;
+                let tiles_x = r.width.div_ceil(TILE);
+                let tiles_y = r.height.div_ceil(TILE);
                 while *ty < tiles_y {
                     if out.len() - pos < max {
                         break;
                     }
-                    let x = r.x + *tx * 16;
-                    let y = r.y + *ty * 16;
-                    let w = (r.x + r.width - x).min(16);
-                    let h = (r.y + r.height - y).min(16);
+                    let x = r.x + *tx * TILE;
+                    let y = r.y + *ty * TILE;
+                    let w = (r.x + r.width - x).min(TILE);
+                    let h = (r.y + r.height - y).min(TILE);
                     let (tw, th) = (usize::from(w), usize::from(h));
                     source.load_tile(x, y, w, h, &mut px);
                     pos += match hextile_tile(&mut px, tw, th, bpp, carry, &mut out[pos..]) {
                         Some(len) => len,
                         None => {
                             // Raw: the rows in the client's format, straight from the framebuffer.
-                            out[pos] = HEXTILE_RAW;
+                            out[pos] = hextile::RAW;
                             let row = tw * bpp;
                             for r in 0..h {
                                 let at = pos + 1 + usize::from(r) * row;
