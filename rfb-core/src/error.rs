@@ -9,6 +9,8 @@ use core::fmt;
 pub enum ProtocolError {
     /// The ProtocolVersion message is not `RFB xxx.yyy\n`.
     MalformedVersion,
+    /// A message has a field no valid message of its kind has.
+    Malformed,
     /// The peer's protocol version cannot be served (major version not 3, or minor below 3).
     UnsupportedVersion,
     /// The client chose a security type the server did not offer (CVE-2006-2369).
@@ -81,6 +83,7 @@ impl fmt::Display for ProtocolError {
         use ProtocolError::*;
         match self {
             MalformedVersion => f.write_str("malformed ProtocolVersion message"),
+            Malformed => f.write_str("malformed message"),
             UnsupportedVersion => f.write_str("unsupported RFB protocol version"),
             SecurityTypeNotOffered => {
                 f.write_str("client chose a security type that was not offered")

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, ProtocolError};
 use crate::outq::{AppPayload, OutQueue};
-use crate::wire::{CutTextHeaderRepr, CutTextLength, FenceRepr, WireError, fence_flags};
+use crate::wire::{CutTextHeaderRepr, CutTextLength, FenceRepr, fence_flags};
 
 /// Queues a cut-text header (`message_type` 6 from the client, 3 from the server);
 /// `poll_transmit` then asks the application to send the `len` bytes itself. `Extended` needs
@@ -51,9 +51,11 @@ pub(crate) fn cut_text_header(
     extended_clipboard: bool,
     max: u32,
 ) -> Result<Option<CutTextLength>, Error> {
-    let Ok(h) = CutTextHeaderRepr::parse(input) else {
-        return Ok(None);
-    };
+    let h = complete_or_wait!(
+        CutTextHeaderRepr::parse(input),
+        malformed => ProtocolError::Malformed,
+        wait => None
+    );
     let len = h.decode(extended_clipboard);
     if len.len() > max {
         return Err(ProtocolError::CutTextTooLong.into());
@@ -79,11 +81,8 @@ pub(crate) fn receive_fence<'i, const N: usize>(
     input: &'i [u8],
     out: &mut OutQueue<N>,
 ) -> Result<(usize, Option<FenceResponse<'i>>), Error> {
-    let m = match FenceRepr::parse(input) {
-        Ok(m) => m,
-        Err(WireError::Truncated { .. }) => return Ok((0, None)),
-        Err(WireError::Malformed) => return Err(ProtocolError::FencePayloadTooLong.into()),
-    };
+    let m =
+        complete_or_wait!(FenceRepr::parse(input), malformed => ProtocolError::FencePayloadTooLong);
     let len = m.buffer_len();
     if m.flags & fence_flags::REQUEST == 0 {
         let data = &input[FenceRepr::HEADER_LEN..len];

@@ -863,11 +863,10 @@ impl Client {
         use ProtocolError as P;
         match self.phase {
             Phase::Version => {
-                let v = match ProtocolVersionRepr::parse(input) {
-                    Ok(v) => v,
-                    Err(WireError::Truncated { .. }) => return Ok((0, None)),
-                    Err(WireError::Malformed) => return Err(P::MalformedVersion.into()),
-                };
+                let v = complete_or_wait!(
+                    ProtocolVersionRepr::parse(input),
+                    malformed => P::MalformedVersion
+                );
                 let sv = Version::from_numbers(v.major, v.minor)
                     .ok_or(Error::Protocol(P::UnsupportedVersion))?;
                 self.version = sv.min(self.config.max_version);
@@ -907,10 +906,10 @@ impl Client {
                 Ok((4, None))
             }
             Phase::SecurityList => {
-                let list = match SecurityTypesRepr::parse(input) {
-                    Ok(l) => l,
-                    Err(_) => return Ok((0, None)),
-                };
+                let list = complete_or_wait!(
+                    SecurityTypesRepr::parse(input),
+                    malformed => P::InvalidSecurityType
+                );
                 let n = list.buffer_len();
                 if list.types.is_empty() {
                     self.phase = Phase::ReasonLength;
@@ -961,9 +960,10 @@ impl Client {
                 Ok((0, None))
             }
             Phase::VencryptVersion => {
-                let Ok(v) = VencryptVersionRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let v = complete_or_wait!(
+                    VencryptVersionRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if (v.major, v.minor) < (0, 2) {
                     return Err(P::VencryptVersion.into());
                 }
@@ -983,10 +983,10 @@ impl Client {
                 Ok((1, None))
             }
             Phase::VencryptSubtypes => {
-                let list = match VencryptSubtypesRepr::parse(input) {
-                    Ok(l) => l,
-                    Err(_) => return Ok((0, None)),
-                };
+                let list = complete_or_wait!(
+                    VencryptSubtypesRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if list.is_empty() {
                     return Err(P::MalformedVencrypt.into());
                 }
@@ -1070,9 +1070,10 @@ impl Client {
                 Ok((4, None))
             }
             Phase::ServerInit => {
-                let Ok(h) = ServerInitRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let h = complete_or_wait!(
+                    ServerInitRepr::parse(input),
+                    malformed => P::InvalidPixelFormat
+                );
                 if !h.format.is_valid() {
                     return Err(P::InvalidPixelFormat.into());
                 }
@@ -1201,9 +1202,8 @@ impl Client {
                 return Ok((data.len(), Some(Payload::CursorData { offset, data })));
             }
             Msg::Screens { remaining, screens } => {
-                let Ok(s) = Screen::parse(input) else {
-                    return Ok((0, None));
-                };
+                let s =
+                    complete_or_wait!(Screen::parse(input), malformed => P::InvalidScreenLayout);
                 self.push(Ev::Screen(s));
                 if screens > 1 {
                     self.msg = Msg::Screens {
@@ -1256,9 +1256,7 @@ impl Client {
         trace!("rfb client: message type {}", t);
         match ServerMessageType::from(t) {
             ServerMessageType::FramebufferUpdate => {
-                let Ok(h) = FramebufferUpdateRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let h = complete_or_wait!(FramebufferUpdateRepr::parse(input), malformed => P::Malformed);
                 self.push(Ev::UpdateBegin(h.rects));
                 if h.rects == 0 {
                     self.push(Ev::UpdateEnd);
@@ -1268,9 +1266,10 @@ impl Client {
                 Ok((FramebufferUpdateRepr::LEN, None))
             }
             ServerMessageType::SetColourMapEntries => {
-                let Ok(h) = SetColourMapEntriesRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let h = complete_or_wait!(
+                    SetColourMapEntriesRepr::parse(input),
+                    malformed => P::ColourMapOutOfRange
+                );
                 if u32::from(h.first) + u32::from(h.count) > 65536 {
                     return Err(P::ColourMapOutOfRange.into());
                 }
@@ -1332,9 +1331,7 @@ impl Client {
         remaining: u16,
     ) -> Result<(usize, Option<Payload<'i>>), Error> {
         use ProtocolError as P;
-        let Ok(h) = RectHeaderRepr::parse(input) else {
-            return Ok((0, None));
-        };
+        let h = complete_or_wait!(RectHeaderRepr::parse(input), malformed => P::Malformed);
         let n = RectHeaderRepr::LEN;
         let r = h.rect;
         // 65535 with LastRect negotiated means "until LastRect".
@@ -1509,9 +1506,10 @@ impl Client {
         let mut sink = self.sink(fb)?;
         let (n, finished, dec) = match (encoding, dec) {
             (Encoding::CopyRect, _) => {
-                let Ok(c) = CopyRectRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let c = complete_or_wait!(
+                    CopyRectRepr::parse(input),
+                    malformed => P::CopyRectSourceOutOfBounds
+                );
                 let src = Rect::new(c.src_x, c.src_y, r.width, r.height);
                 if !src.fits_in(self.width, self.height) {
                     return Err(P::CopyRectSourceOutOfBounds.into());

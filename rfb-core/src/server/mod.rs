@@ -912,20 +912,13 @@ impl Server {
 
     /// One protocol unit: `(consumed, payload)`; `(0, None)` means more input is needed.
     fn step<'i>(&mut self, input: &'i [u8]) -> Result<(usize, Option<Payload<'i>>), Error> {
-        macro_rules! need {
-            ($r:expr) => {
-                match $r {
-                    Ok(v) => v,
-                    Err(WireError::Truncated { .. }) => return Ok((0, None)),
-                    Err(WireError::Malformed) => {
-                        return Err(Error::Protocol(ProtocolError::MalformedVersion))
-                    }
-                }
-            };
-        }
+        use ProtocolError as P;
         match self.phase {
             Phase::Version => {
-                let v = need!(ProtocolVersionRepr::parse(input));
+                let v = complete_or_wait!(
+                    ProtocolVersionRepr::parse(input),
+                    malformed => P::MalformedVersion
+                );
                 match Version::from_numbers(v.major, v.minor) {
                     None => {
                         self.version = Version::V3_3;
@@ -995,7 +988,10 @@ impl Server {
             }
             Phase::AuthDecision | Phase::ServerInit => Ok((0, None)),
             Phase::VencryptVersion => {
-                let v = need!(VencryptVersionRepr::parse(input));
+                let v = complete_or_wait!(
+                    VencryptVersionRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if v != VencryptVersionRepr::V0_2 {
                     let _ = self.out.push(1, |b| b[0] = vencrypt_ack::VERSION_REFUSED);
                     self.phase = Phase::Closing;
@@ -1039,19 +1035,19 @@ impl Server {
             }
             Phase::AwaitTls(_) => Ok((0, None)),
             Phase::PlainCredentials => {
-                let (u, p) = match PlainCredentialsRepr::parse_lengths(input) {
-                    Ok(v) => v,
-                    Err(_) => return Ok((0, None)),
-                };
+                let (u, p) = complete_or_wait!(
+                    PlainCredentialsRepr::parse_lengths(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if u > self.config.limits.max_username || p > self.config.limits.max_password {
                     self.queue_security_failure(REASON_CREDENTIALS);
                     self.phase = Phase::Closing;
                     return Err(Error::Protocol(ProtocolError::CredentialsTooLong));
                 }
-                let c = match PlainCredentialsRepr::parse(input) {
-                    Ok(c) => c,
-                    Err(_) => return Ok((0, None)),
-                };
+                let c = complete_or_wait!(
+                    PlainCredentialsRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 self.phase = Phase::AuthDecision;
                 self.push_event(Event::PlainAuth);
                 Ok((
@@ -1063,9 +1059,7 @@ impl Server {
                 ))
             }
             Phase::ClientInit => {
-                let Ok(m) = ClientInitRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let m = complete_or_wait!(ClientInitRepr::parse(input), malformed => P::Malformed);
                 self.phase = Phase::ServerInit;
                 self.push_event(Event::ClientInit { shared: m.shared });
                 Ok((ClientInitRepr::LEN, None))
@@ -1076,14 +1070,7 @@ impl Server {
     }
 
     fn step_message<'i>(&mut self, input: &'i [u8]) -> Result<(usize, Option<Payload<'i>>), Error> {
-        macro_rules! need {
-            ($r:expr) => {
-                match $r {
-                    Ok(v) => v,
-                    Err(_) => return Ok((0, None)),
-                }
-            };
-        }
+        use ProtocolError as P;
         match self.partial {
             Partial::None => {}
             Partial::Encodings {
@@ -1124,7 +1111,8 @@ impl Server {
                 return Ok((data.len(), Some(Payload::CutText { data, last })));
             }
             Partial::Screens { remaining } => {
-                let s = need!(Screen::parse(input));
+                let s =
+                    complete_or_wait!(Screen::parse(input), malformed => P::InvalidScreenLayout);
                 self.partial = if remaining > 1 {
                     Partial::Screens {
                         remaining: remaining - 1,
@@ -1142,7 +1130,10 @@ impl Server {
         trace!("rfb server: message type {}", t);
         match ClientMessageType::from(t) {
             ClientMessageType::SetPixelFormat => {
-                let m = need!(SetPixelFormatRepr::parse(input));
+                let m = complete_or_wait!(
+                    SetPixelFormatRepr::parse(input),
+                    malformed => P::InvalidPixelFormat
+                );
                 if !m.format.is_valid() {
                     return Err(Error::Protocol(ProtocolError::InvalidPixelFormat));
                 }
@@ -1155,7 +1146,7 @@ impl Server {
                 Ok((SetPixelFormatRepr::LEN, None))
             }
             ClientMessageType::SetEncodings => {
-                let h = need!(SetEncodingsHeaderRepr::parse(input));
+                let h = complete_or_wait!(SetEncodingsHeaderRepr::parse(input), malformed => P::Malformed);
                 if h.count > self.config.limits.max_encodings {
                     return Err(Error::Protocol(ProtocolError::TooManyEncodings));
                 }
@@ -1173,7 +1164,7 @@ impl Server {
                 Ok((SetEncodingsHeaderRepr::LEN, None))
             }
             ClientMessageType::FramebufferUpdateRequest => {
-                let m = need!(FramebufferUpdateRequestRepr::parse(input));
+                let m = complete_or_wait!(FramebufferUpdateRequestRepr::parse(input), malformed => P::Malformed);
                 let rect = m.rect.clip_to(self.width, self.height);
                 if self.continuous.is_some() && m.incremental {
                     return Ok((FramebufferUpdateRequestRepr::LEN, None));
@@ -1189,7 +1180,7 @@ impl Server {
                 Ok((FramebufferUpdateRequestRepr::LEN, None))
             }
             ClientMessageType::KeyEvent => {
-                let m = need!(KeyEventRepr::parse(input));
+                let m = complete_or_wait!(KeyEventRepr::parse(input), malformed => P::Malformed);
                 self.push_event(Event::Key {
                     down: m.down,
                     keysym: m.keysym,
@@ -1197,7 +1188,8 @@ impl Server {
                 Ok((KeyEventRepr::LEN, None))
             }
             ClientMessageType::PointerEvent => {
-                let m = need!(PointerEventRepr::parse(input));
+                let m =
+                    complete_or_wait!(PointerEventRepr::parse(input), malformed => P::Malformed);
                 self.push_event(Event::Pointer {
                     buttons: m.buttons,
                     x: m.x,
@@ -1220,7 +1212,7 @@ impl Server {
                 Ok((CutTextHeaderRepr::LEN, None))
             }
             ClientMessageType::EnableContinuousUpdates => {
-                let m = need!(EnableContinuousUpdatesRepr::parse(input));
+                let m = complete_or_wait!(EnableContinuousUpdatesRepr::parse(input), malformed => P::Malformed);
                 if self.prefs.flags & bits::CONTINUOUS == 0 {
                     return Err(Error::Protocol(ProtocolError::UnexpectedMessage(t)));
                 }
@@ -1248,7 +1240,10 @@ impl Server {
                 ))
             }
             ClientMessageType::SetDesktopSize => {
-                let h = need!(SetDesktopSizeHeaderRepr::parse(input));
+                let h = complete_or_wait!(
+                    SetDesktopSizeHeaderRepr::parse(input),
+                    malformed => P::InvalidScreenLayout
+                );
                 if h.screens > self.config.limits.max_screens {
                     return Err(Error::Protocol(ProtocolError::InvalidScreenLayout));
                 }
@@ -1265,16 +1260,18 @@ impl Server {
                 Ok((SetDesktopSizeHeaderRepr::LEN, None))
             }
             ClientMessageType::Qemu => {
-                if input.len() < 2 {
+                let Some(&sub) = input.get(1) else {
                     return Ok((0, None));
+                };
+                if self.prefs.flags & bits::QEMU_KEY == 0 || !self.config.qemu_extended_key_events {
+                    return Err(Error::Protocol(P::UnknownQemuMessage(sub)));
                 }
-                if input[1] != 0
-                    || self.prefs.flags & bits::QEMU_KEY == 0
-                    || !self.config.qemu_extended_key_events
-                {
-                    return Err(Error::Protocol(ProtocolError::UnknownQemuMessage(input[1])));
-                }
-                let m = need!(QemuKeyEventRepr::parse(input));
+                // The parser refuses any sub-type but the extended key event's as soon as the
+                // sub-type byte is at hand.
+                let m = complete_or_wait!(
+                    QemuKeyEventRepr::parse(input),
+                    malformed => P::UnknownQemuMessage(sub)
+                );
                 self.push_event(Event::QemuKey {
                     down: m.down,
                     keysym: m.keysym,

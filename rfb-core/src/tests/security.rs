@@ -358,6 +358,48 @@ fn cve_2014_7815_bad_pixel_formats() {
     }
 }
 
+/// A client message its parser calls malformed ends the connection at once; it is not taken
+/// for a message still arriving (the normal phase's old `need!` waited for more bytes on any
+/// parse error, so the server would have waited forever).
+#[test]
+fn malformed_client_message_is_fatal_not_a_wait() {
+    // QEMU extended key events negotiated: SetEncodings [QemuExtendedKeyEvent].
+    let mut s = running_server(None);
+    let mut m = std::vec![2, 0, 0, 1];
+    m.extend_from_slice(&(i32::from(Encoding::QemuExtendedKeyEvent) as u32).to_be_bytes());
+    assert_eq!(feed_s(&mut s, &m), (None, m.len()));
+    out(&mut s);
+    // A QEMU message of sub-type 1 (QemuKeyEventRepr::parse: Malformed), whole or cut short
+    // after the sub-type byte.
+    let bad = [255u8, 1, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e];
+    assert_eq!(
+        QemuKeyEventRepr::parse(&bad[..4]),
+        Err(WireError::Malformed)
+    );
+    for len in [2, 4, bad.len()] {
+        let mut s2 = running_server(None);
+        assert_eq!(feed_s(&mut s2, &m), (None, m.len()));
+        assert_eq!(
+            s2.handle_input(&bad[..len]),
+            Err(Error::Protocol(ProtocolError::UnknownQemuMessage(1))),
+            "{len} bytes"
+        );
+        assert_eq!(s2.state(), server::State::Closed);
+    }
+    // The well-formed one still goes through, and a cut one still waits.
+    let good = [255u8, 0, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e];
+    assert_eq!(s.handle_input(&good[..11]).map(|p| p.consumed), Ok(0));
+    assert_eq!(s.handle_input(&good).map(|p| p.consumed), Ok(12));
+    assert_eq!(
+        s.poll_event(),
+        Some(server::Event::QemuKey {
+            down: true,
+            keysym: 0x61,
+            keycode: 0x1e
+        })
+    );
+}
+
 #[test]
 fn unknown_messages_end_the_connection() {
     for t in [1u8, 7, 127, 200, 249, 254] {

@@ -501,12 +501,14 @@ impl QemuKeyEventRepr {
     pub const LEN: usize = 12;
     /// The QEMU sub-type byte of an extended key event.
     pub const SUBTYPE: u8 = 0;
-    /// Parses the message (type 255 and sub-type 0 included).
+    /// Parses the message (type 255 and sub-type 0 included). Any other sub-type is
+    /// [`WireError::Malformed`] as soon as its byte is at hand.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
-        check_len(buf, Self::LEN)?;
+        check_len(buf, 2)?;
         if buf[1] != Self::SUBTYPE {
             return Err(WireError::Malformed);
         }
+        check_len(buf, Self::LEN)?;
         Ok(Self {
             down: be16(buf, 2) != 0,
             keysym: be32(buf, 4),
