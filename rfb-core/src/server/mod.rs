@@ -9,7 +9,7 @@ pub use update::{CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, UpdateSou
 
 use crate::Progress;
 use crate::auth::CHALLENGE_LEN;
-use crate::error::{Error, InsufficientSize, ProtocolError};
+use crate::error::{CommandError, Error, InsufficientSize, ProtocolError};
 use crate::outq::{OutQueue, Transmit};
 use crate::shared;
 use crate::time::{Duration, Instant};
@@ -450,6 +450,16 @@ pub struct Server {
     pub(crate) zlib: crate::zlib::CompressorFactory,
 }
 
+/// Most bytes, and messages, one step of `handle_input` queues (a fence answer is the largest;
+/// refusals and failure reasons that do not fit are not sent, as before).
+const STEP_OUTPUT: usize = 128;
+const STEP_MESSAGES: usize = 4;
+
+/// The result of a command helper an input step calls: the step reserved room for its output.
+fn reserved(r: Result<(), CommandError>) {
+    debug_assert!(r.is_ok(), "an input step queued more than it reserved");
+}
+
 const REASON_NOT_OFFERED: &str = "Security type not offered";
 const REASON_NO_TYPES: &str = "No supported security types";
 const REASON_VERSION: &str = "Unsupported RFB protocol version";
@@ -573,12 +583,15 @@ impl Server {
     pub fn handle_input<'i>(&mut self, input: &'i [u8]) -> Result<Progress<Payload<'i>>, Error> {
         match self.phase {
             Phase::Closed | Phase::Closing => return Err(Error::Closed),
-            Phase::AwaitTls(_) => return Err(Error::InvalidState),
+            // Nothing is read: the bytes belong to the TLS layer.
+            Phase::AwaitTls(_) => return Ok(Progress::new(0, None)),
             _ => {}
         }
         let mut consumed = 0;
         loop {
-            if self.events.is_full() {
+            // Stop while an event waits for room, or the answers a step may queue do not fit
+            // (the driver drains `poll_transmit` after every call, so they always do at first).
+            if self.events.is_full() || !self.out.has_room(STEP_OUTPUT, STEP_MESSAGES) {
                 break;
             }
             let rest = &input[consumed..];
@@ -592,7 +605,7 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    self.fail(e);
+                    self.fail();
                     return Err(e);
                 }
             }
@@ -644,9 +657,9 @@ impl Server {
 
     /// The TLS layer finished its handshake (and verified the client certificate if configured):
     /// authentication continues over TLS.
-    pub fn tls_established(&mut self) -> Result<(), Error> {
+    pub fn tls_established(&mut self) -> Result<(), CommandError> {
         let Phase::AwaitTls(sub) = self.phase else {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         };
         match sub.sub_auth() {
             Some(SubAuth::None) => self.auth_success(),
@@ -655,23 +668,23 @@ impl Server {
                 self.phase = Phase::PlainCredentials;
                 Ok(())
             }
-            None => Err(Error::InvalidState),
+            None => Err(CommandError::InvalidState),
         }
     }
 
     /// Accepts the credentials of the last [`Event::VncAuth`] / [`Event::PlainAuth`].
-    pub fn accept_auth(&mut self) -> Result<(), Error> {
+    pub fn accept_auth(&mut self) -> Result<(), CommandError> {
         if self.phase != Phase::AuthDecision {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.auth_success()
     }
 
     /// Rejects the credentials: after the configured delay the client gets a failed
     /// SecurityResult (with `reason` in RFB 3.8) and the connection closes.
-    pub fn reject_auth(&mut self, reason: &'static str) -> Result<(), Error> {
+    pub fn reject_auth(&mut self, reason: &'static str) -> Result<(), CommandError> {
         if self.phase != Phase::AuthDecision {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.fail_reason = reason;
         self.phase = Phase::Closing;
@@ -693,12 +706,12 @@ impl Server {
         height: u16,
         format: PixelFormat,
         name: &[u8],
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         if self.phase != Phase::ServerInit {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         if !format.is_valid() || !format.true_colour || name.len() > 200 {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let repr = ServerInitRepr {
             width,
@@ -721,21 +734,21 @@ impl Server {
 
     /// Chooses the zlib implementation ZRLE compresses with (default
     /// [`MinizCompressor`](crate::zlib::MinizCompressor)). Call before the first ZRLE update:
-    /// once the connection's stream exists this returns [`Error::InvalidState`].
+    /// once the connection's stream exists this returns [`CommandError::InvalidState`].
     #[cfg(feature = "alloc")]
     pub fn set_zrle_compressor(
         &mut self,
         factory: crate::zlib::CompressorFactory,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         if self.zrle.is_some() {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.zlib = factory;
         Ok(())
     }
 
     /// Rings the client's bell.
-    pub fn bell(&mut self) -> Result<(), Error> {
+    pub fn bell(&mut self) -> Result<(), CommandError> {
         self.running()?;
         self.out.push(1, |b| b[0] = ServerMessageType::Bell.into())
     }
@@ -743,7 +756,7 @@ impl Server {
     /// Sends ServerCutText: the header is queued and `poll_transmit` then asks the application to
     /// send its `len` bytes itself ([`AppPayload::CutText`](crate::AppPayload::CutText)).
     /// `Extended` needs the client's extended-clipboard support.
-    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
+    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), CommandError> {
         self.running()?;
         let extended = self.prefs.flags & bits::EXT_CLIPBOARD != 0;
         let t = ServerMessageType::ServerCutText.into();
@@ -751,10 +764,10 @@ impl Server {
     }
 
     /// Sends a ServerFence (the client must have asked for the Fence pseudo-encoding).
-    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), Error> {
+    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), CommandError> {
         self.running()?;
         if self.prefs.flags & bits::FENCE == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         shared::queue_fence(&mut self.out, flags, payload)
     }
@@ -762,10 +775,10 @@ impl Server {
     /// Answers the last SetDesktopSize with a status code (0 success, 1 prohibited, 2 out of
     /// resources, 3 invalid layout). The ExtendedDesktopSize reply goes out with the next update
     /// (pass the new size in [`UpdateSource`] on success).
-    pub fn reply_desktop_size(&mut self, status: u16) -> Result<(), Error> {
+    pub fn reply_desktop_size(&mut self, status: u16) -> Result<(), CommandError> {
         self.running()?;
         if self.prefs.flags & bits::EXT_DESKTOP_SIZE == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.desktop_size_reply = Some(status);
         self.update_requested = true;
@@ -776,6 +789,7 @@ impl Server {
 
     /// Writes queued messages into `buf`. While an update is half-encoded this returns `None`
     /// (messages wait until [`encode_update`](Self::encode_update) finishes it).
+    #[must_use = "the output must be sent"]
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
         if self.update.is_some() {
             return Ok(None);
@@ -789,6 +803,7 @@ impl Server {
     }
 
     /// The next event, if any.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
@@ -801,6 +816,7 @@ impl Server {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hold = match self.fail_hold {
             Some(FailHold::Unarmed) => Some(Instant::ZERO),
@@ -818,11 +834,11 @@ impl Server {
 
     // ---- internals ----
 
-    fn running(&self) -> Result<(), Error> {
+    fn running(&self) -> Result<(), CommandError> {
         if self.phase == Phase::Normal {
             Ok(())
         } else {
-            Err(Error::InvalidState)
+            Err(CommandError::InvalidState)
         }
     }
 
@@ -831,8 +847,8 @@ impl Server {
         let _ = self.events.push_back(e);
     }
 
-    fn fail(&mut self, e: Error) {
-        if e.is_fatal() && !matches!(self.phase, Phase::Closing) {
+    fn fail(&mut self) {
+        if !matches!(self.phase, Phase::Closing) {
             self.phase = Phase::Closed;
         }
     }
@@ -872,14 +888,14 @@ impl Server {
         self.phase = Phase::Closing;
     }
 
-    fn send_challenge(&mut self) -> Result<(), Error> {
+    fn send_challenge(&mut self) -> Result<(), CommandError> {
         let c = self.challenge;
         self.out.push(CHALLENGE_LEN, |b| b.copy_from_slice(&c))?;
         self.phase = Phase::VncResponse;
         Ok(())
     }
 
-    fn auth_success(&mut self) -> Result<(), Error> {
+    fn auth_success(&mut self) -> Result<(), CommandError> {
         // RFB 3.3/3.7 skip SecurityResult for type None only (TigerVNC SConnection rule).
         let skip = self.version < Version::V3_8 && self.method.security_type == SecurityType::None;
         if !skip {
@@ -898,16 +914,16 @@ impl Server {
             subtype: None,
         };
         match t {
-            SecurityType::None => self.auth_success(),
-            SecurityType::VncAuth => self.send_challenge(),
+            SecurityType::None => reserved(self.auth_success()),
+            SecurityType::VncAuth => reserved(self.send_challenge()),
             SecurityType::VeNCrypt => {
                 let v = VencryptVersionRepr::V0_2;
-                self.out.push(2, |b| v.emit(b))?;
+                self.out.push_reserved(2, |b| v.emit(b));
                 self.phase = Phase::VencryptVersion;
-                Ok(())
             }
-            _ => Err(Error::Protocol(ProtocolError::SecurityTypeNotOffered)),
+            _ => return Err(Error::Protocol(ProtocolError::SecurityTypeNotOffered)),
         }
+        Ok(())
     }
 
     /// One protocol unit: `(consumed, payload)`; `(0, None)` means more input is needed.
@@ -940,7 +956,8 @@ impl Server {
                         .find(|t| matches!(t, SecurityType::None | SecurityType::VncAuth));
                     match pick {
                         Some(t) => {
-                            self.out.push(4, |b| put32(b, 0, u32::from(u8::from(t))))?;
+                            self.out
+                                .push_reserved(4, |b| put32(b, 0, u32::from(u8::from(t))));
                             self.choose(t)?;
                         }
                         None => self.refuse(REASON_NO_TYPES),
@@ -954,7 +971,7 @@ impl Server {
                         *d = u8::from(*t);
                     }
                     let r = SecurityTypesRepr { types: &types[..n] };
-                    self.out.push(r.buffer_len(), |b| r.emit(b))?;
+                    self.out.push_reserved(r.buffer_len(), |b| r.emit(b));
                     self.phase = Phase::SecurityChoice;
                 }
                 Ok((ProtocolVersionRepr::LEN, None))
@@ -999,10 +1016,10 @@ impl Server {
                 }
                 let subs = self.config.vencrypt_subtypes.clone();
                 let n = VencryptSubtypesRepr::buffer_len_for(subs.len());
-                self.out.push(1 + n, |b| {
+                self.out.push_reserved(1 + n, |b| {
                     b[0] = vencrypt_ack::VERSION_OK;
                     VencryptSubtypesRepr::emit_list(&subs, &mut b[1..]);
-                })?;
+                });
                 self.phase = Phase::VencryptSubtype;
                 Ok((2, None))
             }
@@ -1021,13 +1038,14 @@ impl Server {
                 self.method.subtype = Some(sub);
                 debug!("rfb server: VeNCrypt sub-type {}", u32::from(sub));
                 if sub.uses_tls() {
-                    self.out.push(1, |b| b[0] = vencrypt_ack::SUBTYPE_OK)?;
+                    self.out
+                        .push_reserved(1, |b| b[0] = vencrypt_ack::SUBTYPE_OK);
                     self.phase = Phase::AwaitTls(sub);
                     self.push_event(Event::StartTls);
                 } else {
                     match sub.sub_auth() {
-                        Some(SubAuth::None) => self.auth_success()?,
-                        Some(SubAuth::Vnc) => self.send_challenge()?,
+                        Some(SubAuth::None) => reserved(self.auth_success()),
+                        Some(SubAuth::Vnc) => reserved(self.send_challenge()),
                         _ => self.phase = Phase::PlainCredentials,
                     }
                 }
@@ -1094,7 +1112,7 @@ impl Server {
                     };
                 } else {
                     self.partial = Partial::None;
-                    self.apply_prefs(acc)?;
+                    self.apply_prefs(acc);
                 }
                 return Ok((4 * n, None));
             }
@@ -1153,7 +1171,7 @@ impl Server {
                 // Raw until the list names a pixel encoding this crate implements.
                 let acc = Prefs::new();
                 if h.count == 0 {
-                    self.apply_prefs(acc)?;
+                    self.apply_prefs(acc);
                 } else {
                     self.partial = Partial::Encodings {
                         remaining: h.count,
@@ -1216,15 +1234,12 @@ impl Server {
                 if self.prefs.flags & bits::CONTINUOUS == 0 {
                     return Err(Error::Protocol(ProtocolError::UnexpectedMessage(t)));
                 }
-                if self.out.free() < 1 {
-                    return Ok((0, None));
-                }
                 let rect = m.rect.clip_to(self.width, self.height);
                 if m.enable {
                     self.continuous = Some(rect);
                 } else {
                     self.continuous = None;
-                    self.out.push(1, end_of_continuous_updates)?;
+                    self.out.push_reserved(1, end_of_continuous_updates);
                 }
                 self.push_event(Event::ContinuousUpdates {
                     enabled: m.enable,
@@ -1295,18 +1310,18 @@ impl Server {
         }
     }
 
-    fn apply_prefs(&mut self, p: Prefs) -> Result<(), Error> {
+    fn apply_prefs(&mut self, p: Prefs) {
         // First sight of a pseudo-encoding that needs an acknowledgement.
         let new = p.flags & !self.acked;
         if new & bits::CONTINUOUS != 0 {
-            self.out.push(1, end_of_continuous_updates)?;
+            self.out.push_reserved(1, end_of_continuous_updates);
         }
         if new & bits::FENCE != 0 {
             let f = FenceRepr {
                 flags: fence_flags::REQUEST,
                 payload: heapless::Vec::new(),
             };
-            let _ = self.out.push(f.buffer_len(), |b| f.emit(b));
+            self.out.push_reserved(f.buffer_len(), |b| f.emit(b));
         }
         if p.flags & bits::EXT_CLIPBOARD != 0 {
             // Caps: text, with request/notify/provide, max unsolicited text size.
@@ -1317,10 +1332,10 @@ impl Server {
                 message_type: ServerMessageType::ServerCutText.into(),
                 length: CutTextLength::Extended(8).to_wire(),
             };
-            let _ = self.out.push(16, |b| {
+            self.out.push_reserved(CutTextHeaderRepr::LEN + 8, |b| {
                 h.emit(b);
-                put32(b, 8, caps);
-                put32(b, 12, max);
+                put32(b, CutTextHeaderRepr::LEN, caps);
+                put32(b, CutTextHeaderRepr::LEN + 4, max);
             });
         }
         if new & bits::QEMU_KEY != 0 && self.config.qemu_extended_key_events {
@@ -1333,7 +1348,6 @@ impl Server {
             self.prefs = p;
         }
         self.push_event(Event::EncodingsChanged);
-        Ok(())
     }
 
     /// Applies a SetPixelFormat / SetEncodings that arrived during an update.

@@ -3,7 +3,7 @@
 
 use super::Server;
 use super::encode::{HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next};
-use crate::error::Error;
+use crate::error::CommandError;
 use crate::pixel::{Framebuffer, Translator, effective_format};
 use crate::wire::*;
 
@@ -192,21 +192,21 @@ impl Server {
         }
     }
 
-    fn start_update(&mut self, src: &UpdateSource<'_>) -> Result<UpdateState, Error> {
+    fn start_update(&mut self, src: &UpdateSource<'_>) -> Result<UpdateState, CommandError> {
         if self.phase != super::Phase::Normal
             || !(self.update_requested || self.continuous.is_some())
         {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         if !self.out.is_empty() || self.colour_map_pending.is_some() {
-            return Err(Error::QueueFull);
+            return Err(CommandError::QueueFull);
         }
         let fb = &src.framebuffer;
         if !fb.format().true_colour
             || src.screens.len() > 16
             || src.desktop_name.is_some_and(|n| n.len() > 1024)
         {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let flags = self.prefs.flags;
         let resized = (fb.width(), fb.height()) != (self.width, self.height);
@@ -215,7 +215,7 @@ impl Server {
         if resized || (ext && (self.full_update_requested || self.desktop_size_reply.is_some())) {
             if !ext && (flags & bits::DESKTOP_SIZE == 0) {
                 // The client cannot follow a resize; the application must disconnect it.
-                return Err(Error::InvalidArgument);
+                return Err(CommandError::InvalidArgument);
             }
             pseudo |= PSEUDO_SIZE;
         }
@@ -231,7 +231,7 @@ impl Server {
             let (w, h) = (c.image.width(), c.image.height());
             let mask_len = cursor_mask_len(w, h);
             if w > 256 || h > 256 || c.mask.len() < mask_len || !c.image.format().true_colour {
-                return Err(Error::InvalidArgument);
+                return Err(CommandError::InvalidArgument);
             }
             pseudo |= PSEUDO_CURSOR;
         }
@@ -249,7 +249,7 @@ impl Server {
         }
         let last_rect = rects > 0xfffe;
         if last_rect && flags & bits::LAST_RECT == 0 {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         if resized {
             self.width = fb.width();
@@ -275,7 +275,7 @@ impl Server {
     /// [`MIN_ENCODE_BUFFER`] bytes). Call while [`wants_update`](Self::wants_update) is true,
     /// with the same `src` until `done`; send each `written` prefix in order. Other messages
     /// wait in `poll_transmit` until the update is done; drain `poll_transmit` before the first
-    /// call (else [`Error::QueueFull`]).
+    /// call (else [`CommandError::QueueFull`]).
     ///
     /// Pixels are translated from the framebuffer's format into the client's and encoded with
     /// the client's preferred supported encoding (ZRLE, Hextile, RRE or Raw); copied areas go
@@ -284,9 +284,9 @@ impl Server {
         &mut self,
         src: &UpdateSource<'_>,
         out: &mut [u8],
-    ) -> Result<EncodeStatus, Error> {
+    ) -> Result<EncodeStatus, CommandError> {
         if out.len() < MIN_ENCODE_BUFFER {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let mut st = match self.update {
             Some(st) => st,
@@ -295,10 +295,10 @@ impl Server {
         let fb = &src.framebuffer;
         if (fb.width(), fb.height()) != (self.width, self.height) {
             // The application changed the framebuffer in the middle of an update.
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let wire = effective_format(&self.client_format);
-        let tr = Translator::new(&fb.format(), &wire).ok_or(Error::InvalidArgument)?;
+        let tr = Translator::new(&fb.format(), &wire).ok_or(CommandError::InvalidArgument)?;
         let source = Source {
             fb,
             tr: &tr,
@@ -511,7 +511,7 @@ impl Server {
         src: &UpdateSource<'_>,
         source: &Source<'_, '_>,
         out: &mut [u8],
-    ) -> Result<Option<usize>, Error> {
+    ) -> Result<Option<usize>, CommandError> {
         let fb = &src.framebuffer;
         let d = &src.damage[st.damage];
         let bpp = source.bpp;

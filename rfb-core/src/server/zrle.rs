@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use super::Server;
 use super::encode::Source;
 use super::update::{RectState, UpdateState, zrle_band};
-use crate::error::Error;
+use crate::error::CommandError;
 use crate::pixel::{cpixel_layout, effective_format, unpack};
 use crate::wire::zrle::{
     LENGTH_LEN, MAX_PACKED_PALETTE, MAX_PALETTE, PALETTE_RUN, RUN_LENGTH_MORE, Subencoding,
@@ -255,7 +255,7 @@ impl ZrleEncoder {
         source: &Source<'_, '_>,
         cpb: usize,
         coff: usize,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         let band_rows = zrle_band(r.width);
         let y0 = r.y + band * band_rows;
         let bh = (r.y + r.height - y0).min(band_rows);
@@ -282,7 +282,7 @@ impl ZrleEncoder {
         }
         .emit(&mut self.wire);
         compress_all(&mut *self.comp, &self.raw, &mut self.wire)
-            .map_err(|_| Error::InvalidState)?;
+            .map_err(|_| CommandError::InvalidState)?;
         let len = (self.wire.len() - RectHeaderRepr::LEN - LENGTH_LEN) as u32;
         put32(&mut self.wire, RectHeaderRepr::LEN, len);
         Ok(())
@@ -307,7 +307,7 @@ impl Server {
         r: Rect,
         source: &Source<'_, '_>,
         out: &mut [u8],
-    ) -> Result<(usize, bool), Error> {
+    ) -> Result<(usize, bool), CommandError> {
         let level = self.prefs.level;
         let wire = effective_format(&self.client_format);
         let (cpb, coff) = cpixel_layout(&wire);
@@ -321,7 +321,7 @@ impl Server {
             mut len,
         } = st.rect_state()
         else {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         };
         let bands = r.height.div_ceil(zrle_band(r.width));
         let mut pos = 0;
