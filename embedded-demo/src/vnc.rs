@@ -104,7 +104,14 @@ impl VncService {
         })
     }
 
+    /// The peer broke the protocol (or the connection cannot go on).
     fn fail(&self, what: &'static str, e: rfb_core::Error) -> ServiceError {
+        warn!("vnc slot {}: {}: {:?}", self.slot, what, e);
+        ServiceError(what)
+    }
+
+    /// A command of ours was refused: a bug in this driver.
+    fn refused(&self, what: &'static str, e: rfb_core::CommandError) -> ServiceError {
         warn!("vnc slot {}: {}: {:?}", self.slot, what, e);
         ServiceError(what)
     }
@@ -142,7 +149,7 @@ impl VncService {
                 }
                 Ok(st.written)
             }
-            Err(e) => Err(self.fail("vnc: update failed", e)),
+            Err(e) => Err(self.refused("vnc: update failed", e)),
         }
     }
 
@@ -157,12 +164,12 @@ impl VncService {
                 if verify_vnc_response(PASSWORD.as_bytes(), &challenge, &response) {
                     self.server
                         .accept_auth()
-                        .map_err(|e| self.fail("vnc: accept_auth", e))?;
+                        .map_err(|e| self.refused("vnc: accept_auth", e))?;
                 } else {
                     warn!("vnc slot {}: wrong VNC password", slot);
                     self.server
                         .reject_auth("Authentication failed")
-                        .map_err(|e| self.fail("vnc: reject_auth", e))?;
+                        .map_err(|e| self.refused("vnc: reject_auth", e))?;
                 }
             }
             Event::PlainAuth => {
@@ -185,7 +192,7 @@ impl VncService {
                         SERVER_INIT_FORMAT,
                         desktop_name(),
                     )
-                    .map_err(|e| self.fail("vnc: server_init", e))?;
+                    .map_err(|e| self.refused("vnc: server_init", e))?;
             }
             Event::UpdateRequested {
                 incremental: false, ..
@@ -246,7 +253,7 @@ impl Service for VncService {
             Ok(p) => p,
             Err(e) => return Err(self.fail("vnc: peer error", e)),
         };
-        match p.payload {
+        match p.lent {
             // Clipboard text is not used; the chunks are dropped.
             Some(Payload::CutText { .. }) | Some(Payload::FenceResponse { .. }) | None => {}
             Some(Payload::PlainCredentials { .. }) => {
@@ -292,7 +299,7 @@ impl Service for VncService {
         crate::nbd::log_tls("vnc", self.slot, tls);
         self.server
             .tls_established()
-            .map_err(|e| self.fail("vnc: TLS in the wrong state", e))
+            .map_err(|e| self.refused("vnc: TLS in the wrong state", e))
     }
 
     fn handle_eof(&mut self) -> Result<(), ServiceError> {

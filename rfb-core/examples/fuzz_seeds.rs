@@ -186,7 +186,7 @@ impl Pair {
                     self.c2s.append(&mut self.pending_c2s);
                     return;
                 };
-                let plain = matches!(p.payload, Some(server::Payload::PlainCredentials { .. }));
+                let plain = matches!(p.lent, Some(server::Payload::PlainCredentials { .. }));
                 let n = p.consumed;
                 if plain {
                     self.s.accept_auth().unwrap();
@@ -214,7 +214,7 @@ impl Pair {
                     self.s2c.append(&mut self.pending_s2c);
                     return;
                 };
-                let (n, lent) = (p.consumed, p.payload.is_some());
+                let (n, lent) = (p.consumed, p.lent.is_some());
                 self.s2c.extend_from_slice(&self.pending_s2c[..n]);
                 self.pending_s2c.drain(..n);
                 moved |= n > 0 || lent;

@@ -1,4 +1,5 @@
-//! Error types: application misuse (non-fatal) kept apart from peer violations (fatal).
+//! Errors: fatal peer violations ([`Error`]) are separate from misuse by the application
+//! ([`CommandError`], non-fatal, state unchanged), as in nbd-core.
 
 use core::fmt;
 
@@ -9,6 +10,8 @@ use core::fmt;
 pub enum ProtocolError {
     /// The ProtocolVersion message is not `RFB xxx.yyy\n`.
     MalformedVersion,
+    /// A message has a field no valid message of its kind has.
+    Malformed,
     /// The peer's protocol version cannot be served (major version not 3, or minor below 3).
     UnsupportedVersion,
     /// The client chose a security type the server did not offer (CVE-2006-2369).
@@ -81,6 +84,7 @@ impl fmt::Display for ProtocolError {
         use ProtocolError::*;
         match self {
             MalformedVersion => f.write_str("malformed ProtocolVersion message"),
+            Malformed => f.write_str("malformed message"),
             UnsupportedVersion => f.write_str("unsupported RFB protocol version"),
             SecurityTypeNotOffered => {
                 f.write_str("client chose a security type that was not offered")
@@ -129,41 +133,26 @@ impl fmt::Display for ProtocolError {
 
 impl core::error::Error for ProtocolError {}
 
-/// An error from a `handle_*` call or a command.
-///
-/// [`Error::is_fatal`] tells the two classes apart: misuse by the application
-/// ([`InvalidState`](Error::InvalidState), [`InvalidArgument`](Error::InvalidArgument),
-/// [`QueueFull`](Error::QueueFull)) changes nothing and the connection goes on; everything else
-/// ends the connection. After a fatal error, drain `poll_transmit` once more (it may hold a
-/// failure message the protocol lets us tell the peer), then close the transport.
+/// A fatal error: the peer violated the protocol, or the connection cannot go on. Only the
+/// handlers (`handle_input`, `handle_eof`) return it. The driver drains `poll_transmit` once
+/// more (it may hold a failure message the protocol lets us tell the peer) and `poll_event`
+/// (the client reports the server's reason and the offered security types there), then closes
+/// the transport.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Error {
-    /// The command (or input) is not valid in the current state. Non-fatal, state unchanged.
-    InvalidState,
-    /// A command argument is out of range (too long, zero-sized, …). Non-fatal, state unchanged.
-    InvalidArgument,
-    /// The output queue has no room for this message; drain `poll_transmit` and retry. Non-fatal.
-    QueueFull,
-    /// The peer violated the protocol. Fatal.
+    /// The peer violated the protocol.
     Protocol(ProtocolError),
-    /// The server rejected our authentication (or our security types). Fatal.
+    /// The server rejected our authentication (or our security types).
     AuthenticationFailed,
-    /// The handshake did not finish before the deadline. Fatal.
-    Timeout,
+    /// The framebuffer lent to `Client::handle_input_fb` cannot take the rectangle's pixels (a
+    /// colour-mapped session needs a framebuffer in the wire format itself). Before the split
+    /// into [`Error`] and [`CommandError`] this was a non-fatal `InvalidArgument`, although the
+    /// rectangle's header had been consumed already.
+    UnusableFramebuffer,
     /// The connection is closed; no further input is accepted.
     Closed,
-}
-
-impl Error {
-    /// Whether the connection must be closed after this error.
-    pub fn is_fatal(&self) -> bool {
-        !matches!(
-            self,
-            Error::InvalidState | Error::InvalidArgument | Error::QueueFull
-        )
-    }
 }
 
 impl From<ProtocolError> for Error {
@@ -175,18 +164,43 @@ impl From<ProtocolError> for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidState => f.write_str("operation not valid in the current state"),
-            Error::InvalidArgument => f.write_str("invalid argument"),
-            Error::QueueFull => f.write_str("output queue full; drain poll_transmit first"),
             Error::Protocol(p) => write!(f, "protocol violation: {p}"),
             Error::AuthenticationFailed => f.write_str("authentication failed"),
-            Error::Timeout => f.write_str("handshake timed out"),
+            Error::UnusableFramebuffer => {
+                f.write_str("the framebuffer cannot take the session's pixel format")
+            }
             Error::Closed => f.write_str("connection closed"),
         }
     }
 }
 
 impl core::error::Error for Error {}
+
+/// The application misused a command. Non-fatal: the state is unchanged and the connection goes
+/// on.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CommandError {
+    /// The command is not valid in the current state.
+    InvalidState,
+    /// An argument is out of range (too long, zero-sized, …).
+    InvalidArgument,
+    /// The output queue has no room for this message; drain `poll_transmit` and retry.
+    QueueFull,
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandError::InvalidState => f.write_str("command not valid in the current state"),
+            CommandError::InvalidArgument => f.write_str("invalid argument"),
+            CommandError::QueueFull => f.write_str("output queue full; drain poll_transmit first"),
+        }
+    }
+}
+
+impl core::error::Error for CommandError {}
 
 /// The output buffer passed to `poll_transmit` (or an encoder) is too small; nothing was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

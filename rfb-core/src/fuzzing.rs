@@ -94,18 +94,15 @@ impl ServerHarness {
             let s = &mut self.server;
             let progressed = match s.handle_input(&input[consumed..]) {
                 Ok(p) => {
-                    if let Some(server::Payload::PlainCredentials { .. }) = p.payload {
+                    if let Some(server::Payload::PlainCredentials { .. }) = p.lent {
                         let _ = s.accept_auth();
                     }
                     consumed += p.consumed;
-                    p.consumed > 0 || p.payload.is_some()
+                    p.consumed > 0 || p.lent.is_some()
                 }
-                Err(e) => {
+                Err(_) => {
                     while s.poll_transmit(&mut self.out).ok().flatten().is_some() {}
-                    if e.is_fatal() {
-                        return None;
-                    }
-                    false
+                    return None;
                 }
             };
             while let Ok(Some(_)) = s.poll_transmit(&mut self.out) {}
@@ -337,13 +334,10 @@ fn drive_client<'a>(mut c: Client, input: impl Iterator<Item = &'a [u8]>) {
                 return;
             };
             let (consumed, progressed) = match c.handle_input_fb(&buf[..have], &mut fb) {
-                Ok(p) => (p.consumed, p.consumed > 0 || p.payload.is_some()),
-                Err(e) => {
+                Ok(p) => (p.consumed, p.consumed > 0 || p.lent.is_some()),
+                Err(_) => {
                     while c.poll_event().is_some() {}
-                    if e.is_fatal() {
-                        return;
-                    }
-                    (0, false)
+                    return;
                 }
             };
             buf.copy_within(consumed..have, 0);

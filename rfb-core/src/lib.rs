@@ -18,12 +18,12 @@
 //! * **B. handlers** — `handle_input(&[u8]) -> Result<Progress<Payload>, Error>` consumes whole
 //!   protocol units from the front of the input (the caller drops `consumed` bytes and keeps the
 //!   rest; incomplete input consumes nothing and is never copied), stopping after each event, after
-//!   lending a [`Progress::payload`] (cut text, Plain credentials, cursor data … as slices of the
-//!   input) and at the TLS switch point. `handle_eof()` and `handle_timeout(now)` complete the set;
-//!   time is the driver's [`Instant`].
+//!   lending a [`Progress::lent`] payload (cut text, Plain credentials, cursor data … as slices of
+//!   the input) and at the TLS switch point. `handle_eof()` and `handle_timeout(now)` complete the
+//!   set; time is the driver's [`Instant`]. Every [`Error`] is fatal.
 //! * **C. commands** — the application's decisions and messages (`accept_auth`, `server_init`,
-//!   `send_password`, `request_update`, `key_event`, …). Misuse returns [`Error::InvalidState`]
-//!   (or `InvalidArgument` / `QueueFull`) and changes nothing.
+//!   `send_password`, `request_update`, `key_event`, …). Misuse returns a [`CommandError`]
+//!   (`InvalidState`, `InvalidArgument`, `QueueFull`) and changes nothing.
 //! * **D. polls** — `poll_transmit(&mut [u8])`, `poll_event()`, `poll_timeout()`.
 //!
 //! **Drain order.** After every handler call and every command, drain `poll_transmit` until it
@@ -38,7 +38,7 @@
 //! with [`AppPayload::CutText`]: the application then sends its own clipboard bytes, which the core
 //! never copies.
 //!
-//! A fatal error (`Error::is_fatal`) ends the connection: drain `poll_transmit` once more (RFB 3.8
+//! An [`Error`] (always fatal) ends the connection: drain `poll_transmit` once more (RFB 3.8
 //! failures carry a reason for the peer) and `poll_event` (the client reports the server's reason
 //! and the offered security types there), then close.
 //!
@@ -63,8 +63,8 @@
 //!     loop {
 //!         let (consumed, progressed) = {
 //!             let p = server.handle_input(&inbuf[..have])?;
-//!             // use p.payload (cut text chunk, Plain credentials) here, before the buffer moves
-//!             (p.consumed, p.consumed > 0 || p.payload.is_some())
+//!             // use p.lent (cut text chunk, Plain credentials) here, before the buffer moves
+//!             (p.consumed, p.consumed > 0 || p.lent.is_some())
 //!         };
 //!         inbuf.copy_within(consumed..have, 0);
 //!         have -= consumed;
@@ -102,7 +102,7 @@
 //!     }
 //!     if let Some(t) = server.poll_timeout() { if now() >= t { server.handle_timeout(now()); } }
 //! }
-//! # #[allow(unreachable_code)] Ok::<(), rfb_core::Error>(())
+//! # #[allow(unreachable_code)] Ok::<(), Box<dyn core::error::Error>>(())
 //! ```
 //!
 //! # TLS (VeNCrypt X509*)
@@ -154,7 +154,7 @@ pub use auth::{
     AuthThrottle, constant_time_eq, deobfuscate_password, obfuscate_password, verify_vnc_response,
     vnc_response,
 };
-pub use error::{Error, InsufficientSize, ProtocolError};
+pub use error::{CommandError, Error, InsufficientSize, ProtocolError};
 pub use pixel::{Framebuffer, FramebufferMut, Translator};
 pub use time::{Duration, Instant};
 
@@ -171,13 +171,14 @@ pub use outq::{AppPayload, Transmit};
 pub struct Progress<P> {
     /// Bytes consumed from the front of the input; drop them before the next call.
     pub consumed: usize,
-    /// Data lent from the consumed input (valid until the input buffer changes).
-    pub payload: Option<P>,
+    /// Data lent from the consumed input (valid until the input buffer changes), as nbd-core's
+    /// `Progress::lent`.
+    pub lent: Option<P>,
 }
 
 impl<P> Progress<P> {
-    pub(crate) fn new(consumed: usize, payload: Option<P>) -> Self {
-        Self { consumed, payload }
+    pub(crate) fn new(consumed: usize, lent: Option<P>) -> Self {
+        Self { consumed, lent }
     }
 }
 

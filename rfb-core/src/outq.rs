@@ -1,6 +1,6 @@
 //! The small output queue both state machines serialise their messages into.
 
-use crate::error::{Error, InsufficientSize};
+use crate::error::{CommandError, InsufficientSize};
 
 /// Bulk data the application sends itself right after the bytes of a [`Transmit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,10 +58,15 @@ impl<const N: usize> OutQueue<N> {
         }
     }
 
+    /// Whether `bytes` in up to `messages` messages fit.
+    pub(crate) fn has_room(&self, bytes: usize, messages: usize) -> bool {
+        self.ends.len() + messages <= self.ends.capacity() && bytes <= N - usize::from(self.len)
+    }
+
     /// Appends one message of `n` bytes written by `f`, or fails with `QueueFull`.
-    pub(crate) fn push(&mut self, n: usize, f: impl FnOnce(&mut [u8])) -> Result<(), Error> {
+    pub(crate) fn push(&mut self, n: usize, f: impl FnOnce(&mut [u8])) -> Result<(), CommandError> {
         if n > self.free() {
-            return Err(Error::QueueFull);
+            return Err(CommandError::QueueFull);
         }
         let start = usize::from(self.len);
         f(&mut self.buf[start..start + n]);
@@ -71,6 +76,13 @@ impl<const N: usize> OutQueue<N> {
         Ok(())
     }
 
+    /// Appends a message an input step queues. `handle_input` checks before every step that
+    /// the most a step queues fits ([`has_room`](Self::has_room)), so this does not fail.
+    pub(crate) fn push_reserved(&mut self, n: usize, f: impl FnOnce(&mut [u8])) {
+        let r = self.push(n, f);
+        debug_assert!(r.is_ok(), "an input step queued more than it reserved");
+    }
+
     /// Appends a message followed by an application payload (one at a time); `pop_into` stops
     /// after it so that the application's bytes come right behind it.
     pub(crate) fn push_with_payload(
@@ -78,9 +90,9 @@ impl<const N: usize> OutQueue<N> {
         n: usize,
         p: AppPayload,
         f: impl FnOnce(&mut [u8]),
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         if self.payload.is_some() {
-            return Err(Error::QueueFull);
+            return Err(CommandError::QueueFull);
         }
         self.push(n, f)?;
         self.payload = Some((self.len, p));

@@ -1,6 +1,6 @@
 //! Framebuffers owned by the application and pixel-format translation.
 
-use crate::error::Error;
+use crate::error::CommandError;
 use crate::wire::{PixelFormat, Rect};
 
 /// A framebuffer the application owns, lent read-only to the server's encoders.
@@ -19,23 +19,23 @@ fn check_geometry(
     height: u16,
     stride: usize,
     format: &PixelFormat,
-) -> Result<(), Error> {
+) -> Result<(), CommandError> {
     if !format.is_valid() {
-        return Err(Error::InvalidArgument);
+        return Err(CommandError::InvalidArgument);
     }
     let row = usize::from(width)
         .checked_mul(format.bytes_per_pixel())
-        .ok_or(Error::InvalidArgument)?;
+        .ok_or(CommandError::InvalidArgument)?;
     if stride < row {
-        return Err(Error::InvalidArgument);
+        return Err(CommandError::InvalidArgument);
     }
     if height > 0 {
         let need = stride
             .checked_mul(usize::from(height) - 1)
             .and_then(|v| v.checked_add(row))
-            .ok_or(Error::InvalidArgument)?;
+            .ok_or(CommandError::InvalidArgument)?;
         if len < need {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
     }
     Ok(())
@@ -44,14 +44,14 @@ fn check_geometry(
 impl<'a> Framebuffer<'a> {
     /// A `width` × `height` framebuffer in `format` whose rows start `stride` bytes apart.
     ///
-    /// Fails with [`Error::InvalidArgument`] if the format is invalid or `data` is too short.
+    /// Fails with [`CommandError::InvalidArgument`] if the format is invalid or `data` is too short.
     pub fn new(
         data: &'a [u8],
         width: u16,
         height: u16,
         stride: usize,
         format: PixelFormat,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, CommandError> {
         check_geometry(data.len(), width, height, stride, &format)?;
         Ok(Self {
             data,
@@ -110,7 +110,7 @@ impl<'a> FramebufferMut<'a> {
         height: u16,
         stride: usize,
         format: PixelFormat,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, CommandError> {
         check_geometry(data.len(), width, height, stride, &format)?;
         Ok(Self {
             data,

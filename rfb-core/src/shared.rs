@@ -2,9 +2,9 @@
 //! the same layout (only the cut-text message type differs), so sending, receiving and
 //! answering them is written once, here.
 
-use crate::error::{Error, ProtocolError};
+use crate::error::{CommandError, Error, ProtocolError};
 use crate::outq::{AppPayload, OutQueue};
-use crate::wire::{CutTextHeaderRepr, CutTextLength, FenceRepr, WireError, fence_flags};
+use crate::wire::{CutTextHeaderRepr, CutTextLength, FenceRepr, fence_flags};
 
 /// Queues a cut-text header (`message_type` 6 from the client, 3 from the server);
 /// `poll_transmit` then asks the application to send the `len` bytes itself. `Extended` needs
@@ -14,11 +14,11 @@ pub(crate) fn queue_cut_text<const N: usize>(
     message_type: u8,
     len: CutTextLength,
     extended_clipboard: bool,
-) -> Result<(), Error> {
+) -> Result<(), CommandError> {
     if let CutTextLength::Extended(n) = len
         && (!extended_clipboard || n == 0 || n > 1 << 31)
     {
-        return Err(Error::InvalidArgument);
+        return Err(CommandError::InvalidArgument);
     }
     let h = CutTextHeaderRepr {
         message_type,
@@ -36,10 +36,10 @@ pub(crate) fn queue_fence<const N: usize>(
     out: &mut OutQueue<N>,
     flags: u32,
     payload: &[u8],
-) -> Result<(), Error> {
+) -> Result<(), CommandError> {
     let mut p = heapless::Vec::new();
     p.extend_from_slice(payload)
-        .map_err(|_| Error::InvalidArgument)?;
+        .map_err(|_| CommandError::InvalidArgument)?;
     let f = FenceRepr { flags, payload: p };
     out.push(f.buffer_len(), |b| f.emit(b))
 }
@@ -51,9 +51,11 @@ pub(crate) fn cut_text_header(
     extended_clipboard: bool,
     max: u32,
 ) -> Result<Option<CutTextLength>, Error> {
-    let Ok(h) = CutTextHeaderRepr::parse(input) else {
-        return Ok(None);
-    };
+    let h = complete_or_wait!(
+        CutTextHeaderRepr::parse(input),
+        malformed => ProtocolError::Malformed,
+        wait => None
+    );
     let len = h.decode(extended_clipboard);
     if len.len() > max {
         return Err(ProtocolError::CutTextTooLong.into());
@@ -79,11 +81,8 @@ pub(crate) fn receive_fence<'i, const N: usize>(
     input: &'i [u8],
     out: &mut OutQueue<N>,
 ) -> Result<(usize, Option<FenceResponse<'i>>), Error> {
-    let m = match FenceRepr::parse(input) {
-        Ok(m) => m,
-        Err(WireError::Truncated { .. }) => return Ok((0, None)),
-        Err(WireError::Malformed) => return Err(ProtocolError::FencePayloadTooLong.into()),
-    };
+    let m =
+        complete_or_wait!(FenceRepr::parse(input), malformed => ProtocolError::FencePayloadTooLong);
     let len = m.buffer_len();
     if m.flags & fence_flags::REQUEST == 0 {
         let data = &input[FenceRepr::HEADER_LEN..len];
@@ -93,9 +92,9 @@ pub(crate) fn receive_fence<'i, const N: usize>(
         flags: m.flags & fence_flags::KNOWN & !fence_flags::REQUEST,
         payload: m.payload,
     };
-    if out.free() < reply.buffer_len() {
+    if out.push(reply.buffer_len(), |b| reply.emit(b)).is_err() {
+        // No room for the answer yet: wait (consume nothing) until the driver drained.
         return Ok((0, None));
     }
-    out.push(reply.buffer_len(), |b| reply.emit(b))?;
     Ok((len, None))
 }

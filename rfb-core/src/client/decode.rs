@@ -3,7 +3,11 @@
 
 use crate::error::ProtocolError;
 use crate::pixel::{FramebufferMut, Translator, read_value, write_value};
-use crate::wire::{Rect, be16, be32};
+use crate::wire::hextile::{
+    ANY_SUBRECTS, BACKGROUND_SPECIFIED, FOREGROUND_SPECIFIED, RAW, SUBRECTS_COLOURED, TILE_SIZE,
+    parse_subrect,
+};
+use crate::wire::{Rect, rre};
 
 /// The application's framebuffer seen through the wire pixel format.
 pub(crate) struct Sink<'a, 'f> {
@@ -95,20 +99,20 @@ impl Hextile {
     }
 
     fn tile_rect(&self, r: &Rect) -> Rect {
-        let x = r.x + self.tx * 16;
-        let y = r.y + self.ty * 16;
+        let x = r.x + self.tx * TILE_SIZE;
+        let y = r.y + self.ty * TILE_SIZE;
         Rect::new(
             x,
             y,
-            (r.x + r.width - x).min(16),
-            (r.y + r.height - y).min(16),
+            (r.x + r.width - x).min(TILE_SIZE),
+            (r.y + r.height - y).min(TILE_SIZE),
         )
     }
 
     fn next_tile(&mut self, r: &Rect) {
         self.tile = TileState::Start;
         self.tx += 1;
-        if self.tx == r.width.div_ceil(16) {
+        if self.tx == r.width.div_ceil(TILE_SIZE) {
             self.tx = 0;
             self.ty += 1;
         }
@@ -123,7 +127,7 @@ impl Hextile {
     ) -> Result<(usize, bool), ProtocolError> {
         let bpp = sink.bpp;
         let mut pos = 0;
-        let tiles_y = r.height.div_ceil(16);
+        let tiles_y = r.height.div_ceil(TILE_SIZE);
         loop {
             if self.ty >= tiles_y {
                 return Ok((pos, true));
@@ -135,30 +139,32 @@ impl Hextile {
                     let Some(&mask) = inp.first() else {
                         return Ok((pos, false));
                     };
-                    if mask & 1 != 0 {
+                    if mask & RAW != 0 {
                         self.tile = TileState::Raw { i: 0 };
                         self.bg = None;
                         self.fg = None;
                         pos += 1;
                         continue;
                     }
+                    let bg_spec = mask & BACKGROUND_SPECIFIED != 0;
+                    let fg_spec = mask & FOREGROUND_SPECIFIED != 0;
+                    let any = mask & ANY_SUBRECTS != 0;
+                    let coloured = mask & SUBRECTS_COLOURED != 0;
                     let mut need = 1;
-                    if mask & 2 != 0 {
+                    if bg_spec {
                         need += bpp;
                     }
-                    let fg_spec = mask & 4 != 0;
-                    let coloured = mask & 16 != 0;
                     if fg_spec {
                         need += bpp;
                     }
-                    if mask & 8 != 0 {
+                    if any {
                         need += 1;
                     }
                     if inp.len() < need {
                         return Ok((pos, false));
                     }
                     let mut at = 1;
-                    if mask & 2 != 0 {
+                    if bg_spec {
                         let mut b = [0u8; 4];
                         b[..bpp].copy_from_slice(&inp[at..at + bpp]);
                         self.bg = Some(b);
@@ -172,7 +178,7 @@ impl Hextile {
                     }
                     let bg = self.bg.ok_or(ProtocolError::MalformedHextile)?;
                     sink.fill(t, &bg[..bpp]);
-                    let count = if mask & 8 != 0 { inp[at] } else { 0 };
+                    let count = if any { inp[at] } else { 0 };
                     pos += need;
                     if coloured {
                         self.fg = None;
@@ -225,8 +231,7 @@ impl Hextile {
                     } else {
                         (&[][..], inp[0], inp[1])
                     };
-                    let (sx, sy) = (u16::from(xy >> 4), u16::from(xy & 15));
-                    let (sw, sh) = (u16::from(wh >> 4) + 1, u16::from(wh & 15) + 1);
+                    let (sx, sy, sw, sh) = parse_subrect(xy, wh);
                     if sx + sw > t.width || sy + sh > t.height {
                         return Err(ProtocolError::SubrectangleOutOfBounds);
                     }
@@ -287,28 +292,20 @@ pub(crate) fn rre(
     sink: &mut Sink<'_, '_>,
 ) -> Result<(usize, bool), ProtocolError> {
     let bpp = sink.bpp;
-    let len = bpp + 8;
+    let len = rre::subrect_len(bpp);
     let mut pos = 0;
     while *remaining > 0 && input.len() - pos >= len {
         let s = &input[pos..pos + len];
-        let (sx, sy, sw, sh) = (
-            be16(s, bpp),
-            be16(s, bpp + 2),
-            be16(s, bpp + 4),
-            be16(s, bpp + 6),
-        );
-        let sub = Rect::new(sx, sy, sw, sh);
+        let sub = rre::parse_subrect_geometry(s, bpp);
         if !sub.fits_in(r.width, r.height) {
             return Err(ProtocolError::SubrectangleOutOfBounds);
         }
-        sink.fill(Rect::new(r.x + sx, r.y + sy, sw, sh), &s[..bpp]);
+        sink.fill(
+            Rect::new(r.x + sub.x, r.y + sub.y, sub.width, sub.height),
+            &s[..bpp],
+        );
         pos += len;
         *remaining -= 1;
     }
     Ok((pos, *remaining == 0))
-}
-
-/// The RRE header: `(sub-rectangle count, background pixel bytes)`, if complete.
-pub(crate) fn rre_header(input: &[u8], bpp: usize) -> Option<(u32, &[u8])> {
-    (input.len() >= 4 + bpp).then(|| (be32(input, 0), &input[4..4 + bpp]))
 }

@@ -6,7 +6,7 @@ mod zrle;
 
 use crate::Progress;
 use crate::auth::{CHALLENGE_LEN, vnc_response};
-use crate::error::{Error, InsufficientSize, ProtocolError};
+use crate::error::{CommandError, Error, InsufficientSize, ProtocolError};
 use crate::outq::{OutQueue, Transmit};
 use crate::pixel::{FramebufferMut, Translator};
 use crate::shared;
@@ -276,7 +276,7 @@ enum Phase {
     VencryptVersion,
     VencryptAck,
     VencryptSubtypes,
-    VencryptTlsAck,
+    VencryptTlsAck(VencryptSubtype),
     AwaitTls(VencryptSubtype),
     NeedPlain,
     SecurityResult,
@@ -345,6 +345,10 @@ enum Msg {
         remaining: u32,
     },
 }
+
+/// Most bytes, and messages, one step of `handle_input` queues (a fence answer is the largest).
+const STEP_OUTPUT: usize = 128;
+const STEP_MESSAGES: usize = 4;
 
 // Features the server confirmed.
 const HAVE_QEMU_KEY: u8 = 1;
@@ -498,12 +502,15 @@ impl Client {
     ) -> Result<Progress<Payload<'i>>, Error> {
         match self.phase {
             Phase::Closed => return Err(Error::Closed),
-            Phase::AwaitTls(_) => return Err(Error::InvalidState),
+            // Nothing is read: the bytes belong to the TLS layer.
+            Phase::AwaitTls(_) => return Ok(Progress::new(0, None)),
             _ => {}
         }
         let mut consumed = 0;
         loop {
-            if self.events.is_full() {
+            // Stop while an event waits for room, or the answers a step may queue do not fit
+            // (the driver drains `poll_transmit` after every call, so they always do at first).
+            if self.events.is_full() || !self.out.has_room(STEP_OUTPUT, STEP_MESSAGES) {
                 break;
             }
             let before = self.events.len();
@@ -516,9 +523,7 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    if e.is_fatal() {
-                        self.phase = Phase::Closed;
-                    }
+                    self.phase = Phase::Closed;
                     return Err(e);
                 }
             }
@@ -574,18 +579,18 @@ impl Client {
 
     /// The driver finished the TLS handshake **and validated the server certificate**; the
     /// sub-authentication continues over TLS.
-    pub fn tls_established(&mut self) -> Result<(), Error> {
+    pub fn tls_established(&mut self) -> Result<(), CommandError> {
         let Phase::AwaitTls(sub) = self.phase else {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         };
         self.start_sub_auth(sub);
         Ok(())
     }
 
     /// Answers [`Credentials::Password`] (only the first 8 bytes count).
-    pub fn send_password(&mut self, password: &[u8]) -> Result<(), Error> {
+    pub fn send_password(&mut self, password: &[u8]) -> Result<(), CommandError> {
         if self.phase != Phase::NeedPassword {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         let r = vnc_response(password, &self.challenge);
         self.out.push(CHALLENGE_LEN, |b| b.copy_from_slice(&r))?;
@@ -598,13 +603,13 @@ impl Client {
         &mut self,
         username: &[u8],
         password: &[u8],
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         if self.phase != Phase::NeedPlain {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         let c = PlainCredentialsRepr { username, password };
         if c.buffer_len() > self.out.free() {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         self.out.push(c.buffer_len(), |b| c.emit(b))?;
         self.phase = Phase::SecurityResult;
@@ -613,20 +618,20 @@ impl Client {
 
     // ---- C. commands: session ----
 
-    fn running(&self) -> Result<(), Error> {
+    fn running(&self) -> Result<(), CommandError> {
         if self.phase == Phase::Normal {
             Ok(())
         } else {
-            Err(Error::InvalidState)
+            Err(CommandError::InvalidState)
         }
     }
 
     /// SetPixelFormat: later updates arrive in `format` (do not have an update request
     /// outstanding, as the spec says).
-    pub fn set_pixel_format(&mut self, format: PixelFormat) -> Result<(), Error> {
+    pub fn set_pixel_format(&mut self, format: PixelFormat) -> Result<(), CommandError> {
         self.running()?;
         if !format.is_valid() {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let m = SetPixelFormatRepr { format };
         self.out.push(SetPixelFormatRepr::LEN, |b| m.emit(b))?;
@@ -637,15 +642,15 @@ impl Client {
     /// SetEncodings, in order of preference (at most 90). Only encodings this client decodes are
     /// allowed (Raw, CopyRect, RRE, Hextile, ZRLE with `alloc`, and the pseudo-encodings of
     /// [`Encoding`] it handles, plus compression levels).
-    pub fn set_encodings(&mut self, encodings: &[Encoding]) -> Result<(), Error> {
+    pub fn set_encodings(&mut self, encodings: &[Encoding]) -> Result<(), CommandError> {
         self.running()?;
         let mut bits = 0;
         for e in encodings {
-            bits |= e.bit().ok_or(Error::InvalidArgument)?;
+            bits |= e.bit().ok_or(CommandError::InvalidArgument)?;
         }
         let n = SetEncodingsHeaderRepr::LEN + 4 * encodings.len();
         if encodings.len() > 90 {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         self.out.push(n, |b| {
             SetEncodingsHeaderRepr {
@@ -661,7 +666,7 @@ impl Client {
     }
 
     /// FramebufferUpdateRequest.
-    pub fn request_update(&mut self, incremental: bool, rect: Rect) -> Result<(), Error> {
+    pub fn request_update(&mut self, incremental: bool, rect: Rect) -> Result<(), CommandError> {
         self.running()?;
         let m = FramebufferUpdateRequestRepr { incremental, rect };
         self.out
@@ -669,17 +674,22 @@ impl Client {
     }
 
     /// KeyEvent.
-    pub fn key_event(&mut self, down: bool, keysym: u32) -> Result<(), Error> {
+    pub fn key_event(&mut self, down: bool, keysym: u32) -> Result<(), CommandError> {
         self.running()?;
         let m = KeyEventRepr { down, keysym };
         self.out.push(KeyEventRepr::LEN, |b| m.emit(b))
     }
 
     /// QEMU extended key event (after [`Event::QemuKeyEventsSupported`]).
-    pub fn qemu_key_event(&mut self, down: bool, keysym: u32, keycode: u32) -> Result<(), Error> {
+    pub fn qemu_key_event(
+        &mut self,
+        down: bool,
+        keysym: u32,
+        keycode: u32,
+    ) -> Result<(), CommandError> {
         self.running()?;
         if self.have & HAVE_QEMU_KEY == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         let m = QemuKeyEventRepr {
             down,
@@ -690,7 +700,7 @@ impl Client {
     }
 
     /// PointerEvent.
-    pub fn pointer_event(&mut self, buttons: u8, x: u16, y: u16) -> Result<(), Error> {
+    pub fn pointer_event(&mut self, buttons: u8, x: u16, y: u16) -> Result<(), CommandError> {
         self.running()?;
         let m = PointerEventRepr { buttons, x, y };
         self.out.push(PointerEventRepr::LEN, |b| m.emit(b))
@@ -698,17 +708,22 @@ impl Client {
 
     /// ClientCutText: the header is queued and `poll_transmit` asks the application to send the
     /// `len` bytes itself. `Extended` needs the ExtendedClipboard pseudo-encoding.
-    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
+    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), CommandError> {
         self.running()?;
         let extended = self.requested & bits::EXT_CLIPBOARD != 0;
-        shared::queue_cut_text(&mut self.out, 6, len, extended)
+        let t = ClientMessageType::ClientCutText.into();
+        shared::queue_cut_text(&mut self.out, t, len, extended)
     }
 
     /// EnableContinuousUpdates (after [`Event::EndOfContinuousUpdates`] showed support).
-    pub fn enable_continuous_updates(&mut self, enable: bool, rect: Rect) -> Result<(), Error> {
+    pub fn enable_continuous_updates(
+        &mut self,
+        enable: bool,
+        rect: Rect,
+    ) -> Result<(), CommandError> {
         self.running()?;
         if self.have & HAVE_CONTINUOUS == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         let m = EnableContinuousUpdatesRepr { enable, rect };
         self.out
@@ -716,10 +731,10 @@ impl Client {
     }
 
     /// ClientFence (after the server sent a fence).
-    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), Error> {
+    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), CommandError> {
         self.running()?;
         if self.have & HAVE_FENCE == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         shared::queue_fence(&mut self.out, flags, payload)
     }
@@ -730,13 +745,13 @@ impl Client {
         width: u16,
         height: u16,
         screens: &[Screen],
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         self.running()?;
         if self.have & HAVE_EXT_DESKTOP == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         if screens.is_empty() || screens.len() > 16 {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let h = SetDesktopSizeHeaderRepr {
             width,
@@ -755,11 +770,13 @@ impl Client {
     // ---- D. polls ----
 
     /// Writes queued messages into `buf`.
+    #[must_use = "the output must be sent"]
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
         self.out.pop_into(buf)
     }
 
     /// The next event.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
         let e = self.events.pop_front()?;
         Some(match e {
@@ -813,6 +830,7 @@ impl Client {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout).
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
             .filter(|_| !matches!(self.phase, Phase::Normal | Phase::Closed))
@@ -835,12 +853,13 @@ impl Client {
         }
     }
 
-    fn authenticated(&mut self) -> Result<(), Error> {
-        let shared = u8::from(self.config.shared);
-        self.out.push(1, |b| b[0] = shared)?;
+    fn authenticated(&mut self) {
+        let m = ClientInitRepr {
+            shared: self.config.shared,
+        };
+        self.out.push_reserved(ClientInitRepr::LEN, |b| m.emit(b));
         self.phase = Phase::ServerInit;
         self.push(Ev::Authenticated);
-        Ok(())
     }
 
     /// Stores string bytes (NULs stripped, first 128 kept).
@@ -860,16 +879,16 @@ impl Client {
         use ProtocolError as P;
         match self.phase {
             Phase::Version => {
-                let v = match ProtocolVersionRepr::parse(input) {
-                    Ok(v) => v,
-                    Err(WireError::Truncated { .. }) => return Ok((0, None)),
-                    Err(WireError::Malformed) => return Err(P::MalformedVersion.into()),
-                };
+                let v = complete_or_wait!(
+                    ProtocolVersionRepr::parse(input),
+                    malformed => P::MalformedVersion
+                );
                 let sv = Version::from_numbers(v.major, v.minor)
                     .ok_or(Error::Protocol(P::UnsupportedVersion))?;
                 self.version = sv.min(self.config.max_version);
                 let r = ProtocolVersionRepr::of(self.version);
-                self.out.push(ProtocolVersionRepr::LEN, |b| r.emit(b))?;
+                self.out
+                    .push_reserved(ProtocolVersionRepr::LEN, |b| r.emit(b));
                 self.phase = if self.version == Version::V3_3 {
                     Phase::Security33
                 } else {
@@ -894,7 +913,7 @@ impl Client {
                         }
                         self.security = t;
                         if t == SecurityType::None {
-                            self.authenticated()?;
+                            self.authenticated();
                         } else {
                             self.phase = Phase::VncChallenge;
                         }
@@ -904,10 +923,10 @@ impl Client {
                 Ok((4, None))
             }
             Phase::SecurityList => {
-                let list = match SecurityTypesRepr::parse(input) {
-                    Ok(l) => l,
-                    Err(_) => return Ok((0, None)),
-                };
+                let list = complete_or_wait!(
+                    SecurityTypesRepr::parse(input),
+                    malformed => P::InvalidSecurityType
+                );
                 let n = list.buffer_len();
                 if list.types.is_empty() {
                     self.phase = Phase::ReasonLength;
@@ -930,14 +949,14 @@ impl Client {
                     }
                     return Err(P::NoAcceptableSecurityType.into());
                 };
-                self.out.push(1, |b| b[0] = t.into())?;
+                self.out.push_reserved(1, |b| b[0] = t.into());
                 self.security = t;
                 match t {
                     SecurityType::None => {
                         if self.version >= Version::V3_8 {
                             self.phase = Phase::SecurityResult;
                         } else {
-                            self.authenticated()?;
+                            self.authenticated();
                         }
                     }
                     SecurityType::VncAuth => self.phase = Phase::VncChallenge,
@@ -958,14 +977,15 @@ impl Client {
                 Ok((0, None))
             }
             Phase::VencryptVersion => {
-                let Ok(v) = VencryptVersionRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let v = complete_or_wait!(
+                    VencryptVersionRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if (v.major, v.minor) < (0, 2) {
                     return Err(P::VencryptVersion.into());
                 }
                 let ours = VencryptVersionRepr::V0_2;
-                self.out.push(2, |b| ours.emit(b))?;
+                self.out.push_reserved(2, |b| ours.emit(b));
                 self.phase = Phase::VencryptAck;
                 Ok((2, None))
             }
@@ -973,17 +993,17 @@ impl Client {
                 let Some(&ack) = input.first() else {
                     return Ok((0, None));
                 };
-                if ack != 0 {
+                if ack != vencrypt_ack::VERSION_OK {
                     return Err(P::VencryptVersion.into());
                 }
                 self.phase = Phase::VencryptSubtypes;
                 Ok((1, None))
             }
             Phase::VencryptSubtypes => {
-                let list = match VencryptSubtypesRepr::parse(input) {
-                    Ok(l) => l,
-                    Err(_) => return Ok((0, None)),
-                };
+                let list = complete_or_wait!(
+                    VencryptSubtypesRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if list.is_empty() {
                     return Err(P::MalformedVencrypt.into());
                 }
@@ -1004,25 +1024,22 @@ impl Client {
                     }
                     return Err(P::NoAcceptableSecurityType.into());
                 };
-                self.out.push(4, |b| put32(b, 0, sub.into()))?;
+                self.out.push_reserved(4, |b| put32(b, 0, sub.into()));
                 self.subtype = Some(sub);
                 if sub.uses_tls() {
-                    self.phase = Phase::VencryptTlsAck;
+                    self.phase = Phase::VencryptTlsAck(sub);
                 } else {
                     self.start_sub_auth(sub);
                 }
                 Ok((VencryptSubtypesRepr::buffer_len_for(list.len()), None))
             }
-            Phase::VencryptTlsAck => {
+            Phase::VencryptTlsAck(sub) => {
                 let Some(&ack) = input.first() else {
                     return Ok((0, None));
                 };
-                if ack != 1 {
+                if ack != vencrypt_ack::SUBTYPE_OK {
                     return Err(P::VencryptRefused.into());
                 }
-                let Some(sub) = self.subtype else {
-                    return Err(Error::InvalidState);
-                };
                 self.phase = Phase::AwaitTls(sub);
                 self.push(Ev::StartTls);
                 Ok((1, None))
@@ -1032,7 +1049,7 @@ impl Client {
                     return Ok((0, None));
                 }
                 match SecurityResult::from(be32(input, 0)) {
-                    SecurityResult::Ok => self.authenticated()?,
+                    SecurityResult::Ok => self.authenticated(),
                     SecurityResult::Failed | SecurityResult::TooManyAttempts => {
                         if self.version >= Version::V3_8 {
                             self.phase = Phase::ReasonLength;
@@ -1067,9 +1084,10 @@ impl Client {
                 Ok((4, None))
             }
             Phase::ServerInit => {
-                let Ok(h) = ServerInitRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let h = complete_or_wait!(
+                    ServerInitRepr::parse(input),
+                    malformed => P::InvalidPixelFormat
+                );
                 if !h.format.is_valid() {
                     return Err(P::InvalidPixelFormat.into());
                 }
@@ -1130,11 +1148,13 @@ impl Client {
         }
     }
 
+    /// The framebuffer seen through the wire format.
     fn sink<'a, 'f>(&self, fb: &'a mut FramebufferMut<'f>) -> Result<Sink<'a, 'f>, Error> {
         let tr = if fb.width() == 0 || fb.height() == 0 {
             None
         } else {
-            Some(Translator::new(&self.format, &fb.format()).ok_or(Error::InvalidArgument)?)
+            let tr = Translator::new(&self.format, &fb.format());
+            Some(tr.ok_or(Error::UnusableFramebuffer)?)
         };
         Ok(Sink {
             fb,
@@ -1198,9 +1218,8 @@ impl Client {
                 return Ok((data.len(), Some(Payload::CursorData { offset, data })));
             }
             Msg::Screens { remaining, screens } => {
-                let Ok(s) = Screen::parse(input) else {
-                    return Ok((0, None));
-                };
+                let s =
+                    complete_or_wait!(Screen::parse(input), malformed => P::InvalidScreenLayout);
                 self.push(Ev::Screen(s));
                 if screens > 1 {
                     self.msg = Msg::Screens {
@@ -1253,9 +1272,7 @@ impl Client {
         trace!("rfb client: message type {}", t);
         match ServerMessageType::from(t) {
             ServerMessageType::FramebufferUpdate => {
-                let Ok(h) = FramebufferUpdateRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let h = complete_or_wait!(FramebufferUpdateRepr::parse(input), malformed => P::Malformed);
                 self.push(Ev::UpdateBegin(h.rects));
                 if h.rects == 0 {
                     self.push(Ev::UpdateEnd);
@@ -1265,9 +1282,10 @@ impl Client {
                 Ok((FramebufferUpdateRepr::LEN, None))
             }
             ServerMessageType::SetColourMapEntries => {
-                let Ok(h) = SetColourMapEntriesRepr::parse(input) else {
-                    return Ok((0, None));
-                };
+                let h = complete_or_wait!(
+                    SetColourMapEntriesRepr::parse(input),
+                    malformed => P::ColourMapOutOfRange
+                );
                 if u32::from(h.first) + u32::from(h.count) > 65536 {
                     return Err(P::ColourMapOutOfRange.into());
                 }
@@ -1329,14 +1347,17 @@ impl Client {
         remaining: u16,
     ) -> Result<(usize, Option<Payload<'i>>), Error> {
         use ProtocolError as P;
-        let Ok(h) = RectHeaderRepr::parse(input) else {
-            return Ok((0, None));
-        };
+        let h = complete_or_wait!(RectHeaderRepr::parse(input), malformed => P::Malformed);
         let n = RectHeaderRepr::LEN;
         let r = h.rect;
         // 65535 with LastRect negotiated means "until LastRect".
-        let until_last = remaining == 0xffff && self.requested & bits::LAST_RECT != 0;
-        let remaining = if until_last { 0xffff } else { remaining - 1 };
+        const UNTIL_LAST: u16 = FramebufferUpdateRepr::UNTIL_LAST_RECT;
+        let until_last = remaining == UNTIL_LAST && self.requested & bits::LAST_RECT != 0;
+        let remaining = if until_last {
+            UNTIL_LAST
+        } else {
+            remaining - 1
+        };
         let bit = h
             .encoding
             .bit()
@@ -1407,7 +1428,7 @@ impl Client {
                 let e = ExtendedDesktopSizeRepr::parse(&input[n..])
                     .map_err(|_| Error::Protocol(P::InvalidScreenLayout))?;
                 let (reason, status) = (r.x, r.y);
-                if reason != 1 || status == 0 {
+                if reason != desktop_size::REASON_THIS_CLIENT || status == desktop_size::STATUS_OK {
                     self.width = r.width;
                     self.height = r.height;
                 }
@@ -1436,7 +1457,7 @@ impl Client {
                 }
                 let bpp = self.format.bytes_per_pixel() as u64;
                 let len = u64::from(r.width) * u64::from(r.height) * bpp
-                    + u64::from(r.width.div_ceil(8)) * u64::from(r.height);
+                    + cursor_mask_len(r.width, r.height) as u64;
                 let len = u32::try_from(len).map_err(|_| Error::Protocol(P::CursorTooLarge))?;
                 self.push(Ev::Cursor {
                     hx: r.x,
@@ -1501,29 +1522,31 @@ impl Client {
         let mut sink = self.sink(fb)?;
         let (n, finished, dec) = match (encoding, dec) {
             (Encoding::CopyRect, _) => {
-                if input.len() < 4 {
-                    return Ok((0, None));
-                }
-                let (sx, sy) = (be16(input, 0), be16(input, 2));
-                if !Rect::new(sx, sy, r.width, r.height).fits_in(self.width, self.height) {
+                let c = complete_or_wait!(
+                    CopyRectRepr::parse(input),
+                    malformed => P::CopyRectSourceOutOfBounds
+                );
+                let src = Rect::new(c.src_x, c.src_y, r.width, r.height);
+                if !src.fits_in(self.width, self.height) {
                     return Err(P::CopyRectSourceOutOfBounds.into());
                 }
-                sink.copy(r, sx, sy);
-                (4, true, dec)
+                sink.copy(r, c.src_x, c.src_y);
+                (CopyRectRepr::LEN, true, dec)
             }
             (_, RectDecoder::Raw { mut x, mut y }) => {
                 let (n, done) = decode::raw(&r, &mut x, &mut y, input, &mut sink);
                 (n, done, RectDecoder::Raw { x, y })
             }
             (_, RectDecoder::RreHeader) => {
-                let Some((count, bg)) = decode::rre_header(input, bpp) else {
+                let Some((count, bg)) = rre::parse_header(input, bpp) else {
                     return Ok((0, None));
                 };
                 if count > r.area() {
                     return Err(P::TooManySubrectangles.into());
                 }
                 sink.fill(r, bg);
-                (4 + bpp, count == 0, RectDecoder::Rre { remaining: count })
+                let n = rre::header_len(bpp);
+                (n, count == 0, RectDecoder::Rre { remaining: count })
             }
             (_, RectDecoder::Rre { mut remaining }) => {
                 let (n, done) = decode::rre(&r, &mut remaining, input, &mut sink)?;
@@ -1535,7 +1558,10 @@ impl Client {
             }
             #[cfg(feature = "alloc")]
             (_, RectDecoder::Zrle) => {
-                let z = self.zrle.as_mut().ok_or(Error::InvalidState)?;
+                // `rect_header` made the decoder and started the rectangle.
+                let z = self
+                    .zrle
+                    .get_or_insert_with(|| alloc::boxed::Box::new(zrle::ZrleDecoder::new()));
                 let (n, done) = z.decode(input, &mut sink)?;
                 (n, done, RectDecoder::Zrle)
             }

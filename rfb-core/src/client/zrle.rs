@@ -9,6 +9,10 @@ use miniz_oxide::{DataFormat, MZFlush};
 
 use super::decode::Sink;
 use crate::error::ProtocolError;
+use crate::wire::zrle::{
+    LENGTH_LEN, MAX_PALETTE, PALETTE_RUN, Subencoding, TILE_SIZE, packed_index_bits,
+    parse_run_length,
+};
 use crate::wire::{Rect, be32};
 
 /// Decompressed bytes kept at most (plus one inflate step).
@@ -40,7 +44,7 @@ pub(crate) struct ZrleDecoder {
     tx: u16,
     ty: u16,
     tile: Tile,
-    palette: [[u8; 4]; 128],
+    palette: [[u8; 4]; MAX_PALETTE + 1],
     plen: usize,
 }
 
@@ -65,7 +69,7 @@ impl ZrleDecoder {
             tx: 0,
             ty: 0,
             tile: Tile::Start,
-            palette: [[0; 4]; 128],
+            palette: [[0; 4]; MAX_PALETTE + 1],
             plen: 0,
         }
     }
@@ -89,32 +93,33 @@ impl ZrleDecoder {
     /// server that wants the client to wait for (or inflate) data no encoder produces.
     fn max_zlib_len(&self) -> u64 {
         let r = &self.rect;
-        let tiles = u64::from(r.width.div_ceil(64)) * u64::from(r.height.div_ceil(64));
+        let tiles =
+            u64::from(r.width.div_ceil(TILE_SIZE)) * u64::from(r.height.div_ceil(TILE_SIZE));
         let cpb = self.cpb as u64;
         let data = tiles * (1 + 128 * cpb) + u64::from(r.area()) * (cpb + 1);
         2 * data + 4096
     }
 
     fn tiles_done(&self) -> bool {
-        self.rect.is_empty() || self.ty >= self.rect.height.div_ceil(64)
+        self.rect.is_empty() || self.ty >= self.rect.height.div_ceil(TILE_SIZE)
     }
 
     fn tile_rect(&self) -> Rect {
         let r = &self.rect;
-        let x = r.x + self.tx * 64;
-        let y = r.y + self.ty * 64;
+        let x = r.x + self.tx * TILE_SIZE;
+        let y = r.y + self.ty * TILE_SIZE;
         Rect::new(
             x,
             y,
-            (r.x + r.width - x).min(64),
-            (r.y + r.height - y).min(64),
+            (r.x + r.width - x).min(TILE_SIZE),
+            (r.y + r.height - y).min(TILE_SIZE),
         )
     }
 
     fn next_tile(&mut self) {
         self.tile = Tile::Start;
         self.tx += 1;
-        if self.tx == self.rect.width.div_ceil(64) {
+        if self.tx == self.rect.width.div_ceil(TILE_SIZE) {
             self.tx = 0;
             self.ty += 1;
         }
@@ -147,18 +152,6 @@ impl ZrleDecoder {
         }
     }
 
-    /// Reads a run length (`255…, last`) at `b`; `None` if incomplete.
-    fn run_len(b: &[u8]) -> Option<(usize, usize)> {
-        let mut len = 1usize;
-        for (k, &v) in b.iter().enumerate() {
-            len += usize::from(v);
-            if v != 255 {
-                return Some((len, k + 1));
-            }
-        }
-        None
-    }
-
     /// Parses as many tile elements as the decompressed bytes allow.
     fn parse(&mut self, sink: &mut Sink<'_, '_>) -> Result<(), ProtocolError> {
         use ProtocolError::MalformedZrle as Bad;
@@ -169,14 +162,20 @@ impl ZrleDecoder {
             let b = &self.buf[self.start..self.end];
             match self.tile {
                 Tile::Start => {
-                    let Some(&sub) = b.first() else { return Ok(()) };
-                    let plen = match sub {
-                        0 | 128 => 0,
-                        1 => 1,
-                        2..=16 => usize::from(sub),
-                        130..=255 => usize::from(sub - 128),
-                        _ => return Err(Bad),
+                    let Some(&byte) = b.first() else {
+                        return Ok(());
                     };
+                    let sub = Subencoding::from(byte);
+                    let next = match sub {
+                        Subencoding::Raw => Tile::Raw { i: 0 },
+                        // Filled from the palette below.
+                        Subencoding::Solid => Tile::Start,
+                        Subencoding::PlainRle => Tile::Rle { i: 0 },
+                        Subencoding::PackedPalette(_) => Tile::Packed { row: 0 },
+                        Subencoding::PaletteRle(_) => Tile::PaletteRle { i: 0 },
+                        Subencoding::Invalid(_) => return Err(Bad),
+                    };
+                    let plen = sub.palette_len();
                     if b.len() < 1 + plen * cpb {
                         return Ok(());
                     }
@@ -185,16 +184,12 @@ impl ZrleDecoder {
                     }
                     self.plen = plen;
                     self.start += 1 + plen * cpb;
-                    match sub {
-                        0 => self.tile = Tile::Raw { i: 0 },
-                        1 => {
-                            let px = self.palette[0];
-                            sink.fill(t, &px[..bpp]);
-                            self.next_tile();
-                        }
-                        128 => self.tile = Tile::Rle { i: 0 },
-                        2..=16 => self.tile = Tile::Packed { row: 0 },
-                        _ => self.tile = Tile::PaletteRle { i: 0 },
+                    if sub == Subencoding::Solid {
+                        let px = self.palette[0];
+                        sink.fill(t, &px[..bpp]);
+                        self.next_tile();
+                    } else {
+                        self.tile = next;
                     }
                 }
                 Tile::Raw { i } => {
@@ -202,7 +197,7 @@ impl ZrleDecoder {
                     if n == 0 {
                         return Ok(());
                     }
-                    let mut row = [0u8; 64 * 4];
+                    let mut row = [0u8; TILE_SIZE as usize * 4];
                     let w = usize::from(t.width);
                     let mut k = 0;
                     while k < n {
@@ -224,17 +219,13 @@ impl ZrleDecoder {
                     }
                 }
                 Tile::Packed { row } => {
-                    let bits = match self.plen {
-                        2 => 1,
-                        3 | 4 => 2,
-                        _ => 4,
-                    };
+                    let bits = packed_index_bits(self.plen);
                     let w = usize::from(t.width);
                     let row_len = (w * bits).div_ceil(8);
                     if b.len() < row_len {
                         return Ok(());
                     }
-                    let mut out = [0u8; 64 * 4];
+                    let mut out = [0u8; TILE_SIZE as usize * 4];
                     for x in 0..w {
                         let bit = x * bits;
                         let idx = usize::from(
@@ -257,7 +248,7 @@ impl ZrleDecoder {
                     if b.len() < cpb + 1 {
                         return Ok(());
                     }
-                    let Some((len, n)) = Self::run_len(&b[cpb..]) else {
+                    let Some((len, n)) = parse_run_length(&b[cpb..]) else {
                         return Ok(());
                     };
                     if i + len > total {
@@ -274,14 +265,14 @@ impl ZrleDecoder {
                 }
                 Tile::PaletteRle { i } => {
                     let Some(&v) = b.first() else { return Ok(()) };
-                    let idx = usize::from(v & 127);
+                    let idx = usize::from(v & !PALETTE_RUN);
                     if idx >= self.plen {
                         return Err(Bad);
                     }
-                    let (len, n) = if v & 128 == 0 {
+                    let (len, n) = if v & PALETTE_RUN == 0 {
                         (1, 1)
                     } else {
-                        match Self::run_len(&b[1..]) {
+                        match parse_run_length(&b[1..]) {
                             Some((len, n)) => (len, n + 1),
                             None => return Ok(()),
                         }
@@ -337,10 +328,10 @@ impl ZrleDecoder {
         let left = match self.zlib_left {
             Some(l) => l,
             None => {
-                if input.len() < 4 {
+                if input.len() < LENGTH_LEN {
                     return Ok((0, false));
                 }
-                pos = 4;
+                pos = LENGTH_LEN;
                 let l = be32(input, 0);
                 if u64::from(l) > self.max_zlib_len() {
                     return Err(ProtocolError::MalformedZrle);

@@ -2,6 +2,10 @@
 //! Hextile tiles. All are allocation-free and write into caller-provided buffers.
 
 use crate::pixel::{Framebuffer, Translator, pack, unpack};
+use crate::wire::hextile::{
+    ANY_SUBRECTS, BACKGROUND_SPECIFIED, FOREGROUND_SPECIFIED, SUBRECTS_COLOURED, subrect_wh,
+    subrect_xy,
+};
 
 /// The framebuffer seen through the client's pixel format.
 pub(crate) struct Source<'a, 'b> {
@@ -78,13 +82,7 @@ pub(crate) fn put_px(out: &mut [u8], p: u32, bpp: usize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hextile
-
-pub(crate) const HEXTILE_RAW: u8 = 1;
-pub(crate) const HEXTILE_BG: u8 = 2;
-pub(crate) const HEXTILE_FG: u8 = 4;
-pub(crate) const HEXTILE_ANY: u8 = 8;
-pub(crate) const HEXTILE_COLOURED: u8 = 16;
+// Hextile (the layout and the sub-encoding bits are in `wire::hextile`)
 
 /// Background/foreground carried from the previous tile of the same rectangle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -188,7 +186,7 @@ pub(crate) fn hextile_tile(
         let mut pos = 1;
         let mut mask = 0u8;
         if carry.bg != Some(first) {
-            mask |= HEXTILE_BG;
+            mask |= BACKGROUND_SPECIFIED;
             put_px(&mut out[1..], first, bpp);
             pos += bpp;
         }
@@ -229,7 +227,7 @@ pub(crate) fn hextile_tile(
     let mut pos = 1usize;
     let mut mask = 0u8;
     if carry.bg != Some(bg) {
-        mask |= HEXTILE_BG;
+        mask |= BACKGROUND_SPECIFIED;
         put_px(&mut out[pos..], bg, bpp);
         pos += bpp;
     }
@@ -237,15 +235,15 @@ pub(crate) fn hextile_tile(
     let fg = colours[1 - best];
     let mut new_fg = carry.fg;
     if mono {
-        mask |= HEXTILE_ANY;
+        mask |= ANY_SUBRECTS;
         if carry.fg != Some(fg) {
-            mask |= HEXTILE_FG;
+            mask |= FOREGROUND_SPECIFIED;
             put_px(&mut out[pos..], fg, bpp);
             pos += bpp;
             new_fg = Some(fg);
         }
     } else {
-        mask |= HEXTILE_ANY | HEXTILE_COLOURED;
+        mask |= ANY_SUBRECTS | SUBRECTS_COLOURED;
         new_fg = None;
     }
     let count_at = pos;
@@ -282,8 +280,8 @@ pub(crate) fn hextile_tile(
                 put_px(&mut out[pos..], c, bpp);
                 pos += bpp;
             }
-            out[pos] = ((x as u8) << 4) | y as u8;
-            out[pos + 1] = (((sw - 1) as u8) << 4) | (sh - 1) as u8;
+            out[pos] = subrect_xy(x as u8, y as u8);
+            out[pos + 1] = subrect_wh(sw as u8, sh as u8);
             pos += 2;
             count += 1;
         }
@@ -306,7 +304,7 @@ fn hextile_raw(
     carry: &mut HextileCarry,
     out: &mut [u8],
 ) -> usize {
-    out[0] = HEXTILE_RAW;
+    out[0] = crate::wire::hextile::RAW;
     let mut pos = 1;
     for y in 0..h {
         for x in 0..w {
@@ -377,13 +375,14 @@ pub(crate) fn rre_next(
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::wire::hextile::RAW;
 
     /// The Hextile tile encoding written the slow, obvious way: a covered-pixel map over the
     /// original tile, both extents found by looking at every pixel, raw as soon as the
     /// sub-rectangles would not be smaller.
     fn reference(px: &[u32], w: usize, h: usize, bpp: usize, carry: &mut HextileCarry) -> Vec<u8> {
         let raw = |carry: &mut HextileCarry| {
-            let mut o = std::vec![HEXTILE_RAW];
+            let mut o = std::vec![RAW];
             for &p in px {
                 o.extend_from_slice(&unpack(p)[..bpp]);
             }
@@ -395,7 +394,7 @@ mod test {
         let mut o = std::vec![0u8];
         if px.iter().all(|&p| p == first) {
             if carry.bg != Some(first) {
-                o[0] = HEXTILE_BG;
+                o[0] = BACKGROUND_SPECIFIED;
                 o.extend_from_slice(&unpack(first)[..bpp]);
             }
             carry.bg = Some(first);
@@ -426,21 +425,21 @@ mod test {
         };
         let mono = !many;
         let fg = if bg == cols[0] { cols[1] } else { cols[0] };
-        let mut mask = HEXTILE_ANY;
+        let mut mask = ANY_SUBRECTS;
         if carry.bg != Some(bg) {
-            mask |= HEXTILE_BG;
+            mask |= BACKGROUND_SPECIFIED;
             o.extend_from_slice(&unpack(bg)[..bpp]);
         }
         let mut new_fg = None;
         if mono {
             new_fg = carry.fg;
             if carry.fg != Some(fg) {
-                mask |= HEXTILE_FG;
+                mask |= FOREGROUND_SPECIFIED;
                 o.extend_from_slice(&unpack(fg)[..bpp]);
                 new_fg = Some(fg);
             }
         } else {
-            mask |= HEXTILE_COLOURED;
+            mask |= SUBRECTS_COLOURED;
         }
         let count_at = o.len();
         o.push(0);

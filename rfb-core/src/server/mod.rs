@@ -9,7 +9,7 @@ pub use update::{CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, UpdateSou
 
 use crate::Progress;
 use crate::auth::CHALLENGE_LEN;
-use crate::error::{Error, InsufficientSize, ProtocolError};
+use crate::error::{CommandError, Error, InsufficientSize, ProtocolError};
 use crate::outq::{OutQueue, Transmit};
 use crate::shared;
 use crate::time::{Duration, Instant};
@@ -450,6 +450,16 @@ pub struct Server {
     pub(crate) zlib: crate::zlib::CompressorFactory,
 }
 
+/// Most bytes, and messages, one step of `handle_input` queues (a fence answer is the largest;
+/// refusals and failure reasons that do not fit are not sent, as before).
+const STEP_OUTPUT: usize = 128;
+const STEP_MESSAGES: usize = 4;
+
+/// The result of a command helper an input step calls: the step reserved room for its output.
+fn reserved(r: Result<(), CommandError>) {
+    debug_assert!(r.is_ok(), "an input step queued more than it reserved");
+}
+
 const REASON_NOT_OFFERED: &str = "Security type not offered";
 const REASON_NO_TYPES: &str = "No supported security types";
 const REASON_VERSION: &str = "Unsupported RFB protocol version";
@@ -573,12 +583,15 @@ impl Server {
     pub fn handle_input<'i>(&mut self, input: &'i [u8]) -> Result<Progress<Payload<'i>>, Error> {
         match self.phase {
             Phase::Closed | Phase::Closing => return Err(Error::Closed),
-            Phase::AwaitTls(_) => return Err(Error::InvalidState),
+            // Nothing is read: the bytes belong to the TLS layer.
+            Phase::AwaitTls(_) => return Ok(Progress::new(0, None)),
             _ => {}
         }
         let mut consumed = 0;
         loop {
-            if self.events.is_full() {
+            // Stop while an event waits for room, or the answers a step may queue do not fit
+            // (the driver drains `poll_transmit` after every call, so they always do at first).
+            if self.events.is_full() || !self.out.has_room(STEP_OUTPUT, STEP_MESSAGES) {
                 break;
             }
             let rest = &input[consumed..];
@@ -592,7 +605,7 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    self.fail(e);
+                    self.fail();
                     return Err(e);
                 }
             }
@@ -644,9 +657,9 @@ impl Server {
 
     /// The TLS layer finished its handshake (and verified the client certificate if configured):
     /// authentication continues over TLS.
-    pub fn tls_established(&mut self) -> Result<(), Error> {
+    pub fn tls_established(&mut self) -> Result<(), CommandError> {
         let Phase::AwaitTls(sub) = self.phase else {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         };
         match sub.sub_auth() {
             Some(SubAuth::None) => self.auth_success(),
@@ -655,23 +668,23 @@ impl Server {
                 self.phase = Phase::PlainCredentials;
                 Ok(())
             }
-            None => Err(Error::InvalidState),
+            None => Err(CommandError::InvalidState),
         }
     }
 
     /// Accepts the credentials of the last [`Event::VncAuth`] / [`Event::PlainAuth`].
-    pub fn accept_auth(&mut self) -> Result<(), Error> {
+    pub fn accept_auth(&mut self) -> Result<(), CommandError> {
         if self.phase != Phase::AuthDecision {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.auth_success()
     }
 
     /// Rejects the credentials: after the configured delay the client gets a failed
     /// SecurityResult (with `reason` in RFB 3.8) and the connection closes.
-    pub fn reject_auth(&mut self, reason: &'static str) -> Result<(), Error> {
+    pub fn reject_auth(&mut self, reason: &'static str) -> Result<(), CommandError> {
         if self.phase != Phase::AuthDecision {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.fail_reason = reason;
         self.phase = Phase::Closing;
@@ -693,12 +706,12 @@ impl Server {
         height: u16,
         format: PixelFormat,
         name: &[u8],
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         if self.phase != Phase::ServerInit {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         if !format.is_valid() || !format.true_colour || name.len() > 200 {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let repr = ServerInitRepr {
             width,
@@ -721,39 +734,40 @@ impl Server {
 
     /// Chooses the zlib implementation ZRLE compresses with (default
     /// [`MinizCompressor`](crate::zlib::MinizCompressor)). Call before the first ZRLE update:
-    /// once the connection's stream exists this returns [`Error::InvalidState`].
+    /// once the connection's stream exists this returns [`CommandError::InvalidState`].
     #[cfg(feature = "alloc")]
     pub fn set_zrle_compressor(
         &mut self,
         factory: crate::zlib::CompressorFactory,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         if self.zrle.is_some() {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.zlib = factory;
         Ok(())
     }
 
     /// Rings the client's bell.
-    pub fn bell(&mut self) -> Result<(), Error> {
+    pub fn bell(&mut self) -> Result<(), CommandError> {
         self.running()?;
-        self.out.push(1, |b| b[0] = 2)
+        self.out.push(1, |b| b[0] = ServerMessageType::Bell.into())
     }
 
     /// Sends ServerCutText: the header is queued and `poll_transmit` then asks the application to
     /// send its `len` bytes itself ([`AppPayload::CutText`](crate::AppPayload::CutText)).
     /// `Extended` needs the client's extended-clipboard support.
-    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), Error> {
+    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), CommandError> {
         self.running()?;
         let extended = self.prefs.flags & bits::EXT_CLIPBOARD != 0;
-        shared::queue_cut_text(&mut self.out, 3, len, extended)
+        let t = ServerMessageType::ServerCutText.into();
+        shared::queue_cut_text(&mut self.out, t, len, extended)
     }
 
     /// Sends a ServerFence (the client must have asked for the Fence pseudo-encoding).
-    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), Error> {
+    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), CommandError> {
         self.running()?;
         if self.prefs.flags & bits::FENCE == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         shared::queue_fence(&mut self.out, flags, payload)
     }
@@ -761,10 +775,10 @@ impl Server {
     /// Answers the last SetDesktopSize with a status code (0 success, 1 prohibited, 2 out of
     /// resources, 3 invalid layout). The ExtendedDesktopSize reply goes out with the next update
     /// (pass the new size in [`UpdateSource`] on success).
-    pub fn reply_desktop_size(&mut self, status: u16) -> Result<(), Error> {
+    pub fn reply_desktop_size(&mut self, status: u16) -> Result<(), CommandError> {
         self.running()?;
         if self.prefs.flags & bits::EXT_DESKTOP_SIZE == 0 {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         self.desktop_size_reply = Some(status);
         self.update_requested = true;
@@ -775,6 +789,7 @@ impl Server {
 
     /// Writes queued messages into `buf`. While an update is half-encoded this returns `None`
     /// (messages wait until [`encode_update`](Self::encode_update) finishes it).
+    #[must_use = "the output must be sent"]
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
         if self.update.is_some() {
             return Ok(None);
@@ -788,6 +803,7 @@ impl Server {
     }
 
     /// The next event, if any.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
@@ -800,6 +816,7 @@ impl Server {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hold = match self.fail_hold {
             Some(FailHold::Unarmed) => Some(Instant::ZERO),
@@ -817,11 +834,11 @@ impl Server {
 
     // ---- internals ----
 
-    fn running(&self) -> Result<(), Error> {
+    fn running(&self) -> Result<(), CommandError> {
         if self.phase == Phase::Normal {
             Ok(())
         } else {
-            Err(Error::InvalidState)
+            Err(CommandError::InvalidState)
         }
     }
 
@@ -830,8 +847,8 @@ impl Server {
         let _ = self.events.push_back(e);
     }
 
-    fn fail(&mut self, e: Error) {
-        if e.is_fatal() && !matches!(self.phase, Phase::Closing) {
+    fn fail(&mut self) {
+        if !matches!(self.phase, Phase::Closing) {
             self.phase = Phase::Closed;
         }
     }
@@ -871,14 +888,14 @@ impl Server {
         self.phase = Phase::Closing;
     }
 
-    fn send_challenge(&mut self) -> Result<(), Error> {
+    fn send_challenge(&mut self) -> Result<(), CommandError> {
         let c = self.challenge;
         self.out.push(CHALLENGE_LEN, |b| b.copy_from_slice(&c))?;
         self.phase = Phase::VncResponse;
         Ok(())
     }
 
-    fn auth_success(&mut self) -> Result<(), Error> {
+    fn auth_success(&mut self) -> Result<(), CommandError> {
         // RFB 3.3/3.7 skip SecurityResult for type None only (TigerVNC SConnection rule).
         let skip = self.version < Version::V3_8 && self.method.security_type == SecurityType::None;
         if !skip {
@@ -897,34 +914,27 @@ impl Server {
             subtype: None,
         };
         match t {
-            SecurityType::None => self.auth_success(),
-            SecurityType::VncAuth => self.send_challenge(),
+            SecurityType::None => reserved(self.auth_success()),
+            SecurityType::VncAuth => reserved(self.send_challenge()),
             SecurityType::VeNCrypt => {
                 let v = VencryptVersionRepr::V0_2;
-                self.out.push(2, |b| v.emit(b))?;
+                self.out.push_reserved(2, |b| v.emit(b));
                 self.phase = Phase::VencryptVersion;
-                Ok(())
             }
-            _ => Err(Error::Protocol(ProtocolError::SecurityTypeNotOffered)),
+            _ => return Err(Error::Protocol(ProtocolError::SecurityTypeNotOffered)),
         }
+        Ok(())
     }
 
     /// One protocol unit: `(consumed, payload)`; `(0, None)` means more input is needed.
     fn step<'i>(&mut self, input: &'i [u8]) -> Result<(usize, Option<Payload<'i>>), Error> {
-        macro_rules! need {
-            ($r:expr) => {
-                match $r {
-                    Ok(v) => v,
-                    Err(WireError::Truncated { .. }) => return Ok((0, None)),
-                    Err(WireError::Malformed) => {
-                        return Err(Error::Protocol(ProtocolError::MalformedVersion))
-                    }
-                }
-            };
-        }
+        use ProtocolError as P;
         match self.phase {
             Phase::Version => {
-                let v = need!(ProtocolVersionRepr::parse(input));
+                let v = complete_or_wait!(
+                    ProtocolVersionRepr::parse(input),
+                    malformed => P::MalformedVersion
+                );
                 match Version::from_numbers(v.major, v.minor) {
                     None => {
                         self.version = Version::V3_3;
@@ -946,7 +956,8 @@ impl Server {
                         .find(|t| matches!(t, SecurityType::None | SecurityType::VncAuth));
                     match pick {
                         Some(t) => {
-                            self.out.push(4, |b| put32(b, 0, u32::from(u8::from(t))))?;
+                            self.out
+                                .push_reserved(4, |b| put32(b, 0, u32::from(u8::from(t))));
                             self.choose(t)?;
                         }
                         None => self.refuse(REASON_NO_TYPES),
@@ -960,7 +971,7 @@ impl Server {
                         *d = u8::from(*t);
                     }
                     let r = SecurityTypesRepr { types: &types[..n] };
-                    self.out.push(r.buffer_len(), |b| r.emit(b))?;
+                    self.out.push_reserved(r.buffer_len(), |b| r.emit(b));
                     self.phase = Phase::SecurityChoice;
                 }
                 Ok((ProtocolVersionRepr::LEN, None))
@@ -994,18 +1005,21 @@ impl Server {
             }
             Phase::AuthDecision | Phase::ServerInit => Ok((0, None)),
             Phase::VencryptVersion => {
-                let v = need!(VencryptVersionRepr::parse(input));
+                let v = complete_or_wait!(
+                    VencryptVersionRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if v != VencryptVersionRepr::V0_2 {
-                    let _ = self.out.push(1, |b| b[0] = 1);
+                    let _ = self.out.push(1, |b| b[0] = vencrypt_ack::VERSION_REFUSED);
                     self.phase = Phase::Closing;
                     return Err(Error::Protocol(ProtocolError::VencryptVersion));
                 }
                 let subs = self.config.vencrypt_subtypes.clone();
                 let n = VencryptSubtypesRepr::buffer_len_for(subs.len());
-                self.out.push(1 + n, |b| {
-                    b[0] = 0;
+                self.out.push_reserved(1 + n, |b| {
+                    b[0] = vencrypt_ack::VERSION_OK;
                     VencryptSubtypesRepr::emit_list(&subs, &mut b[1..]);
-                })?;
+                });
                 self.phase = Phase::VencryptSubtype;
                 Ok((2, None))
             }
@@ -1016,7 +1030,7 @@ impl Server {
                 let sub = VencryptSubtype::from(be32(input, 0));
                 if !self.config.vencrypt_subtypes.contains(&sub) {
                     if sub.uses_tls() {
-                        let _ = self.out.push(1, |b| b[0] = 0);
+                        let _ = self.out.push(1, |b| b[0] = vencrypt_ack::SUBTYPE_REFUSED);
                     }
                     self.phase = Phase::Closing;
                     return Err(Error::Protocol(ProtocolError::SubtypeNotOffered));
@@ -1024,13 +1038,14 @@ impl Server {
                 self.method.subtype = Some(sub);
                 debug!("rfb server: VeNCrypt sub-type {}", u32::from(sub));
                 if sub.uses_tls() {
-                    self.out.push(1, |b| b[0] = 1)?;
+                    self.out
+                        .push_reserved(1, |b| b[0] = vencrypt_ack::SUBTYPE_OK);
                     self.phase = Phase::AwaitTls(sub);
                     self.push_event(Event::StartTls);
                 } else {
                     match sub.sub_auth() {
-                        Some(SubAuth::None) => self.auth_success()?,
-                        Some(SubAuth::Vnc) => self.send_challenge()?,
+                        Some(SubAuth::None) => reserved(self.auth_success()),
+                        Some(SubAuth::Vnc) => reserved(self.send_challenge()),
                         _ => self.phase = Phase::PlainCredentials,
                     }
                 }
@@ -1038,19 +1053,19 @@ impl Server {
             }
             Phase::AwaitTls(_) => Ok((0, None)),
             Phase::PlainCredentials => {
-                let (u, p) = match PlainCredentialsRepr::parse_lengths(input) {
-                    Ok(v) => v,
-                    Err(_) => return Ok((0, None)),
-                };
+                let (u, p) = complete_or_wait!(
+                    PlainCredentialsRepr::parse_lengths(input),
+                    malformed => P::MalformedVencrypt
+                );
                 if u > self.config.limits.max_username || p > self.config.limits.max_password {
                     self.queue_security_failure(REASON_CREDENTIALS);
                     self.phase = Phase::Closing;
                     return Err(Error::Protocol(ProtocolError::CredentialsTooLong));
                 }
-                let c = match PlainCredentialsRepr::parse(input) {
-                    Ok(c) => c,
-                    Err(_) => return Ok((0, None)),
-                };
+                let c = complete_or_wait!(
+                    PlainCredentialsRepr::parse(input),
+                    malformed => P::MalformedVencrypt
+                );
                 self.phase = Phase::AuthDecision;
                 self.push_event(Event::PlainAuth);
                 Ok((
@@ -1062,14 +1077,10 @@ impl Server {
                 ))
             }
             Phase::ClientInit => {
-                let Some(&shared) = input.first() else {
-                    return Ok((0, None));
-                };
+                let m = complete_or_wait!(ClientInitRepr::parse(input), malformed => P::Malformed);
                 self.phase = Phase::ServerInit;
-                self.push_event(Event::ClientInit {
-                    shared: shared != 0,
-                });
-                Ok((1, None))
+                self.push_event(Event::ClientInit { shared: m.shared });
+                Ok((ClientInitRepr::LEN, None))
             }
             Phase::Normal => self.step_message(input),
             Phase::Closing | Phase::Closed => Ok((0, None)),
@@ -1077,14 +1088,7 @@ impl Server {
     }
 
     fn step_message<'i>(&mut self, input: &'i [u8]) -> Result<(usize, Option<Payload<'i>>), Error> {
-        macro_rules! need {
-            ($r:expr) => {
-                match $r {
-                    Ok(v) => v,
-                    Err(_) => return Ok((0, None)),
-                }
-            };
-        }
+        use ProtocolError as P;
         match self.partial {
             Partial::None => {}
             Partial::Encodings {
@@ -1108,7 +1112,7 @@ impl Server {
                     };
                 } else {
                     self.partial = Partial::None;
-                    self.apply_prefs(acc)?;
+                    self.apply_prefs(acc);
                 }
                 return Ok((4 * n, None));
             }
@@ -1125,7 +1129,8 @@ impl Server {
                 return Ok((data.len(), Some(Payload::CutText { data, last })));
             }
             Partial::Screens { remaining } => {
-                let s = need!(Screen::parse(input));
+                let s =
+                    complete_or_wait!(Screen::parse(input), malformed => P::InvalidScreenLayout);
                 self.partial = if remaining > 1 {
                     Partial::Screens {
                         remaining: remaining - 1,
@@ -1143,7 +1148,10 @@ impl Server {
         trace!("rfb server: message type {}", t);
         match ClientMessageType::from(t) {
             ClientMessageType::SetPixelFormat => {
-                let m = need!(SetPixelFormatRepr::parse(input));
+                let m = complete_or_wait!(
+                    SetPixelFormatRepr::parse(input),
+                    malformed => P::InvalidPixelFormat
+                );
                 if !m.format.is_valid() {
                     return Err(Error::Protocol(ProtocolError::InvalidPixelFormat));
                 }
@@ -1156,14 +1164,14 @@ impl Server {
                 Ok((SetPixelFormatRepr::LEN, None))
             }
             ClientMessageType::SetEncodings => {
-                let h = need!(SetEncodingsHeaderRepr::parse(input));
+                let h = complete_or_wait!(SetEncodingsHeaderRepr::parse(input), malformed => P::Malformed);
                 if h.count > self.config.limits.max_encodings {
                     return Err(Error::Protocol(ProtocolError::TooManyEncodings));
                 }
                 // Raw until the list names a pixel encoding this crate implements.
                 let acc = Prefs::new();
                 if h.count == 0 {
-                    self.apply_prefs(acc)?;
+                    self.apply_prefs(acc);
                 } else {
                     self.partial = Partial::Encodings {
                         remaining: h.count,
@@ -1174,7 +1182,7 @@ impl Server {
                 Ok((SetEncodingsHeaderRepr::LEN, None))
             }
             ClientMessageType::FramebufferUpdateRequest => {
-                let m = need!(FramebufferUpdateRequestRepr::parse(input));
+                let m = complete_or_wait!(FramebufferUpdateRequestRepr::parse(input), malformed => P::Malformed);
                 let rect = m.rect.clip_to(self.width, self.height);
                 if self.continuous.is_some() && m.incremental {
                     return Ok((FramebufferUpdateRequestRepr::LEN, None));
@@ -1190,7 +1198,7 @@ impl Server {
                 Ok((FramebufferUpdateRequestRepr::LEN, None))
             }
             ClientMessageType::KeyEvent => {
-                let m = need!(KeyEventRepr::parse(input));
+                let m = complete_or_wait!(KeyEventRepr::parse(input), malformed => P::Malformed);
                 self.push_event(Event::Key {
                     down: m.down,
                     keysym: m.keysym,
@@ -1198,7 +1206,8 @@ impl Server {
                 Ok((KeyEventRepr::LEN, None))
             }
             ClientMessageType::PointerEvent => {
-                let m = need!(PointerEventRepr::parse(input));
+                let m =
+                    complete_or_wait!(PointerEventRepr::parse(input), malformed => P::Malformed);
                 self.push_event(Event::Pointer {
                     buttons: m.buttons,
                     x: m.x,
@@ -1221,19 +1230,16 @@ impl Server {
                 Ok((CutTextHeaderRepr::LEN, None))
             }
             ClientMessageType::EnableContinuousUpdates => {
-                let m = need!(EnableContinuousUpdatesRepr::parse(input));
+                let m = complete_or_wait!(EnableContinuousUpdatesRepr::parse(input), malformed => P::Malformed);
                 if self.prefs.flags & bits::CONTINUOUS == 0 {
                     return Err(Error::Protocol(ProtocolError::UnexpectedMessage(t)));
-                }
-                if self.out.free() < 1 {
-                    return Ok((0, None));
                 }
                 let rect = m.rect.clip_to(self.width, self.height);
                 if m.enable {
                     self.continuous = Some(rect);
                 } else {
                     self.continuous = None;
-                    self.out.push(1, |b| b[0] = 150)?;
+                    self.out.push_reserved(1, end_of_continuous_updates);
                 }
                 self.push_event(Event::ContinuousUpdates {
                     enabled: m.enable,
@@ -1249,7 +1255,10 @@ impl Server {
                 ))
             }
             ClientMessageType::SetDesktopSize => {
-                let h = need!(SetDesktopSizeHeaderRepr::parse(input));
+                let h = complete_or_wait!(
+                    SetDesktopSizeHeaderRepr::parse(input),
+                    malformed => P::InvalidScreenLayout
+                );
                 if h.screens > self.config.limits.max_screens {
                     return Err(Error::Protocol(ProtocolError::InvalidScreenLayout));
                 }
@@ -1266,16 +1275,18 @@ impl Server {
                 Ok((SetDesktopSizeHeaderRepr::LEN, None))
             }
             ClientMessageType::Qemu => {
-                if input.len() < 2 {
+                let Some(&sub) = input.get(1) else {
                     return Ok((0, None));
+                };
+                if self.prefs.flags & bits::QEMU_KEY == 0 || !self.config.qemu_extended_key_events {
+                    return Err(Error::Protocol(P::UnknownQemuMessage(sub)));
                 }
-                if input[1] != 0
-                    || self.prefs.flags & bits::QEMU_KEY == 0
-                    || !self.config.qemu_extended_key_events
-                {
-                    return Err(Error::Protocol(ProtocolError::UnknownQemuMessage(input[1])));
-                }
-                let m = need!(QemuKeyEventRepr::parse(input));
+                // The parser refuses any sub-type but the extended key event's as soon as the
+                // sub-type byte is at hand.
+                let m = complete_or_wait!(
+                    QemuKeyEventRepr::parse(input),
+                    malformed => P::UnknownQemuMessage(sub)
+                );
                 self.push_event(Event::QemuKey {
                     down: m.down,
                     keysym: m.keysym,
@@ -1299,31 +1310,32 @@ impl Server {
         }
     }
 
-    fn apply_prefs(&mut self, p: Prefs) -> Result<(), Error> {
+    fn apply_prefs(&mut self, p: Prefs) {
         // First sight of a pseudo-encoding that needs an acknowledgement.
         let new = p.flags & !self.acked;
         if new & bits::CONTINUOUS != 0 {
-            self.out.push(1, |b| b[0] = 150)?;
+            self.out.push_reserved(1, end_of_continuous_updates);
         }
         if new & bits::FENCE != 0 {
             let f = FenceRepr {
                 flags: fence_flags::REQUEST,
                 payload: heapless::Vec::new(),
             };
-            let _ = self.out.push(f.buffer_len(), |b| f.emit(b));
+            self.out.push_reserved(f.buffer_len(), |b| f.emit(b));
         }
         if p.flags & bits::EXT_CLIPBOARD != 0 {
             // Caps: text, with request/notify/provide, max unsolicited text size.
-            let caps: u32 = 1 | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 28);
+            use ext_clipboard::*;
+            let caps = TEXT | CAPS | REQUEST | NOTIFY | PROVIDE;
             let max = self.config.limits.max_cut_text;
             let h = CutTextHeaderRepr {
-                message_type: 3,
+                message_type: ServerMessageType::ServerCutText.into(),
                 length: CutTextLength::Extended(8).to_wire(),
             };
-            let _ = self.out.push(16, |b| {
+            self.out.push_reserved(CutTextHeaderRepr::LEN + 8, |b| {
                 h.emit(b);
-                put32(b, 8, caps);
-                put32(b, 12, max);
+                put32(b, CutTextHeaderRepr::LEN, caps);
+                put32(b, CutTextHeaderRepr::LEN + 4, max);
             });
         }
         if new & bits::QEMU_KEY != 0 && self.config.qemu_extended_key_events {
@@ -1336,7 +1348,6 @@ impl Server {
             self.prefs = p;
         }
         self.push_event(Event::EncodingsChanged);
-        Ok(())
     }
 
     /// Applies a SetPixelFormat / SetEncodings that arrived during an update.
@@ -1386,4 +1397,9 @@ impl Server {
         };
         Ok(Some(Transmit { len, then: None }))
     }
+}
+
+/// EndOfContinuousUpdates (a lone type byte).
+fn end_of_continuous_updates(b: &mut [u8]) {
+    b[0] = ServerMessageType::EndOfContinuousUpdates.into();
 }

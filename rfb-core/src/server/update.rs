@@ -2,10 +2,8 @@
 //! encodes straight from it into the caller's output buffer, resumable across calls.
 
 use super::Server;
-use super::encode::{
-    HEXTILE_RAW, HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next,
-};
-use crate::error::Error;
+use super::encode::{HextileCarry, Source, hextile_max, hextile_tile, put_px, rre_count, rre_next};
+use crate::error::CommandError;
 use crate::pixel::{Framebuffer, Translator, effective_format};
 use crate::wire::*;
 
@@ -194,21 +192,21 @@ impl Server {
         }
     }
 
-    fn start_update(&mut self, src: &UpdateSource<'_>) -> Result<UpdateState, Error> {
+    fn start_update(&mut self, src: &UpdateSource<'_>) -> Result<UpdateState, CommandError> {
         if self.phase != super::Phase::Normal
             || !(self.update_requested || self.continuous.is_some())
         {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         }
         if !self.out.is_empty() || self.colour_map_pending.is_some() {
-            return Err(Error::QueueFull);
+            return Err(CommandError::QueueFull);
         }
         let fb = &src.framebuffer;
         if !fb.format().true_colour
             || src.screens.len() > 16
             || src.desktop_name.is_some_and(|n| n.len() > 1024)
         {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let flags = self.prefs.flags;
         let resized = (fb.width(), fb.height()) != (self.width, self.height);
@@ -217,7 +215,7 @@ impl Server {
         if resized || (ext && (self.full_update_requested || self.desktop_size_reply.is_some())) {
             if !ext && (flags & bits::DESKTOP_SIZE == 0) {
                 // The client cannot follow a resize; the application must disconnect it.
-                return Err(Error::InvalidArgument);
+                return Err(CommandError::InvalidArgument);
             }
             pseudo |= PSEUDO_SIZE;
         }
@@ -231,9 +229,9 @@ impl Server {
             && flags & bits::CURSOR != 0
         {
             let (w, h) = (c.image.width(), c.image.height());
-            let mask_len = usize::from(w.div_ceil(8)) * usize::from(h);
+            let mask_len = cursor_mask_len(w, h);
             if w > 256 || h > 256 || c.mask.len() < mask_len || !c.image.format().true_colour {
-                return Err(Error::InvalidArgument);
+                return Err(CommandError::InvalidArgument);
             }
             pseudo |= PSEUDO_CURSOR;
         }
@@ -251,7 +249,7 @@ impl Server {
         }
         let last_rect = rects > 0xfffe;
         if last_rect && flags & bits::LAST_RECT == 0 {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         if resized {
             self.width = fb.width();
@@ -261,7 +259,11 @@ impl Server {
             stage: Stage::Header,
             pseudo,
             size_ext: ext,
-            rects: if last_rect { 0xffff } else { rects as u16 },
+            rects: if last_rect {
+                FramebufferUpdateRepr::UNTIL_LAST_RECT
+            } else {
+                rects as u16
+            },
             last_rect,
             damage: 0,
             rect: RectState::Start,
@@ -273,7 +275,7 @@ impl Server {
     /// [`MIN_ENCODE_BUFFER`] bytes). Call while [`wants_update`](Self::wants_update) is true,
     /// with the same `src` until `done`; send each `written` prefix in order. Other messages
     /// wait in `poll_transmit` until the update is done; drain `poll_transmit` before the first
-    /// call (else [`Error::QueueFull`]).
+    /// call (else [`CommandError::QueueFull`]).
     ///
     /// Pixels are translated from the framebuffer's format into the client's and encoded with
     /// the client's preferred supported encoding (ZRLE, Hextile, RRE or Raw); copied areas go
@@ -282,9 +284,9 @@ impl Server {
         &mut self,
         src: &UpdateSource<'_>,
         out: &mut [u8],
-    ) -> Result<EncodeStatus, Error> {
+    ) -> Result<EncodeStatus, CommandError> {
         if out.len() < MIN_ENCODE_BUFFER {
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let mut st = match self.update {
             Some(st) => st,
@@ -293,10 +295,10 @@ impl Server {
         let fb = &src.framebuffer;
         if (fb.width(), fb.height()) != (self.width, self.height) {
             // The application changed the framebuffer in the middle of an update.
-            return Err(Error::InvalidArgument);
+            return Err(CommandError::InvalidArgument);
         }
         let wire = effective_format(&self.client_format);
-        let tr = Translator::new(&fb.format(), &wire).ok_or(Error::InvalidArgument)?;
+        let tr = Translator::new(&fb.format(), &wire).ok_or(CommandError::InvalidArgument)?;
         let source = Source {
             fb,
             tr: &tr,
@@ -378,13 +380,15 @@ impl Server {
                 } else {
                     src.screens
                 };
-                let n = RectHeaderRepr::LEN + ExtendedDesktopSizeRepr::LEN + 16 * screens.len();
+                let n = RectHeaderRepr::LEN
+                    + ExtendedDesktopSizeRepr::LEN
+                    + Screen::LEN * screens.len();
                 if out.len() < n {
                     return None;
                 }
                 let (reason, status) = match self.desktop_size_reply {
-                    Some(s) => (1, s),
-                    None => (0, 0),
+                    Some(s) => (desktop_size::REASON_THIS_CLIENT, s),
+                    None => (desktop_size::REASON_SERVER, desktop_size::STATUS_OK),
                 };
                 RectHeaderRepr {
                     rect: Rect::new(reason, status, w, h),
@@ -394,9 +398,10 @@ impl Server {
                 ExtendedDesktopSizeRepr {
                     screens: screens.len() as u8,
                 }
-                .emit(&mut out[12..]);
+                .emit(&mut out[RectHeaderRepr::LEN..]);
+                let at = RectHeaderRepr::LEN + ExtendedDesktopSizeRepr::LEN;
                 for (i, s) in screens.iter().enumerate() {
-                    s.emit(&mut out[16 + 16 * i..]);
+                    s.emit(&mut out[at + Screen::LEN * i..]);
                 }
                 st.pseudo &= !PSEUDO_SIZE;
                 return Some(n);
@@ -423,8 +428,9 @@ impl Server {
                 encoding: Encoding::DesktopName,
             }
             .emit(out);
-            put32(out, 12, name.len() as u32);
-            out[16..n].copy_from_slice(name);
+            // U32 length, then the name.
+            put32(out, RectHeaderRepr::LEN, name.len() as u32);
+            out[RectHeaderRepr::LEN + 4..n].copy_from_slice(name);
             st.pseudo &= !PSEUDO_NAME;
             return Some(n);
         }
@@ -484,7 +490,7 @@ impl Server {
             pos += row_len;
             row += 1;
         }
-        let mask_len = usize::from(img.width().div_ceil(8)) * usize::from(img.height());
+        let mask_len = cursor_mask_len(img.width(), img.height());
         let n = (mask_len - mask_sent).min(out.len() - pos);
         out[pos..pos + n].copy_from_slice(&c.mask[mask_sent..mask_sent + n]);
         pos += n;
@@ -505,14 +511,15 @@ impl Server {
         src: &UpdateSource<'_>,
         source: &Source<'_, '_>,
         out: &mut [u8],
-    ) -> Result<Option<usize>, Error> {
+    ) -> Result<Option<usize>, CommandError> {
         let fb = &src.framebuffer;
         let d = &src.damage[st.damage];
         let bpp = source.bpp;
         let mut pos = 0usize;
         if st.rect == RectState::Start {
             if let Some((dst, sx, sy)) = self.as_copy(d, fb) {
-                if out.len() < RectHeaderRepr::LEN + 4 {
+                let n = RectHeaderRepr::LEN + CopyRectRepr::LEN;
+                if out.len() < n {
                     return Ok(None);
                 }
                 RectHeaderRepr {
@@ -520,10 +527,13 @@ impl Server {
                     encoding: Encoding::CopyRect,
                 }
                 .emit(out);
-                put16(out, 12, sx);
-                put16(out, 14, sy);
+                CopyRectRepr {
+                    src_x: sx,
+                    src_y: sy,
+                }
+                .emit(&mut out[RectHeaderRepr::LEN..]);
                 st.damage += 1;
-                return Ok(Some(16));
+                return Ok(Some(n));
             }
             let r = Self::damage_rect(d, fb);
             if r.is_empty() {
@@ -558,7 +568,7 @@ impl Server {
                 Encoding::Rre => {
                     let bg = source.pixel(r.x, r.y);
                     let count = rre_count(source, r.x, r.y, r.width, r.height, bg);
-                    let n = RectHeaderRepr::LEN + 4 + bpp;
+                    let n = RectHeaderRepr::LEN + rre::header_len(bpp);
                     if out.len() < n {
                         return Ok(None);
                     }
@@ -567,8 +577,9 @@ impl Server {
                         encoding: Encoding::Rre,
                     }
                     .emit(out);
-                    put32(out, 12, count);
-                    put_px(&mut out[16..], bg, bpp);
+                    let body = &mut out[RectHeaderRepr::LEN..];
+                    rre::emit_header_count(body, count);
+                    put_px(&mut body[4..], bg, bpp);
                     pos = n;
                     st.rect = RectState::Rre { bg, cx: 0, cy: 0 };
                 }
@@ -622,17 +633,16 @@ impl Server {
             RectState::Rre { bg, cx, cy } => {
                 let mut done = false;
                 loop {
-                    if out.len() - pos < bpp + 8 {
+                    let len = rre::subrect_len(bpp);
+                    if out.len() - pos < len {
                         break;
                     }
                     match rre_next(source, (r.x, r.y, r.width, r.height), *bg, cx, cy) {
                         Some((p, sx, sy, sw)) => {
                             put_px(&mut out[pos..], p, bpp);
-                            put16(out, pos + bpp, sx);
-                            put16(out, pos + bpp + 2, sy);
-                            put16(out, pos + bpp + 4, sw);
-                            put16(out, pos + bpp + 6, 1);
-                            pos += bpp + 8;
+                            let geometry = Rect::new(sx, sy, sw, 1);
+                            rre::emit_subrect_geometry(&mut out[pos..], bpp, &geometry);
+                            pos += len;
                         }
                         None => {
                             done = true;
@@ -645,23 +655,24 @@ impl Server {
             RectState::Hextile { tx, ty, carry } => {
                 let mut px = [0u32; 256];
                 let max = hextile_max(bpp);
-                let tiles_x = r.width.div_ceil(16);
-                let tiles_y = r.height.div_ceil(16);
+                const TILE: u16 = hextile::TILE_SIZE;
+                let tiles_x = r.width.div_ceil(TILE);
+                let tiles_y = r.height.div_ceil(TILE);
                 while *ty < tiles_y {
                     if out.len() - pos < max {
                         break;
                     }
-                    let x = r.x + *tx * 16;
-                    let y = r.y + *ty * 16;
-                    let w = (r.x + r.width - x).min(16);
-                    let h = (r.y + r.height - y).min(16);
+                    let x = r.x + *tx * TILE;
+                    let y = r.y + *ty * TILE;
+                    let w = (r.x + r.width - x).min(TILE);
+                    let h = (r.y + r.height - y).min(TILE);
                     let (tw, th) = (usize::from(w), usize::from(h));
                     source.load_tile(x, y, w, h, &mut px);
                     pos += match hextile_tile(&mut px, tw, th, bpp, carry, &mut out[pos..]) {
                         Some(len) => len,
                         None => {
                             // Raw: the rows in the client's format, straight from the framebuffer.
-                            out[pos] = HEXTILE_RAW;
+                            out[pos] = hextile::RAW;
                             let row = tw * bpp;
                             for r in 0..h {
                                 let at = pos + 1 + usize::from(r) * row;

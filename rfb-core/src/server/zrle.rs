@@ -9,8 +9,12 @@ use alloc::vec::Vec;
 use super::Server;
 use super::encode::Source;
 use super::update::{RectState, UpdateState, zrle_band};
-use crate::error::Error;
+use crate::error::CommandError;
 use crate::pixel::{cpixel_layout, effective_format, unpack};
+use crate::wire::zrle::{
+    LENGTH_LEN, MAX_PACKED_PALETTE, MAX_PALETTE, PALETTE_RUN, RUN_LENGTH_MORE, Subencoding,
+    TILE_SIZE, packed_index_bits, run_length_len,
+};
 use crate::wire::{Encoding, Rect, RectHeaderRepr, put32};
 use crate::zlib::{ZrleCompressor, compress_all};
 
@@ -27,7 +31,7 @@ pub(crate) struct ZrleEncoder {
     /// Palette lookup: open addressing over 256 slots (`index` into `palette`, or NO_ENTRY).
     slots: [u16; 256],
     keys: [u32; 256],
-    palette: [u32; 128],
+    palette: [u32; MAX_PALETTE + 1],
 }
 
 impl core::fmt::Debug for ZrleEncoder {
@@ -47,10 +51,10 @@ impl ZrleEncoder {
             comp,
             raw: Vec::new(),
             wire: Vec::new(),
-            px: vec![0; 64 * 64],
+            px: vec![0; usize::from(TILE_SIZE) * usize::from(TILE_SIZE)],
             slots: [NO_ENTRY; 256],
             keys: [0; 256],
-            palette: [0; 128],
+            palette: [0; MAX_PALETTE + 1],
         }
     }
 
@@ -61,7 +65,7 @@ impl ZrleEncoder {
         loop {
             let e = self.slots[s];
             if e == NO_ENTRY {
-                if *len >= 127 {
+                if *len >= MAX_PALETTE {
                     return None;
                 }
                 self.slots[s] = *len as u16;
@@ -109,7 +113,7 @@ impl ZrleEncoder {
             if len == 1 {
                 singles += 1;
             }
-            rle_len_bytes += (len - 1) / 255 + 1;
+            rle_len_bytes += run_length_len(len);
             if !overflow && self.lookup_insert(p, &mut plen).is_none() {
                 overflow = true;
             }
@@ -120,7 +124,7 @@ impl ZrleEncoder {
             out.extend_from_slice(&b[coff..coff + cpb]);
         };
         if plen == 1 && !overflow {
-            self.raw.push(1);
+            self.raw.push(Subencoding::Solid.into());
             put_cpixel(&mut self.raw, self.px[0]);
             return;
         }
@@ -140,12 +144,8 @@ impl ZrleEncoder {
                 best = prle;
                 kind = 3;
             }
-            if plen <= 16 {
-                let bits = match plen {
-                    2 => 1,
-                    3 | 4 => 2,
-                    _ => 4,
-                };
+            if plen <= MAX_PACKED_PALETTE {
+                let bits = packed_index_bits(plen);
                 let packed = pal + h * (w * bits).div_ceil(8);
                 if packed < best {
                     kind = 2;
@@ -155,7 +155,7 @@ impl ZrleEncoder {
         let px = &self.px[..n];
         match kind {
             0 => {
-                self.raw.push(0);
+                self.raw.push(Subencoding::Raw.into());
                 let at = self.raw.len();
                 self.raw.resize(at + n * cpb, 0);
                 let dst = &mut self.raw[at..];
@@ -186,7 +186,7 @@ impl ZrleEncoder {
                 }
             }
             1 => {
-                self.raw.push(128);
+                self.raw.push(Subencoding::PlainRle.into());
                 let mut i = 0;
                 while i < n {
                     let p = px[i];
@@ -200,15 +200,11 @@ impl ZrleEncoder {
                 }
             }
             2 => {
-                self.raw.push(plen as u8);
+                self.raw.push(Subencoding::PackedPalette(plen as u8).into());
                 for k in 0..plen {
                     put_cpixel(&mut self.raw, self.palette[k]);
                 }
-                let bits = match plen {
-                    2 => 1,
-                    3 | 4 => 2,
-                    _ => 4,
-                };
+                let bits = packed_index_bits(plen);
                 for row in px.chunks_exact(w) {
                     let mut byte = 0u8;
                     let mut nbits = 0;
@@ -227,7 +223,7 @@ impl ZrleEncoder {
                 }
             }
             _ => {
-                self.raw.push(128 + plen as u8);
+                self.raw.push(Subencoding::PaletteRle(plen as u8).into());
                 for k in 0..plen {
                     put_cpixel(&mut self.raw, self.palette[k]);
                 }
@@ -242,7 +238,7 @@ impl ZrleEncoder {
                     if j - i == 1 {
                         self.raw.push(idx);
                     } else {
-                        self.raw.push(idx | 128);
+                        self.raw.push(idx | PALETTE_RUN);
                         push_run_len(&mut self.raw, j - i);
                     }
                     i = j;
@@ -259,17 +255,17 @@ impl ZrleEncoder {
         source: &Source<'_, '_>,
         cpb: usize,
         coff: usize,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CommandError> {
         let band_rows = zrle_band(r.width);
         let y0 = r.y + band * band_rows;
         let bh = (r.y + r.height - y0).min(band_rows);
         self.raw.clear();
         let mut ty = y0;
         while ty < y0 + bh {
-            let th = (y0 + bh - ty).min(64);
+            let th = (y0 + bh - ty).min(TILE_SIZE);
             let mut tx = r.x;
             while tx < r.x + r.width {
-                let tw = (r.x + r.width - tx).min(64);
+                let tw = (r.x + r.width - tx).min(TILE_SIZE);
                 let mut px = core::mem::take(&mut self.px);
                 source.load(tx, ty, tw, th, &mut px[..usize::from(tw) * usize::from(th)]);
                 self.px = px;
@@ -279,25 +275,26 @@ impl ZrleEncoder {
             ty += th;
         }
         self.wire.clear();
-        self.wire.resize(RectHeaderRepr::LEN + 4, 0);
+        self.wire.resize(RectHeaderRepr::LEN + LENGTH_LEN, 0);
         RectHeaderRepr {
             rect: Rect::new(r.x, y0, r.width, bh),
             encoding: Encoding::Zrle,
         }
         .emit(&mut self.wire);
         compress_all(&mut *self.comp, &self.raw, &mut self.wire)
-            .map_err(|_| Error::InvalidState)?;
-        let len = (self.wire.len() - RectHeaderRepr::LEN - 4) as u32;
+            .map_err(|_| CommandError::InvalidState)?;
+        let len = (self.wire.len() - RectHeaderRepr::LEN - LENGTH_LEN) as u32;
         put32(&mut self.wire, RectHeaderRepr::LEN, len);
         Ok(())
     }
 }
 
+/// A run length (see [`crate::wire::zrle`]): `(len - 1) / 255` bytes of 255, then the rest.
 fn push_run_len(out: &mut Vec<u8>, len: usize) {
     let mut l = len - 1;
-    while l >= 255 {
-        out.push(255);
-        l -= 255;
+    while l >= usize::from(RUN_LENGTH_MORE) {
+        out.push(RUN_LENGTH_MORE);
+        l -= usize::from(RUN_LENGTH_MORE);
     }
     out.push(l as u8);
 }
@@ -310,7 +307,7 @@ impl Server {
         r: Rect,
         source: &Source<'_, '_>,
         out: &mut [u8],
-    ) -> Result<(usize, bool), Error> {
+    ) -> Result<(usize, bool), CommandError> {
         let level = self.prefs.level;
         let wire = effective_format(&self.client_format);
         let (cpb, coff) = cpixel_layout(&wire);
@@ -324,7 +321,7 @@ impl Server {
             mut len,
         } = st.rect_state()
         else {
-            return Err(Error::InvalidState);
+            return Err(CommandError::InvalidState);
         };
         let bands = r.height.div_ceil(zrle_band(r.width));
         let mut pos = 0;

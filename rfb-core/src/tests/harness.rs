@@ -301,10 +301,10 @@ impl Pair {
                         .unwrap();
                 match self.client.handle_input_fb(&self.s2c, &mut fb) {
                     Ok(p) => {
-                        if let Some(pl) = p.payload {
+                        if let Some(pl) = p.lent {
                             self.client_events.push(format!("payload {pl:?}"));
                         }
-                        if p.consumed > 0 || p.payload.is_some() {
+                        if p.consumed > 0 || p.lent.is_some() {
                             progress = true;
                         }
                         self.s2c.drain(..p.consumed);
@@ -320,7 +320,7 @@ impl Pair {
             if !self.c2s.is_empty() && !self.tls_server {
                 match self.server.handle_input(&self.c2s) {
                     Ok(p) => {
-                        if let Some(pl) = p.payload {
+                        if let Some(pl) = p.lent {
                             self.server_events.push(format!("payload {pl:?}"));
                             if let server::Payload::PlainCredentials { username, password } = pl {
                                 if (username, password) == (&b"user"[..], &b"pass"[..]) {
@@ -332,7 +332,7 @@ impl Pair {
                                 }
                             }
                         }
-                        if p.consumed > 0 || p.payload.is_some() {
+                        if p.consumed > 0 || p.lent.is_some() {
                             progress = true;
                         }
                         self.c2s.drain(..p.consumed);

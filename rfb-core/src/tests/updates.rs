@@ -391,8 +391,8 @@ fn run_server_split(auth: Auth, input: &[u8], cuts: &[usize]) -> Observed {
                 }
             };
             let n = p.consumed;
-            let had_payload = p.payload.is_some();
-            if let Some(pl) = p.payload {
+            let had_payload = p.lent.is_some();
+            if let Some(pl) = p.lent {
                 o.events.push(format!("{pl:?}"));
                 if let server::Payload::PlainCredentials { .. } = pl {
                     s.accept_auth().unwrap();
@@ -479,10 +479,10 @@ fn run_client_split(
                 .unwrap();
                 match c.handle_input_fb(&buf, &mut fb) {
                     Ok(p) => {
-                        if let Some(pl) = p.payload {
+                        if let Some(pl) = p.lent {
                             o.events.push(format!("{pl:?}"));
                         }
-                        (p.consumed, p.payload.is_some())
+                        (p.consumed, p.lent.is_some())
                     }
                     Err(e) => {
                         o.events.push(format!("error {e:?}"));
@@ -711,6 +711,6 @@ fn pluggable_zrle_compressor() {
     );
     assert_eq!(
         p.server.set_zrle_compressor(MinizCompressor::boxed),
-        Err(crate::Error::InvalidState)
+        Err(crate::CommandError::InvalidState)
     );
 }

@@ -79,7 +79,9 @@ impl_parse!(
     FramebufferUpdateRepr,
     RectHeaderRepr,
     SetColourMapEntriesRepr,
-    ExtendedDesktopSizeRepr
+    ExtendedDesktopSizeRepr,
+    ClientInitRepr,
+    CopyRectRepr
 );
 
 proptest! {
@@ -119,6 +121,30 @@ proptest! {
         roundtrip!(RectHeaderRepr { rect: r, encoding: Encoding::from(enc) });
         roundtrip!(SetColourMapEntriesRepr { first: n, count: m });
         roundtrip!(ExtendedDesktopSizeRepr { screens: s });
+        roundtrip!(ClientInitRepr { shared: s & 1 != 0 });
+        roundtrip!(CopyRectRepr { src_x: n, src_y: m });
+    }
+
+    /// The encoder's and the decoder's view of the rectangle encodings' fields agree.
+    #[test]
+    fn encoding_fields(x in 0u8..16, y in 0u8..16, w in 1u8..=16, h in 1u8..=16, run in 1usize..100_000, r in rect(), bpp in prop::sample::select(vec![1usize, 2, 4])) {
+        prop_assert_eq!(
+            hextile::parse_subrect(hextile::subrect_xy(x, y), hextile::subrect_wh(w, h)),
+            (u16::from(x), u16::from(y), u16::from(w), u16::from(h))
+        );
+        // A run length: (n - 1) / 255 bytes of 255, then the rest.
+        let mut b = vec![zrle::RUN_LENGTH_MORE; (run - 1) / 255];
+        b.push(((run - 1) % 255) as u8);
+        prop_assert_eq!(b.len(), zrle::run_length_len(run));
+        prop_assert_eq!(zrle::parse_run_length(&b), Some((run, b.len())));
+        prop_assert_eq!(zrle::parse_run_length(&b[..b.len() - 1]), None);
+        let mut b = vec![0u8; rre::subrect_len(bpp)];
+        rre::emit_subrect_geometry(&mut b, bpp, &r);
+        prop_assert_eq!(rre::parse_subrect_geometry(&b, bpp), r);
+        let mut b = vec![0u8; rre::header_len(bpp)];
+        rre::emit_header_count(&mut b, r.area());
+        prop_assert_eq!(rre::parse_header(&b, bpp), Some((r.area(), &b[4..])));
+        prop_assert_eq!(rre::parse_header(&b[..b.len() - 1], bpp), None);
     }
 
     #[test]
@@ -138,6 +164,10 @@ proptest! {
         prop_assert_eq!(i32::from(Encoding::from(e)), e);
         prop_assert_eq!(u8::from(ClientMessageType::from(t)), t);
         prop_assert_eq!(u8::from(ServerMessageType::from(t)), t);
+        let sub = zrle::Subencoding::from(t);
+        prop_assert_eq!(u8::from(sub), t);
+        let valid = matches!(t, 0..=16 | 128 | 130..=255);
+        prop_assert_eq!(valid, !matches!(sub, zrle::Subencoding::Invalid(_)));
     }
 
     #[test]

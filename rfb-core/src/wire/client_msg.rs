@@ -29,6 +29,33 @@ enum_with_unknown! {
     }
 }
 
+/// ClientInit (1 byte): whether the client lets other clients share the desktop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientInitRepr {
+    /// Share the desktop (else the server may disconnect other clients).
+    pub shared: bool,
+}
+
+impl ClientInitRepr {
+    /// Length on the wire.
+    pub const LEN: usize = 1;
+    /// Parses the message.
+    pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
+        check_len(buf, Self::LEN)?;
+        Ok(Self {
+            shared: buf[0] != 0,
+        })
+    }
+    /// Bytes needed by `emit`.
+    pub const fn buffer_len(&self) -> usize {
+        Self::LEN
+    }
+    /// Writes the message.
+    pub fn emit(&self, buf: &mut [u8]) {
+        buf[0] = u8::from(self.shared);
+    }
+}
+
 /// SetPixelFormat (20 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SetPixelFormatRepr {
@@ -52,7 +79,7 @@ impl SetPixelFormatRepr {
     }
     /// Writes the message.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[..4].copy_from_slice(&[0, 0, 0, 0]);
+        buf[..4].copy_from_slice(&[ClientMessageType::SetPixelFormat.into(), 0, 0, 0]);
         self.format.emit(&mut buf[4..]);
     }
 }
@@ -80,7 +107,7 @@ impl SetEncodingsHeaderRepr {
     }
     /// Writes the header.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 2;
+        buf[0] = ClientMessageType::SetEncodings.into();
         buf[1] = 0;
         put16(buf, 2, self.count);
     }
@@ -128,7 +155,7 @@ impl FramebufferUpdateRequestRepr {
     }
     /// Writes the message.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 3;
+        buf[0] = ClientMessageType::FramebufferUpdateRequest.into();
         buf[1] = u8::from(self.incremental);
         put_rect(buf, 2, &self.rect);
     }
@@ -160,7 +187,12 @@ impl KeyEventRepr {
     }
     /// Writes the message.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[..4].copy_from_slice(&[4, u8::from(self.down), 0, 0]);
+        buf[..4].copy_from_slice(&[
+            ClientMessageType::KeyEvent.into(),
+            u8::from(self.down),
+            0,
+            0,
+        ]);
         put32(buf, 4, self.keysym);
     }
 }
@@ -194,7 +226,7 @@ impl PointerEventRepr {
     }
     /// Writes the message.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 5;
+        buf[0] = ClientMessageType::PointerEvent.into();
         buf[1] = self.buttons;
         put16(buf, 2, self.x);
         put16(buf, 4, self.y);
@@ -273,6 +305,23 @@ impl CutTextHeaderRepr {
     }
 }
 
+/// Extended-clipboard flags: the first U32 of an extended cut-text message (formats in the
+/// low bits, one action in the high byte).
+pub mod ext_clipboard {
+    /// Format: plain text (UTF-8).
+    pub const TEXT: u32 = 1 << 0;
+    /// Action: the sender's capabilities (a U32 size limit per format follows).
+    pub const CAPS: u32 = 1 << 24;
+    /// Action: asks for the formats given.
+    pub const REQUEST: u32 = 1 << 25;
+    /// Action: asks which formats are available.
+    pub const PEEK: u32 = 1 << 26;
+    /// Action: tells which formats are available.
+    pub const NOTIFY: u32 = 1 << 27;
+    /// Action: carries the data (zlib-compressed).
+    pub const PROVIDE: u32 = 1 << 28;
+}
+
 /// EnableContinuousUpdates (10 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EnableContinuousUpdatesRepr {
@@ -299,7 +348,7 @@ impl EnableContinuousUpdatesRepr {
     }
     /// Writes the message.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 150;
+        buf[0] = ClientMessageType::EnableContinuousUpdates.into();
         buf[1] = u8::from(self.enable);
         put_rect(buf, 2, &self.rect);
     }
@@ -354,7 +403,8 @@ impl FenceRepr {
     }
     /// Writes the message.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[..4].copy_from_slice(&[248, 0, 0, 0]);
+        // ClientFence and ServerFence share the type byte.
+        buf[..4].copy_from_slice(&[ClientMessageType::ClientFence.into(), 0, 0, 0]);
         put32(buf, 4, self.flags);
         buf[8] = self.payload.len() as u8;
         buf[9..9 + self.payload.len()].copy_from_slice(&self.payload);
@@ -426,7 +476,7 @@ impl SetDesktopSizeHeaderRepr {
     }
     /// Writes the header.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 251;
+        buf[0] = ClientMessageType::SetDesktopSize.into();
         buf[1] = 0;
         put16(buf, 2, self.width);
         put16(buf, 4, self.height);
@@ -449,12 +499,16 @@ pub struct QemuKeyEventRepr {
 impl QemuKeyEventRepr {
     /// Length on the wire.
     pub const LEN: usize = 12;
-    /// Parses the message (type 255 and sub-type 0 included).
+    /// The QEMU sub-type byte of an extended key event.
+    pub const SUBTYPE: u8 = 0;
+    /// Parses the message (type 255 and sub-type 0 included). Any other sub-type is
+    /// [`WireError::Malformed`] as soon as its byte is at hand.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
-        check_len(buf, Self::LEN)?;
-        if buf[1] != 0 {
+        check_len(buf, 2)?;
+        if buf[1] != Self::SUBTYPE {
             return Err(WireError::Malformed);
         }
+        check_len(buf, Self::LEN)?;
         Ok(Self {
             down: be16(buf, 2) != 0,
             keysym: be32(buf, 4),
@@ -467,8 +521,8 @@ impl QemuKeyEventRepr {
     }
     /// Writes the message.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 255;
-        buf[1] = 0;
+        buf[0] = ClientMessageType::Qemu.into();
+        buf[1] = Self::SUBTYPE;
         put16(buf, 2, u16::from(self.down));
         put32(buf, 4, self.keysym);
         put32(buf, 8, self.keycode);

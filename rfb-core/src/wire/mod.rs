@@ -4,13 +4,20 @@
 //! [`WireError::Truncated`] when more bytes are needed, so a state machine can consume nothing and
 //! wait. Every `emit` is panic-free on a buffer of at least `buffer_len()` bytes. Code points this
 //! crate does not know are kept as `Unknown(n)`.
+//!
+//! The layouts inside pixel-encoded rectangles are here too, for the server's encoders and the
+//! client's decoders alike: [`rre`], [`hextile`] (sub-encoding bits) and [`zrle`] (tile
+//! sub-encodings), plus [`CopyRectRepr`].
 
 mod client_msg;
 mod encoding;
+pub mod hextile;
 mod pixel_format;
+pub mod rre;
 mod security;
 mod server_msg;
 mod version;
+pub mod zrle;
 
 pub use client_msg::*;
 pub use encoding::*;

@@ -223,6 +223,18 @@ impl VencryptVersionRepr {
     }
 }
 
+/// The server's one-byte VeNCrypt answers.
+pub mod vencrypt_ack {
+    /// After the client's version: accepted (0.2).
+    pub const VERSION_OK: u8 = 0;
+    /// After the client's version: refused (any non-zero value; this crate sends 1).
+    pub const VERSION_REFUSED: u8 = 1;
+    /// After the client's sub-type: accepted (TLS starts for the TLS sub-types).
+    pub const SUBTYPE_OK: u8 = 1;
+    /// After the client's sub-type: refused.
+    pub const SUBTYPE_REFUSED: u8 = 0;
+}
+
 /// VeNCrypt sub-type list: `U8 n, U32[n]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VencryptSubtypesRepr<'a> {

@@ -72,6 +72,8 @@ pub struct FramebufferUpdateRepr {
 impl FramebufferUpdateRepr {
     /// Length on the wire.
     pub const LEN: usize = 4;
+    /// `rects` meaning "until a LastRect rectangle" (with the LastRect pseudo-encoding).
+    pub const UNTIL_LAST_RECT: u16 = 0xffff;
     /// Parses the header.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         check_len(buf, Self::LEN)?;
@@ -85,7 +87,7 @@ impl FramebufferUpdateRepr {
     }
     /// Writes the header.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 0;
+        buf[0] = ServerMessageType::FramebufferUpdate.into();
         buf[1] = 0;
         put16(buf, 2, self.rects);
     }
@@ -122,6 +124,43 @@ impl RectHeaderRepr {
     }
 }
 
+/// CopyRect rectangle body (4 bytes): the top-left corner the rectangle's pixels come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CopyRectRepr {
+    /// Source left edge.
+    pub src_x: u16,
+    /// Source top edge.
+    pub src_y: u16,
+}
+
+impl CopyRectRepr {
+    /// Length on the wire.
+    pub const LEN: usize = 4;
+    /// Parses the body.
+    pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
+        check_len(buf, Self::LEN)?;
+        Ok(Self {
+            src_x: be16(buf, 0),
+            src_y: be16(buf, 2),
+        })
+    }
+    /// Bytes needed by `emit`.
+    pub const fn buffer_len(&self) -> usize {
+        Self::LEN
+    }
+    /// Writes the body.
+    pub fn emit(&self, buf: &mut [u8]) {
+        put16(buf, 0, self.src_x);
+        put16(buf, 2, self.src_y);
+    }
+}
+
+/// Cursor pseudo-rectangle: bytes of the validity bitmask after the pixels (rows of
+/// `⌈width / 8⌉` bytes, most significant bit leftmost).
+pub const fn cursor_mask_len(width: u16, height: u16) -> usize {
+    width.div_ceil(8) as usize * height as usize
+}
+
 /// SetColourMapEntries header (6 bytes); `count` × (U16 r, g, b) follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SetColourMapEntriesRepr {
@@ -150,11 +189,29 @@ impl SetColourMapEntriesRepr {
     }
     /// Writes the header.
     pub fn emit(&self, buf: &mut [u8]) {
-        buf[0] = 1;
+        buf[0] = ServerMessageType::SetColourMapEntries.into();
         buf[1] = 0;
         put16(buf, 2, self.first);
         put16(buf, 4, self.count);
     }
+}
+
+/// ExtendedDesktopSize codes: the reason (rectangle x) and status (rectangle y).
+pub mod desktop_size {
+    /// Reason: the server changed the size.
+    pub const REASON_SERVER: u16 = 0;
+    /// Reason: the answer to this client's SetDesktopSize.
+    pub const REASON_THIS_CLIENT: u16 = 1;
+    /// Reason: another client's SetDesktopSize.
+    pub const REASON_OTHER_CLIENT: u16 = 2;
+    /// Status: the change happened.
+    pub const STATUS_OK: u16 = 0;
+    /// Status: resizing is prohibited.
+    pub const STATUS_PROHIBITED: u16 = 1;
+    /// Status: out of resources.
+    pub const STATUS_OUT_OF_RESOURCES: u16 = 2;
+    /// Status: the layout is invalid.
+    pub const STATUS_INVALID_LAYOUT: u16 = 3;
 }
 
 /// ExtendedDesktopSize rectangle body header (4 bytes); `screens` [`Screen`](super::Screen)s follow.

@@ -398,7 +398,7 @@ impl Session for VncClientSession {
                 }
             };
             consumed += p.consumed;
-            match p.payload {
+            match p.lent {
                 Some(Payload::CursorData { .. }) | Some(Payload::CutText { .. }) => {}
                 Some(_) => {}
                 None if p.consumed == 0 => break,

@@ -514,7 +514,7 @@ impl Session for VncServerSession {
             let r = self.server.handle_input(&input[consumed..]);
             let p = match r {
                 Ok(p) => p,
-                Err(e) if e.is_fatal() => {
+                Err(e) => {
                     log::warn!("{}: {e}", self.peer);
                     // A failure the protocol can report (RFB 3.8 reasons) goes out first.
                     self.transmit(out)?;
@@ -525,10 +525,9 @@ impl Session for VncServerSession {
                         control: Control::Close,
                     });
                 }
-                Err(e) => bail!("rfb: {e}"),
             };
             consumed += p.consumed;
-            match p.payload {
+            match p.lent {
                 Some(Payload::PlainCredentials { username, password }) => {
                     let ok = self.may_try()
                         && self

@@ -170,7 +170,7 @@ fn rfb() -> u64 {
         }
         let mut pos = 0;
         while let Ok(p) = server.handle_input(&c2s[pos..ns]) {
-            if p.consumed == 0 && p.payload.is_none() {
+            if p.consumed == 0 && p.lent.is_none() {
                 break;
             }
             pos += p.consumed;
@@ -180,7 +180,7 @@ fn rfb() -> u64 {
         let mut fbm = FramebufferMut::new(&mut cpx[..], w, h, usize::from(w) * 4, PixelFormat::RGB888).unwrap();
         let mut pos = 0;
         while let Ok(p) = client.handle_input_fb(&s2c[pos..nc], &mut fbm) {
-            if p.consumed == 0 && p.payload.is_none() {
+            if p.consumed == 0 && p.lent.is_none() {
                 break;
             }
             pos += p.consumed;
