@@ -141,6 +141,8 @@ extern crate alloc;
 
 #[macro_use]
 mod macros;
+#[macro_use]
+mod parse;
 
 pub mod auth;
 mod error;

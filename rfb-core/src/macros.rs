@@ -1,5 +1,4 @@
-//! Logging shim (`log`, `defmt` or nothing), the `complete_or_wait!` parse helper and the
-//! `enum_with_unknown!` helper.
+//! Logging shim (`log`, `defmt` or nothing) and the `enum_with_unknown!` helper.
 //!
 //! With both `log` and `defmt` enabled (as `--all-features` does), messages go to `log` and
 //! `defmt` only contributes the `defmt::Format` derives.
@@ -17,31 +16,6 @@ macro_rules! log_at {
 
 macro_rules! trace { ($($arg:expr),* $(,)?) => { log_at!(trace, $($arg),*) }; }
 macro_rules! debug { ($($arg:expr),* $(,)?) => { log_at!(debug, $($arg),*) }; }
-
-/// The value of a `Repr::parse` result inside a step function, or a return from it:
-///
-/// * `WireError::Truncated` → `return Ok((0, None))` (or `Ok($wait)`): consume nothing and wait
-///   for more bytes;
-/// * `WireError::Malformed` → `return Err(Error::Protocol($malformed))`: the bytes can never form
-///   the message, so the connection fails with that (fatal) error instead of waiting forever.
-///
-/// ```ignore
-/// let m = complete_or_wait!(SetPixelFormatRepr::parse(input), malformed => P::InvalidPixelFormat);
-/// ```
-macro_rules! complete_or_wait {
-    ($parse:expr, malformed => $malformed:expr $(,)?) => {
-        complete_or_wait!($parse, malformed => $malformed, wait => (0, None))
-    };
-    ($parse:expr, malformed => $malformed:expr, wait => $wait:expr $(,)?) => {
-        match $parse {
-            Ok(v) => v,
-            Err($crate::wire::WireError::Truncated { .. }) => return Ok($wait),
-            Err($crate::wire::WireError::Malformed) => {
-                return Err($crate::Error::Protocol($malformed));
-            }
-        }
-    };
-}
 
 /// Declares a wire enum over an integer type whose unknown values are kept as `Unknown(n)`.
 macro_rules! enum_with_unknown {
