@@ -58,11 +58,16 @@ else
   export RUSTC_BOOTSTRAP=1
   fuzz=(cargo fuzz)
 fi
+# Each target starts from the committed, minimized corpus (fuzz/corpus/<target>, kept by
+# fuzz/campaign.sh); what it finds new goes to a scratch directory, not into the tree.
+fuzz_scratch=$(mktemp -d)
 (cd fuzz && for t in $("${fuzz[@]}" list); do
   echo "--- $t"
-  "${fuzz[@]}" run "$t" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | grep -E 'Done|stat::number_of_executed_units|ERROR|panicked' || true
+  mkdir -p "$fuzz_scratch/$t"
+  "${fuzz[@]}" run "$t" "$fuzz_scratch/$t" "corpus/$t" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | grep -E 'Done|stat::number_of_executed_units|ERROR|panicked' || true
   test "${PIPESTATUS[0]}" -eq 0
 done)
+rm -rf "$fuzz_scratch"
 
 # --- embedded-demo: the firmware (MPS2-AN500) booted in qemu-system-arm and driven with real
 # peers over TLS (nbdinfo, qemu-img, qemu-io, kvmio, gvnccapture, hostile input); also builds
