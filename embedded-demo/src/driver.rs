@@ -27,7 +27,7 @@
 use embassy_time::{Duration, Instant, with_deadline, with_timeout};
 use embedded_io_async::{Read, Write};
 pub use tls_glue::Control;
-use tls_glue::{EncryptError, LayerOptions, Link, TlsError, TlsLayer};
+use tls_glue::{EncryptError, LayerOptions, Link, SwitchError, TlsError, TlsLayer};
 
 /// A service's fatal error. The service has logged the details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,20 +296,15 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
 
     /// The service asked for TLS: its plaintext is out; the rest of the input is ciphertext.
     async fn start_tls(&mut self) -> Result<(), DriverError> {
-        if self.link.is_tls() {
-            return Err(DriverError::Service("TLS requested twice"));
-        }
         let permit = crate::tls::Permit::acquire().ok_or(DriverError::NoTlsMemory)?;
         let layer = crate::tls::new_layer(LayerOptions {
             rx_capacity: TLS_RX_INITIAL,
             ..LayerOptions::minimal(TLS_PLAINTEXT_LIMIT)
         })
         .ok_or(DriverError::NoTlsMemory)?;
+        // Held from here on: the layer's heap is counted even if the switch fails.
         self._permit = Some(permit);
-        self.link.start_tls(layer).map_err(|e| match e {
-            TlsError::Protocol => DriverError::Service("too much data right after the TLS switch"),
-            e => DriverError::Tls(e),
-        })?;
+        self.link.start_tls(layer).map_err(switch_error)?;
         // The handshake, bounded by the core's handshake deadline.
         loop {
             self.flush_tls().await?;
@@ -356,6 +351,16 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
         }
     }
 }
+fn switch_error(e: SwitchError) -> DriverError {
+    match e {
+        SwitchError::AlreadyTls => DriverError::Service("TLS requested twice"),
+        SwitchError::TooMuchAfterSwitch => {
+            DriverError::Service("too much data right after the TLS switch")
+        }
+        SwitchError::Tls(e) => DriverError::Tls(e),
+    }
+}
+
 fn encrypt_error(e: EncryptError) -> DriverError {
     match e {
         EncryptError::Failed(t) => DriverError::Tls(t),

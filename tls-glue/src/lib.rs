@@ -198,7 +198,7 @@ pub use generate::{
 pub use layer::{
     LayerOptions, MAX_FRAGMENT_LEN, MAX_HANDSHAKE_BUFFER, MAX_RECORD_LEN, RECORD_OVERHEAD, TlsLayer,
 };
-pub use link::{Control, GrowingBuffer, Link, Storage};
+pub use link::{Control, GrowingBuffer, Link, Storage, SwitchError};
 #[cfg(feature = "std")]
 pub use pin::{PinCheck, TrustedServers};
 pub use pin::{ServerCertValidator, fingerprint_sha256, format_fingerprint};

@@ -10,7 +10,7 @@
 //!            recv_buffer / received                    input / consume / deliver
 //! transport ───────────────────────────▶  Link  ───────────────────────────────▶ core
 //!           ◀─────────────────────────── (plain │ TLS) ◀──────────────────────────
-//!            poll_transmit (TLS's own bytes)            seal (the core's output)
+//!            pending_transmit (TLS's own bytes)         seal (the core's output)
 //!
 //!   Plain ──start_tls(layer)──▶ Handshaking ──(handshake done)──▶ Secure ──close()──▶ closing
 //! ```
@@ -21,17 +21,17 @@
 //!   core produced so far (in the clear: the STARTTLS answer itself), then calls
 //!   [`Link::start_tls`] with a fresh [`TlsLayer`]. Bytes already received after the switch
 //!   point go to the layer as ciphertext, never back to the core as plaintext.
-//! * During the handshake [`Link::input`] is empty; [`Link::poll_transmit`] yields the
+//! * During the handshake [`Link::input`] is empty; [`Link::pending_transmit`] holds the
 //!   handshake flights; reads go into the layer's buffer. [`Link::poll_established`] says,
 //!   once, that the handshake completed (the peer verified): the driver then tells the core.
 //! * Once secure, [`Link::input`] is decrypted plaintext and [`Link::seal`] encrypts the
-//!   core's output. Alerts and key updates come out of [`Link::poll_transmit`].
+//!   core's output. Alerts and key updates come out of [`Link::pending_transmit`].
 //!
 //! The drain order for a driver, after every read and every command: 1. send
-//! [`Link::poll_transmit`] until `None`; 2. give [`Link::input`] to the core, drain the core's
+//! [`Link::pending_transmit`] (then [`Link::transmit_done`]); 2. give [`Link::input`] to the core, drain the core's
 //! `poll_transmit` through [`Link::seal`], then the core's `poll_event` (acting on
 //! [`Control`]) and `poll_timeout`; 3. read the transport into [`Link::recv_buffer`]. A TLS
-//! error is fatal: send [`Link::poll_transmit`] once more (it may hold the alert telling the
+//! error is fatal: send [`Link::pending_transmit`] once more (it may hold the alert telling the
 //! peer why), then close.
 //!
 //! std-shim's pump (blocking and tokio) and the firmware's embassy driver are both this loop
@@ -51,6 +51,31 @@ pub enum Control {
     /// Send what is pending, then close the connection (TLS `close_notify` first).
     Close,
 }
+
+/// Why [`Link::start_tls`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchError {
+    /// TLS is already in place: the core asked for it twice (the link is unchanged).
+    AlreadyTls,
+    /// The peer sent more after the switch point than a TLS handshake buffer holds.
+    TooMuchAfterSwitch,
+    /// The bytes after the switch point are not an acceptable TLS handshake.
+    Tls(TlsError),
+}
+
+impl core::fmt::Display for SwitchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SwitchError::AlreadyTls => f.write_str("TLS requested twice"),
+            SwitchError::TooMuchAfterSwitch => {
+                f.write_str("too much data right after the TLS switch")
+            }
+            SwitchError::Tls(e) => core::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl core::error::Error for SwitchError {}
 
 /// Where a [`Link`] keeps plaintext received before TLS starts.
 pub trait Storage {
@@ -268,9 +293,16 @@ impl<S: Storage> Link<S> {
 
     /// The core asked for TLS and everything it produced before was sent: from here on the
     /// connection carries `layer`'s records. Bytes already received after the switch point
-    /// are handed to the layer as ciphertext. More of them than a handshake can hold is
-    /// [`TlsError::Protocol`] (a peer may not send past its first flight unanswered).
-    pub fn start_tls(&mut self, mut layer: TlsLayer) -> Result<(), TlsError> {
+    /// are handed to the layer as ciphertext.
+    ///
+    /// Refused (and the link unchanged) when TLS is already in place. More bytes after the
+    /// switch point than a handshake buffer holds ([`SwitchError::TooMuchAfterSwitch`]: a peer
+    /// may not send past its first flight unanswered) and bytes that are not TLS
+    /// ([`SwitchError::Tls`], the alert queued) are fatal.
+    pub fn start_tls(&mut self, mut layer: TlsLayer) -> Result<(), SwitchError> {
+        if self.tls.is_some() {
+            return Err(SwitchError::AlreadyTls);
+        }
         let pending = &self.storage.bytes_ref()[self.start..self.end];
         let taken = layer.handle_ciphertext(pending);
         let all = taken.map(|n| n == pending.len());
@@ -280,8 +312,8 @@ impl<S: Storage> Link<S> {
         self.tls = Some(layer);
         match all {
             Ok(true) => Ok(()),
-            Ok(false) => Err(TlsError::Protocol),
-            Err(e) => Err(e),
+            Ok(false) => Err(SwitchError::TooMuchAfterSwitch),
+            Err(e) => Err(SwitchError::Tls(e)),
         }
     }
 
@@ -302,16 +334,8 @@ impl<S: Storage> Link<S> {
     // ------------------------------------------------------------------ output
 
     /// TLS's own bytes to send before anything else (handshake flights, alerts, key updates,
-    /// `close_notify`). `Ok(None)`: nothing pending.
-    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, InsufficientSize> {
-        match self.tls.as_mut() {
-            Some(t) => t.poll_transmit(out),
-            None => Ok(None),
-        }
-    }
-
-    /// [`poll_transmit`](Self::poll_transmit) without a copy: the pending bytes, then
-    /// [`transmit_done`](Self::transmit_done) with what went out.
+    /// `close_notify`), without a copy; then [`transmit_done`](Self::transmit_done) with what
+    /// went out. Empty when nothing is pending (and always before TLS).
     pub fn pending_transmit(&self) -> &[u8] {
         self.tls.as_ref().map_or(&[], TlsLayer::pending_transmit)
     }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 pub use buffers::{FileSegment, OutBuf};
 pub use tls_glue::Control;
-use tls_glue::{GrowingBuffer, Link, TlsLayer};
+use tls_glue::{GrowingBuffer, Link, SwitchError, TlsLayer};
 
 /// The result of [`Session::process`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,9 +406,6 @@ impl<S: Session> Pump<S> {
                 Control::Continue => {}
                 Control::Close => self.state = State::Closing,
                 Control::StartTls => {
-                    if self.link.is_tls() {
-                        bail!("TLS requested twice");
-                    }
                     // The answer that asked for TLS goes out in the clear, before the switch.
                     self.queue_output()?;
                     let starter = self
@@ -416,13 +413,12 @@ impl<S: Session> Pump<S> {
                         .as_mut()
                         .context("TLS requested but not configured")?;
                     let layer = starter()?;
-                    // Whatever already arrived after the switch point is ciphertext.
+                    // Whatever already arrived after the switch point is ciphertext; a failure
+                    // is reported once the alert (if any) went out.
                     if let Err(e) = self.link.start_tls(layer) {
                         self.failed = Some(match e {
-                            tls_glue::TlsError::Protocol if self.link.error().is_none() => {
-                                anyhow!("too much data right after the TLS switch")
-                            }
-                            e => tls_err(e),
+                            SwitchError::Tls(e) => tls_err(e),
+                            e => anyhow!("{e}"),
                         });
                     }
                     continue;
