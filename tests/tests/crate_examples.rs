@@ -4,7 +4,6 @@
 //! tests/run.sh builds them (`cargo build --release -p nbd-core --examples`).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use kvmio_tests::*;
 
@@ -23,30 +22,19 @@ fn example(name: &str) -> PathBuf {
     p
 }
 
-/// Starts an example that prints `listening on ADDR` and returns it with the port.
+/// Starts an example that takes its port as the first argument, on a free port.
 fn start(name: &str, args: &[&str]) -> (Proc, u16) {
+    let port = free_port();
     let mut cmd = std::process::Command::new(example(name));
-    cmd.args(args);
+    cmd.arg(port.to_string()).args(args);
     let mut proc = Proc::spawn(name, cmd);
-    let deadline = Instant::now() + LISTEN_DEADLINE;
-    loop {
-        if let Some(port) = proc
-            .stdout()
-            .lines()
-            .find_map(|l| l.strip_prefix("listening on 127.0.0.1:"))
-            .and_then(|p| p.trim().parse().ok())
-        {
-            return (proc, port);
-        }
-        proc.assert_alive();
-        assert!(Instant::now() < deadline, "{name} did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_port(port, &mut proc);
+    (proc, port)
 }
 
 #[test]
 fn nbd_core_ram_server_serves_nbdinfo_qemu_io_and_nbdcopy() {
-    let (mut server, port) = start("ram_server", &["0", "8"]);
+    let (mut server, port) = start("ram_server", &["8"]);
     let uri = format!("nbd://127.0.0.1:{port}/ram");
 
     let info = run(peer("nbdinfo").arg(&uri)).expect_ok().text();
