@@ -63,7 +63,7 @@ fi
 fuzz_scratch=$(mktemp -d)
 (cd fuzz && for t in $("${fuzz[@]}" list); do
   echo "--- $t"
-  mkdir -p "$fuzz_scratch/$t"
+  mkdir -p "$fuzz_scratch/$t" "corpus/$t"  # a new target may have no corpus yet
   "${fuzz[@]}" run "$t" "$fuzz_scratch/$t" "corpus/$t" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | grep -E 'Done|stat::number_of_executed_units|ERROR|panicked' || true
   test "${PIPESTATUS[0]}" -eq 0
 done)
