@@ -10,24 +10,27 @@
 #   --jobs N     fuzzing processes per target, sharing the corpus (default 1)
 #   --max-len N  longest input libFuzzer makes (default: the longest in the corpus, at least
 #                4096); the committed seeds include 50 KB inputs, which slow the decoders down
+#   --timeout N  seconds one input may take before libFuzzer calls it a hang (default 10)
 #   --out FILE   the results table (default fuzz/campaign-results.md)
 # Example (this repository's campaign): nice -n 19 fuzz/campaign.sh --runs 10000000 --seconds 3600
-# Run it on an otherwise idle machine: libFuzzer's -timeout (10 s) is wall-clock time, so a
-# starved process reports false timeouts (replay one with `cargo fuzz run TARGET FILE`).
+# Run it on an otherwise idle machine: libFuzzer's -timeout is wall-clock time, so a starved
+# process reports false timeouts (replay one with `cargo fuzz run TARGET FILE`; on a shared
+# machine raise --timeout).
 # Crashes, timeouts and out-of-memory inputs land in fuzz/artifacts/<target>/; a target with a
 # finding makes the script exit non-zero after every target ran.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-seconds=600 runs=0 jobs=1 max_len=0 out=campaign-results.md targets=()
+seconds=600 runs=0 jobs=1 max_len=0 timeout=10 out=campaign-results.md targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --max-len) max_len=$2; shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -61,7 +64,7 @@ for t in "${targets[@]}"; do
   pids=()
   for j in $(seq 1 "$jobs"); do
     args=(-max_total_time="$seconds" -print_final_stats=1 -reload=1
-      -artifact_prefix="$artifacts/" -timeout=10 -rss_limit_mb=2048)
+      -artifact_prefix="$artifacts/" -timeout="$timeout" -rss_limit_mb=2048)
     [ "$runs" -gt 0 ] && args+=(-runs=$(( (runs + jobs - 1) / jobs )))
     [ "$max_len" -gt 0 ] && args+=(-max_len="$max_len")
     "${fuzz[@]}" run "$t" "$work/$t" -- "${args[@]}" >"$work/$t.job$j.log" 2>&1 &
