@@ -40,7 +40,7 @@ timeout 60 qemu-system-arm -M mps2-an500 -nographic -semihosting-config enable=o
 
 step "unit, property and interop tests"
 # the interop tests (kvmio-tests) run the release kvmio binary against qemu/libnbd/nbdkit
-cargo build --release -p std-shim --bin kvmio
+cargo build --release -p kvmio
 cargo test --workspace
 
 step "fuzz (${FUZZ_SECONDS}s per target)"
