@@ -28,7 +28,7 @@ for tool in ["qemu-nbd", "nbdkit"]:
         sys.exit(f"missing {tool}: run tests/setup.sh")
 for b in [KVMIO, LOAD]:
     if not os.path.exists(b):
-        sys.exit(f"missing {b}: cargo build --release -p std-shim -p kvmio-load")
+        sys.exit(f"missing {b}: cargo build --release -p kvmio -p kvmio-load")
 
 work = tempfile.mkdtemp(prefix="kvmio-burst-")
 img = os.path.join(work, "disk.img")

@@ -20,7 +20,7 @@ LOAD = os.path.abspath(os.path.join(args.target, "kvmio-load"))
 THREADS_MAX = 4096
 for b in [KVMIO, LOAD]:
     if not os.path.exists(b):
-        sys.exit(f"missing {b}: cargo build --release -p std-shim -p kvmio-load")
+        sys.exit(f"missing {b}: cargo build --release -p kvmio -p kvmio-load")
 for tool in ["qemu-nbd", "nbdkit"]:
     if not shutil.which(tool):
         sys.exit(f"missing {tool}: run tests/setup.sh")

@@ -25,7 +25,7 @@ for tool in ["nbdcopy", "qemu-nbd", "nbdkit", "certtool", "nbdinfo", "qemu-img"]
     if not shutil.which(tool):
         sys.exit(f"missing {tool}: run tests/setup.sh")
 if not os.path.exists(KVMIO):
-    sys.exit(f"missing {KVMIO}: cargo build --release -p std-shim")
+    sys.exit(f"missing {KVMIO}: cargo build --release -p kvmio")
 
 work = tempfile.mkdtemp(prefix="kvmio-bench-")
 img = os.path.join(work, "disk.img")

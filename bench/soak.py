@@ -23,7 +23,7 @@ KVMIO = os.path.abspath(os.path.join(args.target, "kvmio"))
 LOAD = os.path.abspath(os.path.join(args.target, "kvmio-load"))
 for b in [KVMIO, LOAD]:
     if not os.path.exists(b):
-        sys.exit(f"missing {b}: cargo build --release -p std-shim -p kvmio-load")
+        sys.exit(f"missing {b}: cargo build --release -p kvmio -p kvmio-load")
 
 work = tempfile.mkdtemp(prefix="kvmio-soak-")
 img = os.path.join(work, "disk.img")

@@ -75,7 +75,7 @@ fn credentials(out: &Path) {
              The firmware compiles its TLS credentials in at build time from a directory in the \
              QEMU tls-creds-x509 layout (ca-cert.pem, server-cert.pem, server-key.pem, optional \
              ca-crl.pem). Create one and point KVMIO_CREDS at it, e.g.:\n\n    \
-             (cd .. && cargo build --release -p std-shim)\n    \
+             (cd .. && cargo build --release -p kvmio)\n    \
              ../target/release/kvmio creds generate /tmp/mps2-creds --hostname mps2.test \
              --ip 127.0.0.1 --ip 10.0.2.15\n    \
              KVMIO_CREDS=/tmp/mps2-creds cargo build --release\n\n\

@@ -67,7 +67,7 @@ step "firmware crypto configuration on the host (tls-glue rustcrypto-core)"
 
 step "kvmio and credentials"
 if [ ! -x "$KVMIO" ]; then
-    (cd "$ROOT" && cargo build --release -p std-shim --bin kvmio)
+    (cd "$ROOT" && cargo build --release -p kvmio)
 fi
 CREDS=$WORK/creds
 "$KVMIO" creds generate "$CREDS" --hostname mps2.test --ip 127.0.0.1 --ip 10.0.2.15 >/dev/null

@@ -46,7 +46,7 @@ timeout 60 qemu-system-arm -M mps2-an500 -nographic -semihosting-config enable=o
 
 step "unit, property and interop tests"
 # the interop tests (kvmio-tests) run the release kvmio binary against qemu/libnbd/nbdkit
-cargo build --release -p std-shim --bin kvmio
+cargo build --release -p kvmio
 cargo build --release -p nbd-core --examples
 cargo test --workspace
 

@@ -5,7 +5,7 @@
 pub mod io;
 pub mod nbd;
 pub mod pump;
-pub mod serve_all;
+pub mod serve;
 pub mod services;
 pub mod tls;
 pub mod vnc;

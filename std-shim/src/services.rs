@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use clap::ValueEnum;
 use tls_glue::TlsServerConfig;
 
 use crate::io::Endpoint;
@@ -14,13 +13,44 @@ use crate::io::listen::{self, Admit, Gate, Listener, ServerControl};
 use crate::pump::{OutBuf, PeerInfo, Processed, Pump, Session};
 
 /// The I/O driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
     /// A thread per connection (blocking driver).
     Threads,
     /// A tokio task per connection.
     Tokio,
+}
+
+impl Runtime {
+    /// The names [`FromStr`](std::str::FromStr) takes, in the order of the variants.
+    pub const NAMES: [&'static str; 2] = ["threads", "tokio"];
+
+    /// Its name: `threads` or `tokio`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Threads => "threads",
+            Runtime::Tokio => "tokio",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = anyhow::Error;
+
+    /// `threads` or `tokio`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "threads" => Ok(Runtime::Threads),
+            "tokio" => Ok(Runtime::Tokio),
+            _ => anyhow::bail!("unknown runtime {s:?} (threads, tokio)"),
+        }
+    }
 }
 
 /// A session of any protocol.
@@ -242,4 +272,17 @@ fn run_tokio(bound: Vec<(Connections, Vec<Listener>)>, control: &Arc<ServerContr
     // The connection tasks go on running on the runtime's workers meanwhile.
     control.wait_for_connections();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_by_name() {
+        for name in Runtime::NAMES {
+            assert_eq!(name.parse::<Runtime>().unwrap().to_string(), name);
+        }
+        assert!("Threads".parse::<Runtime>().is_err());
+    }
 }

@@ -1,5 +1,5 @@
-//! TLS for the pump (a `tls-glue` layer per connection from one shared configuration) and
-//! loading credentials in the QEMU layout.
+//! TLS for the pump (a `tls-glue` layer per connection from one shared configuration), the TLS
+//! policy of a service, and loading credentials in the QEMU layout.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,62 @@ use tls_glue::{
 };
 
 use crate::pump::TlsStarter;
+
+/// How a service treats TLS; one policy for NBD and VNC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// TLS required before anything is revealed: NBD FORCEDTLS (nbdkit `--tls=require`, QEMU
+    /// with tls-creds); VNC offers only the X509 security types.
+    Require,
+    /// TLS offered, plaintext allowed: NBD offers STARTTLS (nbdkit `--tls=on`); VNC offers the
+    /// X509 types first, then the others.
+    On,
+    /// No TLS: NBD refuses STARTTLS.
+    Off,
+}
+
+impl TlsPolicy {
+    /// The names [`FromStr`](std::str::FromStr) takes, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["require", "on", "off"];
+
+    /// Its name: `require`, `on` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsPolicy::Require => "require",
+            TlsPolicy::On => "on",
+            TlsPolicy::Off => "off",
+        }
+    }
+
+    /// The NBD server's TLS mode for this policy.
+    pub fn nbd_mode(self) -> nbd_core::server::TlsMode {
+        match self {
+            TlsPolicy::Require => nbd_core::server::TlsMode::Forced,
+            TlsPolicy::On => nbd_core::server::TlsMode::Selective,
+            TlsPolicy::Off => nbd_core::server::TlsMode::Off,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TlsPolicy {
+    type Err = anyhow::Error;
+
+    /// `require`, `on` or `off`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "require" => Ok(TlsPolicy::Require),
+            "on" => Ok(TlsPolicy::On),
+            "off" => Ok(TlsPolicy::Off),
+            _ => bail!("unknown TLS policy {s:?} (require, on, off)"),
+        }
+    }
+}
 
 fn tls_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("TLS: {e}")
@@ -105,5 +161,22 @@ fn load(dir: &Path, opts: CredsOptions) -> Result<TlsCreds> {
             dir.display()
         ))
         .context("loading TLS credentials"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_by_name() {
+        for name in TlsPolicy::NAMES {
+            assert_eq!(name.parse::<TlsPolicy>().unwrap().to_string(), name);
+        }
+        assert!("forced".parse::<TlsPolicy>().is_err());
+        assert_eq!(
+            TlsPolicy::Require.nbd_mode(),
+            nbd_core::server::TlsMode::Forced
+        );
     }
 }

@@ -70,7 +70,7 @@ pub fn kvmio_bin() -> PathBuf {
         }
         panic!(
             "the kvmio binary was not found (looked for release/kvmio and debug/kvmio in the \
-             directories above {}): build it with `cargo build --release -p std-shim --bin kvmio` \
+             directories above {}): build it with `cargo build --release -p kvmio` \
              (tests/run.sh does) or set KVMIO_BIN",
             exe.display()
         )
@@ -79,7 +79,7 @@ pub fn kvmio_bin() -> PathBuf {
 }
 
 /// Prints a warning (once) if a source file of the crates behind `kvmio` is newer than the
-/// binary: the tests would exercise old code (`cargo build --release -p std-shim --bin kvmio`).
+/// binary: the tests would exercise old code (`cargo build --release -p kvmio`).
 fn warn_if_stale(bin: &Path) {
     fn newest(dir: &Path) -> Option<std::time::SystemTime> {
         let mut best = None;
@@ -98,11 +98,11 @@ fn warn_if_stale(bin: &Path) {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for krate in ["std-shim", "nbd-core", "tls-glue"] {
+    for krate in ["std-shim/kvmio", "std-shim", "nbd-core", "tls-glue"] {
         if newest(&root.join(krate).join("src")).is_some_and(|t| t > built) {
             eprintln!(
                 "kvmio-tests: warning: {} is older than {krate}/src; rebuild it with \
-                 `cargo build --release -p std-shim --bin kvmio`",
+                 `cargo build --release -p kvmio`",
                 bin.display()
             );
             return;

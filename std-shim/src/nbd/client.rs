@@ -7,7 +7,7 @@ use nbd_core::client::{
     Client, ClientConfig, Event, ExportInfo, Goal, Item, NegotiateError, Negotiator, Plan,
     TlsPolicy,
 };
-use nbd_core::wire::{MAX_STRING_LEN, ReplyType};
+use nbd_core::wire::{MAX_STRING_LEN, ReplyType, TransmissionFlags};
 
 use crate::io::Stream;
 use crate::io::blocking::run_blocking;
@@ -307,8 +307,8 @@ pub fn run_with<A: ClientApp>(
     Ok(pump.into_session().into_app())
 }
 
-/// What `kvmio nbd info` reports.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What a server says about an export (`kvmio nbd info`).
+#[derive(Debug, Clone, Default)]
 pub struct InfoApp {
     /// The export name the server gave (or asked for).
     pub name: Option<String>,
@@ -326,6 +326,13 @@ pub struct InfoApp {
     pub protocol: String,
     /// Whether TLS was used.
     pub tls: bool,
+}
+
+impl InfoApp {
+    /// The transmission flags.
+    pub fn transmission_flags(&self) -> TransmissionFlags {
+        TransmissionFlags::from_bits_retain(self.flags)
+    }
 }
 
 impl ClientApp for InfoApp {

@@ -1,4 +1,4 @@
-//! `kvmio nbd copy SRC DST`: each side an NBD URI, a file, or `-` (stdin/stdout).
+//! Copying between NBD exports, files and stdin/stdout (`kvmio nbd copy SRC DST`).
 //!
 //! Reading from NBD is sparse-aware (`base:allocation` extents: zero areas are not transferred)
 //! and, when the server allows several connections (`CAN_MULTI_CONN`) and the destination is
@@ -62,8 +62,8 @@ pub struct CopyOptions {
     pub request_size: u32,
     /// TLS settings.
     pub tls: ClientTls,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Shown how the copy goes (e.g. a progress bar), if anyone.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl Default for CopyOptions {
@@ -72,9 +72,25 @@ impl Default for CopyOptions {
             connections: 4,
             request_size: 1 << 20,
             tls: ClientTls::default(),
-            progress: false,
+            progress: None,
         }
     }
+}
+
+/// Watches a copy's transfers, e.g. to draw progress bars ([`CopyOptions::progress`]). A copy
+/// from NBD to NBD has two at once: reading the source and writing the destination. Copies with
+/// no NBD side are the OS's and report nothing.
+pub trait Progress: Send + Sync {
+    /// A transfer of `total` bytes begins; what it returns is told how it goes.
+    fn start(&self, total: u64) -> Box<dyn TransferProgress>;
+}
+
+/// One transfer's progress, told from a thread of its own.
+pub trait TransferProgress: Send {
+    /// `done` bytes are copied: every 100 ms, and once more when the transfer ends.
+    fn update(&mut self, done: u64);
+    /// The transfer ended, copied or failed (before a failure is reported).
+    fn finish(&mut self);
 }
 
 /// Byte ranges of a destination that hold their final contents, merged and in order.
@@ -871,32 +887,37 @@ fn probe(uri: &NbdUri, tls: &ClientTls) -> Result<InfoApp> {
     nbd_client::run(uri, tls, Goal::Go, InfoApp::default())
 }
 
-fn progress_thread(
-    total: u64,
-    done: Arc<AtomicU64>,
-    show: bool,
-) -> Option<(std::thread::JoinHandle<()>, Arc<AtomicU64>)> {
-    if !show {
-        return None;
-    }
-    let stop = Arc::new(AtomicU64::new(0));
+/// Tells `progress` how a transfer of `total` bytes goes (`done` so far) every 100 ms, until
+/// the returned handle is [`Watch::end`]ed.
+fn watch(total: u64, done: Arc<AtomicU64>, progress: Option<&Arc<dyn Progress>>) -> Watch {
+    let Some(progress) = progress.cloned() else {
+        return Watch(None);
+    };
+    let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let h = std::thread::spawn(move || {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        while s2.load(Ordering::Relaxed) == 0 {
-            bar.set_position(done.load(Ordering::Relaxed));
+        let mut transfer = progress.start(total);
+        while !s2.load(Ordering::Relaxed) {
+            transfer.update(done.load(Ordering::Relaxed));
             std::thread::sleep(Duration::from_millis(100));
         }
-        bar.set_position(done.load(Ordering::Relaxed));
-        bar.finish();
+        transfer.update(done.load(Ordering::Relaxed));
+        transfer.finish();
     });
-    Some((h, stop))
+    Watch(Some((h, stop)))
+}
+
+/// The thread telling a [`Progress`] about a transfer.
+struct Watch(Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>);
+
+impl Watch {
+    /// The transfer is over: one last update, and the thread ends.
+    fn end(self) {
+        if let Some((h, stop)) = self.0 {
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
+    }
 }
 
 /// Copies `src` to `dst`; returns the bytes copied.
@@ -994,8 +1015,9 @@ fn from_nbd_with(
     opts: &CopyOptions,
     info: InfoApp,
 ) -> Result<u64> {
-    let multi =
-        TransmissionFlags::from_bits_retain(info.flags).contains(TransmissionFlags::CAN_MULTI_CONN);
+    let multi = info
+        .transmission_flags()
+        .contains(TransmissionFlags::CAN_MULTI_CONN);
     let workers = if seekable && multi {
         opts.connections.max(1)
     } else {
@@ -1003,7 +1025,7 @@ fn from_nbd_with(
     };
     let done = Arc::new(AtomicU64::new(0));
     let failure = Arc::new(Failure::default());
-    let bar = progress_thread(info.size, done.clone(), opts.progress);
+    let watch = watch(info.size, done.clone(), opts.progress.as_ref());
     let result = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|i| {
@@ -1034,10 +1056,7 @@ fn from_nbd_with(
             .map(|h| h.join().map_err(|_| anyhow!("copy thread panicked"))?)
             .collect::<Result<Vec<()>>>()
     });
-    if let Some((h, stop)) = bar {
-        stop.store(1, Ordering::Relaxed);
-        let _ = h.join();
-    }
+    watch.end();
     if let Err(e) = result {
         let flushed = sink.flush();
         return Err(failed(
@@ -1053,7 +1072,7 @@ fn from_nbd_with(
 
 fn to_nbd(source: Source, size: Option<u64>, dst: &NbdUri, opts: &CopyOptions) -> Result<u64> {
     let info = probe(dst, &opts.tls)?;
-    let flags = TransmissionFlags::from_bits_retain(info.flags);
+    let flags = info.transmission_flags();
     if let Some(s) = size
         && s > info.size
     {
@@ -1073,7 +1092,7 @@ fn to_nbd(source: Source, size: Option<u64>, dst: &NbdUri, opts: &CopyOptions) -
     let done = Arc::new(AtomicU64::new(0));
     let failure = Arc::new(Failure::default());
     let written = Arc::new(Mutex::new(Ranges::default()));
-    let bar = progress_thread(total, done.clone(), opts.progress);
+    let watch = watch(total, done.clone(), opts.progress.as_ref());
     let result = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|i| {
@@ -1117,10 +1136,7 @@ fn to_nbd(source: Source, size: Option<u64>, dst: &NbdUri, opts: &CopyOptions) -
             .map(|h| h.join().map_err(|_| anyhow!("copy thread panicked"))?)
             .collect::<Result<Vec<u64>>>()
     });
-    if let Some((h, stop)) = bar {
-        stop.store(1, Ordering::Relaxed);
-        let _ = h.join();
-    }
+    watch.end();
     let streamed = match result {
         Ok(s) => s,
         Err(e) => {

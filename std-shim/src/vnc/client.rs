@@ -60,6 +60,25 @@ impl CaptureOptions {
     }
 }
 
+/// Parses a list of pixel encodings, most preferred first: `zrle`, `hextile`, `rre`, `raw`
+/// (comma-separated, any case).
+pub fn parse_encodings(s: &str) -> Result<Vec<Encoding>> {
+    let mut v = Vec::new();
+    for e in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        v.push(match e.to_ascii_lowercase().as_str() {
+            "zrle" => Encoding::Zrle,
+            "hextile" => Encoding::Hextile,
+            "rre" => Encoding::Rre,
+            "raw" => Encoding::Raw,
+            _ => bail!("unknown encoding {e:?} (zrle, hextile, rre, raw)"),
+        });
+    }
+    if v.is_empty() {
+        bail!("no encodings");
+    }
+    Ok(v)
+}
+
 /// The captured screen and how it was obtained.
 #[derive(Debug, Clone)]
 pub struct Captured {

@@ -170,6 +170,25 @@ impl Desktop {
     }
 }
 
+/// Parses a framebuffer size, `WxH` (e.g. `1024x768`; each 1 to 8192).
+pub fn parse_geometry(s: &str) -> Result<(u16, u16)> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("expected WxH, got {s:?}"))?;
+    let w: u16 = w
+        .trim()
+        .parse()
+        .with_context(|| format!("bad width in {s:?}"))?;
+    let h: u16 = h
+        .trim()
+        .parse()
+        .with_context(|| format!("bad height in {s:?}"))?;
+    if w == 0 || h == 0 || w > 8192 || h > 8192 {
+        bail!("size {s:?}: width and height must be 1 to 8192");
+    }
+    Ok((w, h))
+}
+
 // ------------------------------------------------------------------------------ test pattern
 
 /// 5 × 7 glyphs, one row per byte (bit 4 is the leftmost column).

@@ -23,6 +23,58 @@ use crate::vnc::security::{
 /// Peers remembered by the failed-login throttle.
 pub const THROTTLE_PEERS: usize = 256;
 
+/// How a VNC service runs.
+pub struct VncServiceOptions {
+    /// Where to listen.
+    pub endpoints: Vec<crate::io::Endpoint>,
+    /// The TLS configuration of the X509 security types (needed when one is offered).
+    pub tls: Option<tls_glue::TlsServerConfig>,
+    /// Most connections at once (more are told "too many connections").
+    pub max_connections: usize,
+    /// Listen backlog (`None`: the most the system allows).
+    pub backlog: Option<u32>,
+}
+
+/// The VNC service: sessions over one shared configuration (password, users, desktop, the
+/// failed-login blacklist). A peer blocked for failed logins is told so and closed.
+pub fn service(config: VncServerConfig, o: VncServiceOptions) -> crate::services::Service {
+    let what = describe(&config);
+    let shared = VncShared::new(config);
+    crate::services::Service {
+        label: "vnc",
+        what,
+        endpoints: o.endpoints,
+        max_connections: o.max_connections.max(1),
+        backlog: o.backlog,
+        tls: o.tls,
+        factory: {
+            let shared = shared.clone();
+            Arc::new(move |peer| {
+                if let Some(d) = shared.blocked(peer_key(&peer)) {
+                    // Told why, as over the cap (TigerVNC says the same).
+                    log::warn!(
+                        "{peer}: refused, too many failed logins from this address \
+                         (blocked for {} s more)",
+                        d.as_secs() + 1
+                    );
+                    let session =
+                        VncRefusal::new(shared.clone(), peer, "Too many security failures")?;
+                    let cap = session.input_buffer_len();
+                    return Ok((Box::new(session) as crate::services::BoxedSession, cap));
+                }
+                let session = VncServerSession::new(shared.clone(), peer)?;
+                let cap = session.input_buffer_len();
+                Ok((Box::new(session) as crate::services::BoxedSession, cap))
+            })
+        },
+        refusal: Some(Arc::new(move |peer| {
+            let session = VncRefusal::new(shared.clone(), peer, "too many connections")?;
+            let cap = session.input_buffer_len();
+            Ok((Box::new(session) as crate::services::BoxedSession, cap))
+        })),
+    }
+}
+
 /// Settings shared by every connection of one server.
 pub struct VncServerConfig {
     /// Security types offered (TigerVNC names, in order of preference).

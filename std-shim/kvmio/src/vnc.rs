@@ -1,0 +1,102 @@
+//! `kvmio vnc serve` and `kvmio vnc capture`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use std_shim::io::listen::ServerControl;
+use std_shim::services::{self, stop_on_signals};
+use std_shim::vnc::client::{self, CaptureOptions, parse_encodings};
+use std_shim::vnc::security::{VncAddr, parse_security_list, read_password_file};
+use std_shim::vnc::server::{VncServiceOptions, service};
+use std_shim::vnc::settings::VncSettings;
+
+use crate::args::vnc::{VncCaptureArgs, VncServeArgs};
+
+/// Runs `kvmio vnc serve`.
+pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
+    let config = VncSettings {
+        security: a.security.as_deref(),
+        password_file: a.password_file.as_deref(),
+        plain_users: a.plain_users.as_deref(),
+        image: a.image.as_deref(),
+        size: &a.size,
+        name: &a.name,
+    }
+    .server_config(a.tls_creds.is_some(), a.handshake_timeout)?;
+    let needs_tls = config.security.iter().any(|n| n.is_x509());
+    if !needs_tls && (a.tls_creds.is_some() || !a.tls_authz.is_empty()) {
+        bail!("--tls-creds and --tls-authz need an X509 security type in --security");
+    }
+    let tls_dir = if needs_tls {
+        Some(std_shim::tls::creds_dir(a.tls_creds.as_deref())?)
+    } else {
+        None
+    };
+    config.validate(tls_dir.is_some())?;
+    let tls_config = match &tls_dir {
+        Some(dir) => Some(std_shim::tls::server_config(
+            dir,
+            a.tls_verify_peer.yes(),
+            &a.tls_authz,
+            a.tls12,
+        )?),
+        None => None,
+    };
+    let endpoints = std_shim::io::endpoints(&a.listen, None, 5900)?;
+    let service = service(
+        config,
+        VncServiceOptions {
+            endpoints,
+            tls: tls_config,
+            max_connections: a.max_connections,
+            backlog: a.backlog,
+        },
+    );
+    let control = Arc::new(ServerControl::default());
+    stop_on_signals(&control)?;
+    services::run(vec![service], a.runtime, control, |_, what, bound| {
+        for b in bound {
+            eprintln!("kvmio: vnc serving {what} on {b}");
+        }
+    })?;
+    eprintln!("kvmio: stopped");
+    Ok(())
+}
+
+/// Runs `kvmio vnc capture`.
+pub(crate) fn capture(a: VncCaptureArgs) -> Result<()> {
+    let addr = VncAddr::parse(&a.addr)?;
+    let mut opts = CaptureOptions::new(a.tls_creds.clone());
+    if let Some(s) = &a.security {
+        opts.security = parse_security_list(s)?;
+    }
+    opts.password = a
+        .password_file
+        .as_deref()
+        .map(read_password_file)
+        .transpose()?;
+    opts.username = a.username.clone();
+    opts.encodings = parse_encodings(&a.encodings)?;
+    opts.timeout = Duration::from_secs(a.timeout.max(1));
+    let c = client::capture(&addr, opts)?;
+    c.image
+        .save_png(&a.out)
+        .with_context(|| format!("write {}", a.out.display()))?;
+    println!(
+        "Connected to {addr} ({}{}), desktop {:?}",
+        c.security,
+        c.tls
+            .as_deref()
+            .map(|t| format!(", TLS {t}"))
+            .unwrap_or_default(),
+        c.name
+    );
+    println!(
+        "Saved {}x{} display to {}",
+        c.image.width,
+        c.image.height,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! A VNC server's settings as a user states them (TigerVNC security names, a password file, a
+//! users file, an image or the size of the test pattern, a desktop name), made into a
+//! [`VncServerConfig`]: the files read, the default security list picked, the image loaded.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::vnc::desktop::{Desktop, Image, parse_geometry};
+use crate::vnc::security::{PlainUsers, SecName, parse_security_list, read_password_file};
+use crate::vnc::server::VncServerConfig;
+
+/// What a VNC server offers (`kvmio vnc serve`'s flags, the `[vnc]` table of `kvmio serve`).
+#[derive(Debug, Clone, Copy)]
+pub struct VncSettings<'a> {
+    /// Security types, most preferred first, with TigerVNC's names (see
+    /// [`parse_security_list`]); `None`: the default from what is given.
+    pub security: Option<&'a str>,
+    /// The VNC password file (`vncpasswd -f` format or a text line).
+    pub password_file: Option<&'a Path>,
+    /// The Plain users file (`user:password` lines).
+    pub plain_users: Option<&'a Path>,
+    /// A PNG shown instead of the test pattern.
+    pub image: Option<&'a Path>,
+    /// The size of the test pattern, `WxH` (see [`parse_geometry`]; unused with an image).
+    pub size: &'a str,
+    /// The desktop name.
+    pub name: &'a str,
+}
+
+impl VncSettings<'_> {
+    /// Builds the server configuration: reads the password and users files, picks the default
+    /// security list (with `tls`, TLS credentials are available: the X509 types), loads the
+    /// image. Clients get `handshake_timeout` seconds (at least 1) to finish the handshake. The
+    /// configuration's `security` says whether TLS is needed; check it with
+    /// [`VncServerConfig::validate`].
+    pub fn server_config(&self, tls: bool, handshake_timeout: u64) -> Result<VncServerConfig> {
+        let password = match self.password_file {
+            Some(p) => {
+                let pw = read_password_file(p)?;
+                if pw.len() > 8 {
+                    log::warn!("VNC authentication uses only the first 8 bytes of the password");
+                }
+                Some(pw)
+            }
+            None => None,
+        };
+        let plain_users = self.plain_users.map(PlainUsers::load).transpose()?;
+        let security = match self.security {
+            Some(s) => parse_security_list(s)?,
+            None => {
+                let mut l = Vec::new();
+                if tls {
+                    if password.is_some() {
+                        l.push(SecName::X509Vnc);
+                    }
+                    if plain_users.is_some() {
+                        l.push(SecName::X509Plain);
+                    }
+                    if l.is_empty() {
+                        l.push(SecName::X509None);
+                    }
+                } else if password.is_some() {
+                    l.push(SecName::VncAuth);
+                } else if plain_users.is_some() {
+                    bail!(
+                        "Plain sends passwords in the clear: give --tls-creds, or --security Plain"
+                    );
+                } else {
+                    l.push(SecName::None);
+                }
+                l
+            }
+        };
+        if security.contains(&SecName::None) {
+            log::warn!("security type None: anyone who can connect sees the desktop");
+        }
+        if security.contains(&SecName::Plain) {
+            log::warn!("security type Plain sends user names and passwords in the clear");
+        }
+        let desktop = match self.image {
+            Some(p) => Desktop::Still(Arc::new(Image::load_png(p)?)),
+            None => {
+                let (width, height) = parse_geometry(self.size)?;
+                Desktop::Pattern { width, height }
+            }
+        };
+        Ok(VncServerConfig {
+            security,
+            password,
+            plain_users,
+            desktop,
+            name: self.name.to_string(),
+            fps: 15,
+            handshake_timeout: Duration::from_secs(handshake_timeout.max(1)),
+            throttle_threshold: 5,
+        })
+    }
+}
