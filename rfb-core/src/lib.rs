@@ -37,6 +37,8 @@
 //! suffice except for Plain credentials and colour-map chunks: use 512). A [`Transmit`] may end
 //! with [`AppPayload::CutText`]: the application then sends its own clipboard bytes, which the core
 //! never copies.
+//! (nbd-core's `poll_transmit` returns `Option<usize>`; here the length comes in a [`Transmit`]
+//! because of that hand-over, and several queued messages may be written in one call.)
 //!
 //! An [`Error`] (always fatal) ends the connection: drain `poll_transmit` once more (RFB 3.8
 //! failures carry a reason for the peer) and `poll_event` (the client reports the server's reason
