@@ -37,6 +37,8 @@
 //! suffice except for Plain credentials and colour-map chunks: use 512). A [`Transmit`] may end
 //! with [`AppPayload::CutText`]: the application then sends its own clipboard bytes, which the core
 //! never copies.
+//! (nbd-core's `poll_transmit` returns `Option<usize>`; here the length comes in a [`Transmit`]
+//! because of that hand-over, and several queued messages may be written in one call.)
 //!
 //! An [`Error`] (always fatal) ends the connection: drain `poll_transmit` once more (RFB 3.8
 //! failures carry a reason for the peer) and `poll_event` (the client reports the server's reason
@@ -44,65 +46,153 @@
 //!
 //! # Driver loop (server)
 //!
-//! ```no_run
-//! use rfb_core::server::{Damage, Event, Server, ServerConfig, UpdateSource, MIN_ENCODE_BUFFER};
-//! use rfb_core::wire::{PixelFormat, Rect, SecurityType, VencryptSubtype};
+//! One connection, VNC authentication, a framebuffer the application owns. After
+//! `reject_auth` the server is [`server::State::Closing`]: read nothing more, but keep draining
+//! and serving `poll_timeout` until [`server::Event::Closed`], or the "Authentication failed"
+//! reason and the throttling delay never happen. Updates are encoded when the client asked for
+//! the whole screen or something changed: an incremental request with nothing changed waits.
+//! (The test below runs it against this crate's client, once with a wrong and once with the
+//! right password.)
+//!
+//! ```
+//! use rfb_core::server::{Damage, Event, MIN_ENCODE_BUFFER, Server, ServerConfig, State, UpdateSource};
+//! use rfb_core::wire::{PixelFormat, Rect, SecurityType};
 //! use rfb_core::{Framebuffer, Instant, verify_vnc_response};
-//! # fn now() -> Instant { Instant::ZERO }
-//! # fn random16() -> [u8; 16] { [7; 16] }
-//! # fn send(_: &[u8]) {}
-//! # fn recv(_: &mut [u8]) -> usize { 0 }
-//! let config = ServerConfig::with_security(&[SecurityType::VeNCrypt], &[VencryptSubtype::X509Vnc]);
-//! let mut server = Server::new(config, now(), random16());
-//! let (w, h) = (640u16, 480u16);
-//! let pixels = vec![0u8; 640 * 480 * 4];
-//! let mut inbuf = vec![0u8; 4096];
-//! let (mut have, mut out) = (0usize, vec![0u8; MIN_ENCODE_BUFFER.max(4096)]);
-//! loop {
-//!     have += recv(&mut inbuf[have..]);            // plaintext (after TLS: decrypted)
+//!
+//! /// Serves one connection: `recv` reads (0: the client hung up), `send` writes, `now` is the
+//! /// clock, `challenge` 16 bytes from a CSPRNG.
+//! fn serve(
+//!     mut recv: impl FnMut(&mut [u8]) -> usize,
+//!     mut send: impl FnMut(&[u8]),
+//!     mut now: impl FnMut() -> Instant,
+//!     challenge: [u8; 16],
+//! ) -> Result<(), Box<dyn core::error::Error>> {
+//!     let config = ServerConfig::with_security(&[SecurityType::VncAuth], &[]);
+//!     let mut server = Server::new(config, now(), challenge);
+//!     let (w, h) = (64u16, 48u16);
+//!     let pixels = vec![0u8; 64 * 48 * 4];
+//!     let mut inbuf = vec![0u8; server.min_input_buffer().max(4096)];
+//!     let (mut have, mut out) = (0usize, vec![0u8; MIN_ENCODE_BUFFER.max(4096)]);
+//!     let mut full = false; // a non-incremental request is pending
+//!     let mut changed: Option<Rect> = None; // what the application drew since the last update
 //!     loop {
-//!         let (consumed, progressed) = {
-//!             let p = server.handle_input(&inbuf[..have])?;
-//!             // use p.lent (cut text chunk, Plain credentials) here, before the buffer moves
-//!             (p.consumed, p.consumed > 0 || p.lent.is_some())
-//!         };
-//!         inbuf.copy_within(consumed..have, 0);
-//!         have -= consumed;
-//!         while let Some(t) = server.poll_transmit(&mut out).unwrap() {
-//!             send(&out[..t.len]);                     // (+ the app's cut text if t.then)
-//!         }
-//!         while let Some(e) = server.poll_event() {
-//!             match e {
-//!                 Event::StartTls => { /* insert the TLS layer; unconsumed bytes go to it */ }
-//!                 Event::VncAuth { challenge, response } => {
-//!                     if verify_vnc_response(b"secret", &challenge, &response) {
-//!                         server.accept_auth()?;
-//!                     } else {
-//!                         server.reject_auth("Authentication failed")?;
-//!                     }
-//!                 }
-//!                 Event::ClientInit { .. } => server.server_init(w, h, PixelFormat::RGB888, b"desk")?,
-//!                 _ => {}
-//!             }
-//!             while let Some(t) = server.poll_transmit(&mut out).unwrap() {
-//!                 send(&out[..t.len]);
-//!             }
-//!         }
-//!         if !progressed { break; }
-//!     }
-//!     if server.wants_update() {
-//!         let fb = Framebuffer::new(&pixels, w, h, 640 * 4, PixelFormat::RGB888)?;
-//!         let damage = [Damage::Changed(Rect::new(0, 0, w, h))];
-//!         let src = UpdateSource::new(fb, &damage);
 //!         loop {
-//!             let st = server.encode_update(&src, &mut out)?;
-//!             send(&out[..st.written]);
-//!             if st.done { break; }
+//!             // Closing: a failure is held back or being sent; nothing more is read.
+//!             let progressed = server.state() != State::Closing && {
+//!                 let p = server.handle_input(&inbuf[..have])?; // every Err is fatal: close
+//!                 // use p.lent (cut text chunk, Plain credentials) here, before the buffer moves
+//!                 let (consumed, lent) = (p.consumed, p.lent.is_some());
+//!                 inbuf.copy_within(consumed..have, 0);
+//!                 have -= consumed;
+//!                 consumed > 0 || lent
+//!             };
+//!             while let Some(t) = server.poll_transmit(&mut out)? {
+//!                 send(&out[..t.len]); // (+ the app's cut text if t.then)
+//!             }
+//!             while let Some(e) = server.poll_event() {
+//!                 match e {
+//!                     Event::VncAuth { challenge, response } => {
+//!                         if verify_vnc_response(b"secret", &challenge, &response) {
+//!                             server.accept_auth()?;
+//!                         } else {
+//!                             server.reject_auth("Authentication failed")?;
+//!                         }
+//!                     }
+//!                     Event::ClientInit { .. } => server.server_init(w, h, PixelFormat::RGB888, b"desk")?,
+//!                     Event::UpdateRequested { incremental: false, .. } => full = true,
+//!                     Event::Closed => return Ok(()), // everything is sent
+//!                     _ => {}
+//!                 }
+//!                 while let Some(t) = server.poll_transmit(&mut out)? {
+//!                     send(&out[..t.len]);
+//!                 }
+//!             }
+//!             if !progressed {
+//!                 break;
+//!             }
+//!         }
+//!         if server.wants_update() && (full || changed.is_some() || server.update_in_progress()) {
+//!             let fb = Framebuffer::new(&pixels, w, h, 64 * 4, PixelFormat::RGB888)?;
+//!             let area = if full { Rect::new(0, 0, w, h) } else { changed.unwrap_or_default() };
+//!             let damage = [Damage::Changed(area)];
+//!             let src = UpdateSource::new(fb, &damage);
+//!             loop {
+//!                 let st = server.encode_update(&src, &mut out)?;
+//!                 send(&out[..st.written]);
+//!                 if st.done {
+//!                     break;
+//!                 }
+//!             }
+//!             (full, changed) = (false, None);
+//!         }
+//!         if let Some(t) = server.poll_timeout() {
+//!             // (a real driver sleeps until `t`, or until input arrives)
+//!             if now() >= t {
+//!                 server.handle_timeout(now());
+//!                 continue;
+//!             }
+//!         }
+//!         if server.state() != State::Closing {
+//!             let n = recv(&mut inbuf[have..]);
+//!             if n == 0 {
+//!                 return Ok(server.handle_eof()?);
+//!             }
+//!             have += n;
 //!         }
 //!     }
-//!     if let Some(t) = server.poll_timeout() { if now() >= t { server.handle_timeout(now()); } }
 //! }
-//! # #[allow(unreachable_code)] Ok::<(), Box<dyn core::error::Error>>(())
+//! # use rfb_core::client::{self, Client, ClientConfig};
+//! # use std::{cell::{Cell, RefCell}, rc::Rc};
+//! # /// Runs `serve` against this crate's client answering with `password`: what the server
+//! # /// sent, and the rectangles the client got.
+//! # fn session(password: &'static [u8]) -> (Vec<u8>, usize) {
+//! #     let to_client = Rc::new(RefCell::new(Vec::new()));
+//! #     let mut c = Client::new(ClientConfig::with_security(&[SecurityType::VncAuth], &[]), Instant::ZERO);
+//! #     let rects = Rc::new(Cell::new(0));
+//! #     let (r, mut updates) = (rects.clone(), 0);
+//! #     let tc = to_client.clone();
+//! #     let recv = move |buf: &mut [u8]| {
+//! #         let mut input = tc.borrow_mut();
+//! #         let mut at = 0;
+//! #         loop {
+//! #             let p = c.handle_input(&input[at..]).unwrap();
+//! #             at += p.consumed;
+//! #             let mut ev = false;
+//! #             while let Some(e) = c.poll_event() {
+//! #                 ev = true;
+//! #                 let act = match e {
+//! #                     client::Event::NeedCredentials(_) => 1,
+//! #                     client::Event::ServerInit { .. } => 2,
+//! #                     client::Event::Rect { .. } => { r.set(r.get() + 1); 0 }
+//! #                     client::Event::UpdateEnd => { updates += 1; 3 }
+//! #                     _ => 0,
+//! #                 };
+//! #                 match act {
+//! #                     1 => c.send_password(password).unwrap(),
+//! #                     2 => c.request_update(false, Rect::new(0, 0, 64, 48)).unwrap(),
+//! #                     3 if updates == 1 => c.request_update(true, Rect::new(0, 0, 64, 48)).unwrap(),
+//! #                     _ => {}
+//! #                 }
+//! #             }
+//! #             if p.consumed == 0 && !ev { break; }
+//! #         }
+//! #         input.drain(..at);
+//! #         let mut n = 0;
+//! #         while let Some(t) = c.poll_transmit(&mut buf[n..]).unwrap() { n += t.len; }
+//! #         n
+//! #     };
+//! #     let send = |b: &[u8]| to_client.borrow_mut().extend_from_slice(b);
+//! #     let clock = Cell::new(0u64);
+//! #     let now = || { clock.set(clock.get() + 10_000); Instant::from_micros(clock.get()) };
+//! #     serve(recv, send, now, [7; 16]).unwrap();
+//! #     let sent = to_client.borrow().clone();
+//! #     (sent, rects.get())
+//! # }
+//! # // The failed SecurityResult and its reason (RFB 3.8) are the last bytes out.
+//! # let (sent, _) = session(b"wrong");
+//! # assert!(sent.ends_with(b"\0\0\0\x01\0\0\0\x15Authentication failed"), "{sent:?}");
+//! # // One frame for two requests, the second incremental with nothing changed.
+//! # assert_eq!(session(b"secret").1, 1);
 //! ```
 //!
 //! # TLS (VeNCrypt X509*)

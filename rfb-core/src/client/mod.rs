@@ -1,6 +1,54 @@
 //! The RFB client state machine.
+//!
+//! Commands encode into the output queue; what the server says comes back from
+//! [`Client::handle_input_fb`] as events and lent payloads, rectangles decoded straight into
+//! the application's framebuffer.
+//!
+//! # Phases
+//!
+//! ```text
+//!   Version ─ ours pending ─┬─ 3.3 ─► Security33 ─┬─ None: ClientInit pending ─► ServerInit
+//!                           │                     ├─ VncAuth ─► VncChallenge
+//!                           │                     └─ 0 ─► ReasonLength
+//!                           └─ 3.7+ ─► SecurityList ─┬─ None ─► SecurityResult (3.7: ClientInit pending ─► ServerInit)
+//!                                                   ├─ VncAuth ─► VncChallenge
+//!                                                   ├─ VeNCrypt ─► VencryptVersion
+//!                                                   └─ empty list ─► ReasonLength
+//!   VncChallenge ─ Event::NeedCredentials ─► NeedPassword ─ send_password() ─► SecurityResult
+//!   VencryptVersion ─ ours pending ─► VencryptAck ─► VencryptSubtypes ─┬─ X509*: ─► VencryptTlsAck
+//!                                                                    └─ Plain/Vnc/None: as after TLS
+//!   VencryptTlsAck ─ ack, Event::StartTls ─► AwaitTls ─ tls_established() ─► SecurityResult (None)
+//!                                                      | VncChallenge | NeedPlain
+//!   NeedPlain ─ send_plain_credentials() ─► SecurityResult
+//!   SecurityResult ─┬─ OK: ClientInit pending, Event::Authenticated ─► ServerInit
+//!                   └─ failed: (3.8) ReasonLength, reason, Event::SecurityFailed ─► Closed
+//!   ServerInit ─ header and name, Event::ServerInit ─► Normal ─ server messages ─► Normal
+//!   any phase ─ protocol error, EOF, handshake deadline ─► Closed
+//! ```
+//!
+//! What is valid where:
+//! - The handshake phases: the server's next handshake message, nothing else.
+//!   `NeedPassword`/`NeedPlain`: nothing is read; [`Client::send_password`] /
+//!   [`Client::send_plain_credentials`]. `AwaitTls`: nothing is read (the bytes belong to the
+//!   TLS layer); [`Client::tls_established`] once the certificate is validated (no credential is
+//!   sent before).
+//! - `Normal`: every server message; the session commands ([`Client::request_update`],
+//!   [`Client::key_event`], …). `Closed`: `handle_input` is [`Error::Closed`]. Commands in the
+//!   wrong phase are [`CommandError::InvalidState`].
+//!
+//! # Transitions happen on input
+//!
+//! The phase changes, and the events are queued, when `handle_input` consumes a message or a
+//! command is issued; `poll_transmit` only writes the queued messages (it always did).
+//!
+//! The code is one file per phase: this one holds the types, the state, the input dispatch
+//! and the polls; `handshake.rs` everything up to ServerInit; `normal.rs` the server messages
+//! of the normal phase and the session commands; `decode.rs` the Raw, RRE and Hextile decoders;
+//! `zrle.rs` the ZRLE decoder.
 
 mod decode;
+mod handshake;
+mod normal;
 #[cfg(feature = "alloc")]
 mod zrle;
 
@@ -346,6 +394,9 @@ enum Msg {
     },
 }
 
+/// What one step of `handle_input` did: `(consumed, lent payload)`; `(0, None)`: wait.
+type Step<'i> = Result<(usize, Option<Payload<'i>>), Error>;
+
 /// Most bytes, and messages, one step of `handle_input` queues (a fence answer is the largest).
 const STEP_OUTPUT: usize = 128;
 const STEP_MESSAGES: usize = 4;
@@ -575,197 +626,7 @@ impl Client {
         }
     }
 
-    // ---- C. commands: handshake ----
-
-    /// The driver finished the TLS handshake **and validated the server certificate**; the
-    /// sub-authentication continues over TLS.
-    pub fn tls_established(&mut self) -> Result<(), CommandError> {
-        let Phase::AwaitTls(sub) = self.phase else {
-            return Err(CommandError::InvalidState);
-        };
-        self.start_sub_auth(sub);
-        Ok(())
-    }
-
-    /// Answers [`Credentials::Password`] (only the first 8 bytes count).
-    pub fn send_password(&mut self, password: &[u8]) -> Result<(), CommandError> {
-        if self.phase != Phase::NeedPassword {
-            return Err(CommandError::InvalidState);
-        }
-        let r = vnc_response(password, &self.challenge);
-        self.out.push(CHALLENGE_LEN, |b| b.copy_from_slice(&r))?;
-        self.phase = Phase::SecurityResult;
-        Ok(())
-    }
-
-    /// Answers [`Credentials::Plain`]; username and password together may be 344 bytes.
-    pub fn send_plain_credentials(
-        &mut self,
-        username: &[u8],
-        password: &[u8],
-    ) -> Result<(), CommandError> {
-        if self.phase != Phase::NeedPlain {
-            return Err(CommandError::InvalidState);
-        }
-        let c = PlainCredentialsRepr { username, password };
-        if c.buffer_len() > self.out.free() {
-            return Err(CommandError::InvalidArgument);
-        }
-        self.out.push(c.buffer_len(), |b| c.emit(b))?;
-        self.phase = Phase::SecurityResult;
-        Ok(())
-    }
-
-    // ---- C. commands: session ----
-
-    fn running(&self) -> Result<(), CommandError> {
-        if self.phase == Phase::Normal {
-            Ok(())
-        } else {
-            Err(CommandError::InvalidState)
-        }
-    }
-
-    /// SetPixelFormat: later updates arrive in `format` (do not have an update request
-    /// outstanding, as the spec says).
-    pub fn set_pixel_format(&mut self, format: PixelFormat) -> Result<(), CommandError> {
-        self.running()?;
-        if !format.is_valid() {
-            return Err(CommandError::InvalidArgument);
-        }
-        let m = SetPixelFormatRepr { format };
-        self.out.push(SetPixelFormatRepr::LEN, |b| m.emit(b))?;
-        self.format = format;
-        Ok(())
-    }
-
-    /// SetEncodings, in order of preference (at most 90). Only encodings this client decodes are
-    /// allowed (Raw, CopyRect, RRE, Hextile, ZRLE with `alloc`, and the pseudo-encodings of
-    /// [`Encoding`] it handles, plus compression levels).
-    pub fn set_encodings(&mut self, encodings: &[Encoding]) -> Result<(), CommandError> {
-        self.running()?;
-        let mut bits = 0;
-        for e in encodings {
-            bits |= e.bit().ok_or(CommandError::InvalidArgument)?;
-        }
-        let n = SetEncodingsHeaderRepr::LEN + 4 * encodings.len();
-        if encodings.len() > 90 {
-            return Err(CommandError::InvalidArgument);
-        }
-        self.out.push(n, |b| {
-            SetEncodingsHeaderRepr {
-                count: encodings.len() as u16,
-            }
-            .emit(b);
-            for (i, e) in encodings.iter().enumerate() {
-                put32(b, 4 + 4 * i, i32::from(*e) as u32);
-            }
-        })?;
-        self.requested = bits;
-        Ok(())
-    }
-
-    /// FramebufferUpdateRequest.
-    pub fn request_update(&mut self, incremental: bool, rect: Rect) -> Result<(), CommandError> {
-        self.running()?;
-        let m = FramebufferUpdateRequestRepr { incremental, rect };
-        self.out
-            .push(FramebufferUpdateRequestRepr::LEN, |b| m.emit(b))
-    }
-
-    /// KeyEvent.
-    pub fn key_event(&mut self, down: bool, keysym: u32) -> Result<(), CommandError> {
-        self.running()?;
-        let m = KeyEventRepr { down, keysym };
-        self.out.push(KeyEventRepr::LEN, |b| m.emit(b))
-    }
-
-    /// QEMU extended key event (after [`Event::QemuKeyEventsSupported`]).
-    pub fn qemu_key_event(
-        &mut self,
-        down: bool,
-        keysym: u32,
-        keycode: u32,
-    ) -> Result<(), CommandError> {
-        self.running()?;
-        if self.have & HAVE_QEMU_KEY == 0 {
-            return Err(CommandError::InvalidState);
-        }
-        let m = QemuKeyEventRepr {
-            down,
-            keysym,
-            keycode,
-        };
-        self.out.push(QemuKeyEventRepr::LEN, |b| m.emit(b))
-    }
-
-    /// PointerEvent.
-    pub fn pointer_event(&mut self, buttons: u8, x: u16, y: u16) -> Result<(), CommandError> {
-        self.running()?;
-        let m = PointerEventRepr { buttons, x, y };
-        self.out.push(PointerEventRepr::LEN, |b| m.emit(b))
-    }
-
-    /// ClientCutText: the header is queued and `poll_transmit` asks the application to send the
-    /// `len` bytes itself. `Extended` needs the ExtendedClipboard pseudo-encoding.
-    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), CommandError> {
-        self.running()?;
-        let extended = self.requested & bits::EXT_CLIPBOARD != 0;
-        let t = ClientMessageType::ClientCutText.into();
-        shared::queue_cut_text(&mut self.out, t, len, extended)
-    }
-
-    /// EnableContinuousUpdates (after [`Event::EndOfContinuousUpdates`] showed support).
-    pub fn enable_continuous_updates(
-        &mut self,
-        enable: bool,
-        rect: Rect,
-    ) -> Result<(), CommandError> {
-        self.running()?;
-        if self.have & HAVE_CONTINUOUS == 0 {
-            return Err(CommandError::InvalidState);
-        }
-        let m = EnableContinuousUpdatesRepr { enable, rect };
-        self.out
-            .push(EnableContinuousUpdatesRepr::LEN, |b| m.emit(b))
-    }
-
-    /// ClientFence (after the server sent a fence).
-    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), CommandError> {
-        self.running()?;
-        if self.have & HAVE_FENCE == 0 {
-            return Err(CommandError::InvalidState);
-        }
-        shared::queue_fence(&mut self.out, flags, payload)
-    }
-
-    /// SetDesktopSize (after an ExtendedDesktopSize arrived); at most 16 screens.
-    pub fn set_desktop_size(
-        &mut self,
-        width: u16,
-        height: u16,
-        screens: &[Screen],
-    ) -> Result<(), CommandError> {
-        self.running()?;
-        if self.have & HAVE_EXT_DESKTOP == 0 {
-            return Err(CommandError::InvalidState);
-        }
-        if screens.is_empty() || screens.len() > 16 {
-            return Err(CommandError::InvalidArgument);
-        }
-        let h = SetDesktopSizeHeaderRepr {
-            width,
-            height,
-            screens: screens.len() as u8,
-        };
-        self.out
-            .push(SetDesktopSizeHeaderRepr::LEN + 16 * screens.len(), |b| {
-                h.emit(b);
-                for (i, s) in screens.iter().enumerate() {
-                    s.emit(&mut b[8 + 16 * i..]);
-                }
-            })
-    }
+    // ---- C. commands: in handshake.rs (TLS, credentials) and normal.rs ----
 
     // ---- D. polls ----
 
@@ -842,26 +703,6 @@ impl Client {
         let _ = self.events.push_back(e);
     }
 
-    fn start_sub_auth(&mut self, sub: VencryptSubtype) {
-        match sub.sub_auth() {
-            Some(SubAuth::None) => self.phase = Phase::SecurityResult,
-            Some(SubAuth::Vnc) => self.phase = Phase::VncChallenge,
-            _ => {
-                self.phase = Phase::NeedPlain;
-                self.push(Ev::Need(Credentials::Plain));
-            }
-        }
-    }
-
-    fn authenticated(&mut self) {
-        let m = ClientInitRepr {
-            shared: self.config.shared,
-        };
-        self.out.push_reserved(ClientInitRepr::LEN, |b| m.emit(b));
-        self.phase = Phase::ServerInit;
-        self.push(Ev::Authenticated);
-    }
-
     /// Stores string bytes (NULs stripped, first 128 kept).
     fn keep_text(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -871,247 +712,26 @@ impl Client {
         }
     }
 
-    fn step<'i>(
-        &mut self,
-        input: &'i [u8],
-        fb: &mut FramebufferMut<'_>,
-    ) -> Result<(usize, Option<Payload<'i>>), Error> {
-        use ProtocolError as P;
+    /// One protocol unit: `(consumed, payload)`; `(0, None)` means more input is needed. The
+    /// phase's handler decides, and makes the transition, as it consumes the unit.
+    fn step<'i>(&mut self, input: &'i [u8], fb: &mut FramebufferMut<'_>) -> Step<'i> {
         match self.phase {
-            Phase::Version => {
-                let v = complete_or_wait!(
-                    ProtocolVersionRepr::parse(input),
-                    malformed => P::MalformedVersion
-                );
-                let sv = Version::from_numbers(v.major, v.minor)
-                    .ok_or(Error::Protocol(P::UnsupportedVersion))?;
-                self.version = sv.min(self.config.max_version);
-                let r = ProtocolVersionRepr::of(self.version);
-                self.out
-                    .push_reserved(ProtocolVersionRepr::LEN, |b| r.emit(b));
-                self.phase = if self.version == Version::V3_3 {
-                    Phase::Security33
-                } else {
-                    Phase::SecurityList
-                };
-                Ok((ProtocolVersionRepr::LEN, None))
-            }
-            Phase::Security33 => {
-                if input.len() < 4 {
-                    return Ok((0, None));
-                }
-                let t = be32(input, 0);
-                match t {
-                    0 => self.phase = Phase::ReasonLength,
-                    1 | 2 => {
-                        let t = SecurityType::from(t as u8);
-                        self.offered.clear();
-                        let _ = self.offered.push(t.into());
-                        if !self.config.security_types.contains(&t) {
-                            self.push(Ev::NoCommon);
-                            return Err(P::NoAcceptableSecurityType.into());
-                        }
-                        self.security = t;
-                        if t == SecurityType::None {
-                            self.authenticated();
-                        } else {
-                            self.phase = Phase::VncChallenge;
-                        }
-                    }
-                    _ => return Err(P::InvalidSecurityType.into()),
-                }
-                Ok((4, None))
-            }
-            Phase::SecurityList => {
-                let list = complete_or_wait!(
-                    SecurityTypesRepr::parse(input),
-                    malformed => P::InvalidSecurityType
-                );
-                let n = list.buffer_len();
-                if list.types.is_empty() {
-                    self.phase = Phase::ReasonLength;
-                    return Ok((n, None));
-                }
-                self.offered.clear();
-                for &t in list.types.iter().take(16) {
-                    let _ = self.offered.push(t);
-                }
-                let choice = self.config.security_types.iter().copied().find(|t| {
-                    matches!(
-                        t,
-                        SecurityType::None | SecurityType::VncAuth | SecurityType::VeNCrypt
-                    ) && list.types.contains(&u8::from(*t))
-                });
-                let Some(t) = choice else {
-                    self.push(Ev::NoCommon);
-                    if list.types == [u8::from(SecurityType::Tls)] {
-                        return Err(P::AnonymousTlsUnsupported.into());
-                    }
-                    return Err(P::NoAcceptableSecurityType.into());
-                };
-                self.out.push_reserved(1, |b| b[0] = t.into());
-                self.security = t;
-                match t {
-                    SecurityType::None => {
-                        if self.version >= Version::V3_8 {
-                            self.phase = Phase::SecurityResult;
-                        } else {
-                            self.authenticated();
-                        }
-                    }
-                    SecurityType::VncAuth => self.phase = Phase::VncChallenge,
-                    _ => self.phase = Phase::VencryptVersion,
-                }
-                Ok((n, None))
-            }
-            Phase::VncChallenge => {
-                if input.len() < CHALLENGE_LEN {
-                    return Ok((0, None));
-                }
-                self.challenge.copy_from_slice(&input[..CHALLENGE_LEN]);
-                self.phase = Phase::NeedPassword;
-                self.push(Ev::Need(Credentials::Password));
-                Ok((CHALLENGE_LEN, None))
-            }
+            Phase::Version => self.on_version(input),
+            Phase::Security33 => self.on_security_3_3(input),
+            Phase::SecurityList => self.on_security_list(input),
+            Phase::VncChallenge => self.on_vnc_challenge(input),
+            Phase::VencryptVersion => self.on_vencrypt_version(input),
+            Phase::VencryptAck => self.on_vencrypt_ack(input),
+            Phase::VencryptSubtypes => self.on_vencrypt_subtypes(input),
+            Phase::VencryptTlsAck(sub) => self.on_vencrypt_tls_ack(input, sub),
+            Phase::SecurityResult => self.on_security_result(input),
+            Phase::ReasonLength => self.on_reason_length(input),
+            Phase::ServerInit => self.on_server_init(input),
+            Phase::Normal => self.on_message(input, fb),
+            // Waiting for the application or the TLS layer, or over: nothing is read.
             Phase::NeedPassword | Phase::NeedPlain | Phase::AwaitTls(_) | Phase::Closed => {
                 Ok((0, None))
             }
-            Phase::VencryptVersion => {
-                let v = complete_or_wait!(
-                    VencryptVersionRepr::parse(input),
-                    malformed => P::MalformedVencrypt
-                );
-                if (v.major, v.minor) < (0, 2) {
-                    return Err(P::VencryptVersion.into());
-                }
-                let ours = VencryptVersionRepr::V0_2;
-                self.out.push_reserved(2, |b| ours.emit(b));
-                self.phase = Phase::VencryptAck;
-                Ok((2, None))
-            }
-            Phase::VencryptAck => {
-                let Some(&ack) = input.first() else {
-                    return Ok((0, None));
-                };
-                if ack != vencrypt_ack::VERSION_OK {
-                    return Err(P::VencryptVersion.into());
-                }
-                self.phase = Phase::VencryptSubtypes;
-                Ok((1, None))
-            }
-            Phase::VencryptSubtypes => {
-                let list = complete_or_wait!(
-                    VencryptSubtypesRepr::parse(input),
-                    malformed => P::MalformedVencrypt
-                );
-                if list.is_empty() {
-                    return Err(P::MalformedVencrypt.into());
-                }
-                self.offered_sub.clear();
-                for s in list.iter().take(8) {
-                    let _ = self.offered_sub.push(s.into());
-                }
-                let choice = self
-                    .config
-                    .vencrypt_subtypes
-                    .iter()
-                    .copied()
-                    .find(|s| s.is_supported() && list.iter().any(|o| o == *s));
-                let Some(sub) = choice else {
-                    self.push(Ev::NoCommon);
-                    if list.iter().all(|s| s.is_anonymous_tls()) {
-                        return Err(P::AnonymousTlsUnsupported.into());
-                    }
-                    return Err(P::NoAcceptableSecurityType.into());
-                };
-                self.out.push_reserved(4, |b| put32(b, 0, sub.into()));
-                self.subtype = Some(sub);
-                if sub.uses_tls() {
-                    self.phase = Phase::VencryptTlsAck(sub);
-                } else {
-                    self.start_sub_auth(sub);
-                }
-                Ok((VencryptSubtypesRepr::buffer_len_for(list.len()), None))
-            }
-            Phase::VencryptTlsAck(sub) => {
-                let Some(&ack) = input.first() else {
-                    return Ok((0, None));
-                };
-                if ack != vencrypt_ack::SUBTYPE_OK {
-                    return Err(P::VencryptRefused.into());
-                }
-                self.phase = Phase::AwaitTls(sub);
-                self.push(Ev::StartTls);
-                Ok((1, None))
-            }
-            Phase::SecurityResult => {
-                if input.len() < 4 {
-                    return Ok((0, None));
-                }
-                match SecurityResult::from(be32(input, 0)) {
-                    SecurityResult::Ok => self.authenticated(),
-                    SecurityResult::Failed | SecurityResult::TooManyAttempts => {
-                        if self.version >= Version::V3_8 {
-                            self.phase = Phase::ReasonLength;
-                        } else {
-                            self.phase = Phase::Closed;
-                            self.push(Ev::Failed);
-                            return Err(Error::AuthenticationFailed);
-                        }
-                    }
-                    SecurityResult::Unknown(_) => return Err(P::InvalidSecurityResult.into()),
-                }
-                Ok((4, None))
-            }
-            Phase::ReasonLength => {
-                if input.len() < 4 {
-                    return Ok((0, None));
-                }
-                let len = be32(input, 0);
-                if len > self.config.limits.max_string {
-                    return Err(P::StringTooLong.into());
-                }
-                self.text.clear();
-                self.phase = Phase::Normal;
-                self.msg = Msg::Text {
-                    kind: TextKind::Failure,
-                    remaining: len,
-                    after: 0,
-                };
-                if len == 0 {
-                    return self.finish_text(TextKind::Failure, 0).map(|_| (4, None));
-                }
-                Ok((4, None))
-            }
-            Phase::ServerInit => {
-                let h = complete_or_wait!(
-                    ServerInitRepr::parse(input),
-                    malformed => P::InvalidPixelFormat
-                );
-                if !h.format.is_valid() {
-                    return Err(P::InvalidPixelFormat.into());
-                }
-                if h.name_len > self.config.limits.max_string {
-                    return Err(P::StringTooLong.into());
-                }
-                self.width = h.width;
-                self.height = h.height;
-                self.server_format = h.format;
-                self.format = h.format;
-                self.text.clear();
-                self.phase = Phase::Normal;
-                self.deadline = None;
-                self.msg = Msg::Text {
-                    kind: TextKind::ServerInit,
-                    remaining: h.name_len,
-                    after: 0,
-                };
-                if h.name_len == 0 {
-                    self.finish_text(TextKind::ServerInit, 0)?;
-                }
-                Ok((ServerInitRepr::LEN, None))
-            }
-            Phase::Normal => self.step_normal(input, fb),
         }
     }
 
@@ -1133,449 +753,5 @@ impl Client {
             }
         }
         Ok(())
-    }
-
-    /// After a rectangle: the next header, or the end of the update.
-    fn end_rect(&mut self, remaining: u16, done: Option<(Rect, Encoding)>) {
-        if let Some((r, e)) = done {
-            self.push(Ev::Rect(r, e));
-        }
-        if remaining == 0 {
-            self.msg = Msg::Idle;
-            self.push(Ev::UpdateEnd);
-        } else {
-            self.msg = Msg::Rects { remaining };
-        }
-    }
-
-    /// The framebuffer seen through the wire format.
-    fn sink<'a, 'f>(&self, fb: &'a mut FramebufferMut<'f>) -> Result<Sink<'a, 'f>, Error> {
-        let tr = if fb.width() == 0 || fb.height() == 0 {
-            None
-        } else {
-            let tr = Translator::new(&self.format, &fb.format());
-            Some(tr.ok_or(Error::UnusableFramebuffer)?)
-        };
-        Ok(Sink {
-            fb,
-            tr,
-            bpp: self.format.bytes_per_pixel(),
-        })
-    }
-
-    fn step_normal<'i>(
-        &mut self,
-        input: &'i [u8],
-        fb: &mut FramebufferMut<'_>,
-    ) -> Result<(usize, Option<Payload<'i>>), Error> {
-        use ProtocolError as P;
-        match self.msg {
-            Msg::Idle => {}
-            Msg::Rects { remaining } => return self.rect_header(input, remaining),
-            Msg::Rect {
-                remaining,
-                rect,
-                encoding,
-                dec,
-            } => return self.rect_data(input, fb, remaining, rect, encoding, dec),
-            Msg::Text {
-                kind,
-                remaining,
-                after,
-            } => {
-                let Some((data, remaining)) = shared::body_chunk(input, remaining) else {
-                    return Ok((0, None));
-                };
-                self.keep_text(data);
-                if remaining == 0 {
-                    self.finish_text(kind, after)?;
-                } else {
-                    self.msg = Msg::Text {
-                        kind,
-                        remaining,
-                        after,
-                    };
-                }
-                return Ok((data.len(), None));
-            }
-            Msg::CursorData {
-                remaining,
-                offset,
-                total,
-            } => {
-                let Some((data, left)) = shared::body_chunk(input, total - offset) else {
-                    return Ok((0, None));
-                };
-                if left == 0 {
-                    self.end_rect(remaining, None);
-                } else {
-                    self.msg = Msg::CursorData {
-                        remaining,
-                        offset: total - left,
-                        total,
-                    };
-                }
-                return Ok((data.len(), Some(Payload::CursorData { offset, data })));
-            }
-            Msg::Screens { remaining, screens } => {
-                let s =
-                    complete_or_wait!(Screen::parse(input), malformed => P::InvalidScreenLayout);
-                self.push(Ev::Screen(s));
-                if screens > 1 {
-                    self.msg = Msg::Screens {
-                        remaining,
-                        screens: screens - 1,
-                    };
-                } else {
-                    self.end_rect(remaining, None);
-                }
-                return Ok((Screen::LEN, None));
-            }
-            Msg::ColourMap { next, left } => {
-                let n = (input.len() / 6).min(usize::from(left));
-                if n == 0 {
-                    return Ok((0, None));
-                }
-                let left2 = left - n as u16;
-                self.msg = if left2 == 0 {
-                    Msg::Idle
-                } else {
-                    Msg::ColourMap {
-                        next: next.wrapping_add(n as u16),
-                        left: left2,
-                    }
-                };
-                return Ok((
-                    6 * n,
-                    Some(Payload::ColourMapEntries {
-                        first: next,
-                        data: &input[..6 * n],
-                    }),
-                ));
-            }
-            Msg::CutText { remaining } => {
-                let Some((data, remaining)) = shared::body_chunk(input, remaining) else {
-                    return Ok((0, None));
-                };
-                self.msg = if remaining == 0 {
-                    Msg::Idle
-                } else {
-                    Msg::CutText { remaining }
-                };
-                let last = remaining == 0;
-                return Ok((data.len(), Some(Payload::CutText { data, last })));
-            }
-        }
-        let Some(&t) = input.first() else {
-            return Ok((0, None));
-        };
-        trace!("rfb client: message type {}", t);
-        match ServerMessageType::from(t) {
-            ServerMessageType::FramebufferUpdate => {
-                let h = complete_or_wait!(FramebufferUpdateRepr::parse(input), malformed => P::Malformed);
-                self.push(Ev::UpdateBegin(h.rects));
-                if h.rects == 0 {
-                    self.push(Ev::UpdateEnd);
-                } else {
-                    self.msg = Msg::Rects { remaining: h.rects };
-                }
-                Ok((FramebufferUpdateRepr::LEN, None))
-            }
-            ServerMessageType::SetColourMapEntries => {
-                let h = complete_or_wait!(
-                    SetColourMapEntriesRepr::parse(input),
-                    malformed => P::ColourMapOutOfRange
-                );
-                if u32::from(h.first) + u32::from(h.count) > 65536 {
-                    return Err(P::ColourMapOutOfRange.into());
-                }
-                if h.count > 0 {
-                    self.msg = Msg::ColourMap {
-                        next: h.first,
-                        left: h.count,
-                    };
-                }
-                self.push(Ev::ColourMap(h.first, h.count));
-                Ok((SetColourMapEntriesRepr::LEN, None))
-            }
-            ServerMessageType::Bell => {
-                self.push(Ev::Bell);
-                Ok((1, None))
-            }
-            ServerMessageType::ServerCutText => {
-                let extended = self.requested & bits::EXT_CLIPBOARD != 0;
-                let max = self.config.limits.max_cut_text;
-                let Some(len) = shared::cut_text_header(input, extended, max)? else {
-                    return Ok((0, None));
-                };
-                if !len.is_empty() {
-                    self.msg = Msg::CutText {
-                        remaining: len.len(),
-                    };
-                }
-                self.push(Ev::CutText(len));
-                Ok((CutTextHeaderRepr::LEN, None))
-            }
-            ServerMessageType::EndOfContinuousUpdates => {
-                self.have |= HAVE_CONTINUOUS;
-                self.push(Ev::EndOfContinuous);
-                Ok((1, None))
-            }
-            ServerMessageType::ServerFence => {
-                let (n, response) = shared::receive_fence(input, &mut self.out)?;
-                if n > 0 {
-                    self.have |= HAVE_FENCE;
-                }
-                Ok((
-                    n,
-                    response.map(|(flags, data)| Payload::FenceResponse { flags, data }),
-                ))
-            }
-            ServerMessageType::Qemu => {
-                if input.len() < 2 {
-                    return Ok((0, None));
-                }
-                Err(P::UnknownQemuMessage(input[1]).into())
-            }
-            ServerMessageType::Unknown(t) => Err(P::UnknownMessageType(t).into()),
-        }
-    }
-
-    fn rect_header<'i>(
-        &mut self,
-        input: &'i [u8],
-        remaining: u16,
-    ) -> Result<(usize, Option<Payload<'i>>), Error> {
-        use ProtocolError as P;
-        let h = complete_or_wait!(RectHeaderRepr::parse(input), malformed => P::Malformed);
-        let n = RectHeaderRepr::LEN;
-        let r = h.rect;
-        // 65535 with LastRect negotiated means "until LastRect".
-        const UNTIL_LAST: u16 = FramebufferUpdateRepr::UNTIL_LAST_RECT;
-        let until_last = remaining == UNTIL_LAST && self.requested & bits::LAST_RECT != 0;
-        let remaining = if until_last {
-            UNTIL_LAST
-        } else {
-            remaining - 1
-        };
-        let bit = h
-            .encoding
-            .bit()
-            .ok_or(Error::Protocol(P::UnrequestedEncoding(h.encoding.into())))?;
-        if bit != 0 && self.requested & bit == 0 {
-            return Err(P::UnrequestedEncoding(h.encoding.into()).into());
-        }
-        let pixel_rect = |dec: RectDecoder| Msg::Rect {
-            remaining,
-            rect: r,
-            encoding: h.encoding,
-            dec,
-        };
-        match h.encoding {
-            Encoding::Raw
-            | Encoding::Rre
-            | Encoding::Hextile
-            | Encoding::Zrle
-            | Encoding::CopyRect => {
-                if !r.fits_in(self.width, self.height) {
-                    return Err(P::RectangleOutOfBounds.into());
-                }
-                if r.is_empty()
-                    && h.encoding != Encoding::CopyRect
-                    && h.encoding != Encoding::Zrle
-                    && h.encoding != Encoding::Rre
-                {
-                    self.end_rect(remaining, Some((r, h.encoding)));
-                    return Ok((n, None));
-                }
-                self.msg = pixel_rect(match h.encoding {
-                    Encoding::Raw => RectDecoder::Raw { x: 0, y: 0 },
-                    Encoding::Rre => RectDecoder::RreHeader,
-                    Encoding::Hextile => RectDecoder::Hextile(Hextile::new()),
-                    #[cfg(feature = "alloc")]
-                    Encoding::Zrle => RectDecoder::Zrle,
-                    // CopyRect reuses the RRE-header slot for its 4 bytes (see rect_data).
-                    _ => RectDecoder::Raw {
-                        x: u16::MAX,
-                        y: u16::MAX,
-                    },
-                });
-                #[cfg(feature = "alloc")]
-                if h.encoding == Encoding::Zrle {
-                    let bpp = self.format.bytes_per_pixel();
-                    let cp = crate::pixel::cpixel_layout(&self.format);
-                    self.zrle
-                        .get_or_insert_with(|| alloc::boxed::Box::new(zrle::ZrleDecoder::new()))
-                        .start(r, bpp, cp);
-                }
-                Ok((n, None))
-            }
-            Encoding::LastRect => {
-                self.end_rect(0, None);
-                Ok((n, None))
-            }
-            Encoding::DesktopSize => {
-                self.width = r.width;
-                self.height = r.height;
-                self.push(Ev::DesktopSize(r.width, r.height));
-                self.end_rect(remaining, None);
-                Ok((n, None))
-            }
-            Encoding::ExtendedDesktopSize => {
-                if input.len() < n + ExtendedDesktopSizeRepr::LEN {
-                    return Ok((0, None));
-                }
-                let e = ExtendedDesktopSizeRepr::parse(&input[n..])
-                    .map_err(|_| Error::Protocol(P::InvalidScreenLayout))?;
-                let (reason, status) = (r.x, r.y);
-                if reason != desktop_size::REASON_THIS_CLIENT || status == desktop_size::STATUS_OK {
-                    self.width = r.width;
-                    self.height = r.height;
-                }
-                self.have |= HAVE_EXT_DESKTOP;
-                self.push(Ev::ExtDesktopSize {
-                    reason,
-                    status,
-                    width: r.width,
-                    height: r.height,
-                    screens: e.screens,
-                });
-                if e.screens == 0 {
-                    self.end_rect(remaining, None);
-                } else {
-                    self.msg = Msg::Screens {
-                        remaining,
-                        screens: e.screens,
-                    };
-                }
-                Ok((n + ExtendedDesktopSizeRepr::LEN, None))
-            }
-            Encoding::Cursor => {
-                let max = self.config.limits.max_cursor;
-                if r.width > max || r.height > max {
-                    return Err(P::CursorTooLarge.into());
-                }
-                let bpp = self.format.bytes_per_pixel() as u64;
-                let len = u64::from(r.width) * u64::from(r.height) * bpp
-                    + cursor_mask_len(r.width, r.height) as u64;
-                let len = u32::try_from(len).map_err(|_| Error::Protocol(P::CursorTooLarge))?;
-                self.push(Ev::Cursor {
-                    hx: r.x,
-                    hy: r.y,
-                    w: r.width,
-                    h: r.height,
-                    len,
-                });
-                if len == 0 {
-                    self.end_rect(remaining, None);
-                } else {
-                    self.msg = Msg::CursorData {
-                        remaining,
-                        offset: 0,
-                        total: len,
-                    };
-                }
-                Ok((n, None))
-            }
-            Encoding::DesktopName => {
-                if input.len() < n + 4 {
-                    return Ok((0, None));
-                }
-                let len = be32(input, n);
-                if len > self.config.limits.max_string {
-                    return Err(P::StringTooLong.into());
-                }
-                self.text.clear();
-                if len == 0 {
-                    self.finish_text(TextKind::DesktopName, remaining)?;
-                } else {
-                    self.msg = Msg::Text {
-                        kind: TextKind::DesktopName,
-                        remaining: len,
-                        after: remaining,
-                    };
-                }
-                Ok((n + 4, None))
-            }
-            Encoding::QemuExtendedKeyEvent => {
-                self.have |= HAVE_QEMU_KEY;
-                self.push(Ev::QemuKey);
-                self.end_rect(remaining, None);
-                Ok((n, None))
-            }
-            e => Err(P::UnrequestedEncoding(e.into()).into()),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn rect_data<'i>(
-        &mut self,
-        input: &'i [u8],
-        fb: &mut FramebufferMut<'_>,
-        remaining: u16,
-        r: Rect,
-        encoding: Encoding,
-        dec: RectDecoder,
-    ) -> Result<(usize, Option<Payload<'i>>), Error> {
-        use ProtocolError as P;
-        let bpp = self.format.bytes_per_pixel();
-        let mut sink = self.sink(fb)?;
-        let (n, finished, dec) = match (encoding, dec) {
-            (Encoding::CopyRect, _) => {
-                let c = complete_or_wait!(
-                    CopyRectRepr::parse(input),
-                    malformed => P::CopyRectSourceOutOfBounds
-                );
-                let src = Rect::new(c.src_x, c.src_y, r.width, r.height);
-                if !src.fits_in(self.width, self.height) {
-                    return Err(P::CopyRectSourceOutOfBounds.into());
-                }
-                sink.copy(r, c.src_x, c.src_y);
-                (CopyRectRepr::LEN, true, dec)
-            }
-            (_, RectDecoder::Raw { mut x, mut y }) => {
-                let (n, done) = decode::raw(&r, &mut x, &mut y, input, &mut sink);
-                (n, done, RectDecoder::Raw { x, y })
-            }
-            (_, RectDecoder::RreHeader) => {
-                let Some((count, bg)) = rre::parse_header(input, bpp) else {
-                    return Ok((0, None));
-                };
-                if count > r.area() {
-                    return Err(P::TooManySubrectangles.into());
-                }
-                sink.fill(r, bg);
-                let n = rre::header_len(bpp);
-                (n, count == 0, RectDecoder::Rre { remaining: count })
-            }
-            (_, RectDecoder::Rre { mut remaining }) => {
-                let (n, done) = decode::rre(&r, &mut remaining, input, &mut sink)?;
-                (n, done, RectDecoder::Rre { remaining })
-            }
-            (_, RectDecoder::Hextile(mut h)) => {
-                let (n, done) = h.decode(&r, input, &mut sink)?;
-                (n, done, RectDecoder::Hextile(h))
-            }
-            #[cfg(feature = "alloc")]
-            (_, RectDecoder::Zrle) => {
-                // `rect_header` made the decoder and started the rectangle.
-                let z = self
-                    .zrle
-                    .get_or_insert_with(|| alloc::boxed::Box::new(zrle::ZrleDecoder::new()));
-                let (n, done) = z.decode(input, &mut sink)?;
-                (n, done, RectDecoder::Zrle)
-            }
-        };
-        if finished {
-            self.end_rect(remaining, Some((r, encoding)));
-        } else {
-            self.msg = Msg::Rect {
-                remaining,
-                rect: r,
-                encoding,
-                dec,
-            };
-        }
-        Ok((n, None))
     }
 }

@@ -1,6 +1,74 @@
 //! The RFB server state machine.
+//!
+//! See the crate documentation for the driver loop. In short: feed received bytes to
+//! [`Server::handle_input`] until it consumes nothing and lends nothing; answer the events
+//! that ask for a decision (`accept_auth`/`reject_auth`, `server_init`, `tls_established`);
+//! drain [`Server::poll_transmit`], then [`Server::poll_event`], then [`Server::poll_timeout`];
+//! encode updates with [`Server::encode_update`] while [`Server::wants_update`].
+//!
+//! # Phases
+//!
+//! ```text
+//!   Version ─┬─ 3.7/3.8: types offered ──────────────────────────► SecurityChoice
+//!            ├─ 3.3: the type picked (None or VncAuth) ─► as SecurityChoice's choice
+//!            └─ unsupported version, refuse_with, nothing to offer: reason pending ─► Closing
+//!   SecurityChoice ─┬─ None: SecurityResult pending (not in 3.3/3.7) ─► ClientInit
+//!                   ├─ VncAuth: challenge pending ─► VncResponse
+//!                   ├─ VeNCrypt: version 0.2 pending ─► VencryptVersion
+//!                   └─ a type not offered: failure pending ─► Closing
+//!   VncResponse ─ 16 bytes, Event::VncAuth ─► AuthDecision
+//!   VencryptVersion ─┬─ 0.2: ack and sub-types pending ─► VencryptSubtype
+//!                    └─ another: refusal pending ─► Closing
+//!   VencryptSubtype ─┬─ an X509 sub-type: ack pending, Event::StartTls ─► AwaitTls
+//!                    ├─ Plain / Vnc / None without TLS: as after tls_established()
+//!                    └─ not offered: refusal pending ─► Closing
+//!   AwaitTls ─ tls_established() ─► ClientInit (None) | VncResponse (challenge) | PlainCredentials
+//!   PlainCredentials ─ credentials lent, Event::PlainAuth ─► AuthDecision
+//!   AuthDecision ─┬─ accept_auth(): SecurityResult pending ─► ClientInit
+//!                 └─ reject_auth(): failure held back `auth_failure_delay` ─► Closing
+//!   ClientInit ─ 1 byte, Event::ClientInit ─► ServerInit ─ server_init(): ServerInit pending ─► Normal
+//!   Normal ─ client messages, updates ─► Normal
+//!   Closing ─ everything written (and the failure delay over): Event::Closed (state Closed)
+//!   any phase ─ protocol error with nothing to tell, EOF, handshake deadline ─► Closed
+//! ```
+//!
+//! ("pending": the message is queued for `poll_transmit`; the arrow is taken when
+//! `handle_input` consumes the input, or when the command is issued.)
+//!
+//! What is valid where:
+//! - `Version` … `PlainCredentials`, `ClientInit`: the client's next handshake message, nothing
+//!   else (a byte that does not fit is a fatal [`Error`]). `AwaitTls`: nothing is read (the
+//!   bytes belong to the TLS layer: `handle_input` consumes nothing); the command
+//!   [`Server::tls_established`]. `AuthDecision`: nothing is read; [`Server::accept_auth`],
+//!   [`Server::reject_auth`]. `ServerInit`: nothing is read; [`Server::server_init`].
+//! - `Normal`: every client message; the session commands ([`Server::bell`],
+//!   [`Server::send_cut_text`], [`Server::send_fence`], [`Server::reply_desktop_size`]) and
+//!   [`Server::encode_update`].
+//! - `Closing`/`Closed`: `handle_input` is [`Error::Closed`]. Commands in the wrong phase are
+//!   [`CommandError::InvalidState`]; getters are valid everywhere.
+//!
+//! # Transitions happen on input
+//!
+//! The phase changes, and its events are queued, when `handle_input` consumes a message (or a
+//! command is issued, or the failure delay runs out in `handle_timeout`), never in
+//! `poll_transmit` or `poll_event`: the answers it decided on are pending output in the queue.
+//! `Closing` is entered as the final message is decided; [`Event::Closed`] is held back until
+//! `poll_transmit` has written everything (and the failure delay is over), and `state()` says
+//! [`State::Closing`] until that event is handed out. (It used to be `poll_event` that moved
+//! `Closing` to `Closed`; the events and their order are as before.) An update in progress is
+//! output, not a transition: SetPixelFormat and SetEncodings that arrive during it are
+//! handled at once (their events and acknowledgements go out as before) and apply to the
+//! next update, when `encode_update` finishes this one.
+//!
+//! The code is one file per phase: this one holds the types, the state, the input dispatch,
+//! the polls and the event queue; `handshake.rs` the version, the security types, VeNCrypt,
+//! authentication and ClientInit/ServerInit; `normal.rs` the client messages of the normal
+//! phase and the session commands; `update.rs` framebuffer updates; `encode.rs` the Raw, RRE
+//! and Hextile encoders; `zrle.rs` the ZRLE encoder.
 
 mod encode;
+mod handshake;
+mod normal;
 mod update;
 #[cfg(feature = "alloc")]
 mod zrle;
@@ -427,6 +495,8 @@ pub struct Server {
     deadline: Option<Instant>,
     fail_reason: &'static str,
     fail_hold: Option<FailHold>,
+    /// [`Event::Closed`] was handed out (`Closing` is over for the driver).
+    closed_reported: bool,
     partial: Partial,
     // Session.
     pub(crate) width: u16,
@@ -459,6 +529,9 @@ const STEP_MESSAGES: usize = 4;
 fn reserved(r: Result<(), CommandError>) {
     debug_assert!(r.is_ok(), "an input step queued more than it reserved");
 }
+
+/// What one step of `handle_input` did: `(consumed, lent payload)`; `(0, None)`: wait.
+type Step<'i> = Result<(usize, Option<Payload<'i>>), Error>;
 
 const REASON_NOT_OFFERED: &str = "Security type not offered";
 const REASON_NO_TYPES: &str = "No supported security types";
@@ -493,6 +566,7 @@ impl Server {
             deadline: config.handshake_timeout.map(|d| now + d),
             fail_reason: "",
             fail_hold: None,
+            closed_reported: false,
             partial: Partial::None,
             width: 0,
             height: 0,
@@ -528,7 +602,8 @@ impl Server {
             Phase::AwaitTls(_) => State::AwaitingTls,
             Phase::AuthDecision | Phase::ServerInit => State::AwaitingApplication,
             Phase::Normal => State::Running,
-            Phase::Closing => State::Closing,
+            Phase::Closing if !self.closed_reported => State::Closing,
+            Phase::Closing => State::Closed,
             Phase::Closed => State::Closed,
             _ => State::Handshake,
         }
@@ -653,137 +728,7 @@ impl Server {
         }
     }
 
-    // ---- C. commands ----
-
-    /// The TLS layer finished its handshake (and verified the client certificate if configured):
-    /// authentication continues over TLS.
-    pub fn tls_established(&mut self) -> Result<(), CommandError> {
-        let Phase::AwaitTls(sub) = self.phase else {
-            return Err(CommandError::InvalidState);
-        };
-        match sub.sub_auth() {
-            Some(SubAuth::None) => self.auth_success(),
-            Some(SubAuth::Vnc) => self.send_challenge(),
-            Some(SubAuth::Plain) => {
-                self.phase = Phase::PlainCredentials;
-                Ok(())
-            }
-            None => Err(CommandError::InvalidState),
-        }
-    }
-
-    /// Accepts the credentials of the last [`Event::VncAuth`] / [`Event::PlainAuth`].
-    pub fn accept_auth(&mut self) -> Result<(), CommandError> {
-        if self.phase != Phase::AuthDecision {
-            return Err(CommandError::InvalidState);
-        }
-        self.auth_success()
-    }
-
-    /// Rejects the credentials: after the configured delay the client gets a failed
-    /// SecurityResult (with `reason` in RFB 3.8) and the connection closes.
-    pub fn reject_auth(&mut self, reason: &'static str) -> Result<(), CommandError> {
-        if self.phase != Phase::AuthDecision {
-            return Err(CommandError::InvalidState);
-        }
-        self.fail_reason = reason;
-        self.phase = Phase::Closing;
-        let delay = self.config.auth_failure_delay;
-        self.push_event(Event::AuthFailed { delay });
-        if delay.is_zero() {
-            self.release_failure();
-        } else {
-            self.fail_hold = Some(FailHold::Unarmed);
-        }
-        Ok(())
-    }
-
-    /// Answers ClientInit: the framebuffer size, its native pixel format and the desktop name
-    /// (at most 200 bytes; UTF-8 recommended).
-    pub fn server_init(
-        &mut self,
-        width: u16,
-        height: u16,
-        format: PixelFormat,
-        name: &[u8],
-    ) -> Result<(), CommandError> {
-        if self.phase != Phase::ServerInit {
-            return Err(CommandError::InvalidState);
-        }
-        if !format.is_valid() || !format.true_colour || name.len() > 200 {
-            return Err(CommandError::InvalidArgument);
-        }
-        let repr = ServerInitRepr {
-            width,
-            height,
-            format,
-            name_len: name.len() as u32,
-        };
-        self.out.push(ServerInitRepr::LEN + name.len(), |b| {
-            repr.emit(b);
-            b[ServerInitRepr::LEN..].copy_from_slice(name);
-        })?;
-        self.width = width;
-        self.height = height;
-        self.native = format;
-        self.client_format = format;
-        self.phase = Phase::Normal;
-        self.deadline = None;
-        Ok(())
-    }
-
-    /// Chooses the zlib implementation ZRLE compresses with (default
-    /// [`MinizCompressor`](crate::zlib::MinizCompressor)). Call before the first ZRLE update:
-    /// once the connection's stream exists this returns [`CommandError::InvalidState`].
-    #[cfg(feature = "alloc")]
-    pub fn set_zrle_compressor(
-        &mut self,
-        factory: crate::zlib::CompressorFactory,
-    ) -> Result<(), CommandError> {
-        if self.zrle.is_some() {
-            return Err(CommandError::InvalidState);
-        }
-        self.zlib = factory;
-        Ok(())
-    }
-
-    /// Rings the client's bell.
-    pub fn bell(&mut self) -> Result<(), CommandError> {
-        self.running()?;
-        self.out.push(1, |b| b[0] = ServerMessageType::Bell.into())
-    }
-
-    /// Sends ServerCutText: the header is queued and `poll_transmit` then asks the application to
-    /// send its `len` bytes itself ([`AppPayload::CutText`](crate::AppPayload::CutText)).
-    /// `Extended` needs the client's extended-clipboard support.
-    pub fn send_cut_text(&mut self, len: CutTextLength) -> Result<(), CommandError> {
-        self.running()?;
-        let extended = self.prefs.flags & bits::EXT_CLIPBOARD != 0;
-        let t = ServerMessageType::ServerCutText.into();
-        shared::queue_cut_text(&mut self.out, t, len, extended)
-    }
-
-    /// Sends a ServerFence (the client must have asked for the Fence pseudo-encoding).
-    pub fn send_fence(&mut self, flags: u32, payload: &[u8]) -> Result<(), CommandError> {
-        self.running()?;
-        if self.prefs.flags & bits::FENCE == 0 {
-            return Err(CommandError::InvalidState);
-        }
-        shared::queue_fence(&mut self.out, flags, payload)
-    }
-
-    /// Answers the last SetDesktopSize with a status code (0 success, 1 prohibited, 2 out of
-    /// resources, 3 invalid layout). The ExtendedDesktopSize reply goes out with the next update
-    /// (pass the new size in [`UpdateSource`] on success).
-    pub fn reply_desktop_size(&mut self, status: u16) -> Result<(), CommandError> {
-        self.running()?;
-        if self.prefs.flags & bits::EXT_DESKTOP_SIZE == 0 {
-            return Err(CommandError::InvalidState);
-        }
-        self.desktop_size_reply = Some(status);
-        self.update_requested = true;
-        Ok(())
-    }
+    // ---- C. commands: in handshake.rs (authentication, ServerInit) and normal.rs ----
 
     // ---- D. polls ----
 
@@ -808,8 +753,14 @@ impl Server {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
-        if self.phase == Phase::Closing && self.out.is_empty() && self.fail_hold.is_none() {
-            self.phase = Phase::Closed;
+        // `Closing` was entered when the final message was decided; the event waits until it
+        // is written (and the failure delay is over).
+        if self.phase == Phase::Closing
+            && !self.closed_reported
+            && self.out.is_empty()
+            && self.fail_hold.is_none()
+        {
+            self.closed_reported = true;
             return Some(Event::Closed);
         }
         None
@@ -853,553 +804,85 @@ impl Server {
         }
     }
 
-    /// Queues a connection failure before security is agreed (3.3: U32 0; 3.7+: U8 0) plus reason.
-    fn refuse(&mut self, reason: &'static str) {
-        let r = FailureReasonRepr {
-            reason: reason.as_bytes(),
-        };
-        let lead = if self.version == Version::V3_3 { 4 } else { 1 };
-        let _ = self.out.push(lead + r.buffer_len(), |b| {
-            b[..lead].fill(0);
-            r.emit(&mut b[lead..]);
-        });
-        self.phase = Phase::Closing;
-    }
-
-    /// Queues a failed SecurityResult (reason only in 3.8).
-    fn queue_security_failure(&mut self, reason: &str) {
-        let r = FailureReasonRepr {
-            reason: reason.as_bytes(),
-        };
-        let with_reason = self.version >= Version::V3_8;
-        let n = 4 + if with_reason { r.buffer_len() } else { 0 };
-        let _ = self.out.push(n, |b| {
-            put32(b, 0, u32::from(SecurityResult::Failed));
-            if with_reason {
-                r.emit(&mut b[4..]);
-            }
-        });
-    }
-
-    fn release_failure(&mut self) {
-        self.fail_hold = None;
-        let reason = self.fail_reason;
-        self.queue_security_failure(reason);
-        self.phase = Phase::Closing;
-    }
-
-    fn send_challenge(&mut self) -> Result<(), CommandError> {
-        let c = self.challenge;
-        self.out.push(CHALLENGE_LEN, |b| b.copy_from_slice(&c))?;
-        self.phase = Phase::VncResponse;
-        Ok(())
-    }
-
-    fn auth_success(&mut self) -> Result<(), CommandError> {
-        // RFB 3.3/3.7 skip SecurityResult for type None only (TigerVNC SConnection rule).
-        let skip = self.version < Version::V3_8 && self.method.security_type == SecurityType::None;
-        if !skip {
-            self.out
-                .push(4, |b| put32(b, 0, u32::from(SecurityResult::Ok)))?;
-        }
-        self.phase = Phase::ClientInit;
-        let m = self.method;
-        self.push_event(Event::Authenticated(m));
-        Ok(())
-    }
-
-    fn choose(&mut self, t: SecurityType) -> Result<(), Error> {
-        self.method = AuthMethod {
-            security_type: t,
-            subtype: None,
-        };
-        match t {
-            SecurityType::None => reserved(self.auth_success()),
-            SecurityType::VncAuth => reserved(self.send_challenge()),
-            SecurityType::VeNCrypt => {
-                let v = VencryptVersionRepr::V0_2;
-                self.out.push_reserved(2, |b| v.emit(b));
-                self.phase = Phase::VencryptVersion;
-            }
-            _ => return Err(Error::Protocol(ProtocolError::SecurityTypeNotOffered)),
-        }
-        Ok(())
-    }
-
-    /// One protocol unit: `(consumed, payload)`; `(0, None)` means more input is needed.
-    fn step<'i>(&mut self, input: &'i [u8]) -> Result<(usize, Option<Payload<'i>>), Error> {
-        use ProtocolError as P;
+    /// One protocol unit: `(consumed, payload)`; `(0, None)` means more input is needed. The
+    /// phase's handler decides, and makes the transition, as it consumes the unit.
+    fn step<'i>(&mut self, input: &'i [u8]) -> Step<'i> {
         match self.phase {
-            Phase::Version => {
-                let v = complete_or_wait!(
-                    ProtocolVersionRepr::parse(input),
-                    malformed => P::MalformedVersion
-                );
-                match Version::from_numbers(v.major, v.minor) {
-                    None => {
-                        self.version = Version::V3_3;
-                        self.refuse(REASON_VERSION);
-                        return Err(Error::Protocol(ProtocolError::UnsupportedVersion));
-                    }
-                    Some(cv) => self.version = cv.min(self.config.max_version),
-                }
-                debug!("rfb server: version 3.{}", self.version.minor());
-                if let Some(reason) = self.config.refuse_with {
-                    self.refuse(reason);
-                } else if self.version == Version::V3_3 {
-                    // The server picks: only None and VncAuth exist in 3.3.
-                    let pick = self
-                        .config
-                        .security_types
-                        .iter()
-                        .copied()
-                        .find(|t| matches!(t, SecurityType::None | SecurityType::VncAuth));
-                    match pick {
-                        Some(t) => {
-                            self.out
-                                .push_reserved(4, |b| put32(b, 0, u32::from(u8::from(t))));
-                            self.choose(t)?;
-                        }
-                        None => self.refuse(REASON_NO_TYPES),
-                    }
-                } else if self.config.security_types.is_empty() {
-                    self.refuse(REASON_NO_TYPES);
-                } else {
-                    let mut types = [0u8; 4];
-                    let n = self.config.security_types.len();
-                    for (d, t) in types.iter_mut().zip(self.config.security_types.iter()) {
-                        *d = u8::from(*t);
-                    }
-                    let r = SecurityTypesRepr { types: &types[..n] };
-                    self.out.push_reserved(r.buffer_len(), |b| r.emit(b));
-                    self.phase = Phase::SecurityChoice;
-                }
-                Ok((ProtocolVersionRepr::LEN, None))
-            }
-            Phase::SecurityChoice => {
-                let Some(&c) = input.first() else {
-                    return Ok((0, None));
-                };
-                let t = SecurityType::from(c);
-                if !self.config.security_types.contains(&t) {
-                    debug!("rfb server: client chose unoffered security type {}", c);
-                    self.queue_security_failure(REASON_NOT_OFFERED);
-                    self.phase = Phase::Closing;
-                    return Err(Error::Protocol(ProtocolError::SecurityTypeNotOffered));
-                }
-                self.choose(t)?;
-                Ok((1, None))
-            }
-            Phase::VncResponse => {
-                if input.len() < CHALLENGE_LEN {
-                    return Ok((0, None));
-                }
-                let mut response = [0u8; CHALLENGE_LEN];
-                response.copy_from_slice(&input[..CHALLENGE_LEN]);
-                self.phase = Phase::AuthDecision;
-                self.push_event(Event::VncAuth {
-                    challenge: self.challenge,
-                    response,
-                });
-                Ok((CHALLENGE_LEN, None))
-            }
-            Phase::AuthDecision | Phase::ServerInit => Ok((0, None)),
-            Phase::VencryptVersion => {
-                let v = complete_or_wait!(
-                    VencryptVersionRepr::parse(input),
-                    malformed => P::MalformedVencrypt
-                );
-                if v != VencryptVersionRepr::V0_2 {
-                    let _ = self.out.push(1, |b| b[0] = vencrypt_ack::VERSION_REFUSED);
-                    self.phase = Phase::Closing;
-                    return Err(Error::Protocol(ProtocolError::VencryptVersion));
-                }
-                let subs = self.config.vencrypt_subtypes.clone();
-                let n = VencryptSubtypesRepr::buffer_len_for(subs.len());
-                self.out.push_reserved(1 + n, |b| {
-                    b[0] = vencrypt_ack::VERSION_OK;
-                    VencryptSubtypesRepr::emit_list(&subs, &mut b[1..]);
-                });
-                self.phase = Phase::VencryptSubtype;
-                Ok((2, None))
-            }
-            Phase::VencryptSubtype => {
-                if input.len() < 4 {
-                    return Ok((0, None));
-                }
-                let sub = VencryptSubtype::from(be32(input, 0));
-                if !self.config.vencrypt_subtypes.contains(&sub) {
-                    if sub.uses_tls() {
-                        let _ = self.out.push(1, |b| b[0] = vencrypt_ack::SUBTYPE_REFUSED);
-                    }
-                    self.phase = Phase::Closing;
-                    return Err(Error::Protocol(ProtocolError::SubtypeNotOffered));
-                }
-                self.method.subtype = Some(sub);
-                debug!("rfb server: VeNCrypt sub-type {}", u32::from(sub));
-                if sub.uses_tls() {
-                    self.out
-                        .push_reserved(1, |b| b[0] = vencrypt_ack::SUBTYPE_OK);
-                    self.phase = Phase::AwaitTls(sub);
-                    self.push_event(Event::StartTls);
-                } else {
-                    match sub.sub_auth() {
-                        Some(SubAuth::None) => reserved(self.auth_success()),
-                        Some(SubAuth::Vnc) => reserved(self.send_challenge()),
-                        _ => self.phase = Phase::PlainCredentials,
-                    }
-                }
-                Ok((4, None))
-            }
-            Phase::AwaitTls(_) => Ok((0, None)),
-            Phase::PlainCredentials => {
-                let (u, p) = complete_or_wait!(
-                    PlainCredentialsRepr::parse_lengths(input),
-                    malformed => P::MalformedVencrypt
-                );
-                if u > self.config.limits.max_username || p > self.config.limits.max_password {
-                    self.queue_security_failure(REASON_CREDENTIALS);
-                    self.phase = Phase::Closing;
-                    return Err(Error::Protocol(ProtocolError::CredentialsTooLong));
-                }
-                let c = complete_or_wait!(
-                    PlainCredentialsRepr::parse(input),
-                    malformed => P::MalformedVencrypt
-                );
-                self.phase = Phase::AuthDecision;
-                self.push_event(Event::PlainAuth);
-                Ok((
-                    c.buffer_len(),
-                    Some(Payload::PlainCredentials {
-                        username: c.username,
-                        password: c.password,
-                    }),
-                ))
-            }
-            Phase::ClientInit => {
-                let m = complete_or_wait!(ClientInitRepr::parse(input), malformed => P::Malformed);
-                self.phase = Phase::ServerInit;
-                self.push_event(Event::ClientInit { shared: m.shared });
-                Ok((ClientInitRepr::LEN, None))
-            }
-            Phase::Normal => self.step_message(input),
-            Phase::Closing | Phase::Closed => Ok((0, None)),
+            Phase::Version => self.on_version(input),
+            Phase::SecurityChoice => self.on_security_choice(input),
+            Phase::VncResponse => self.on_vnc_response(input),
+            Phase::VencryptVersion => self.on_vencrypt_version(input),
+            Phase::VencryptSubtype => self.on_vencrypt_subtype(input),
+            Phase::PlainCredentials => self.on_plain_credentials(input),
+            Phase::ClientInit => self.on_client_init(input),
+            Phase::Normal => self.on_message(input),
+            // Waiting for the application or the TLS layer, or over: nothing is read.
+            Phase::AuthDecision
+            | Phase::ServerInit
+            | Phase::AwaitTls(_)
+            | Phase::Closing
+            | Phase::Closed => Ok((0, None)),
         }
-    }
-
-    fn step_message<'i>(&mut self, input: &'i [u8]) -> Result<(usize, Option<Payload<'i>>), Error> {
-        use ProtocolError as P;
-        match self.partial {
-            Partial::None => {}
-            Partial::Encodings {
-                remaining,
-                mut acc,
-                mut picked,
-            } => {
-                let n = (input.len() / 4).min(usize::from(remaining));
-                if n == 0 {
-                    return Ok((0, None));
-                }
-                for c in input[..4 * n].chunks_exact(4) {
-                    acc.fold(Encoding::from(be32(c, 0) as i32), &mut picked);
-                }
-                let remaining = remaining - n as u16;
-                if remaining > 0 {
-                    self.partial = Partial::Encodings {
-                        remaining,
-                        acc,
-                        picked,
-                    };
-                } else {
-                    self.partial = Partial::None;
-                    self.apply_prefs(acc);
-                }
-                return Ok((4 * n, None));
-            }
-            Partial::CutText { remaining } => {
-                let Some((data, remaining)) = shared::body_chunk(input, remaining) else {
-                    return Ok((0, None));
-                };
-                self.partial = if remaining == 0 {
-                    Partial::None
-                } else {
-                    Partial::CutText { remaining }
-                };
-                let last = remaining == 0;
-                return Ok((data.len(), Some(Payload::CutText { data, last })));
-            }
-            Partial::Screens { remaining } => {
-                let s =
-                    complete_or_wait!(Screen::parse(input), malformed => P::InvalidScreenLayout);
-                self.partial = if remaining > 1 {
-                    Partial::Screens {
-                        remaining: remaining - 1,
-                    }
-                } else {
-                    Partial::None
-                };
-                self.push_event(Event::Screen(s));
-                return Ok((Screen::LEN, None));
-            }
-        }
-        let Some(&t) = input.first() else {
-            return Ok((0, None));
-        };
-        trace!("rfb server: message type {}", t);
-        match ClientMessageType::from(t) {
-            ClientMessageType::SetPixelFormat => {
-                let m = complete_or_wait!(
-                    SetPixelFormatRepr::parse(input),
-                    malformed => P::InvalidPixelFormat
-                );
-                if !m.format.is_valid() {
-                    return Err(Error::Protocol(ProtocolError::InvalidPixelFormat));
-                }
-                if self.update.is_some() {
-                    self.pending_format = Some(m.format);
-                } else {
-                    self.set_client_format(m.format);
-                }
-                self.push_event(Event::PixelFormat(m.format));
-                Ok((SetPixelFormatRepr::LEN, None))
-            }
-            ClientMessageType::SetEncodings => {
-                let h = complete_or_wait!(SetEncodingsHeaderRepr::parse(input), malformed => P::Malformed);
-                if h.count > self.config.limits.max_encodings {
-                    return Err(Error::Protocol(ProtocolError::TooManyEncodings));
-                }
-                // Raw until the list names a pixel encoding this crate implements.
-                let acc = Prefs::new();
-                if h.count == 0 {
-                    self.apply_prefs(acc);
-                } else {
-                    self.partial = Partial::Encodings {
-                        remaining: h.count,
-                        acc,
-                        picked: false,
-                    };
-                }
-                Ok((SetEncodingsHeaderRepr::LEN, None))
-            }
-            ClientMessageType::FramebufferUpdateRequest => {
-                let m = complete_or_wait!(FramebufferUpdateRequestRepr::parse(input), malformed => P::Malformed);
-                let rect = m.rect.clip_to(self.width, self.height);
-                if self.continuous.is_some() && m.incremental {
-                    return Ok((FramebufferUpdateRequestRepr::LEN, None));
-                }
-                self.update_requested = true;
-                if !m.incremental {
-                    self.full_update_requested = true;
-                }
-                self.push_event(Event::UpdateRequested {
-                    incremental: m.incremental,
-                    rect,
-                });
-                Ok((FramebufferUpdateRequestRepr::LEN, None))
-            }
-            ClientMessageType::KeyEvent => {
-                let m = complete_or_wait!(KeyEventRepr::parse(input), malformed => P::Malformed);
-                self.push_event(Event::Key {
-                    down: m.down,
-                    keysym: m.keysym,
-                });
-                Ok((KeyEventRepr::LEN, None))
-            }
-            ClientMessageType::PointerEvent => {
-                let m =
-                    complete_or_wait!(PointerEventRepr::parse(input), malformed => P::Malformed);
-                self.push_event(Event::Pointer {
-                    buttons: m.buttons,
-                    x: m.x,
-                    y: m.y,
-                });
-                Ok((PointerEventRepr::LEN, None))
-            }
-            ClientMessageType::ClientCutText => {
-                let extended = self.prefs.flags & bits::EXT_CLIPBOARD != 0;
-                let max = self.config.limits.max_cut_text;
-                let Some(len) = shared::cut_text_header(input, extended, max)? else {
-                    return Ok((0, None));
-                };
-                if !len.is_empty() {
-                    self.partial = Partial::CutText {
-                        remaining: len.len(),
-                    };
-                }
-                self.push_event(Event::CutText(len));
-                Ok((CutTextHeaderRepr::LEN, None))
-            }
-            ClientMessageType::EnableContinuousUpdates => {
-                let m = complete_or_wait!(EnableContinuousUpdatesRepr::parse(input), malformed => P::Malformed);
-                if self.prefs.flags & bits::CONTINUOUS == 0 {
-                    return Err(Error::Protocol(ProtocolError::UnexpectedMessage(t)));
-                }
-                let rect = m.rect.clip_to(self.width, self.height);
-                if m.enable {
-                    self.continuous = Some(rect);
-                } else {
-                    self.continuous = None;
-                    self.out.push_reserved(1, end_of_continuous_updates);
-                }
-                self.push_event(Event::ContinuousUpdates {
-                    enabled: m.enable,
-                    rect,
-                });
-                Ok((EnableContinuousUpdatesRepr::LEN, None))
-            }
-            ClientMessageType::ClientFence => {
-                let (n, response) = shared::receive_fence(input, &mut self.out)?;
-                Ok((
-                    n,
-                    response.map(|(flags, data)| Payload::FenceResponse { flags, data }),
-                ))
-            }
-            ClientMessageType::SetDesktopSize => {
-                let h = complete_or_wait!(
-                    SetDesktopSizeHeaderRepr::parse(input),
-                    malformed => P::InvalidScreenLayout
-                );
-                if h.screens > self.config.limits.max_screens {
-                    return Err(Error::Protocol(ProtocolError::InvalidScreenLayout));
-                }
-                if h.screens > 0 {
-                    self.partial = Partial::Screens {
-                        remaining: h.screens,
-                    };
-                }
-                self.push_event(Event::SetDesktopSize {
-                    width: h.width,
-                    height: h.height,
-                    screens: h.screens,
-                });
-                Ok((SetDesktopSizeHeaderRepr::LEN, None))
-            }
-            ClientMessageType::Qemu => {
-                let Some(&sub) = input.get(1) else {
-                    return Ok((0, None));
-                };
-                if self.prefs.flags & bits::QEMU_KEY == 0 || !self.config.qemu_extended_key_events {
-                    return Err(Error::Protocol(P::UnknownQemuMessage(sub)));
-                }
-                // The parser refuses any sub-type but the extended key event's as soon as the
-                // sub-type byte is at hand.
-                let m = complete_or_wait!(
-                    QemuKeyEventRepr::parse(input),
-                    malformed => P::UnknownQemuMessage(sub)
-                );
-                self.push_event(Event::QemuKey {
-                    down: m.down,
-                    keysym: m.keysym,
-                    keycode: m.keycode,
-                });
-                Ok((QemuKeyEventRepr::LEN, None))
-            }
-            ClientMessageType::Unknown(t) => {
-                Err(Error::Protocol(ProtocolError::UnknownMessageType(t)))
-            }
-        }
-    }
-
-    fn set_client_format(&mut self, f: PixelFormat) {
-        self.client_format = f;
-        if !f.true_colour {
-            // Colour-map clients get a BGR233 map and are served as BGR233 (as QEMU does).
-            self.colour_map_pending = Some(0);
-        } else {
-            self.colour_map_pending = None;
-        }
-    }
-
-    fn apply_prefs(&mut self, p: Prefs) {
-        // First sight of a pseudo-encoding that needs an acknowledgement.
-        let new = p.flags & !self.acked;
-        if new & bits::CONTINUOUS != 0 {
-            self.out.push_reserved(1, end_of_continuous_updates);
-        }
-        if new & bits::FENCE != 0 {
-            let f = FenceRepr {
-                flags: fence_flags::REQUEST,
-                payload: heapless::Vec::new(),
-            };
-            self.out.push_reserved(f.buffer_len(), |b| f.emit(b));
-        }
-        if p.flags & bits::EXT_CLIPBOARD != 0 {
-            // Caps: text, with request/notify/provide, max unsolicited text size.
-            use ext_clipboard::*;
-            let caps = TEXT | CAPS | REQUEST | NOTIFY | PROVIDE;
-            let max = self.config.limits.max_cut_text;
-            let h = CutTextHeaderRepr {
-                message_type: ServerMessageType::ServerCutText.into(),
-                length: CutTextLength::Extended(8).to_wire(),
-            };
-            self.out.push_reserved(CutTextHeaderRepr::LEN + 8, |b| {
-                h.emit(b);
-                put32(b, CutTextHeaderRepr::LEN, caps);
-                put32(b, CutTextHeaderRepr::LEN + 4, max);
-            });
-        }
-        if new & bits::QEMU_KEY != 0 && self.config.qemu_extended_key_events {
-            self.qemu_key_ack_pending = true;
-        }
-        self.acked |= p.flags & (bits::CONTINUOUS | bits::FENCE | bits::QEMU_KEY);
-        if self.update.is_some() {
-            self.pending_prefs = Some(p);
-        } else {
-            self.prefs = p;
-        }
-        self.push_event(Event::EncodingsChanged);
-    }
-
-    /// Applies a SetPixelFormat / SetEncodings that arrived during an update.
-    pub(crate) fn finish_update(&mut self) {
-        self.update = None;
-        if self.continuous.is_none() {
-            self.update_requested = false;
-        }
-        self.full_update_requested = false;
-        if let Some(f) = self.pending_format.take() {
-            self.set_client_format(f);
-        }
-        if let Some(p) = self.pending_prefs.take() {
-            self.prefs = p;
-        }
-    }
-
-    fn emit_colour_map(
-        &mut self,
-        next: u16,
-        buf: &mut [u8],
-    ) -> Result<Option<Transmit>, InsufficientSize> {
-        const CHUNK: u16 = 32;
-        let n = CHUNK.min(256 - next);
-        let len = SetColourMapEntriesRepr::LEN + usize::from(n) * 6;
-        if buf.len() < len {
-            return Err(InsufficientSize { required: len });
-        }
-        SetColourMapEntriesRepr {
-            first: next,
-            count: n,
-        }
-        .emit(buf);
-        for i in 0..n {
-            let v = u32::from(next + i);
-            // BGR233: red bits 0-2, green 3-5, blue 6-7.
-            let (r, g, b) = (v & 7, (v >> 3) & 7, (v >> 6) & 3);
-            let at = SetColourMapEntriesRepr::LEN + usize::from(i) * 6;
-            put16(buf, at, (r * 65535 / 7) as u16);
-            put16(buf, at + 2, (g * 65535 / 7) as u16);
-            put16(buf, at + 4, (b * 65535 / 3) as u16);
-        }
-        self.colour_map_pending = if next + n >= 256 {
-            None
-        } else {
-            Some(next + n)
-        };
-        Ok(Some(Transmit { len, then: None }))
     }
 }
 
-/// EndOfContinuousUpdates (a lone type byte).
-fn end_of_continuous_updates(b: &mut [u8]) {
-    b[0] = ServerMessageType::EndOfContinuousUpdates.into();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(s: &mut Server) -> usize {
+        let mut buf = [0u8; 512];
+        let mut n = 0;
+        while let Some(t) = s.poll_transmit(&mut buf).unwrap() {
+            n += t.len;
+        }
+        n
+    }
+
+    /// The phase changes when the input is handled, with the answer still pending; the
+    /// `Closed` event waits until the final message is written, and comes once.
+    #[test]
+    fn transitions_happen_when_the_input_is_handled() {
+        let c = ServerConfig::with_security(&[SecurityType::VncAuth], &[]);
+        let mut s = Server::new(c, Instant::ZERO, [7; CHALLENGE_LEN]);
+        assert_eq!(drain(&mut s), 12);
+        assert_eq!(s.handle_input(b"RFB 003.008\n").unwrap().consumed, 12);
+        assert_eq!(
+            s.phase,
+            Phase::SecurityChoice,
+            "with the type list still queued"
+        );
+        assert!(!s.out.is_empty());
+        assert_eq!(drain(&mut s), 2);
+        assert_eq!(s.handle_input(&[2]).unwrap().consumed, 1);
+        assert_eq!(
+            s.phase,
+            Phase::VncResponse,
+            "with the challenge still queued"
+        );
+        assert_eq!(drain(&mut s), CHALLENGE_LEN);
+        assert_eq!(s.handle_input(&[0; CHALLENGE_LEN]).unwrap().consumed, 16);
+        assert!(matches!(s.poll_event(), Some(Event::VncAuth { .. })));
+        s.config.auth_failure_delay = Duration::ZERO;
+        s.reject_auth("no").unwrap();
+        assert_eq!((s.phase, s.state()), (Phase::Closing, State::Closing));
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::AuthFailed {
+                delay: Duration::ZERO
+            })
+        );
+        assert_eq!(
+            s.poll_event(),
+            None,
+            "held back until the failure is written"
+        );
+        assert_eq!(s.state(), State::Closing);
+        assert_eq!(drain(&mut s), 4 + 4 + 2);
+        assert_eq!(s.phase, Phase::Closing, "writing output changes no phase");
+        assert_eq!(s.poll_event(), Some(Event::Closed));
+        assert_eq!((s.phase, s.state()), (Phase::Closing, State::Closed));
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(s.handle_input(&[0]), Err(Error::Closed));
+    }
 }
