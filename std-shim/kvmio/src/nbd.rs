@@ -39,18 +39,14 @@ pub(crate) fn serve(a: NbdServeArgs) -> Result<()> {
             a.tls12,
         )?)
     };
-    let service = service(
-        catalog,
-        NbdServiceOptions {
-            endpoints,
-            tls_mode: a.tls.nbd_mode(),
-            tls,
-            handshake_timeout: (a.handshake_timeout > 0)
-                .then(|| Duration::from_secs(a.handshake_timeout)),
-            max_connections: a.max_connections,
-            backlog: a.backlog,
-        },
-    );
+    let mut options = NbdServiceOptions::new(endpoints);
+    options.tls_mode = a.tls.nbd_mode();
+    options.tls = tls;
+    options.handshake_timeout =
+        (a.handshake_timeout > 0).then(|| Duration::from_secs(a.handshake_timeout));
+    options.max_connections = a.max_connections;
+    options.backlog = a.backlog;
+    let service = service(catalog, options);
     let control = Arc::new(ServerControl::default());
     stop_on_signals(&control)?;
     services::run(vec![service], a.runtime, control, |_, _, bound| {

@@ -12,31 +12,67 @@ use nbd_core::wire::{AllocationFlags, ErrorCode, Extent};
 
 /// What an export is stored in. Implementations are shared by every connection to the export,
 /// so they are `Sync`, and FLUSH on one connection covers writes made through all of them.
+///
+/// Only [`size`](Backend::size) and [`read_at`](Backend::read_at) are required. The server
+/// offers what [`features`](Backend::features) says and refuses the other commands itself, so a
+/// backend that leaves a feature out never sees its call; the defaults are for those. A backend
+/// that takes writes but keeps them in memory (or somewhere FLUSH cannot reach) must not claim
+/// [`ExportFeatures::FLUSH`] or [`ExportFeatures::FUA`].
 pub trait Backend: Send + Sync {
     /// Size in bytes.
     fn size(&self) -> u64;
-    /// What the backend can do beyond read/write.
-    fn features(&self) -> ExportFeatures;
+    /// What the backend can do beyond read/write (default: nothing more).
+    fn features(&self) -> ExportFeatures {
+        ExportFeatures::empty()
+    }
     /// Fills `buf` from `offset` (the range is within the size).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// Writes `buf` at `offset`; with `fua` the data is durable before this returns.
-    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
-    /// Makes every completed write durable.
-    fn flush(&self) -> io::Result<()>;
-    /// Discards the range; it may then read as anything (here: zeroes).
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Writes `buf` at `offset`; with `fua` the data is durable before this returns (default:
+    /// a read-only backend, every write fails with `EROFS`; export it read-only so that clients
+    /// are told up front).
+    fn write_at(&self, _buf: &[u8], _offset: u64, _fua: bool) -> io::Result<()> {
+        Err(io::ErrorKind::ReadOnlyFilesystem.into())
+    }
+    /// Makes every completed write durable (called with [`ExportFeatures::FLUSH`] only; default:
+    /// nothing to do).
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Discards the range; it may then read as anything (called with [`ExportFeatures::TRIM`]
+    /// only).
+    fn trim(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// Zeroes the range; `may_trim` allows a hole; with `fast`, fail with `Unsupported` unless
-    /// it is much faster than writing zeroes.
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fast: bool) -> io::Result<()>;
-    /// Prefetches the range.
-    fn cache(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// it is much faster than writing zeroes (called with [`ExportFeatures::WRITE_ZEROES`] only).
+    fn write_zeroes(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _may_trim: bool,
+        _fast: bool,
+    ) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Prefetches the range (called with [`ExportFeatures::CACHE`] only; default: nothing).
+    fn cache(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// The file behind the export, if reads may be sent from it directly (`sendfile`).
     fn file(&self) -> Option<&std::sync::Arc<File>> {
         None
     }
     /// Appends `base:allocation` extents describing `[offset, offset + len)` (at least one,
-    /// at most `max`; the last may stop short).
-    fn extents(&self, offset: u64, len: u64, max: usize, out: &mut Vec<Extent>) -> io::Result<()>;
+    /// at most `max`; the last may stop short; called with [`ExportFeatures::BASE_ALLOCATION`]
+    /// only; default: all data).
+    fn extents(&self, offset: u64, len: u64, _max: usize, out: &mut Vec<Extent>) -> io::Result<()> {
+        let _ = offset;
+        out.push(Extent {
+            length: len,
+            flags: 0,
+        });
+        Ok(())
+    }
 }
 
 /// The NBD error for an I/O error, as the spec ("Error values") and qemu-nbd and nbdkit map

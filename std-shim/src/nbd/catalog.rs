@@ -10,6 +10,7 @@ use super::backend::Backend;
 use super::server::MAX_PAYLOAD;
 
 /// One export: its name, description and storage.
+#[non_exhaustive]
 pub struct ExportSpec {
     /// Name clients select.
     pub name: String,
@@ -21,6 +22,20 @@ pub struct ExportSpec {
     pub read_only: bool,
     /// Reachable only over TLS (selective mode).
     pub tls_only: bool,
+}
+
+impl ExportSpec {
+    /// An export named `name` with no description, writable (unless the backend refuses),
+    /// reachable with or without TLS as the server's policy says.
+    pub fn new(name: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
+        Self {
+            name: name.into(),
+            description: String::new(),
+            backend,
+            read_only: false,
+            tls_only: false,
+        }
+    }
 }
 
 /// The exports a server offers and the core's view of them.

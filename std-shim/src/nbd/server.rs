@@ -12,6 +12,7 @@ use crate::nbd::backend::{Backend, errno};
 use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
 
 /// How an NBD service runs.
+#[non_exhaustive]
 pub struct NbdServiceOptions {
     /// Where to listen.
     pub endpoints: Vec<crate::io::Endpoint>,
@@ -26,6 +27,21 @@ pub struct NbdServiceOptions {
     pub max_connections: usize,
     /// Listen backlog (`None`: the most the system allows).
     pub backlog: Option<u32>,
+}
+
+impl NbdServiceOptions {
+    /// Listening on `endpoints`, without TLS, no negotiation deadline, at most 1,024
+    /// connections, the system's listen backlog.
+    pub fn new(endpoints: Vec<crate::io::Endpoint>) -> Self {
+        Self {
+            endpoints,
+            tls_mode: nbd_core::server::TlsMode::Off,
+            tls: None,
+            handshake_timeout: None,
+            max_connections: 1024,
+            backlog: None,
+        }
+    }
 }
 
 /// The NBD service over `catalog`.
