@@ -297,11 +297,9 @@ impl<T: Read + Write, S: Service> Driver<'_, T, S> {
     /// The service asked for TLS: its plaintext is out; the rest of the input is ciphertext.
     async fn start_tls(&mut self) -> Result<(), DriverError> {
         let permit = crate::tls::Permit::acquire().ok_or(DriverError::NoTlsMemory)?;
-        let layer = crate::tls::new_layer(LayerOptions {
-            rx_capacity: TLS_RX_INITIAL,
-            ..LayerOptions::minimal(TLS_PLAINTEXT_LIMIT)
-        })
-        .ok_or(DriverError::NoTlsMemory)?;
+        let mut options = LayerOptions::minimal(TLS_PLAINTEXT_LIMIT);
+        options.rx_capacity = TLS_RX_INITIAL;
+        let layer = crate::tls::new_layer(options).ok_or(DriverError::NoTlsMemory)?;
         // Held from here on: the layer's heap is counted even if the switch fails.
         self._permit = Some(permit);
         self.link.start_tls(layer).map_err(switch_error)?;

@@ -22,33 +22,28 @@ use crate::storage::{IMAGE_LEN, RAM_DISK_LEN, Store};
 
 /// The exports; index = [`STORES`] index.
 const EXPORTS: [Export<'static>; 2] = [
-    Export {
-        name: "iso",
-        description: "read-only test image in flash",
-        size: IMAGE_LEN as u64,
-        read_only: true,
-        tls_only: false,
-        block_size: BLOCK_SIZE,
-        features: ExportFeatures::FLUSH
-            .union(ExportFeatures::CACHE)
-            .union(ExportFeatures::BASE_ALLOCATION),
-    },
-    Export {
-        name: "ram",
-        description: "writable RAM disk",
-        size: RAM_DISK_LEN as u64,
-        read_only: false,
-        tls_only: false,
-        block_size: BLOCK_SIZE,
+    Export::new("iso", IMAGE_LEN as u64)
+        .with_description("read-only test image in flash")
+        .with_read_only(true)
+        .with_block_size(BLOCK_SIZE)
+        .with_features(
+            ExportFeatures::FLUSH
+                .union(ExportFeatures::CACHE)
+                .union(ExportFeatures::BASE_ALLOCATION),
+        ),
+    Export::new("ram", RAM_DISK_LEN as u64)
+        .with_description("writable RAM disk")
+        .with_block_size(BLOCK_SIZE)
         // No MULTI_CONN: not claimed for the writable disk.
-        features: ExportFeatures::FLUSH
-            .union(ExportFeatures::FUA)
-            .union(ExportFeatures::TRIM)
-            .union(ExportFeatures::WRITE_ZEROES)
-            .union(ExportFeatures::FAST_ZERO)
-            .union(ExportFeatures::CACHE)
-            .union(ExportFeatures::BASE_ALLOCATION),
-    },
+        .with_features(
+            ExportFeatures::FLUSH
+                .union(ExportFeatures::FUA)
+                .union(ExportFeatures::TRIM)
+                .union(ExportFeatures::WRITE_ZEROES)
+                .union(ExportFeatures::FAST_ZERO)
+                .union(ExportFeatures::CACHE)
+                .union(ExportFeatures::BASE_ALLOCATION),
+        ),
 ];
 const STORES: [Store; 2] = [Store::Flash, Store::Ram];
 

@@ -27,10 +27,7 @@ fuzz_target!(|data: &[u8]| {
             _ => Goal::ListMetaContexts,
         },
     };
-    let mut client: Client<8> = Client::new(ClientConfig {
-        tls_required: tls == TlsPolicy::Require,
-        ..ClientConfig::default()
-    });
+    let mut client: Client<8> = Client::new(ClientConfig::new().with_tls_required(tls == TlsPolicy::Require));
     let mut neg = Negotiator::new();
     let cut = usize::from(cut).max(1);
     let mut out = vec![0u8; 1 << 14];

@@ -11,12 +11,7 @@ use nbd_core::Instant;
 
 static EXPORTS: [Export<'static>; 2] = [
     Export::new("disk", 1 << 20),
-    Export {
-        read_only: true,
-        tls_only: true,
-        block_size: BlockSize { minimum: 512, preferred: 4096, maximum: 1 << 20 },
-        ..Export::new("ro", 1 << 20)
-    },
+    Export::new("ro", 1 << 20).with_read_only(true).with_tls_only(true).with_block_size(BlockSize { minimum: 512, preferred: 4096, maximum: 1 << 20 }),
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         meta_contexts: if cfg & 4 != 0 { &["base:allocation"] } else { &[] },
         goal: if cfg & 8 != 0 { Goal::Info } else { Goal::Go },
     };
-    let mut client: Client<8> = Client::new(ClientConfig { tls_required: true, ..ClientConfig::default() });
+    let mut client: Client<8> = Client::new(ClientConfig::new().with_tls_required(true));
     let mut neg = Negotiator::new();
     let mut out = vec![0u8; 1 << 14];
     let mut cookie = 0u64;

@@ -41,6 +41,7 @@ impl defmt::Format for ExportFeatures {
 /// One export a server offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct Export<'a> {
     /// The name clients select it by (at most 4096 bytes, no NUL).
     pub name: &'a str,
@@ -76,6 +77,37 @@ impl<'a> Export<'a> {
             block_size: BlockSize::DEFAULT,
             features: ExportFeatures::all().difference(ExportFeatures::ROTATIONAL),
         }
+    }
+
+    /// With this description (for `static`/`const` tables: the struct grows, so it is built
+    /// with `new` and these, not with a struct literal).
+    pub const fn with_description(mut self, description: &'a str) -> Self {
+        self.description = description;
+        self
+    }
+
+    /// Read-only or not.
+    pub const fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Reachable only after TLS in selective mode, or not.
+    pub const fn with_tls_only(mut self, tls_only: bool) -> Self {
+        self.tls_only = tls_only;
+        self
+    }
+
+    /// With these block size constraints.
+    pub const fn with_block_size(mut self, block_size: BlockSize) -> Self {
+        self.block_size = block_size;
+        self
+    }
+
+    /// With exactly these features.
+    pub const fn with_features(mut self, features: ExportFeatures) -> Self {
+        self.features = features;
+        self
     }
 
     /// The transmission flags to advertise, given what the connection negotiated.

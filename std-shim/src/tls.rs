@@ -119,21 +119,17 @@ pub fn server_config(
             acl.rule(AclPolicy::Allow, format, a.clone())
         })
     });
-    let opts = ServerOptions {
-        versions: versions(tls12)?,
-        acl,
-        ..ServerOptions::default()
-    };
+    let mut opts = ServerOptions::default();
+    opts.versions = versions(tls12)?;
+    opts.acl = acl;
     TlsServerConfig::with_options(&creds, &opts).map_err(|e| anyhow!("{}: {e}", dir.display()))
 }
 
 /// Loads client credentials (CA, CRL, optional client certificate) and builds the configuration.
 pub fn client_config(dir: &Path, tls12: bool) -> Result<TlsClientConfig> {
     let creds = load(dir, CredsOptions::system(Endpoint::Client))?;
-    let opts = ClientOptions {
-        versions: versions(tls12)?,
-        ..ClientOptions::default()
-    };
+    let mut opts = ClientOptions::default();
+    opts.versions = versions(tls12)?;
     TlsClientConfig::with_options(&creds, &opts).map_err(|e| anyhow!("{}: {e}", dir.display()))
 }
 

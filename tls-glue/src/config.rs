@@ -61,6 +61,7 @@ fn cfg_err(what: &str, e: impl fmt::Display) -> ConfigError {
 
 /// Options for [`TlsServerConfig::with_options`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ServerOptions {
     /// TLS versions to accept.
     pub versions: TlsVersions,
@@ -72,6 +73,7 @@ pub struct ServerOptions {
 
 /// Options for [`TlsClientConfig::with_options`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// TLS versions to offer.
     pub versions: TlsVersions,

@@ -195,6 +195,7 @@ pub struct CredsPem<'a> {
 
 /// How to load credentials.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CredsOptions {
     /// Server or client.
     pub endpoint: Endpoint,

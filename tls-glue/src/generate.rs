@@ -31,6 +31,7 @@ pub enum KeyAlgorithm {
 
 /// What to generate.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// DNS names of the server (subject alternative names; the first is also its CN).
     pub hostnames: Vec<String>,

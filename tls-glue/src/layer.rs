@@ -28,6 +28,7 @@ const MIN_RX_CAPACITY: usize = 1024;
 
 /// Buffer sizing of a [`TlsLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LayerOptions {
     /// Initial ciphertext receive buffer, in bytes (at least 1 KiB). Larger lets one transport
     /// read carry several records. When a record does not fit, the buffer grows: to

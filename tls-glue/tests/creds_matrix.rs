@@ -570,15 +570,13 @@ fn one_creds_object_serves_several_services() {
     let pki = Pki::new();
     let creds = server_creds_with(&pki.ca.pem, None, &pki.server, true, default_backend());
     // e.g. VNC with an ACL and NBD without, from the same credentials
-    let vnc = TlsServerConfig::with_options(
-        &creds,
-        &ServerOptions {
-            acl: Some(Acl::allow_only([
-                "C=GB,ST=London,L=City Of London,O=Test Org,CN=client.example.com",
-            ])),
-            ..Default::default()
-        },
-    )
+    let vnc = TlsServerConfig::with_options(&creds, &{
+        let mut o = ServerOptions::default();
+        o.acl = Some(Acl::allow_only([
+            "C=GB,ST=London,L=City Of London,O=Test Org,CN=client.example.com",
+        ]));
+        o
+    })
     .unwrap();
     let nbd = TlsServerConfig::new(&creds).unwrap();
     let cc = client_creds_with(&pki.ca.pem, None, Some(&pki.client), default_backend());

@@ -39,13 +39,11 @@ fn server_cfg(
     acl: Option<Acl>,
 ) -> TlsServerConfig {
     let creds = server_creds_with(pki_ca, crl, leaf, verify, default_backend());
-    TlsServerConfig::with_options(
-        &creds,
-        &ServerOptions {
-            acl,
-            ..Default::default()
-        },
-    )
+    TlsServerConfig::with_options(&creds, &{
+        let mut o = ServerOptions::default();
+        o.acl = acl;
+        o
+    })
     .unwrap()
 }
 
@@ -303,13 +301,11 @@ fn dn_not_in_acl() {
     assert_eq!(c.error(), Some(TlsError::PeerAlert(49)));
     // an ACL without client verification is refused at configuration time
     let creds = server_creds_with(&pki.ca.pem, None, &pki.server, false, default_backend());
-    let e = TlsServerConfig::with_options(
-        &creds,
-        &ServerOptions {
-            acl: Some(Acl::allow_only([dn])),
-            ..Default::default()
-        },
-    )
+    let e = TlsServerConfig::with_options(&creds, &{
+        let mut o = ServerOptions::default();
+        o.acl = Some(Acl::allow_only([dn]));
+        o
+    })
     .unwrap_err();
     assert!(e.to_string().contains("verify-peer"));
 }
@@ -321,13 +317,11 @@ fn pinning_refuses_a_changed_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(TrustedServers::open(&dir).unwrap());
     let cc = client_creds_with(&pki.ca.pem, None, None, default_backend());
-    let ccfg = TlsClientConfig::with_options(
-        &cc,
-        &ClientOptions {
-            validator: Some(store.clone()),
-            ..Default::default()
-        },
-    )
+    let ccfg = TlsClientConfig::with_options(&cc, &{
+        let mut o = ClientOptions::default();
+        o.validator = Some(store.clone());
+        o
+    })
     .unwrap();
     let scfg = server_cfg(&pki.ca.pem, None, &pki.server, false, None);
     assert_eq!(run(&scfg, &ccfg, "localhost").0, Ok(()), "first use pins");

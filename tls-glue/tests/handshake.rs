@@ -19,21 +19,17 @@ fn pair(
 ) -> (TlsLayer, TlsLayer) {
     let sc = server_creds_with(&pki.ca.pem, None, &pki.server, true, sb);
     let cc = client_creds_with(&pki.ca.pem, None, Some(&pki.client), cb);
-    let scfg = TlsServerConfig::with_options(
-        &sc,
-        &ServerOptions {
-            versions,
-            ..Default::default()
-        },
-    )
+    let scfg = TlsServerConfig::with_options(&sc, &{
+        let mut o = ServerOptions::default();
+        o.versions = versions;
+        o
+    })
     .unwrap();
-    let ccfg = TlsClientConfig::with_options(
-        &cc,
-        &ClientOptions {
-            versions,
-            ..Default::default()
-        },
-    )
+    let ccfg = TlsClientConfig::with_options(&cc, &{
+        let mut o = ClientOptions::default();
+        o.versions = versions;
+        o
+    })
     .unwrap();
     (
         TlsLayer::client(&ccfg, "localhost").unwrap(),
@@ -90,13 +86,11 @@ fn tls12_every_backend() {
         let (mut c, mut s) = pair(&pki, b.clone(), b.clone(), TlsVersions::Tls12AndTls13);
         // offering both negotiates 1.3; force 1.2 on one side
         let sc = server_creds_with(&pki.ca.pem, None, &pki.server, true, b.clone());
-        let scfg = TlsServerConfig::with_options(
-            &sc,
-            &ServerOptions {
-                versions: TlsVersions::Tls12AndTls13,
-                ..Default::default()
-            },
-        )
+        let scfg = TlsServerConfig::with_options(&sc, &{
+            let mut o = ServerOptions::default();
+            o.versions = TlsVersions::Tls12AndTls13;
+            o
+        })
         .unwrap();
         exchange(&mut c, &mut s);
         assert_eq!(c.protocol_version(), Some("TLSv1.3"));

@@ -125,9 +125,10 @@ fn full_records_are_delivered_in_place() {
     let data = pattern(200_000);
     let mut peaks = Vec::new();
     for in_place in [true, false] {
-        let opts = LayerOptions {
-            deliver_in_place: in_place,
-            ..LayerOptions::minimal(LIMIT)
+        let opts = {
+            let mut o = LayerOptions::minimal(LIMIT);
+            o.deliver_in_place = in_place;
+            o
         };
         let (mut c, mut s) = connected(opts);
         let wire = records(&mut c, &data, MAX_FRAGMENT_LEN);
@@ -173,9 +174,10 @@ fn remainders_are_kept_and_joined_with_the_next_record() {
 #[test]
 fn same_results_without_in_place_delivery() {
     for in_place in [false, true] {
-        let opts = LayerOptions {
-            deliver_in_place: in_place,
-            ..LayerOptions::minimal(LIMIT)
+        let opts = {
+            let mut o = LayerOptions::minimal(LIMIT);
+            o.deliver_in_place = in_place;
+            o
         };
         let (mut c, mut s) = connected(opts);
         let data = pattern(60_000);

@@ -100,13 +100,11 @@ fn handshake_dir(dir: &Path, backend: &CryptoBackend, acl: Option<Acl>) -> (TlsL
     let sc = TlsCreds::load_dir(dir, sopts).unwrap_or_else(|r| panic!("{}: {r}", backend.name()));
     let cc = TlsCreds::load_dir(dir, copts).unwrap_or_else(|r| panic!("{}: {r}", backend.name()));
     assert!(!sc.report().has_errors());
-    let scfg = TlsServerConfig::with_options(
-        &sc,
-        &ServerOptions {
-            acl,
-            ..Default::default()
-        },
-    )
+    let scfg = TlsServerConfig::with_options(&sc, &{
+        let mut o = ServerOptions::default();
+        o.acl = acl;
+        o
+    })
     .unwrap();
     let mut s = TlsLayer::server(&scfg).unwrap();
     let mut c = TlsLayer::client(&TlsClientConfig::new(&cc).unwrap(), "localhost").unwrap();
@@ -152,11 +150,12 @@ fn generated_layout_loads_and_gnutls_accepts_it() {
         KeyAlgorithm::Rsa2048,
     ] {
         let dir = tmpdir(&format!("gen-{alg:?}"));
-        let opts = GenerateOptions {
-            hostnames: vec!["localhost".into(), "nbd.example.com".into()],
-            client_cn: "laptop.example.com".into(),
-            key_algorithm: alg,
-            ..Default::default()
+        let opts = {
+            let mut o = GenerateOptions::default();
+            o.hostnames = vec!["localhost".into(), "nbd.example.com".into()];
+            o.client_cn = "laptop.example.com".into();
+            o.key_algorithm = alg;
+            o
         };
         let out = generate_qemu_layout(&dir, &opts).unwrap();
         assert_eq!(out.files.len(), 7);
@@ -275,13 +274,11 @@ fn gnutls_client_to_our_server() {
     let dir = tmpdir("gnutls-cli");
     let generated = generate_qemu_layout(&dir, &GenerateOptions::default()).unwrap();
     let creds = TlsCreds::load_dir(&dir, CredsOptions::system(Endpoint::Server)).unwrap();
-    let cfg = TlsServerConfig::with_options(
-        &creds,
-        &ServerOptions {
-            acl: Some(Acl::allow_only([generated.client_dn.clone()])),
-            ..Default::default()
-        },
-    )
+    let cfg = TlsServerConfig::with_options(&creds, &{
+        let mut o = ServerOptions::default();
+        o.acl = Some(Acl::allow_only([generated.client_dn.clone()]));
+        o
+    })
     .unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();

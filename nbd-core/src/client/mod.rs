@@ -62,6 +62,7 @@ pub use negotiator::{Goal, NegotiateError, Negotiator, Plan, TlsPolicy};
 /// Client configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Refuse to send anything but STARTTLS in the clear, and fail if TLS cannot be had
     /// (`nbds://`).
@@ -73,14 +74,31 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientConfig {
+    /// The defaults (no TLS required, 16 KiB option replies), usable in `const` items.
+    pub const fn new() -> Self {
         Self {
             tls_required: false,
             max_reply_len: 16 * 1024,
         }
     }
-}
 
-impl ClientConfig {
+    /// With TLS required or not.
+    pub const fn with_tls_required(mut self, tls_required: bool) -> Self {
+        self.tls_required = tls_required;
+        self
+    }
+
+    /// With this longest option reply.
+    pub const fn with_max_reply_len(mut self, max_reply_len: u32) -> Self {
+        self.max_reply_len = max_reply_len;
+        self
+    }
+
     /// The smallest input buffer the driver must offer `handle_input`.
     pub fn input_buffer_len(&self) -> usize {
         (OptionReplyHeaderRepr::LEN + self.max_reply_len as usize)

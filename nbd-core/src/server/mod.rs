@@ -92,6 +92,7 @@ pub enum TlsMode {
 
 /// Server configuration. The export table is borrowed for the connection's lifetime.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ServerConfig<'a> {
     /// The exports offered.
     pub exports: &'a [Export<'a>],

@@ -220,15 +220,10 @@ fn pair(exports: &'static [Export<'static>], plan: Plan<'static>) -> Pair<'stati
 }
 
 static EXPORTS: [Export<'static>; 2] = [
-    Export {
-        description: "the disk",
-        ..Export::new("disk", SIZE as u64)
-    },
-    Export {
-        read_only: true,
-        description: "",
-        ..Export::new("iso", SIZE as u64)
-    },
+    Export::new("disk", SIZE as u64).with_description("the disk"),
+    Export::new("iso", SIZE as u64)
+        .with_read_only(true)
+        .with_description(""),
 ];
 
 #[test]
@@ -478,14 +473,12 @@ fn export_name_and_disconnect() {
 
 #[test]
 fn block_sizes_are_advertised_and_enforced() {
-    static E: [Export<'static>; 1] = [Export {
-        block_size: BlockSize {
+    static E: [Export<'static>; 1] =
+        [Export::new("disk", SIZE as u64).with_block_size(BlockSize {
             minimum: 512,
             preferred: 4096,
             maximum: 65536,
-        },
-        ..Export::new("disk", SIZE as u64)
-    }];
+        })];
     let mut p = pair(&E, plan(Goal::Go, TlsPolicy::Disable, false, true, false));
     p.drive().unwrap();
     let info = ready(&p);
@@ -525,10 +518,7 @@ fn tls_pair(
     c.tls = mode;
     Pair::new(
         c,
-        ClientConfig {
-            tls_required: required,
-            ..ClientConfig::default()
-        },
+        ClientConfig::new().with_tls_required(required),
         pattern_disk(SIZE),
     )
     .with_plan(plan(Goal::Go, policy, false, true, true))
@@ -583,10 +573,7 @@ fn tls_client_fails_closed_against_plain_server() {
 #[test]
 fn tls_selective_hides_tls_only_exports() {
     static E: [Export<'static>; 2] = [
-        Export {
-            tls_only: true,
-            ..Export::new("disk", SIZE as u64)
-        },
+        Export::new("disk", SIZE as u64).with_tls_only(true),
         Export::new("public", SIZE as u64),
     ];
     let mut p = tls_pair(TlsMode::Selective, TlsPolicy::Disable, false, &E);
@@ -637,10 +624,8 @@ fn multi_conn_can_be_turned_off() {
 
 #[test]
 fn read_only_multi_conn_features() {
-    static E: [Export<'static>; 1] = [Export {
-        features: ExportFeatures::FLUSH,
-        ..Export::new("disk", SIZE as u64)
-    }];
+    static E: [Export<'static>; 1] =
+        [Export::new("disk", SIZE as u64).with_features(ExportFeatures::FLUSH)];
     let mut p = pair(&E, plan(Goal::Go, TlsPolicy::Disable, false, true, true));
     p.drive().unwrap();
     let info = ready(&p);

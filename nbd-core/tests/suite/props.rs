@@ -171,10 +171,7 @@ fn scenario(
     };
     let mut p = Pair::new(
         config,
-        ClientConfig {
-            tls_required: tls,
-            ..ClientConfig::default()
-        },
+        ClientConfig::new().with_tls_required(tls),
         pattern_disk(SIZE),
     )
     .with_plan(plan(Goal::Go, policy, eh, sr, true));

@@ -9,10 +9,7 @@ use nbd_core::wire::*;
 
 static EXPORTS: [Export<'static>; 2] = [
     Export::new("disk", 1 << 20),
-    Export {
-        read_only: true,
-        ..Export::new("ro", 1 << 20)
-    },
+    Export::new("ro", 1 << 20).with_read_only(true),
 ];
 
 struct S {

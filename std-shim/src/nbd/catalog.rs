@@ -58,20 +58,18 @@ impl Catalog {
                             | ExportFeatures::FAST_ZERO,
                     );
                 }
-                Export {
-                    // The names live as long as the catalog; the core borrows them from here.
-                    name: leak(&s.name),
-                    description: leak(&s.description),
-                    size: s.backend.size(),
-                    read_only: s.read_only,
-                    tls_only: s.tls_only,
-                    block_size: nbd_core::wire::BlockSize {
-                        minimum: 1,
-                        preferred: 4096,
-                        maximum: MAX_PAYLOAD,
-                    },
-                    features,
-                }
+                // The names live as long as the catalog; the core borrows them from here.
+                let mut e = Export::new(leak(&s.name), s.backend.size());
+                e.description = leak(&s.description);
+                e.read_only = s.read_only;
+                e.tls_only = s.tls_only;
+                e.block_size = nbd_core::wire::BlockSize {
+                    minimum: 1,
+                    preferred: 4096,
+                    maximum: MAX_PAYLOAD,
+                };
+                e.features = features;
+                e
             })
             .collect::<Vec<_>>();
         ServerConfig::new(&exports)

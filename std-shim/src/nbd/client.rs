@@ -86,10 +86,9 @@ pub struct ClientSession<A> {
 impl<A: ClientApp> ClientSession<A> {
     /// A session negotiating per `options`, then running `app`.
     pub fn new(options: Options, app: A) -> Self {
-        let config = ClientConfig {
-            tls_required: options.tls == TlsPolicy::Require,
-            max_reply_len: 64 * 1024,
-        };
+        let mut config = ClientConfig::default();
+        config.tls_required = options.tls == TlsPolicy::Require;
+        config.max_reply_len = 64 * 1024;
         Self {
             client: Client::new(config),
             negotiator: Negotiator::new(),
