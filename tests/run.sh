@@ -21,6 +21,12 @@ fi
 step "format"
 cargo fmt --all -- --check
 
+step "generated HID keymap tables (rfb-core/src/hid/layouts/generated.rs) match their sources"
+keymaps_scratch=$(mktemp -d)
+python3 rfb-core/tools/gen_keymaps.py --out "$keymaps_scratch"
+diff -u rfb-core/src/hid/layouts/generated.rs "$keymaps_scratch/generated.rs"
+rm -rf "$keymaps_scratch"
+
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

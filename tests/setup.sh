@@ -9,6 +9,9 @@ pkgs=(nbdkit libnbd-bin python3-libnbd nbd-server nbd-client gnutls-bin qemu-uti
 # for screenshots) and libvncserver-dev + pkg-config for bench/rfb.
 pkgs+=(gvncviewer tigervnc-viewer tigervnc-standalone-server tigervnc-tools xvfb xauth x11-utils
   imagemagick libvncserver-dev pkg-config)
+# keysymdef.h for rfb-core/tools/gen_keymaps.py (the HID keymap tables; the keymaps themselves
+# are in qemu-system-data, which qemu-system-x86 below depends on)
+pkgs+=(x11proto-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -236,6 +236,7 @@ mod parse;
 
 pub mod auth;
 mod error;
+pub mod hid;
 mod pixel;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Generates rfb-core/src/hid/layouts/generated.rs: keysym -> (PC scancode, modifiers) tables.
+
+Inputs (Debian packages):
+  /usr/share/qemu/keymaps/<name>   qemu-system-data: QEMU's keymaps, written by qemu-keymap
+                                   from xkeyboard-config (model pc105)
+  /usr/include/X11/keysymdef.h     x11proto-dev: keysym names -> values (and Unicode code points)
+
+A keymap line is `<keysym name> <qnum> [shift] [altgr] [numlock]`: the key with QEMU number
+<qnum> (PS/2 set-1 make code; 0xE0-prefixed codes as 0x80 | code) produces the keysym when the
+listed modifiers are active (numlock: only with NumLock on). qemu-keymap writes a `quirks`
+section at the end with keysyms that share a key with an earlier one. The old hand-written
+directives (include, map, addupper, localstate, inhibit, ctrl) never occur in generated files;
+they are refused, and files without the qemu-keymap header are skipped.
+
+For each keysym one key is kept, the cheapest to type: fewest modifiers (Shift counts less than
+AltGr, NumLock least), keys missing from the layout's usual keyboard (the ISO key 0x56 on US
+ANSI, the Japanese and Brazilian extra keys elsewhere) last, then file order. Its flags say
+what the Rust side must do about the modifier state:
+
+  SHIFT / ALTGR       the keysym needs Shift / AltGr (level 2, 3, 4)
+  NO_SHIFT / NO_ALTGR the keysym is a character and the same key gives a different character
+                      with Shift / AltGr added, so they must be up
+  NUMLOCK / NO_NUMLOCK a keypad keysym that needs NumLock on / off
+  CAPS                CapsLock swaps this key's lower and upper case letters (the key's two
+                      levels at this AltGr state are a case pair)
+
+Usage: gen_keymaps.py [--keymaps DIR] [--keysymdef FILE] [--out DIR]
+Writes <out>/generated.rs (default: the committed location); tests/run.sh regenerates into a
+scratch directory and compares.
+"""
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.normpath(os.path.join(HERE, "..", "src", "hid", "layouts"))
+
+SHIFT, NO_SHIFT, ALTGR, NO_ALTGR, NUMLOCK, NO_NUMLOCK, CAPS = (1 << i for i in range(7))
+FLAG_NAMES = [
+    (SHIFT, "SHIFT"),
+    (NO_SHIFT, "NO_SHIFT"),
+    (ALTGR, "ALTGR"),
+    (NO_ALTGR, "NO_ALTGR"),
+    (NUMLOCK, "NUMLOCK"),
+    (NO_NUMLOCK, "NO_NUMLOCK"),
+    (CAPS, "CAPS"),
+]
+
+# Keys a layout's usual keyboard does not have (typing cost +8, more than any modifier mix).
+JAPANESE_KEYS = {0x70, 0x73, 0x77, 0x79, 0x7B, 0x7D}
+BRAZILIAN_KEYS = {0x73, 0x7E}
+EXTRA_KEYS = JAPANESE_KEYS | BRAZILIAN_KEYS | {0x5C}
+
+
+def exotic(layout, qnum):
+    if layout == "ja":
+        return qnum in EXTRA_KEYS - JAPANESE_KEYS
+    if layout == "pt-br":
+        return qnum in EXTRA_KEYS - BRAZILIAN_KEYS
+    if layout == "en-us" and qnum == 0x56:
+        return True  # ANSI keyboards have no key between left Shift and Z
+    return qnum in EXTRA_KEYS
+
+
+def parse_keysymdef(path):
+    """name -> (value, code point or None); only one-to-one Unicode mappings count."""
+    one_to_one = re.compile(r"^#define XK_([a-zA-Z_0-9]+)\s+0x([0-9a-fA-F]+)\s*/\* U\+([0-9A-F]{4,6}) ")
+    plain = re.compile(r"^#define XK_([a-zA-Z_0-9]+)\s+0x([0-9a-fA-F]+)\b")
+    names = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = one_to_one.match(line)
+            if m:
+                names.setdefault(m.group(1), (int(m.group(2), 16), int(m.group(3), 16)))
+                continue
+            m = plain.match(line)
+            if m:
+                names.setdefault(m.group(1), (int(m.group(2), 16), None))
+    if len(names) < 1000:
+        sys.exit(f"{path}: only {len(names)} keysyms found; not keysymdef.h?")
+    return names
+
+
+def resolve(names, name):
+    """(keysym, code point) or None. `Uxxxx` names are Unicode keysyms (keysymdef.h's rule)."""
+    if name in names:
+        return names[name]
+    m = re.fullmatch(r"U([0-9A-Fa-f]{4,6})", name)
+    if m:
+        return unicode_keysym(int(m.group(1), 16))
+    if re.fullmatch(r"0x0*1[0-9a-fA-F]{6}", name):  # qemu-keymap's spelling of a nameless one
+        return unicode_keysym(int(name, 16) - 0x01000000)
+    return None
+
+
+def unicode_keysym(cp):
+    """The keysym of a code point: Latin-1 keysyms are the code point itself."""
+    if 0x20 <= cp <= 0x7E or 0xA0 <= cp <= 0xFF:
+        return (cp, cp)
+    if 0x100 <= cp <= 0x10FFFF:
+        return (0x01000000 | cp, cp)
+    return None
+
+
+def printable(cp):
+    return cp is not None and cp >= 0x20 and cp != 0x7F
+
+
+def case_pair(lower, upper):
+    if not (printable(lower) and printable(upper)) or lower == upper:
+        return False
+    lo, up = chr(lower), chr(upper)
+    return lo.upper() == up and up.lower() == lo
+
+
+def parse_keymap(path):
+    """(description, entries) or None; entries are (name, qnum, shift, altgr, numlock)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if "# generated by qemu-keymap" not in text.split("\n# modifiers", 1)[0]:
+        return None
+    m = re.search(r'^# name: "(.*)"$', text, re.M)
+    description = m.group(1) if m else ""
+    entries = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) < 2 or not re.fullmatch(r"0x[0-9a-fA-F]+", parts[1]):
+            sys.exit(f"{path}:{lineno}: not `<keysym> <hex code> [modifiers]`: {raw!r}")
+        mods = parts[2:]
+        unknown = set(mods) - {"shift", "altgr", "numlock"}
+        if unknown:
+            sys.exit(f"{path}:{lineno}: unsupported keymap option(s) {sorted(unknown)}")
+        qnum = int(parts[1], 16)
+        if not 0 < qnum <= 0xFF:
+            sys.exit(f"{path}:{lineno}: key number {parts[1]} outside 0x01..=0xff")
+        entries.append((parts[0], qnum, "shift" in mods, "altgr" in mods, "numlock" in mods))
+    return description, entries
+
+
+def build(layout, entries, names, skipped):
+    resolved = []  # (keysym, cp, qnum, shift, altgr, numlock, order)
+    for order, (name, qnum, shift, altgr, numlock) in enumerate(entries):
+        r = resolve(names, name)
+        if r is None:
+            skipped.add(name)
+            continue
+        resolved.append((r[0], r[1], qnum, shift, altgr, numlock, order))
+    # what each key gives at each (shift, altgr) level, NumLock off (first entry wins, as the
+    # main section lists each key's levels before the quirks)
+    level = {}
+    numlock_keys = set()
+    for ks, cp, qnum, shift, altgr, numlock, _ in resolved:
+        if numlock:
+            numlock_keys.add(qnum)
+        else:
+            level.setdefault((qnum, shift, altgr), (ks, cp))
+    best = {}
+    for ks, cp, qnum, shift, altgr, numlock, order in resolved:
+        flags = 0
+        if shift:
+            flags |= SHIFT
+        elif printable(cp) and not numlock:
+            other = level.get((qnum, True, altgr))
+            if other and printable(other[1]) and other[1] != cp:
+                flags |= NO_SHIFT
+        if altgr:
+            flags |= ALTGR
+        elif printable(cp) and not numlock:
+            other = level.get((qnum, shift, True))
+            if other and printable(other[1]) and other[1] != cp:
+                flags |= NO_ALTGR
+        if numlock:
+            flags |= NUMLOCK
+        elif qnum in numlock_keys:
+            flags |= NO_NUMLOCK
+        if not numlock:
+            lower = level.get((qnum, False, altgr))
+            upper = level.get((qnum, True, altgr))
+            if lower and upper and case_pair(lower[1], upper[1]) and ks in (lower[0], upper[0]):
+                flags |= CAPS
+        cost = 2 * shift + 3 * altgr + numlock + (8 if exotic(layout, qnum) else 0)
+        key = (cost, order)
+        if ks not in best or key < best[ks][0]:
+            best[ks] = (key, qnum, flags)
+    return sorted((ks, qnum, flags) for ks, (_, qnum, flags) in best.items())
+
+
+def flag_expr(flags):
+    parts = [n for bit, n in FLAG_NAMES if flags & bit]
+    return " | ".join(parts) if parts else "0"
+
+
+def const_name(layout):
+    return layout.upper().replace("-", "_")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--keymaps", default="/usr/share/qemu/keymaps")
+    ap.add_argument("--keysymdef", default="/usr/include/X11/keysymdef.h")
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    args = ap.parse_args()
+
+    names = parse_keysymdef(args.keysymdef)
+    reverse = {}
+    for name, (value, _) in names.items():
+        reverse.setdefault(value, name)
+
+    inputs = [args.keysymdef]
+    layouts = []
+    not_generated = []
+    skipped = set()
+    for fname in sorted(os.listdir(args.keymaps)):
+        path = os.path.join(args.keymaps, fname)
+        parsed = parse_keymap(path)
+        if parsed is None:
+            not_generated.append(fname)
+            continue
+        description, entries = parsed
+        table = build(fname, entries, names, skipped)
+        layouts.append((fname, description, table))
+        inputs.append(path)
+    for required in ("en-us", "en-gb", "de", "fr"):
+        if required not in [l[0] for l in layouts]:
+            sys.exit(f"{args.keymaps}: no generated keymap `{required}`")
+
+    out = []
+    w = out.append
+    w("// @generated by rfb-core/tools/gen_keymaps.py; do not edit. Regenerate with")
+    w("//     python3 rfb-core/tools/gen_keymaps.py")
+    w("// (tests/run.sh regenerates into a scratch directory and fails on any difference).")
+    w("//")
+    w("// Inputs: QEMU's keymaps (Debian qemu-system-data, written by qemu-keymap from")
+    w("// xkeyboard-config) and the keysym names of keysymdef.h (Debian x11proto-dev):")
+    for path in inputs:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        w(f"//     sha256 {digest}  {path}")
+    if not_generated:
+        w(f"// Skipped, not written by qemu-keymap: {', '.join(not_generated)}.")
+    if skipped:
+        w("// Keysym names not in keysymdef.h (vendor keysyms), left out:")
+        line = "//    "
+        for name in sorted(skipped):
+            if len(line) + len(name) + 1 > 99:
+                w(line)
+                line = "//    "
+            line += " " + name
+        w(line)
+    w("//")
+    w("// Each entry: e(keysym, QEMU key number, flags) // keysym name: one key per keysym,")
+    w("// sorted by keysym (see the script's doc for how the key is chosen and what the flags mean).")
+    w("")
+    used = [n for bit, n in FLAG_NAMES if any(f & bit for _, _, t in layouts for _, _, f in t)]
+    w("use super::{" + ", ".join(["Layout", "e"] + used) + "};")
+    w("")
+    w("/// Every generated layout, sorted by name (referencing it links all of them).")
+    w("pub static ALL: &[&Layout] = &[" + ", ".join(f"&{const_name(n)}" for n, _, _ in layouts) + "];")
+    for name, description, table in layouts:
+        w("")
+        w(f"/// `{name}`: {description} ({len(table)} keysyms).")
+        w(f"pub static {const_name(name)}: Layout = Layout {{")
+        w(f'    name: "{name}",')
+        w(f'    description: "{description}",')
+        w("    entries: &[")
+        for ks, qnum, flags in table:
+            label = reverse.get(ks)
+            if label is None:
+                label = f"U{ks & 0xFFFFFF:04X}" if ks >= 0x01000000 else f"{ks:#x}"
+            w(f"        e(0x{ks:04x}, 0x{qnum:02x}, {flag_expr(flags)}), // {label}")
+        w("    ],")
+        w("};")
+    text = "\n".join(out) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    target = os.path.join(args.out, "generated.rs")
+    with open(target, "w", encoding="utf-8") as f:
+        f.write(text)
+    total = sum(len(t) for _, _, t in layouts)
+    print(f"{target}: {len(layouts)} layouts, {total} entries", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
