@@ -53,7 +53,7 @@ timeout 60 qemu-system-arm -M mps2-an500 -nographic -semihosting-config enable=o
 step "unit, property and interop tests"
 # the interop tests (kvmio-tests) run the release kvmio binary against qemu/libnbd/nbdkit
 cargo build --release -p kvmio
-cargo build --release -p nbd-core -p std-shim --examples
+cargo build --release -p nbd-core -p rfb-core -p tls-glue -p std-shim --examples
 cargo test --workspace
 
 step "fuzz (${FUZZ_SECONDS}s per target)"
