@@ -56,6 +56,18 @@ cargo build --release -p kvmio
 cargo build --release -p nbd-core -p rfb-core -p tls-glue -p std-shim --examples
 cargo test --workspace
 
+step "the crates' tool examples, briefly (the role examples ran above, in crate_examples)"
+examples_scratch=$(mktemp -d)
+cargo run -q --release -p tls-glue --features generate --example throughput -- 64
+cargo run -q --release -p rfb-core --features alloc --example fuzz_seeds -- "$examples_scratch/corpus"
+for t in rfb_server rfb_client rfb_decoders; do
+  test -n "$(ls -A "$examples_scratch/corpus/$t")"
+done
+target/release/examples/vnc_encode_bench sizes
+target/release/examples/vnc_encode_bench frames "$examples_scratch/frames"
+BENCH_SECONDS=1 target/release/examples/vnc_encode_bench run "$examples_scratch/frames"
+rm -rf "$examples_scratch"
+
 step "fuzz (${FUZZ_SECONDS}s per target)"
 if rustup toolchain list | grep -q '^nightly'; then
   fuzz=(cargo +nightly fuzz)

@@ -1,7 +1,8 @@
 //! In-memory TLS throughput of `TlsLayer` (one core, both peers in one thread), the way an
 //! NBD server sends READ replies: a 16-byte header + 256 KiB payload per `encrypt` call.
 //!
-//! `cargo run --release -p tls-glue --example throughput --features generate`
+//! `cargo run --release -p tls-glue --example throughput --features generate [-- MIB]`
+//! (MIB: bytes per measurement in MiB, default 1024)
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +20,10 @@ fn main() {
     backends.push(CryptoBackend::ring());
     #[cfg(feature = "rustcrypto")]
     backends.push(CryptoBackend::rustcrypto(Arc::new(OsRandom)));
-    let total: usize = 1 << 30;
+    let mib: usize = std::env::args()
+        .nth(1)
+        .map_or(1024, |a| a.parse().expect("MIB: a number"));
+    let total: usize = mib << 20;
     let chunk = 256 * 1024 + 16;
     for b in backends {
         let sc = TlsCreds::load_dir(
