@@ -59,6 +59,8 @@ pub enum ProtocolError {
     CopyRectSourceOutOfBounds,
     /// A rectangle uses an encoding the client did not ask for.
     UnrequestedEncoding(i32),
+    /// A QEMU LED State byte with bits other than ScrollLock, NumLock and CapsLock.
+    InvalidLedState(u8),
     /// An RRE rectangle announces more sub-rectangles than its area allows.
     TooManySubrectangles,
     /// A sub-rectangle extends outside its rectangle or tile.
@@ -118,6 +120,7 @@ impl fmt::Display for ProtocolError {
             UnrequestedEncoding(e) => {
                 write!(f, "rectangle uses encoding {e} which was not requested")
             }
+            InvalidLedState(s) => write!(f, "invalid QEMU LED state {s:#04x}"),
             TooManySubrectangles => f.write_str("too many sub-rectangles"),
             SubrectangleOutOfBounds => f.write_str("sub-rectangle outside its rectangle"),
             MalformedHextile => f.write_str("malformed Hextile data"),

@@ -248,6 +248,12 @@ pub enum Event<'a> {
     },
     /// The server accepts QEMU extended key events ([`Client::qemu_key_event`]).
     QemuKeyEventsSupported,
+    /// The keyboard LEDs (QEMU LED State pseudo-encoding): bit 0 ScrollLock, 1 NumLock,
+    /// 2 CapsLock.
+    LedState {
+        /// The bits.
+        state: u8,
+    },
     /// SetColourMapEntries: entries follow as [`Payload::ColourMapEntries`].
     ColourMap {
         /// First index.
@@ -436,6 +442,7 @@ enum Ev {
     },
     DesktopName,
     QemuKey,
+    LedState(u8),
     ColourMap(u16, u16),
     Bell,
     CutText(CutTextLength),
@@ -682,6 +689,7 @@ impl Client {
             },
             Ev::DesktopName => Event::DesktopName { name: &self.text },
             Ev::QemuKey => Event::QemuKeyEventsSupported,
+            Ev::LedState(state) => Event::LedState { state },
             Ev::ColourMap(first, count) => Event::ColourMap { first, count },
             Ev::Bell => Event::Bell,
             Ev::CutText(l) => Event::CutText(l),

@@ -522,6 +522,18 @@ impl Client {
                 }
                 Ok((n + 4, None))
             }
+            Encoding::QemuLedState => {
+                if input.len() < n + 1 {
+                    return Ok((0, None));
+                }
+                let state = input[n];
+                if state & !0b111 != 0 {
+                    return Err(P::InvalidLedState(state).into());
+                }
+                self.push(Ev::LedState(state));
+                self.end_rect(remaining, None);
+                Ok((n + 1, None))
+            }
             Encoding::QemuExtendedKeyEvent => {
                 self.have |= HAVE_QEMU_KEY;
                 self.push(Ev::QemuKey);

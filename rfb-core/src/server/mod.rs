@@ -512,6 +512,9 @@ pub struct Server {
     pub(crate) continuous: Option<Rect>,
     pub(crate) desktop_size_reply: Option<u16>,
     pub(crate) qemu_key_ack_pending: bool,
+    /// The keyboard LEDs (QEMU LED State bits) and whether the client has yet to get them.
+    pub(crate) leds: u8,
+    pub(crate) leds_pending: bool,
     pub(crate) colour_map_pending: Option<u16>,
     pub(crate) update: Option<UpdateState>,
     #[cfg(feature = "alloc")]
@@ -581,6 +584,8 @@ impl Server {
             continuous: None,
             desktop_size_reply: None,
             qemu_key_ack_pending: false,
+            leds: 0,
+            leds_pending: false,
             colour_map_pending: None,
             update: None,
             #[cfg(feature = "alloc")]

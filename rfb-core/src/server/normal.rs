@@ -61,6 +61,29 @@ impl Server {
         Ok(())
     }
 
+    /// The target's keyboard LEDs changed (QEMU LED State bits: 0 ScrollLock, 1 NumLock,
+    /// 2 CapsLock; [`crate::hid::Leds::qemu_led_state`]). A client that asked for the QEMU LED
+    /// State pseudo-encoding gets the new state as a pseudo-rectangle of the next update (and
+    /// gets the current state as soon as it asks for the encoding); for others this only
+    /// remembers it. Returns whether this client is waiting for an update to carry it, so the
+    /// application can send one (it may be empty) as soon as [`wants_update`](Self::wants_update).
+    pub fn set_led_state(&mut self, state: u8) -> Result<bool, CommandError> {
+        self.running()?;
+        if state & !0b111 != 0 {
+            return Err(CommandError::InvalidArgument);
+        }
+        if state != self.leds {
+            self.leds = state;
+            self.leds_pending = true;
+        }
+        Ok(self.led_update_due())
+    }
+
+    /// Whether the client asked for the LED state and has not got the current one yet.
+    pub fn led_update_due(&self) -> bool {
+        self.leds_pending && self.prefs.flags & bits::QEMU_LED != 0
+    }
+
     // ---------------------------------------------------------------- input
 
     /// One client message (or one piece of a message that arrives in pieces) in the normal
@@ -319,7 +342,11 @@ impl Server {
         if new & bits::QEMU_KEY != 0 && self.config.qemu_extended_key_events {
             self.qemu_key_ack_pending = true;
         }
-        self.acked |= p.flags & (bits::CONTINUOUS | bits::FENCE | bits::QEMU_KEY);
+        if new & bits::QEMU_LED != 0 {
+            // The first update after the client asks tells it the current state.
+            self.leds_pending = true;
+        }
+        self.acked |= p.flags & (bits::CONTINUOUS | bits::FENCE | bits::QEMU_KEY | bits::QEMU_LED);
         if self.update.is_some() {
             self.pending_prefs = Some(p);
         } else {

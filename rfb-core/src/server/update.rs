@@ -92,6 +92,7 @@ const PSEUDO_SIZE: u8 = 1;
 const PSEUDO_NAME: u8 = 2;
 const PSEUDO_QEMU_KEY: u8 = 4;
 const PSEUDO_CURSOR: u8 = 8;
+const PSEUDO_LED: u8 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -224,6 +225,9 @@ impl Server {
         }
         if self.qemu_key_ack_pending {
             pseudo |= PSEUDO_QEMU_KEY;
+        }
+        if self.led_update_due() {
+            pseudo |= PSEUDO_LED;
         }
         if let Some(c) = &src.cursor
             && flags & bits::CURSOR != 0
@@ -445,6 +449,22 @@ impl Server {
             .emit(out);
             st.pseudo &= !PSEUDO_QEMU_KEY;
             return Some(RectHeaderRepr::LEN);
+        }
+        if st.pseudo & PSEUDO_LED != 0 {
+            // As QEMU sends it: a 1 × 1 pseudo-rectangle at the origin, then one byte.
+            let n = RectHeaderRepr::LEN + 1;
+            if out.len() < n {
+                return None;
+            }
+            RectHeaderRepr {
+                rect: Rect::new(0, 0, 1, 1),
+                encoding: Encoding::QemuLedState,
+            }
+            .emit(out);
+            out[RectHeaderRepr::LEN] = self.leds;
+            self.leds_pending = false;
+            st.pseudo &= !PSEUDO_LED;
+            return Some(n);
         }
         // Cursor: header, then rows of translated pixels, then the mask.
         let c = src.cursor?;

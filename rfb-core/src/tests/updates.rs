@@ -714,3 +714,81 @@ fn pluggable_zrle_compressor() {
         Err(crate::CommandError::InvalidState)
     );
 }
+
+/// Sends one update with no damage (what carries a pending LED state) and delivers it.
+fn empty_update(p: &mut Pair) {
+    let src = UpdateSource::new(p.server_fb.fb(), &[]);
+    let mut out = vec![0u8; 4096];
+    loop {
+        let st = p.server.encode_update(&src, &mut out).unwrap();
+        p.s2c.extend_from_slice(&out[..st.written]);
+        p.rec_s2c.extend_from_slice(&out[..st.written]);
+        if st.done {
+            break;
+        }
+    }
+    p.run();
+}
+
+#[test]
+fn qemu_led_state_goes_to_clients_that_ask() {
+    let mut p = session(
+        Auth::None,
+        Encoding::Raw,
+        PixelFormat::RGB888,
+        PixelFormat::RGB888,
+        PixelFormat::RGB888,
+        8,
+        8,
+    );
+    let leds = |p: &Pair| -> Vec<String> {
+        p.client_events
+            .iter()
+            .filter(|e| e.starts_with("LedState"))
+            .cloned()
+            .collect()
+    };
+    // Not asked for: remembered, never sent.
+    assert!(!p.server.set_led_state(0b100).unwrap());
+    p.client
+        .request_update(true, Rect::new(0, 0, 8, 8))
+        .unwrap();
+    p.run();
+    empty_update(&mut p);
+    assert!(leds(&p).is_empty(), "{:?}", p.client_events);
+    assert_eq!(
+        p.server.set_led_state(0b1000),
+        Err(crate::CommandError::InvalidArgument)
+    );
+
+    // Asking for it brings the current state with the next update.
+    let mut enc = encodings_for(Encoding::Raw);
+    enc.push(Encoding::QemuLedState);
+    p.client.set_encodings(&enc).unwrap();
+    p.client
+        .request_update(true, Rect::new(0, 0, 8, 8))
+        .unwrap();
+    p.run();
+    assert!(p.server.led_update_due());
+    empty_update(&mut p);
+    assert_eq!(leds(&p), ["LedState { state: 4 }"]);
+    assert!(!p.server.led_update_due());
+
+    // A change is due at once; the same state again is not.
+    p.client
+        .request_update(true, Rect::new(0, 0, 8, 8))
+        .unwrap();
+    p.run();
+    assert!(p.server.set_led_state(0b110).unwrap());
+    empty_update(&mut p);
+    assert!(!p.server.set_led_state(0b110).unwrap());
+    assert_eq!(leds(&p), ["LedState { state: 4 }", "LedState { state: 6 }"]);
+    // The wire form is QEMU's: a 1 × 1 rectangle of encoding −261, then the byte.
+    let tail = &p.rec_s2c[p.rec_s2c.len() - 17..];
+    assert_eq!(
+        tail,
+        [
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0xff, 0xff, 0xfe, 0xfb, 6
+        ]
+    );
+}

@@ -70,6 +70,7 @@ pub(crate) mod bits {
     pub(crate) const FENCE: u32 = 1 << 10;
     pub(crate) const CONTINUOUS: u32 = 1 << 11;
     pub(crate) const EXT_CLIPBOARD: u32 = 1 << 12;
+    pub(crate) const QEMU_LED: u32 = 1 << 13;
 }
 
 impl Encoding {
@@ -92,6 +93,7 @@ impl Encoding {
             Self::Fence => FENCE,
             Self::ContinuousUpdates => CONTINUOUS,
             Self::ExtendedClipboard => EXT_CLIPBOARD,
+            Self::QemuLedState => QEMU_LED,
             e if e.compress_level().is_some() => 0,
             _ => return None,
         })
