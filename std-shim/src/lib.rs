@@ -153,6 +153,8 @@
 //! `examples/nbd_own_backend.rs` is a writable version of the same (a copy-on-write overlay over
 //! the block numbers) that CI checks with `nbdinfo` and `qemu-io` on both runtimes.
 
+pub mod gadget;
+pub mod input;
 pub mod io;
 pub mod nbd;
 pub mod pump;

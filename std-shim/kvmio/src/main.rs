@@ -14,6 +14,7 @@ macro_rules! say {
 
 mod args;
 mod creds;
+mod gadget;
 mod nbd;
 mod progress;
 mod serve;
@@ -53,6 +54,7 @@ fn main() {
         Top::Nbd(NbdCommand::Ping { uri, count, tls }) => nbd::ping(&uri, count, &tls),
         Top::Nbd(NbdCommand::Copy(a)) => nbd::copy(a),
         Top::Creds(c) => creds::run(c),
+        Top::Gadget(c) => gadget::run(c),
         Top::Vnc(VncCommand::Serve(a)) => vnc::serve(a),
         Top::Vnc(VncCommand::Capture(a)) => vnc::capture(a),
         Top::Serve(a) => serve::run(*a),

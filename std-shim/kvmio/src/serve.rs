@@ -89,6 +89,14 @@ pub(crate) struct FileVnc {
     pub(crate) size: Option<String>,
     /// Desktop name.
     pub(crate) name: Option<String>,
+    /// The USB gadget whose keyboard and pointer viewers type into.
+    pub(crate) hid: Option<String>,
+    /// Its keyboard node (instead of looking it up).
+    pub(crate) hid_keyboard: Option<PathBuf>,
+    /// Its pointer node.
+    pub(crate) hid_pointer: Option<PathBuf>,
+    /// The target's keyboard layout.
+    pub(crate) keyboard_layout: Option<String>,
 }
 
 /// `[nbd]`.
@@ -257,6 +265,17 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         let password_file = a.password_file.as_ref().or(file.vnc.password_file.as_ref());
         let plain_users = a.plain_users.as_ref().or(file.vnc.plain_users.as_ref());
         let image = a.image.as_ref().or(file.vnc.image.as_ref());
+        let hid_args = crate::args::gadget::HidArgs {
+            hid: a.hid.hid.clone().or(file.vnc.hid.clone()),
+            hid_keyboard: a.hid.hid_keyboard.clone().or(file.vnc.hid_keyboard.clone()),
+            hid_pointer: a.hid.hid_pointer.clone().or(file.vnc.hid_pointer.clone()),
+            keyboard_layout: a
+                .hid
+                .keyboard_layout
+                .clone()
+                .or(file.vnc.keyboard_layout.clone()),
+        };
+        let hid = crate::gadget::hid_config(&hid_args)?;
         let settings = VncSettings {
             security: security.map(String::as_str),
             password_file: password_file.map(PathBuf::as_path),
@@ -264,6 +283,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             image: image.map(PathBuf::as_path),
             size: size.map_or("1024x768", String::as_str),
             name: name.map_or("kvmio", String::as_str),
+            hid: hid.as_ref(),
         };
         serve.add_vnc(endpoints(listen, None, 5900)?, &settings)?;
     }

@@ -15,6 +15,7 @@ use crate::args::vnc::{VncCaptureArgs, VncServeArgs};
 
 /// Runs `kvmio vnc serve`.
 pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
+    let hid = crate::gadget::hid_config(&a.hid)?;
     let config = VncSettings {
         security: a.security.as_deref(),
         password_file: a.password_file.as_deref(),
@@ -22,6 +23,7 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
         image: a.image.as_deref(),
         size: &a.size,
         name: &a.name,
+        hid: hid.as_ref(),
     }
     .server_config(a.tls_creds.is_some(), a.handshake_timeout)?;
     let needs_tls = config.security.iter().any(|n| n.is_x509());

@@ -14,11 +14,15 @@ use rfb_core::server::{
 use rfb_core::wire::{Encoding, Rect};
 use rfb_core::{AuthThrottle, Framebuffer};
 
+use crate::input::{Input, Viewer};
 use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
 use crate::vnc::desktop::{Desktop, Image, NATIVE, Pattern, clip};
 use crate::vnc::security::{
     PlainUsers, SecName, ZlibRsCompressor, format_security_list, server_offer,
 };
+
+/// How often a session that shows the target's LEDs looks for a change.
+const LED_POLL: Duration = Duration::from_millis(50);
 
 /// Peers remembered by the failed-login throttle.
 pub const THROTTLE_PEERS: usize = 256;
@@ -93,6 +97,9 @@ pub struct VncServerConfig {
     pub handshake_timeout: Duration,
     /// Failures in a row after which a peer address is blocked (10 s, doubling up to 10 min).
     pub throttle_threshold: u16,
+    /// Where keys and pointer events go (the target's HID gadget, or the log), shared by
+    /// every connection.
+    pub input: Arc<Input>,
 }
 
 impl VncServerConfig {
@@ -228,7 +235,11 @@ pub struct VncServerSession {
     forced: bool,
     next_frame: Instant,
     frame_period: Duration,
-    buttons: u8,
+    /// The viewer's input (from authentication on).
+    viewer: Option<Viewer>,
+    /// The LED change last passed to the core, and when to look for the next one.
+    leds_seen: u64,
+    next_led_poll: Instant,
     authenticated: bool,
     updates: u64,
 }
@@ -245,24 +256,6 @@ fn union(a: Option<Rect>, b: Rect) -> Rect {
         (x1 - u32::from(x0)) as u16,
         (y1 - u32::from(y0)) as u16,
     )
-}
-
-/// A keysym for the log: the character for printable Latin-1, else the number.
-fn keysym_name(k: u32) -> String {
-    match k {
-        0x20..=0x7e | 0xa0..=0xff => format!("{:?} (0x{k:04x})", char::from(k as u8)),
-        0xff08 => "BackSpace".into(),
-        0xff09 => "Tab".into(),
-        0xff0d => "Return".into(),
-        0xff1b => "Escape".into(),
-        0xff51..=0xff54 => ["Left", "Up", "Right", "Down"][(k - 0xff51) as usize].into(),
-        0xffe1 | 0xffe2 => "Shift".into(),
-        0xffe3 | 0xffe4 => "Control".into(),
-        0xffe9 | 0xffea => "Alt".into(),
-        0xffff => "Delete".into(),
-        0xffbe..=0xffc9 => format!("F{}", k - 0xffbe + 1),
-        _ => format!("0x{k:04x}"),
-    }
 }
 
 impl VncServerSession {
@@ -297,7 +290,9 @@ impl VncServerSession {
             forced: false,
             next_frame: now,
             frame_period: Duration::from_secs(1) / fps,
-            buttons: 0,
+            viewer: None,
+            leds_seen: 0,
+            next_led_poll: now,
             authenticated: false,
             updates: 0,
         })
@@ -317,6 +312,41 @@ impl VncServerSession {
                 Fb::Pattern(Box::new(Pattern::new(*width, *height)))
             }
         })
+    }
+
+    /// The framebuffer size (before ClientInit: the desktop's).
+    fn fb_size(&self) -> (u16, u16) {
+        match &self.fb {
+            Some(f) => {
+                let i = f.image();
+                (i.width, i.height)
+            }
+            None => self.shared.config.desktop.size(),
+        }
+    }
+
+    /// Whether the viewer wants the target's keyboard LEDs and the sink has them.
+    fn watches_leds(&self) -> bool {
+        self.authenticated
+            && self.server.client_supports(Encoding::QemuLedState)
+            && self.viewer.as_ref().is_some_and(|v| v.leds().is_some())
+    }
+
+    /// Hands a change of the target's LEDs to the core (which sends it with the next update).
+    fn poll_leds(&mut self, now: Instant) -> Result<()> {
+        if !self.watches_leds() {
+            return Ok(());
+        }
+        self.next_led_poll = now + LED_POLL;
+        if let Some((bits, seq)) = self.viewer.as_ref().and_then(Viewer::leds)
+            && seq != self.leds_seen
+        {
+            self.leds_seen = seq;
+            self.server
+                .set_led_state(bits)
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
     }
 
     /// FramebufferUpdates sent so far.
@@ -398,6 +428,7 @@ impl VncServerSession {
                     subtype,
                 }) => {
                     self.authenticated = true;
+                    self.viewer = Some(self.shared.config.input.viewer(&self.peer));
                     let how = match subtype {
                         Some(s) => format!("VeNCrypt {}", SecName::describe_subtype(u32::from(s))),
                         None => SecName::describe_type(u8::from(security_type)),
@@ -427,28 +458,24 @@ impl VncServerSession {
                         self.full = Some(union(self.full, rect));
                     }
                 }
-                Event::Key { down, keysym } => log::info!(
-                    "{}: key {} {}",
-                    self.peer,
-                    keysym_name(keysym),
-                    if down { "down" } else { "up" }
-                ),
+                Event::Key { down, keysym } => {
+                    if let Some(v) = self.viewer.as_mut() {
+                        v.key(down, keysym, None);
+                    }
+                }
                 Event::QemuKey {
                     down,
                     keysym,
                     keycode,
-                } => log::info!(
-                    "{}: key {} (scancode 0x{keycode:x}) {}",
-                    self.peer,
-                    keysym_name(keysym),
-                    if down { "down" } else { "up" }
-                ),
+                } => {
+                    if let Some(v) = self.viewer.as_mut() {
+                        v.key(down, keysym, Some(keycode));
+                    }
+                }
                 Event::Pointer { buttons, x, y } => {
-                    if buttons != self.buttons {
-                        log::info!("{}: pointer buttons {buttons:#010b} at {x},{y}", self.peer);
-                        self.buttons = buttons;
-                    } else {
-                        log::debug!("{}: pointer at {x},{y}", self.peer);
+                    let (w, h) = self.fb_size();
+                    if let Some(v) = self.viewer.as_mut() {
+                        v.pointer(buttons, x, y, w, h);
                     }
                 }
                 Event::CutText(len) => {
@@ -490,6 +517,8 @@ impl VncServerSession {
             return Ok(());
         }
         let now = Instant::now();
+        self.poll_leds(now)?;
+        let leds = self.server.led_update_due();
         self.framebuffer();
         let Some(fbuf) = self.fb.as_mut() else {
             return Ok(());
@@ -506,7 +535,7 @@ impl VncServerSession {
             }
             damage.push(Damage::Changed(full.clip_to(w, h)));
         } else if let Fb::Pattern(p) = fbuf {
-            if now < self.next_frame {
+            if now < self.next_frame && !leds {
                 return Ok(());
             }
             let area = self.wanted.unwrap_or(whole);
@@ -519,7 +548,7 @@ impl VncServerSession {
                 }
             }
         }
-        if damage.is_empty() && !self.forced {
+        if damage.is_empty() && !self.forced && !leds {
             return Ok(());
         }
         let Some(img) = self.fb.as_ref().map(Fb::image) else {
@@ -631,10 +660,8 @@ impl Session for VncServerSession {
             && self.full.is_none()
             && matches!(self.fb, Some(Fb::Pattern(_))))
         .then_some(self.next_frame);
-        match (core, frame) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let leds = self.watches_leds().then_some(self.next_led_poll);
+        [core, frame, leds].into_iter().flatten().min()
     }
 
     fn timeout(&mut self, now: Instant) {

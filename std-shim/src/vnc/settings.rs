@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
+use crate::input::Input;
+use crate::input::hidg::{HidGadget, HidGadgetConfig};
 use crate::vnc::desktop::{Desktop, Image, parse_geometry};
 use crate::vnc::security::{PlainUsers, SecName, parse_security_list, read_password_file};
 use crate::vnc::server::VncServerConfig;
@@ -28,6 +30,8 @@ pub struct VncSettings<'a> {
     pub size: &'a str,
     /// The desktop name.
     pub name: &'a str,
+    /// The target computer's USB HID gadget (`None`: input is only logged).
+    pub hid: Option<&'a HidGadgetConfig>,
 }
 
 impl VncSettings<'_> {
@@ -96,6 +100,10 @@ impl VncSettings<'_> {
             fps: 15,
             handshake_timeout: Duration::from_secs(handshake_timeout.max(1)),
             throttle_threshold: 5,
+            input: Arc::new(match self.hid {
+                Some(h) => Input::new(Box::new(HidGadget::open(h)?)),
+                None => Input::log(),
+            }),
         })
     }
 }

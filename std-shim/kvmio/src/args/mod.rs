@@ -2,6 +2,7 @@
 //! enum per concept: the library's [`TlsPolicy`] and [`Runtime`], the CLI's [`YesNo`]).
 
 pub(crate) mod creds;
+pub(crate) mod gadget;
 pub(crate) mod nbd;
 pub(crate) mod serve;
 pub(crate) mod vnc;
@@ -42,6 +43,9 @@ pub(crate) enum Top {
     /// VNC server and capture client.
     #[command(subcommand)]
     Vnc(vnc::VncCommand),
+    /// The USB gadget (keyboard, pointer, virtual media) the target computer is plugged into.
+    #[command(subcommand)]
+    Gadget(gadget::GadgetCommand),
     /// Serve VNC and NBD together over TLS from one set of credentials (the main job; with no
     /// arguments: development credentials, a test pattern on 127.0.0.1:5900 and a 64 MiB RAM
     /// disk on 127.0.0.1:10809).
@@ -55,7 +59,7 @@ impl Top {
             Top::Nbd(n) => matches!(n, nbd::NbdCommand::Serve(_)),
             Top::Vnc(v) => matches!(v, vnc::VncCommand::Serve(_)),
             Top::Serve(_) => true,
-            Top::Creds(_) => false,
+            Top::Creds(_) | Top::Gadget(_) => false,
         }
     }
 }

@@ -55,6 +55,8 @@ pub(crate) struct ServeArgs {
     /// Desktop name.
     #[arg(long)]
     pub(crate) name: Option<String>,
+    #[command(flatten)]
+    pub(crate) hid: super::gadget::HidArgs,
     /// NBD listen address (repeatable; default 127.0.0.1:10809).
     #[arg(long, value_name = "ADDR")]
     pub(crate) nbd_listen: Vec<String>,

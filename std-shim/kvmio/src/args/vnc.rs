@@ -59,6 +59,8 @@ pub(crate) struct VncServeArgs {
     /// Desktop name.
     #[arg(long, default_value = "kvmio")]
     pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) hid: super::gadget::HidArgs,
     /// Serve connections on threads or tokio tasks.
     #[arg(long, value_parser = runtime(), default_value_t = Runtime::Threads)]
     pub(crate) runtime: Runtime,

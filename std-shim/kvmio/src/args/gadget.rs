@@ -1,0 +1,92 @@
+//! `kvmio gadget up|down|status`, and the flags that send input to a gadget.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// `kvmio gadget …`.
+#[derive(Subcommand)]
+pub(crate) enum GadgetCommand {
+    /// Create the USB gadget in configfs (keyboard, pointer, mass-storage LUNs) and bind it
+    /// to the USB device controller; prints its /dev/hidgN nodes.
+    Up(GadgetUpArgs),
+    /// Unbind and remove the gadget.
+    Down(GadgetName),
+    /// Show the gadget: UDC and its state, HID nodes, LUNs and their media.
+    Status(GadgetName),
+    /// List the keyboard layouts --keyboard-layout takes.
+    Layouts,
+}
+
+/// The gadget's name.
+#[derive(Args)]
+pub(crate) struct GadgetName {
+    /// The gadget's configfs directory name.
+    #[arg(long, default_value = "kvmio")]
+    pub(crate) name: String,
+}
+
+/// `kvmio gadget up`.
+#[derive(Args)]
+pub(crate) struct GadgetUpArgs {
+    #[command(flatten)]
+    pub(crate) name: GadgetName,
+    /// The USB device controller (a name in /sys/class/udc; default: the only one).
+    #[arg(long, value_name = "UDC")]
+    pub(crate) udc: Option<String>,
+    /// USB vendor ID.
+    #[arg(long, value_name = "ID", value_parser = parse_u16, default_value = "0x1d6b")]
+    pub(crate) vendor_id: u16,
+    /// USB product ID.
+    #[arg(long, value_name = "ID", value_parser = parse_u16, default_value = "0x0104")]
+    pub(crate) product_id: u16,
+    /// Manufacturer string.
+    #[arg(long, default_value = "kvmio")]
+    pub(crate) manufacturer: String,
+    /// Product string.
+    #[arg(long, default_value = "kvmio composite device")]
+    pub(crate) product: String,
+    /// Serial number string.
+    #[arg(long, default_value = "CAFEBABE")]
+    pub(crate) serial: String,
+    /// No keyboard.
+    #[arg(long)]
+    pub(crate) no_keyboard: bool,
+    /// No pointer.
+    #[arg(long)]
+    pub(crate) no_pointer: bool,
+    /// Mass-storage LUNs, in order (repeatable; default: cdrom, disk): `cdrom` (read-only,
+    /// removable), `disk` (writable, removable), `disk-ro`; add `=FILE` to insert a medium
+    /// at once (e.g. cdrom=/srv/debian.iso). `none` for no mass storage.
+    #[arg(long = "lun", value_name = "KIND[=FILE]")]
+    pub(crate) luns: Vec<String>,
+}
+
+/// Where `kvmio serve` and `kvmio vnc serve` send keys and pointer events.
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct HidArgs {
+    /// Type into the target computer through this USB gadget's keyboard and pointer (made by
+    /// `kvmio gadget up`; its /dev/hidgN nodes are looked up in configfs). Without it (and
+    /// without --hid-keyboard/--hid-pointer) input is only logged.
+    #[arg(long, value_name = "GADGET")]
+    pub(crate) hid: Option<String>,
+    /// The keyboard's HID gadget node (instead of looking it up).
+    #[arg(long, value_name = "DEV")]
+    pub(crate) hid_keyboard: Option<PathBuf>,
+    /// The absolute pointer's HID gadget node (instead of looking it up).
+    #[arg(long, value_name = "DEV")]
+    pub(crate) hid_pointer: Option<PathBuf>,
+    /// The target computer's keyboard layout, for keysyms (QEMU keymap names: en-us, en-gb,
+    /// de, fr, …; `kvmio gadget layouts` lists them). QEMU extended key events, which noVNC,
+    /// TigerVNC and virt-viewer send, need none.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) keyboard_layout: Option<String>,
+}
+
+fn parse_u16(s: &str) -> Result<u16, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s:?}: {e}"))
+}
