@@ -25,11 +25,8 @@
 //! });
 //! let vnc = VncSettings {
 //!     security: None, // the X509 types the files allow
-//!     password_file: None,
-//!     plain_users: None,
-//!     image: None,
-//!     size: "1024x768",
 //!     name: "console",
+//!     ..VncSettings::default()
 //! };
 //! serve.add_vnc(endpoints(&[], None, 5900)?, &vnc)?;
 //! let catalog = Catalog::build(&[], &[("disk".into(), 64 << 20)], false, 0)?;

@@ -20,6 +20,7 @@ use std_shim::serve::{Serve, ServeOptions};
 use std_shim::services::{Runtime, stop_on_signals};
 use std_shim::tls::TlsPolicy;
 use std_shim::vnc::settings::VncSettings;
+use std_shim::vnc::sharing::SharePolicy;
 
 use crate::args::YesNo;
 use crate::args::serve::ServeArgs;
@@ -97,6 +98,13 @@ pub(crate) struct FileVnc {
     pub(crate) hid_pointer: Option<PathBuf>,
     /// The target's keyboard layout.
     pub(crate) keyboard_layout: Option<String>,
+    /// View-only VNC password file.
+    pub(crate) view_password_file: Option<PathBuf>,
+    /// View-only Plain users.
+    pub(crate) plain_view_users: Option<PathBuf>,
+    /// `allow-exclusive`, `force-shared` or `ignore`.
+    #[serde(default, deserialize_with = "by_name")]
+    pub(crate) share: Option<SharePolicy>,
 }
 
 /// `[nbd]`.
@@ -142,6 +150,11 @@ trait ByName: FromStr {
 impl ByName for Runtime {
     const NAME: &'static str = "Runtime";
     const NAMES: &'static [&'static str] = &Runtime::NAMES;
+}
+
+impl ByName for SharePolicy {
+    const NAME: &'static str = "SharePolicy";
+    const NAMES: &'static [&'static str] = &["allow-exclusive", "force-shared", "ignore"];
 }
 
 impl ByName for TlsPolicy {
@@ -284,6 +297,19 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             size: size.map_or("1024x768", String::as_str),
             name: name.map_or("kvmio", String::as_str),
             hid: hid.as_ref(),
+            view_password_file: a
+                .viewers
+                .view_password_file
+                .as_ref()
+                .or(file.vnc.view_password_file.as_ref())
+                .map(PathBuf::as_path),
+            plain_view_users: a
+                .viewers
+                .plain_view_users
+                .as_ref()
+                .or(file.vnc.plain_view_users.as_ref())
+                .map(PathBuf::as_path),
+            share: a.viewers.share.or(file.vnc.share).unwrap_or_default(),
         };
         serve.add_vnc(endpoints(listen, None, 5900)?, &settings)?;
     }

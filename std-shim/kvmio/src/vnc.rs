@@ -24,6 +24,9 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
         size: &a.size,
         name: &a.name,
         hid: hid.as_ref(),
+        view_password_file: a.viewers.view_password_file.as_deref(),
+        plain_view_users: a.viewers.plain_view_users.as_deref(),
+        share: a.viewers.share.unwrap_or_default(),
     }
     .server_config(a.tls_creds.is_some(), a.handshake_timeout)?;
     let needs_tls = config.security.iter().any(|n| n.is_x509());

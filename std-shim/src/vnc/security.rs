@@ -209,15 +209,30 @@ pub fn read_password_file(path: &Path) -> Result<Vec<u8>> {
     Ok(parse_password_file(&bytes))
 }
 
+/// The view-only password of a password file: the second 8 bytes of a 16-byte
+/// `vncpasswd -f` file (TigerVNC's layout for "full, then view-only"), if it has them.
+pub fn view_password_of(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() != 16 || is_text_password(bytes) {
+        return None;
+    }
+    let mut stored = [0u8; 8];
+    stored.copy_from_slice(&bytes[8..]);
+    let (plain, len) = rfb_core::deobfuscate_password(&stored);
+    Some(plain[..len].to_vec())
+}
+
+fn is_text_password(bytes: &[u8]) -> bool {
+    bytes.ends_with(b"\n")
+        && bytes
+            .iter()
+            .all(|&c| matches!(c, b'\t' | b'\r' | b'\n') || (0x20..0x7f).contains(&c))
+}
+
 /// [`read_password_file`] on bytes.
 pub fn parse_password_file(bytes: &[u8]) -> Vec<u8> {
     if matches!(bytes.len(), 8 | 16) {
         // Text: printable ASCII lines (tabs allowed) ending in a newline.
-        let text = bytes.ends_with(b"\n")
-            && bytes
-                .iter()
-                .all(|&c| matches!(c, b'\t' | b'\r' | b'\n') || (0x20..0x7f).contains(&c));
-        if !text {
+        if !is_text_password(bytes) {
             let mut stored = [0u8; 8];
             stored.copy_from_slice(&bytes[..8]);
             let (plain, len) = rfb_core::deobfuscate_password(&stored);

@@ -20,6 +20,10 @@ use crate::vnc::desktop::{Desktop, Image, NATIVE, Pattern, clip};
 use crate::vnc::security::{
     PlainUsers, SecName, ZlibRsCompressor, format_security_list, server_offer,
 };
+use crate::vnc::sharing::{Membership, SharePolicy, Viewers};
+
+/// How often a viewer looks whether an exclusive viewer pushed it out.
+const SHARE_POLL: Duration = Duration::from_millis(200);
 
 /// How often a session that shows the target's LEDs looks for a change.
 const LED_POLL: Duration = Duration::from_millis(50);
@@ -100,6 +104,13 @@ pub struct VncServerConfig {
     /// Where keys and pointer events go (the target's HID gadget, or the log), shared by
     /// every connection.
     pub input: Arc<Input>,
+    /// The view-only VNC password: who logs in with it sees the screen, and its keys and
+    /// clicks are dropped.
+    pub view_password: Option<Vec<u8>>,
+    /// View-only Plain users.
+    pub plain_view_users: Option<PlainUsers>,
+    /// What the ClientInit shared flag does.
+    pub share: SharePolicy,
 }
 
 impl VncServerConfig {
@@ -138,6 +149,8 @@ impl VncServerConfig {
 /// What all connections of a server share: the configuration and the throttle table.
 pub struct VncShared {
     config: VncServerConfig,
+    viewers: Arc<Viewers>,
+    next_viewer: std::sync::atomic::AtomicU64,
     throttle: Mutex<AuthThrottle<THROTTLE_PEERS>>,
     epoch: Instant,
 }
@@ -148,6 +161,8 @@ impl VncShared {
         let throttle = AuthThrottle::new(config.throttle_threshold);
         Arc::new(Self {
             config,
+            viewers: Arc::default(),
+            next_viewer: std::sync::atomic::AtomicU64::new(1),
             throttle: Mutex::new(throttle),
             epoch: Instant::now(),
         })
@@ -156,6 +171,11 @@ impl VncShared {
     /// The configuration.
     pub fn config(&self) -> &VncServerConfig {
         &self.config
+    }
+
+    /// Viewers past ClientInit.
+    pub fn viewers(&self) -> usize {
+        self.viewers.len()
     }
 
     fn core_now(&self, t: Instant) -> rfb_core::Instant {
@@ -235,8 +255,13 @@ pub struct VncServerSession {
     forced: bool,
     next_frame: Instant,
     frame_period: Duration,
-    /// The viewer's input (from authentication on).
+    /// The viewer's input (from authentication on; never for view-only logins).
     viewer: Option<Viewer>,
+    view_only: bool,
+    /// The viewer's place among the server's viewers (from ClientInit on).
+    membership: Option<Membership>,
+    /// When to look whether an exclusive viewer pushed this one out.
+    next_share_poll: Instant,
     /// The LED change last passed to the core, and when to look for the next one.
     leds_seen: u64,
     next_led_poll: Instant,
@@ -291,6 +316,9 @@ impl VncServerSession {
             next_frame: now,
             frame_period: Duration::from_secs(1) / fps,
             viewer: None,
+            view_only: false,
+            membership: None,
+            next_share_poll: now,
             leds_seen: 0,
             next_led_poll: now,
             authenticated: false,
@@ -416,11 +444,16 @@ impl VncServerSession {
                     challenge,
                     response,
                 } => {
-                    let ok = self.may_try()
-                        && self.shared.config.password.as_deref().is_some_and(|pw| {
+                    let check = |pw: &Option<Vec<u8>>| {
+                        pw.as_deref().is_some_and(|pw| {
                             rfb_core::verify_vnc_response(pw, &challenge, &response)
-                        });
-                    self.auth_decision(ok, "VNC password")?;
+                        })
+                    };
+                    let may = self.may_try();
+                    let full = may && check(&self.shared.config.password);
+                    let view = may && !full && check(&self.shared.config.view_password);
+                    self.view_only = view;
+                    self.auth_decision(full || view, "VNC password")?;
                 }
                 Event::PlainAuth => {}
                 Event::Authenticated(AuthMethod {
@@ -428,15 +461,41 @@ impl VncServerSession {
                     subtype,
                 }) => {
                     self.authenticated = true;
-                    self.viewer = Some(self.shared.config.input.viewer(&self.peer));
+                    if !self.view_only {
+                        self.viewer = Some(self.shared.config.input.viewer(&self.peer));
+                    }
                     let how = match subtype {
                         Some(s) => format!("VeNCrypt {}", SecName::describe_subtype(u32::from(s))),
                         None => SecName::describe_type(u8::from(security_type)),
                     };
-                    log::info!("{}: authenticated ({how})", self.peer);
+                    let view = if self.view_only { ", view only" } else { "" };
+                    log::info!("{}: authenticated ({how}{view})", self.peer);
                 }
                 Event::AuthFailed { .. } => {}
                 Event::ClientInit { shared } => {
+                    let id = self
+                        .shared
+                        .next_viewer
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match self
+                        .shared
+                        .viewers
+                        .join(id, shared, self.shared.config.share)
+                    {
+                        Ok(m) => self.membership = Some(m),
+                        Err(why) => {
+                            // RFB has no message for this after ClientInit: the connection
+                            // ends, as with QEMU and TigerVNC.
+                            log::warn!("{}: refused: {why}", self.peer);
+                            return Ok(Some(Control::Close));
+                        }
+                    }
+                    if !shared && self.shared.config.share == SharePolicy::AllowExclusive {
+                        log::info!(
+                            "{}: exclusive access (other viewers disconnected)",
+                            self.peer
+                        );
+                    }
                     let img = self.framebuffer().image();
                     let (w, h) = (img.width, img.height);
                     log::debug!("{}: ClientInit (shared {shared})", self.peer);
@@ -580,6 +639,19 @@ impl VncServerSession {
 impl Session for VncServerSession {
     fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed> {
         let mut consumed = 0;
+        if self.membership.as_ref().is_some_and(Membership::kicked) {
+            log::info!(
+                "{}: disconnected: another viewer asked for exclusive access",
+                self.peer
+            );
+            return Ok(Processed {
+                consumed: 0,
+                control: Control::Close,
+            });
+        }
+        if self.membership.is_some() {
+            self.next_share_poll = Instant::now() + SHARE_POLL;
+        }
         loop {
             if let Some(control) = self.drain(out)? {
                 return Ok(Processed { consumed, control });
@@ -610,13 +682,21 @@ impl Session for VncServerSession {
             consumed += p.consumed;
             match p.lent {
                 Some(Payload::PlainCredentials { username, password }) => {
-                    let ok = self.may_try()
-                        && self
-                            .shared
-                            .config
+                    let may = self.may_try();
+                    let config = &self.shared.config;
+                    let full = may
+                        && config
                             .plain_users
                             .as_ref()
                             .is_some_and(|u| u.check(username, password));
+                    let view = may
+                        && !full
+                        && config
+                            .plain_view_users
+                            .as_ref()
+                            .is_some_and(|u| u.check(username, password));
+                    self.view_only = view;
+                    let ok = full || view;
                     let user = String::from_utf8_lossy(username).into_owned();
                     if ok {
                         log::info!("{}: user {user:?}", self.peer);
@@ -661,7 +741,8 @@ impl Session for VncServerSession {
             && matches!(self.fb, Some(Fb::Pattern(_))))
         .then_some(self.next_frame);
         let leds = self.watches_leds().then_some(self.next_led_poll);
-        [core, frame, leds].into_iter().flatten().min()
+        let share = self.membership.is_some().then_some(self.next_share_poll);
+        [core, frame, leds, share].into_iter().flatten().min()
     }
 
     fn timeout(&mut self, now: Instant) {

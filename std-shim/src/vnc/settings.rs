@@ -6,13 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::input::Input;
 use crate::input::hidg::{HidGadget, HidGadgetConfig};
 use crate::vnc::desktop::{Desktop, Image, parse_geometry};
-use crate::vnc::security::{PlainUsers, SecName, parse_security_list, read_password_file};
+use crate::vnc::security::{
+    PlainUsers, SecName, parse_password_file, parse_security_list, view_password_of,
+};
 use crate::vnc::server::VncServerConfig;
+use crate::vnc::sharing::SharePolicy;
 
 /// What a VNC server offers (`kvmio vnc serve`'s flags, the `[vnc]` table of `kvmio serve`).
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +35,32 @@ pub struct VncSettings<'a> {
     pub name: &'a str,
     /// The target computer's USB HID gadget (`None`: input is only logged).
     pub hid: Option<&'a HidGadgetConfig>,
+    /// The view-only VNC password file (same formats as `password_file`; a 16-byte
+    /// `vncpasswd -f` password file also holds one in its second half).
+    pub view_password_file: Option<&'a Path>,
+    /// View-only Plain users (`user:password` lines).
+    pub plain_view_users: Option<&'a Path>,
+    /// What the ClientInit shared flag does.
+    pub share: SharePolicy,
+}
+
+impl Default for VncSettings<'_> {
+    /// The test pattern at 1024×768 named "kvmio", the default security list, input logged,
+    /// viewers may ask for exclusive access.
+    fn default() -> Self {
+        Self {
+            security: None,
+            password_file: None,
+            plain_users: None,
+            image: None,
+            size: "1024x768",
+            name: "kvmio",
+            hid: None,
+            view_password_file: None,
+            plain_view_users: None,
+            share: SharePolicy::AllowExclusive,
+        }
+    }
 }
 
 impl VncSettings<'_> {
@@ -41,16 +70,32 @@ impl VncSettings<'_> {
     /// configuration's `security` says whether TLS is needed; check it with
     /// [`VncServerConfig::validate`].
     pub fn server_config(&self, tls: bool, handshake_timeout: u64) -> Result<VncServerConfig> {
+        let read = |p: &Path| {
+            std::fs::read(p).with_context(|| format!("read password file {}", p.display()))
+        };
+        let mut view_password = None;
         let password = match self.password_file {
             Some(p) => {
-                let pw = read_password_file(p)?;
+                let bytes = read(p)?;
+                let pw = parse_password_file(&bytes);
                 if pw.len() > 8 {
                     log::warn!("VNC authentication uses only the first 8 bytes of the password");
                 }
+                view_password = view_password_of(&bytes);
                 Some(pw)
             }
             None => None,
         };
+        if let Some(p) = self.view_password_file {
+            view_password = Some(parse_password_file(&read(p)?));
+        }
+        if view_password.is_some() && password.is_none() {
+            bail!("a view-only password needs the full one too (--password-file)");
+        }
+        if view_password.is_some() && view_password == password {
+            bail!("the view-only password is the same as the full one");
+        }
+        let plain_view_users = self.plain_view_users.map(PlainUsers::load).transpose()?;
         let plain_users = self.plain_users.map(PlainUsers::load).transpose()?;
         let security = match self.security {
             Some(s) => parse_security_list(s)?,
@@ -100,6 +145,9 @@ impl VncSettings<'_> {
             fps: 15,
             handshake_timeout: Duration::from_secs(handshake_timeout.max(1)),
             throttle_threshold: 5,
+            view_password,
+            plain_view_users,
+            share: self.share,
             input: Arc::new(match self.hid {
                 Some(h) => Input::new(Box::new(HidGadget::open(h)?)),
                 None => Input::log(),

@@ -15,6 +15,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use std_shim::services::Runtime;
 use std_shim::tls::TlsPolicy;
+use std_shim::vnc::sharing::SharePolicy;
 
 /// `kvmio`.
 #[derive(Parser)]
@@ -62,6 +63,36 @@ impl Top {
             Top::Creds(_) | Top::Gadget(_) => false,
         }
     }
+}
+
+/// Who may watch, and who may only watch (`kvmio vnc serve`, `kvmio serve`).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub(crate) struct ViewerArgs {
+    /// View-only VNC password (same formats as --password-file; a 16-byte `vncpasswd -f`
+    /// file given to --password-file holds one in its second half, as TigerVNC's does):
+    /// viewers who log in with it see the screen, their keys and clicks are dropped.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) view_password_file: Option<std::path::PathBuf>,
+    /// View-only Plain users (`user:password` lines).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plain_view_users: Option<std::path::PathBuf>,
+    /// What a viewer's "shared" flag does (as QEMU's share=): allow-exclusive (a viewer that
+    /// does not share disconnects the others; default), force-shared (such a viewer is
+    /// refused), ignore (everybody shares).
+    #[arg(long, value_name = "POLICY", value_parser = share_policy())]
+    pub(crate) share: Option<SharePolicy>,
+}
+
+/// A share policy.
+pub(crate) fn share_policy() -> impl TypedValueParser<Value = SharePolicy> {
+    one_of(&[
+        (
+            "allow-exclusive",
+            "A non-shared viewer disconnects the others (default)",
+        ),
+        ("force-shared", "A non-shared viewer is refused"),
+        ("ignore", "The flag is ignored: everybody shares"),
+    ])
 }
 
 /// yes | no.

@@ -46,6 +46,8 @@ pub(crate) struct ServeArgs {
     /// Plain users file (`user:password` lines).
     #[arg(long, value_name = "FILE")]
     pub(crate) plain_users: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) viewers: super::ViewerArgs,
     /// Serve this PNG instead of the animated test pattern.
     #[arg(long, value_name = "FILE")]
     pub(crate) image: Option<PathBuf>,

@@ -11,7 +11,7 @@ use super::{YES_NO_EXPLAINED, YesNo, one_of, runtime};
 #[derive(Subcommand)]
 pub(crate) enum VncCommand {
     /// Serve a desktop over VNC: an animated test pattern, or a still image (--image).
-    Serve(VncServeArgs),
+    Serve(Box<VncServeArgs>),
     /// Connect to a VNC server and save its screen as a PNG file (like gvnccapture).
     Capture(VncCaptureArgs),
 }
@@ -36,6 +36,8 @@ pub(crate) struct VncServeArgs {
     /// Users for Plain and X509Plain: `user:password` lines.
     #[arg(long, value_name = "FILE")]
     pub(crate) plain_users: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) viewers: super::ViewerArgs,
     /// TLS credentials directory in the QEMU layout (ca-cert.pem, server-cert.pem,
     /// server-key.pem, optional ca-crl.pem) for the X509 types.
     #[arg(long, value_name = "DIR")]
