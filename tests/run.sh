@@ -51,8 +51,11 @@ timeout 60 qemu-system-arm -M mps2-an500 -nographic -semihosting-config enable=o
   -kernel tests/no-alloc-link/target/thumbv7em-none-eabihf/release/no-alloc-link
 
 step "unit, property and interop tests"
-# the interop tests (kvmio-tests) run the release kvmio binary against qemu/libnbd/nbdkit
-cargo build --release -p kvmio
+# the interop tests (kvmio-tests) run the release kvmio binary against qemu/libnbd/nbdkit;
+# the appliance tests boot Debian's kernel (tests/appliance/build.sh downloads and unpacks it
+# into target/appliance) with release kvmio and appliance-agent inside
+cargo build --release -p kvmio -p kvmio-tests --bins
+tests/appliance/build.sh
 cargo build --release -p nbd-core -p rfb-core -p tls-glue -p std-shim --examples
 cargo test --workspace
 

@@ -12,6 +12,9 @@ pkgs+=(gvncviewer tigervnc-viewer tigervnc-standalone-server tigervnc-tools xvfb
 # keysymdef.h for rfb-core/tools/gen_keymaps.py (the HID keymap tables; the keymaps themselves
 # are in qemu-system-data, which qemu-system-x86 below depends on)
 pkgs+=(x11proto-dev)
+# The emulated appliance (tests/appliance/build.sh): unpacking Debian's kernel and busybox,
+# the modules' dependency closure, the initramfs, the guest programs' libraries
+pkgs+=(kmod cpio binutils util-linux)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -22,6 +22,7 @@
 //! A missing peer program is a test failure that names the Debian package to install, never a
 //! skip.
 
+pub mod appliance;
 pub mod faultfs;
 pub mod faults;
 pub mod raw;

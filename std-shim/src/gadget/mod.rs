@@ -169,9 +169,11 @@ fn configfs_ready() -> Result<()> {
     if root.is_dir() {
         return Ok(());
     }
-    if !Path::new("/sys/kernel/config").join(".").exists()
-        || fs::read_dir("/sys/kernel/config").is_err()
-    {
+    let mounted = fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("configfs"))
+    });
+    if !mounted {
         bail!(
             "{CONFIGFS_GADGETS} is missing: configfs is not mounted \
              (mount -t configfs none /sys/kernel/config) and libcomposite must be loaded"
