@@ -15,6 +15,8 @@ pkgs+=(x11proto-dev)
 # The emulated appliance (tests/appliance/build.sh): unpacking Debian's kernel and busybox,
 # the modules' dependency closure, the initramfs, the guest programs' libraries
 pkgs+=(kmod cpio binutils util-linux)
+# the range-capable web server the appliance's HTTP virtual media come from
+pkgs+=(nginx-light)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

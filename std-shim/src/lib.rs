@@ -156,6 +156,7 @@
 pub mod gadget;
 pub mod input;
 pub mod io;
+pub mod media;
 pub mod nbd;
 pub mod pump;
 pub mod serve;

@@ -18,6 +18,9 @@ use tempfile::TempDir;
 
 use crate::{free_port, kvmio_bin};
 
+/// The address at which the guest reaches the host services of [`Appliance::boot_full`].
+pub const HOST_IP: &str = "10.0.2.100";
+
 /// The agent's guest port.
 const AGENT_PORT: u16 = 7000;
 /// How long a boot may take under TCG on a loaded 2-core machine (about 5 s idle).
@@ -74,6 +77,13 @@ impl Appliance {
     /// Boots with `guest_ports` forwarded and `programs` (host binaries, with their
     /// libraries) in the guest's `/usr/bin` besides kvmio and the agent.
     pub fn boot_with(guest_ports: &[u16], programs: &[&Path]) -> Self {
+        Self::boot_full(guest_ports, programs, &[])
+    }
+
+    /// [`boot_with`](Self::boot_with), and each host port in `host_ports` (a server on the
+    /// host's 127.0.0.1) reachable from the guest at [`HOST_IP`]`:port`: the guest reaches
+    /// nothing else outside (QEMU's `restrict=on`).
+    pub fn boot_full(guest_ports: &[u16], programs: &[&Path], host_ports: &[u16]) -> Self {
         let work = tempfile::Builder::new()
             .prefix("kvmio-appliance-")
             .tempdir()
@@ -105,6 +115,9 @@ impl Appliance {
             let h = free_port();
             ports.insert(g, h);
             nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
+        for p in host_ports {
+            nic.push_str(&format!(",guestfwd=tcp:{HOST_IP}:{p}-tcp:127.0.0.1:{p}"));
         }
         let serial = work.path().join("serial.log");
         let qemu_bin = crate::tool("qemu-system-x86_64");
@@ -300,7 +313,8 @@ impl Appliance {
                 return all;
             }
             if let Some(code) = self.wait(id, Duration::ZERO) {
-                panic!("in the guest: process {id} exited ({code}) before {needle:?}:\n{all}");
+                let (o, e) = self.output(id);
+                panic!("in the guest: process {id} exited ({code}) before {needle:?}:\n{o}{e}");
             }
             assert!(
                 Instant::now() < end,

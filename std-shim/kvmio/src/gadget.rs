@@ -133,3 +133,44 @@ pub(crate) fn hid_config(a: &HidArgs) -> Result<Option<HidGadgetConfig>> {
         layout,
     }))
 }
+
+/// Starts the virtual media of a server from `--media*` (`None` if none was asked for). Keep
+/// the result alive as long as the server runs: dropping it ejects remote media.
+pub(crate) fn start_media(
+    a: &crate::args::gadget::MediaArgs,
+) -> Result<Option<std::sync::Arc<std_shim::media::Media>>> {
+    if a.media.is_empty() && a.media_control.is_none() {
+        return Ok(None);
+    }
+    let media = std_shim::media::Media::new(a.media_gadget.as_deref().unwrap_or("kvmio"))?;
+    for m in &a.media {
+        let (lun, source) = m
+            .split_once('=')
+            .with_context(|| format!("--media {m:?}: LUN=SOURCE"))?;
+        let lun: usize = lun
+            .parse()
+            .with_context(|| format!("--media {m:?}: the LUN is a number"))?;
+        media.insert(lun, &std_shim::media::Source::parse(source)?)?;
+    }
+    if let Some(p) = &a.media_control {
+        std_shim::media::control::serve(p, media.clone())?;
+    }
+    Ok(Some(media))
+}
+
+/// Runs `kvmio media …`.
+pub(crate) fn media(c: crate::args::gadget::MediaCommand) -> Result<()> {
+    use crate::args::gadget::MediaCommand as M;
+    use std_shim::media::control::request;
+    let answer = match c {
+        M::Insert {
+            lun,
+            source,
+            control,
+        } => request(&control, &format!("insert {lun} {source}"))?,
+        M::Eject { lun, control } => request(&control, &format!("eject {lun}"))?,
+        M::Status { control } => request(&control, "status")?.replace(" | ", "\n"),
+    };
+    say!("{answer}");
+    Ok(())
+}

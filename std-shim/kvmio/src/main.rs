@@ -55,6 +55,7 @@ fn main() {
         Top::Nbd(NbdCommand::Copy(a)) => nbd::copy(a),
         Top::Creds(c) => creds::run(c),
         Top::Gadget(c) => gadget::run(c),
+        Top::Media(c) => gadget::media(c),
         Top::Vnc(VncCommand::Serve(a)) => vnc::serve(*a),
         Top::Vnc(VncCommand::Capture(a)) => vnc::capture(a),
         Top::Serve(a) => serve::run(*a),

@@ -48,6 +48,22 @@ pub(crate) struct FileConfig {
     /// `[nbd]`.
     #[serde(default)]
     pub(crate) nbd: FileNbd,
+    /// `[media]`.
+    #[serde(default)]
+    pub(crate) media: FileMedia,
+}
+
+/// `[media]`: the target's virtual media.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct FileMedia {
+    /// The gadget whose LUNs hold them.
+    pub(crate) gadget: Option<String>,
+    /// The control socket for `kvmio media`.
+    pub(crate) control: Option<PathBuf>,
+    /// `LUN=SOURCE` inserted at start.
+    #[serde(default)]
+    pub(crate) insert: Vec<String>,
 }
 
 /// `[tls]`.
@@ -236,6 +252,16 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         a.tls_authz.clone()
     };
     let tls12 = a.tls12 || file.tls.tls12;
+    let media_args = crate::args::gadget::MediaArgs {
+        media: if a.media.media.is_empty() {
+            file.media.insert.clone()
+        } else {
+            a.media.media.clone()
+        },
+        media_control: a.media.media_control.clone().or(file.media.control.clone()),
+        media_gadget: a.media.media_gadget.clone().or(file.media.gadget.clone()),
+    };
+    let _media = crate::gadget::start_media(&media_args)?;
     let serve_vnc = !a.no_vnc && file.vnc.enabled.unwrap_or(true);
     let serve_nbd = !a.no_nbd && file.nbd.enabled.unwrap_or(true);
     if !serve_vnc && !serve_nbd {

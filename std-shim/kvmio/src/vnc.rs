@@ -16,6 +16,7 @@ use crate::args::vnc::{VncCaptureArgs, VncServeArgs};
 /// Runs `kvmio vnc serve`.
 pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
     let hid = crate::gadget::hid_config(&a.hid)?;
+    let _media = crate::gadget::start_media(&a.media)?;
     let config = VncSettings {
         security: a.security.as_deref(),
         password_file: a.password_file.as_deref(),

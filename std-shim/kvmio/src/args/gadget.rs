@@ -90,3 +90,52 @@ fn parse_u16(s: &str) -> Result<u16, String> {
     };
     r.map_err(|e| format!("{s:?}: {e}"))
 }
+
+/// Virtual media of `kvmio serve` and `kvmio vnc serve`.
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct MediaArgs {
+    /// Insert a medium at start: LUN=SOURCE, SOURCE a file, a block device or an http:// URL
+    /// read with range requests (repeatable).
+    #[arg(long = "media", value_name = "LUN=SOURCE")]
+    pub(crate) media: Vec<String>,
+    /// Accept `kvmio media insert|eject|status` on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) media_control: Option<PathBuf>,
+    /// The gadget whose LUNs hold the media (default kvmio).
+    #[arg(long, value_name = "GADGET")]
+    pub(crate) media_gadget: Option<String>,
+}
+
+/// The default control socket.
+pub(crate) const MEDIA_CONTROL: &str = "/run/kvmio/media.sock";
+
+/// `kvmio media …`: talks to a running server.
+#[derive(Subcommand)]
+pub(crate) enum MediaCommand {
+    /// Insert a medium (ejecting what is there): a file, block device or http:// URL.
+    Insert {
+        /// The LUN.
+        #[arg(long)]
+        lun: usize,
+        /// What to insert.
+        source: String,
+        /// The server's control socket.
+        #[arg(long, value_name = "PATH", default_value = MEDIA_CONTROL)]
+        control: PathBuf,
+    },
+    /// Eject the medium.
+    Eject {
+        /// The LUN.
+        #[arg(long)]
+        lun: usize,
+        /// The server's control socket.
+        #[arg(long, value_name = "PATH", default_value = MEDIA_CONTROL)]
+        control: PathBuf,
+    },
+    /// What every LUN holds.
+    Status {
+        /// The server's control socket.
+        #[arg(long, value_name = "PATH", default_value = MEDIA_CONTROL)]
+        control: PathBuf,
+    },
+}

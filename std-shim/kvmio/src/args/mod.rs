@@ -47,6 +47,9 @@ pub(crate) enum Top {
     /// The USB gadget (keyboard, pointer, virtual media) the target computer is plugged into.
     #[command(subcommand)]
     Gadget(gadget::GadgetCommand),
+    /// Virtual media of a running server: insert, eject, status.
+    #[command(subcommand)]
+    Media(gadget::MediaCommand),
     /// Serve VNC and NBD together over TLS from one set of credentials (the main job; with no
     /// arguments: development credentials, a test pattern on 127.0.0.1:5900 and a 64 MiB RAM
     /// disk on 127.0.0.1:10809).
@@ -60,7 +63,7 @@ impl Top {
             Top::Nbd(n) => matches!(n, nbd::NbdCommand::Serve(_)),
             Top::Vnc(v) => matches!(v, vnc::VncCommand::Serve(_)),
             Top::Serve(_) => true,
-            Top::Creds(_) | Top::Gadget(_) => false,
+            Top::Creds(_) | Top::Gadget(_) | Top::Media(_) => false,
         }
     }
 }

@@ -59,6 +59,8 @@ pub(crate) struct ServeArgs {
     pub(crate) name: Option<String>,
     #[command(flatten)]
     pub(crate) hid: super::gadget::HidArgs,
+    #[command(flatten)]
+    pub(crate) media: super::gadget::MediaArgs,
     /// NBD listen address (repeatable; default 127.0.0.1:10809).
     #[arg(long, value_name = "ADDR")]
     pub(crate) nbd_listen: Vec<String>,

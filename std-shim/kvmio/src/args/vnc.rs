@@ -63,6 +63,8 @@ pub(crate) struct VncServeArgs {
     pub(crate) name: String,
     #[command(flatten)]
     pub(crate) hid: super::gadget::HidArgs,
+    #[command(flatten)]
+    pub(crate) media: super::gadget::MediaArgs,
     /// Serve connections on threads or tokio tasks.
     #[arg(long, value_parser = runtime(), default_value_t = Runtime::Threads)]
     pub(crate) runtime: Runtime,

@@ -1,0 +1,325 @@
+//! Virtual media end to end in the emulated appliance: `kvmio gadget up` (a CD-ROM LUN and a
+//! disk LUN), `kvmio vnc serve --media 0=http://…` with the image on nginx outside the VM
+//! (range requests, through the kernel's nbd device), `kvmio media insert|eject|status`
+//! through the control socket, a local file on the disk LUN. The target computer (the host side
+//! of dummy_hcd) reads `/dev/sr0` and `/dev/sda` with the images' SHA-256, sees ejects and
+//! inserts, and gets I/O errors, not a hang, when the web server dies.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kvmio_tests::appliance::{Appliance, HOST_IP};
+use kvmio_tests::{Proc, free_port, tool};
+
+const CONTROL: &str = "/run/kvmio/media.sock";
+
+/// A file of `len` pseudo-random bytes; returns its SHA-256 (hex).
+fn image(path: &Path, len: usize, seed: u64) -> String {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+    std::fs::write(path, &data).unwrap();
+    sha256_host(path)
+}
+
+fn sha256_host(path: &Path) -> String {
+    let o = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// nginx; dropping it stops master and workers (killing only the master would leave its
+/// workers serving).
+struct Nginx {
+    proc: Proc,
+    conf: std::path::PathBuf,
+    prefix: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn stop(&mut self) {
+        let _ = Command::new(tool("nginx"))
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-p")
+            .arg(&self.prefix)
+            .args(["-s", "stop"])
+            .status();
+        self.proc.wait_exit(Duration::from_secs(20));
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if self.proc.exit_status().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// nginx serving `root` on 127.0.0.1:`port` (static files answer range requests).
+fn nginx(dir: &Path, root: &Path, port: u16) -> Nginx {
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{}}\nhttp {{\n access_log off;\n client_body_temp_path {d}/cb;\n\
+             proxy_temp_path {d}/px;\n fastcgi_temp_path {d}/fc;\n uwsgi_temp_path {d}/uw;\n\
+             scgi_temp_path {d}/sc;\n server {{ listen 127.0.0.1:{port}; root {}; }}\n}}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(tool("nginx"));
+    c.arg("-c").arg(&conf).arg("-p").arg(dir);
+    let mut p = Proc::spawn("nginx", c);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !kvmio_tests::is_listening(port) {
+        p.assert_alive();
+        assert!(Instant::now() < end, "nginx did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Nginx {
+        proc: p,
+        conf,
+        prefix: dir.to_path_buf(),
+    }
+}
+
+/// The SHA-256 the target reads from `dev`, waiting up to 30 s for a medium of `size` bytes.
+#[track_caller]
+fn target_sha(a: &mut Appliance, dev: &str, size: usize) -> String {
+    wait_medium(a, dev, size);
+    a.sh("echo 3 > /proc/sys/vm/drop_caches");
+    let out = a.sh(&format!("sha256sum {dev}"));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// Waits up to 30 s for the target to see a medium of `size` bytes in `dev`.
+#[track_caller]
+fn wait_medium(a: &mut Appliance, dev: &str, size: usize) {
+    let name = dev.trim_start_matches("/dev/");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Opening the device makes the target look at the medium (the sr driver checks for
+        // a media change on open).
+        let o = a.run(&[
+            "sh",
+            "-c",
+            &format!(
+                "dd if={dev} of=/dev/null bs=2048 count=1 2>/dev/null; cat /sys/block/{name}/size"
+            ),
+        ]);
+        let sectors: usize = o.stdout.trim().parse().unwrap_or(0);
+        if sectors * 512 == size {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{dev}: the target never saw a {size}-byte medium (size {sectors} sectors)\n{}",
+            a.serial()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Whether the target finds no medium in `dev` (within 30 s).
+#[track_caller]
+fn target_sees_no_medium(a: &mut Appliance, dev: &str) {
+    let name = dev.trim_start_matches("/dev/");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = a.run(&[
+            "sh",
+            "-c",
+            &format!("dd if={dev} of=/dev/null bs=2048 count=1 2>&1; cat /sys/block/{name}/size"),
+        ]);
+        // the size in sysfs may stay stale; opening the drive tells
+        if o.stdout.contains("No medium found") {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{dev}: still a medium after eject: {}",
+            o.stdout
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
+    let work = kvmio_tests::tempdir();
+    let www = work.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    // nginx's workers run as nobody: the files must be readable by all.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // CD-ROM images: 2048-byte sectors, at least 300 of them (f_mass_storage's minimum)
+    let iso1 = image(&www.join("one.iso"), 2048 * 1024, 1);
+    let iso2 = image(&www.join("two.iso"), 2048 * 700, 2);
+    for f in ["one.iso", "two.iso"] {
+        std::fs::set_permissions(www.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let port = free_port();
+    let mut web = nginx(work.path(), &www, port);
+
+    let mut a = Appliance::boot_full(&[], &[], &[port]);
+    let disk = image(&a.share().join("disk.img"), 4 << 20, 3);
+    let up = a.run_ok(&["kvmio", "gadget", "up"]);
+    assert!(up.contains("lun 0 cdrom"), "{up}");
+    let url1 = format!("http://{HOST_IP}:{port}/one.iso");
+    let server = a.spawn(&[
+        "kvmio",
+        "vnc",
+        "serve",
+        "--listen",
+        "127.0.0.1:5900",
+        "--media",
+        &format!("0={url1}"),
+        "--media-control",
+        CONTROL,
+    ]);
+    a.wait_output(server, "vnc serving", Duration::from_secs(60));
+
+    // the CD-ROM from the web server, the disk from a file
+    assert_eq!(
+        target_sha(&mut a, "/dev/sr0", 2048 * 1024),
+        iso1,
+        "CD-ROM over HTTP"
+    );
+    let ins = a.run_ok(&[
+        "kvmio",
+        "media",
+        "insert",
+        "--control",
+        CONTROL,
+        "--lun",
+        "1",
+        "/mnt/host/disk.img",
+    ]);
+    assert!(ins.contains("LUN 1: /mnt/host/disk.img"), "{ins}");
+    assert_eq!(
+        target_sha(&mut a, "/dev/sda", 4 << 20),
+        disk,
+        "disk from a file"
+    );
+    let st = a.run_ok(&["kvmio", "media", "status", "--control", CONTROL]);
+    assert!(st.contains(&format!("0:cdrom:{url1}")), "{st}");
+    assert!(st.contains("1:disk:/mnt/host/disk.img"), "{st}");
+
+    // eject: the target sees no disc; another one inserted is read in full
+    a.run_ok(&[
+        "kvmio",
+        "media",
+        "eject",
+        "--control",
+        CONTROL,
+        "--lun",
+        "0",
+    ]);
+    target_sees_no_medium(&mut a, "/dev/sr0");
+    let url2 = format!("http://{HOST_IP}:{port}/two.iso");
+    a.run_ok(&[
+        "kvmio",
+        "media",
+        "insert",
+        "--control",
+        CONTROL,
+        "--lun",
+        "0",
+        &url2,
+    ]);
+    assert_eq!(
+        target_sha(&mut a, "/dev/sr0", 2048 * 700),
+        iso2,
+        "the second CD-ROM"
+    );
+
+    // bad requests get clear answers
+    let bad = a.run(&[
+        "kvmio",
+        "media",
+        "insert",
+        "--control",
+        CONTROL,
+        "--lun",
+        "7",
+        &url2,
+    ]);
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("no LUN 7"), "{}", bad.stderr);
+    let bad = a.run(&[
+        "kvmio",
+        "media",
+        "insert",
+        "--control",
+        CONTROL,
+        "--lun",
+        "0",
+        &format!("http://{HOST_IP}:{port}/missing.iso"),
+    ]);
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("404"), "{}", bad.stderr);
+
+    // the web server dies while a disc is in: reads of what the target has not read yet
+    // fail with I/O errors instead of hanging
+    let big = image(&www.join("big.iso"), 16 << 20, 4);
+    std::fs::set_permissions(www.join("big.iso"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let url3 = format!("http://{HOST_IP}:{port}/big.iso");
+    a.run_ok(&[
+        "kvmio",
+        "media",
+        "insert",
+        "--control",
+        CONTROL,
+        "--lun",
+        "0",
+        &url3,
+    ]);
+    wait_medium(&mut a, "/dev/sr0", 16 << 20);
+    web.stop();
+    let t0 = Instant::now();
+    let dead = a.run(&[
+        "dd",
+        "if=/dev/sr0",
+        "of=/dev/null",
+        "bs=65536",
+        "skip=128",
+        "count=16",
+    ]);
+    assert_ne!(
+        dead.code,
+        Some(0),
+        "reading a dead source succeeded: {}",
+        dead.stderr
+    );
+    assert!(dead.code.is_some(), "reading a dead source hung");
+    eprintln!(
+        "dead source: dd failed after {:.1?}: {}",
+        t0.elapsed(),
+        dead.stderr.trim()
+    );
+    assert!(
+        dead.stderr.contains("I/O error") || dead.stderr.contains("Input/output error"),
+        "the target did not get I/O errors: {}\n{}",
+        dead.stderr,
+        a.output(server).1
+    );
+    // and the server is still there for the next medium
+    let st = a.run_ok(&["kvmio", "media", "status", "--control", CONTROL]);
+    assert!(st.contains("1:disk:/mnt/host/disk.img"), "{st}");
+    assert!(st.contains(&format!("0:cdrom:{url3}")), "{st}");
+    let _ = big;
+    a.kill(server);
+}
