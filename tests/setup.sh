@@ -17,6 +17,8 @@ pkgs+=(x11proto-dev)
 pkgs+=(kmod cpio binutils util-linux)
 # the range-capable web server the appliance's HTTP virtual media come from
 pkgs+=(nginx-light)
+# v4l2-ctl writes the frames vivid's HDMI output loops into its capture node
+pkgs+=(v4l-utils)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

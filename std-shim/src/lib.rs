@@ -162,4 +162,5 @@ pub mod pump;
 pub mod serve;
 pub mod services;
 pub mod tls;
+pub mod video;
 pub mod vnc;

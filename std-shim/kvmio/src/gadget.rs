@@ -158,6 +158,33 @@ pub(crate) fn start_media(
     Ok(Some(media))
 }
 
+/// The capture device from `--video*` (`None`: no capture).
+pub(crate) fn video_config(
+    a: &crate::args::gadget::VideoArgs,
+) -> Result<Option<std_shim::video::VideoConfig>> {
+    let Some(device) = &a.video else {
+        if a.video_format.is_some() || a.video_size.is_some() {
+            bail!("--video-format and --video-size need --video DEV");
+        }
+        return Ok(None);
+    };
+    let format = a
+        .video_format
+        .as_deref()
+        .map(std_shim::video::v4l2::PixelFormat::parse)
+        .transpose()?;
+    let size = a
+        .video_size
+        .as_deref()
+        .map(std_shim::vnc::desktop::parse_geometry)
+        .transpose()?
+        .map(|(w, h)| (u32::from(w), u32::from(h)));
+    Ok(Some(std_shim::video::VideoConfig {
+        device: device.clone(),
+        capture: std_shim::video::v4l2::CaptureConfig { format, size },
+    }))
+}
+
 /// Runs `kvmio media …`.
 pub(crate) fn media(c: crate::args::gadget::MediaCommand) -> Result<()> {
     use crate::args::gadget::MediaCommand as M;

@@ -121,6 +121,12 @@ pub(crate) struct FileVnc {
     /// `allow-exclusive`, `force-shared` or `ignore`.
     #[serde(default, deserialize_with = "by_name")]
     pub(crate) share: Option<SharePolicy>,
+    /// Capture device.
+    pub(crate) video: Option<PathBuf>,
+    /// Its pixel format.
+    pub(crate) video_format: Option<String>,
+    /// Its size.
+    pub(crate) video_size: Option<String>,
 }
 
 /// `[nbd]`.
@@ -315,6 +321,15 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
                 .or(file.vnc.keyboard_layout.clone()),
         };
         let hid = crate::gadget::hid_config(&hid_args)?;
+        let video = crate::gadget::video_config(&crate::args::gadget::VideoArgs {
+            video: a.video.video.clone().or(file.vnc.video.clone()),
+            video_format: a
+                .video
+                .video_format
+                .clone()
+                .or(file.vnc.video_format.clone()),
+            video_size: a.video.video_size.clone().or(file.vnc.video_size.clone()),
+        })?;
         let settings = VncSettings {
             security: security.map(String::as_str),
             password_file: password_file.map(PathBuf::as_path),
@@ -336,6 +351,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
                 .or(file.vnc.plain_view_users.as_ref())
                 .map(PathBuf::as_path),
             share: a.viewers.share.or(file.vnc.share).unwrap_or_default(),
+            video: video.as_ref(),
         };
         serve.add_vnc(endpoints(listen, None, 5900)?, &settings)?;
     }

@@ -17,6 +17,7 @@ use crate::args::vnc::{VncCaptureArgs, VncServeArgs};
 pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
     let hid = crate::gadget::hid_config(&a.hid)?;
     let _media = crate::gadget::start_media(&a.media)?;
+    let video = crate::gadget::video_config(&a.video)?;
     let config = VncSettings {
         security: a.security.as_deref(),
         password_file: a.password_file.as_deref(),
@@ -28,6 +29,7 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
         view_password_file: a.viewers.view_password_file.as_deref(),
         plain_view_users: a.viewers.plain_view_users.as_deref(),
         share: a.viewers.share.unwrap_or_default(),
+        video: video.as_ref(),
     }
     .server_config(a.tls_creds.is_some(), a.handshake_timeout)?;
     let needs_tls = config.security.iter().any(|n| n.is_x509());

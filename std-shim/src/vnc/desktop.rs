@@ -133,7 +133,7 @@ impl Image {
         Ok(())
     }
 
-    fn fill(&mut self, r: Rect, rgb: u32) {
+    pub(crate) fn fill(&mut self, r: Rect, rgb: u32) {
         let r = r.clip_to(self.width, self.height);
         let px = (rgb & 0x00ff_ffff).to_le_bytes();
         let stride = self.stride();
@@ -158,6 +158,8 @@ pub enum Desktop {
         /// Height.
         height: u16,
     },
+    /// Frames from a capture device (the target computer's screen).
+    Video(Arc<crate::video::Hub>),
 }
 
 impl Desktop {
@@ -166,6 +168,10 @@ impl Desktop {
         match self {
             Desktop::Still(i) => (i.width, i.height),
             Desktop::Pattern { width, height } => (*width, *height),
+            Desktop::Video(hub) => {
+                let i = hub.current().0;
+                (i.width, i.height)
+            }
         }
     }
 }
@@ -215,8 +221,50 @@ fn glyph(c: char) -> [u8; 7] {
         'O' => [0x0e, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e],
         'R' => [0x1e, 0x11, 0x11, 0x1e, 0x14, 0x12, 0x11],
         'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0a, 0x04],
+        'D' => [0x1e, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1e],
+        'G' => [0x0e, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0f],
+        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1f],
+        'N' => [0x11, 0x19, 0x15, 0x13, 0x11, 0x11, 0x11],
+        'S' => [0x0f, 0x10, 0x10, 0x0e, 0x01, 0x01, 0x1e],
+        'T' => [0x1f, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
+        'C' => [0x0e, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0e],
+        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e],
+        'P' => [0x1e, 0x11, 0x11, 0x1e, 0x10, 0x10, 0x10],
+        'H' => [0x11, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11],
+        'B' => [0x1e, 0x11, 0x11, 0x1e, 0x11, 0x11, 0x1e],
+        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0a],
+        'Y' => [0x11, 0x11, 0x0a, 0x04, 0x04, 0x04, 0x04],
+        'X' => [0x11, 0x11, 0x0a, 0x04, 0x0a, 0x11, 0x11],
+        '/' => [0x01, 0x01, 0x02, 0x04, 0x08, 0x10, 0x10],
+        '-' => [0x00, 0x00, 0x00, 0x1f, 0x00, 0x00, 0x00],
         _ => [0; 7],
     }
+}
+
+/// Draws `text` (upper-case letters, digits and a little punctuation of the built-in 5 × 7
+/// font) with its top left corner at (`x`, `y`), each font pixel `scale` × `scale`, clipped to
+/// the image; returns the area drawn.
+pub fn draw_text(image: &mut Image, x: u16, y: u16, text: &str, scale: u16, rgb: u32) -> Rect {
+    let bound = Rect::new(0, 0, image.width, image.height);
+    for (i, c) in text.chars().enumerate() {
+        let g = glyph(c.to_ascii_uppercase());
+        let x0 = u32::from(x) + i as u32 * 6 * u32::from(scale);
+        for (row, bits) in g.iter().enumerate() {
+            for col in 0..5u32 {
+                if bits & (0x10 >> col) != 0 {
+                    let px = x0 + col * u32::from(scale);
+                    let py = u32::from(y) + row as u32 * u32::from(scale);
+                    if px >= u32::from(image.width) || py >= u32::from(image.height) {
+                        continue;
+                    }
+                    let r = clip(Rect::new(px as u16, py as u16, scale, scale), bound);
+                    image.fill(r, rgb);
+                }
+            }
+        }
+    }
+    let w = (text.chars().count() as u32 * 6 * u32::from(scale)).min(u32::from(u16::MAX)) as u16;
+    clip(Rect::new(x, y, w, 7 * scale), bound)
 }
 
 const SCALE: u16 = 3;

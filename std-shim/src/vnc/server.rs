@@ -227,6 +227,12 @@ pub fn random_challenge() -> Result<[u8; 16]> {
 enum Fb {
     Still(Arc<Image>),
     Pattern(Box<Pattern>),
+    /// The frame of a capture this viewer has (frames are shared by every viewer).
+    Video {
+        hub: Arc<crate::video::Hub>,
+        image: Arc<Image>,
+        seq: u64,
+    },
 }
 
 impl Fb {
@@ -234,6 +240,7 @@ impl Fb {
         match self {
             Fb::Still(i) => i,
             Fb::Pattern(p) => &p.image,
+            Fb::Video { image, .. } => image,
         }
     }
 }
@@ -338,6 +345,14 @@ impl VncServerSession {
             Desktop::Still(i) => Fb::Still(i.clone()),
             Desktop::Pattern { width, height } => {
                 Fb::Pattern(Box::new(Pattern::new(*width, *height)))
+            }
+            Desktop::Video(hub) => {
+                let (image, seq) = hub.current();
+                Fb::Video {
+                    hub: hub.clone(),
+                    image,
+                    seq,
+                }
             }
         })
     }
@@ -588,11 +603,58 @@ impl VncServerSession {
         };
         let whole = Rect::new(0, 0, w, h);
         let mut damage = Vec::new();
+        if let Fb::Video { hub, image, seq } = fbuf
+            && (self.full.is_some() || now >= self.next_frame)
+            && let Some(c) = hub.changes_since(*seq)
+        {
+            *image = c.image;
+            *seq = c.seq;
+            let (nw, nh) = (image.width, image.height);
+            if (nw, nh) != (w, h) {
+                if !self.server.client_supports(Encoding::DesktopSize)
+                    && !self.server.client_supports(Encoding::ExtendedDesktopSize)
+                {
+                    bail!(
+                        "the capture is now {nw}x{nh} and this viewer cannot follow a resize \
+                         (no DesktopSize): disconnecting it"
+                    );
+                }
+                log::info!("{}: desktop resized to {nw}x{nh}", self.peer);
+                damage.push(Damage::Changed(Rect::new(0, 0, nw, nh)));
+            } else {
+                let area = self.wanted.unwrap_or(whole);
+                match c.damage {
+                    None => damage.push(Damage::Changed(area)),
+                    Some(d) => damage.extend(
+                        d.into_iter()
+                            .map(|r| clip(r, area))
+                            .filter(|r| !r.is_empty())
+                            .map(Damage::Changed),
+                    ),
+                }
+            }
+        }
+        // A new capture size is the size from now on.
+        let (w, h) = self
+            .fb
+            .as_ref()
+            .map_or((w, h), |f| (f.image().width, f.image().height));
+        let Some(fbuf) = self.fb.as_mut() else {
+            return Ok(());
+        };
         if let Some(full) = self.full {
             if let Fb::Pattern(p) = fbuf {
                 p.advance();
             }
             damage.push(Damage::Changed(full.clip_to(w, h)));
+        } else if let Fb::Video { .. } = fbuf {
+            if damage.is_empty() && !leds && !self.forced {
+                // Nothing new yet: look again at the next frame time.
+                if now >= self.next_frame {
+                    self.next_frame = now + self.frame_period;
+                }
+                return Ok(());
+            }
         } else if let Fb::Pattern(p) = fbuf {
             if now < self.next_frame && !leds {
                 return Ok(());
@@ -738,7 +800,7 @@ impl Session for VncServerSession {
         let frame = (self.authenticated
             && self.server.wants_update()
             && self.full.is_none()
-            && matches!(self.fb, Some(Fb::Pattern(_))))
+            && matches!(self.fb, Some(Fb::Pattern(_) | Fb::Video { .. })))
         .then_some(self.next_frame);
         let leds = self.watches_leds().then_some(self.next_led_poll);
         let share = self.membership.is_some().then_some(self.next_share_poll);
@@ -833,6 +895,7 @@ pub fn describe(config: &VncServerConfig) -> String {
     let what = match &config.desktop {
         Desktop::Still(_) => "image",
         Desktop::Pattern { .. } => "test pattern",
+        Desktop::Video(_) => "video",
     };
     let (types, subtypes) = server_offer(&config.security);
     let rfb: Vec<String> = types

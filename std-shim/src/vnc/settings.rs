@@ -42,6 +42,8 @@ pub struct VncSettings<'a> {
     pub plain_view_users: Option<&'a Path>,
     /// What the ClientInit shared flag does.
     pub share: SharePolicy,
+    /// Frames from a capture device instead of the pattern or the image.
+    pub video: Option<&'a crate::video::VideoConfig>,
 }
 
 impl Default for VncSettings<'_> {
@@ -59,6 +61,7 @@ impl Default for VncSettings<'_> {
             view_password_file: None,
             plain_view_users: None,
             share: SharePolicy::AllowExclusive,
+            video: None,
         }
     }
 }
@@ -129,9 +132,11 @@ impl VncSettings<'_> {
         if security.contains(&SecName::Plain) {
             log::warn!("security type Plain sends user names and passwords in the clear");
         }
-        let desktop = match self.image {
-            Some(p) => Desktop::Still(Arc::new(Image::load_png(p)?)),
-            None => {
+        let desktop = match (self.video, self.image) {
+            (Some(_), Some(_)) => bail!("give a capture device or an image, not both"),
+            (Some(v), None) => Desktop::Video(crate::video::Hub::start(v.clone())),
+            (None, Some(p)) => Desktop::Still(Arc::new(Image::load_png(p)?)),
+            (None, None) => {
                 let (width, height) = parse_geometry(self.size)?;
                 Desktop::Pattern { width, height }
             }

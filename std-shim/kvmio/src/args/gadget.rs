@@ -106,6 +106,22 @@ pub(crate) struct MediaArgs {
     pub(crate) media_gadget: Option<String>,
 }
 
+/// The capture device (`kvmio serve`, `kvmio vnc serve`).
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct VideoArgs {
+    /// Show the target's screen from this V4L2 capture device (an HDMI grabber) instead of
+    /// the test pattern; without a signal viewers see a NO SIGNAL card until frames return.
+    #[arg(long, value_name = "DEV")]
+    pub(crate) video: Option<PathBuf>,
+    /// Capture pixel format: yuyv, uyvy, rgb24, bgr24 (default: the first of these the
+    /// device offers).
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) video_format: Option<String>,
+    /// Capture size (default: what the device is set to, e.g. the source's timings).
+    #[arg(long, value_name = "WxH")]
+    pub(crate) video_size: Option<String>,
+}
+
 /// The default control socket.
 pub(crate) const MEDIA_CONTROL: &str = "/run/kvmio/media.sock";
 

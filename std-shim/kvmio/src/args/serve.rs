@@ -61,6 +61,8 @@ pub(crate) struct ServeArgs {
     pub(crate) hid: super::gadget::HidArgs,
     #[command(flatten)]
     pub(crate) media: super::gadget::MediaArgs,
+    #[command(flatten)]
+    pub(crate) video: super::gadget::VideoArgs,
     /// NBD listen address (repeatable; default 127.0.0.1:10809).
     #[arg(long, value_name = "ADDR")]
     pub(crate) nbd_listen: Vec<String>,

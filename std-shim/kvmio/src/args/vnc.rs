@@ -65,6 +65,8 @@ pub(crate) struct VncServeArgs {
     pub(crate) hid: super::gadget::HidArgs,
     #[command(flatten)]
     pub(crate) media: super::gadget::MediaArgs,
+    #[command(flatten)]
+    pub(crate) video: super::gadget::VideoArgs,
     /// Serve connections on threads or tokio tasks.
     #[arg(long, value_parser = runtime(), default_value_t = Runtime::Threads)]
     pub(crate) runtime: Runtime,

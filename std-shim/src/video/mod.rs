@@ -1,0 +1,310 @@
+//! Video from the target computer: a V4L2 capture device ([`v4l2`]) behind a [`Hub`] that
+//! captures and converts each frame once, works out what changed ([`convert::damage`]) and
+//! serves every viewer from the same frames. Without a signal (no device, no frames, a device
+//! error or removal) the hub shows a "NO SIGNAL" card of the last size and keeps trying.
+
+pub mod convert;
+pub mod v4l2;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rfb_core::wire::Rect;
+
+use crate::vnc::desktop::{Image, draw_text};
+
+/// Frames whose damage the hub remembers (a viewer further behind gets a full update).
+pub const HISTORY: usize = 64;
+/// No frame for this long is "no signal".
+pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The size of the no-signal card before any frame was seen.
+pub const DEFAULT_SIZE: (u16, u16) = (1024, 768);
+
+/// A capture device and what to ask it for.
+#[derive(Debug, Clone)]
+pub struct VideoConfig {
+    /// The device (`/dev/video0`).
+    pub device: PathBuf,
+    /// Format and size.
+    pub capture: v4l2::CaptureConfig,
+}
+
+struct State {
+    image: Arc<Image>,
+    seq: u64,
+    /// `(seq, damage of frame seq against frame seq - 1)`, oldest first.
+    history: VecDeque<(u64, Vec<Rect>)>,
+    signal: bool,
+}
+
+/// One capture shared by every viewer.
+pub struct Hub {
+    state: Mutex<State>,
+    device: String,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (image, seq) = self.current();
+        write!(
+            f,
+            "Hub({}, {}x{}, frame {seq})",
+            self.device, image.width, image.height
+        )
+    }
+}
+
+/// What a viewer has to send to catch up.
+pub struct Changes {
+    /// The current frame.
+    pub image: Arc<Image>,
+    /// Its number.
+    pub seq: u64,
+    /// The areas changed since the viewer's frame (`None`: all of it).
+    pub damage: Option<Vec<Rect>>,
+}
+
+impl Hub {
+    /// Starts capturing from `config.device` in a thread of its own.
+    pub fn start(config: VideoConfig) -> Arc<Self> {
+        let device = config.device.display().to_string();
+        let (w, h) = config.capture.size.map_or(DEFAULT_SIZE, |(w, h)| {
+            (w.min(8192) as u16, h.min(8192) as u16)
+        });
+        let hub = Arc::new(Self {
+            state: Mutex::new(State {
+                image: Arc::new(no_signal(w.max(1), h.max(1), &device)),
+                seq: 1,
+                history: VecDeque::new(),
+                signal: false,
+            }),
+            device,
+        });
+        let h2 = hub.clone();
+        std::thread::Builder::new()
+            .name("video-capture".into())
+            .spawn(move || h2.run(&config))
+            .expect("start the capture thread");
+        hub
+    }
+
+    /// The device's name.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current frame and its number.
+    pub fn current(&self) -> (Arc<Image>, u64) {
+        let s = self.lock();
+        (s.image.clone(), s.seq)
+    }
+
+    /// Whether frames are arriving.
+    pub fn has_signal(&self) -> bool {
+        self.lock().signal
+    }
+
+    /// What changed since frame `seq` (`None` if nothing did).
+    pub fn changes_since(&self, seq: u64) -> Option<Changes> {
+        let s = self.lock();
+        if s.seq == seq {
+            return None;
+        }
+        let mut damage = Some(Vec::new());
+        if seq == 0 || s.history.front().is_none_or(|(first, _)| *first > seq + 1) {
+            damage = None;
+        } else {
+            for (n, d) in &s.history {
+                if *n > seq
+                    && let Some(v) = damage.as_mut()
+                {
+                    v.extend_from_slice(d);
+                }
+            }
+        }
+        Some(Changes {
+            image: s.image.clone(),
+            seq: s.seq,
+            damage,
+        })
+    }
+
+    /// Publishes a new frame with its damage against the previous one.
+    fn publish(&self, image: Image, damage: Vec<Rect>, signal: bool) {
+        let mut s = self.lock();
+        let full = (image.width, image.height) != (s.image.width, s.image.height);
+        s.seq += 1;
+        let seq = s.seq;
+        if full {
+            s.history.clear();
+        }
+        s.history.push_back((seq, damage));
+        while s.history.len() > HISTORY {
+            s.history.pop_front();
+        }
+        s.image = Arc::new(image);
+        s.signal = signal;
+    }
+
+    fn show_no_signal(&self, why: &str) {
+        let (w, h, had) = {
+            let s = self.lock();
+            (s.image.width, s.image.height, s.signal)
+        };
+        if had {
+            log::warn!("{}: no signal ({why})", self.device);
+            let img = no_signal(w, h, &self.device);
+            self.publish(img, vec![Rect::new(0, 0, w, h)], false);
+        }
+    }
+
+    fn run(&self, config: &VideoConfig) {
+        let mut backoff = Duration::from_millis(250);
+        let mut last_error = String::new();
+        loop {
+            let mut cap = match v4l2::Capture::open(&config.device, &config.capture) {
+                Ok(c) => {
+                    log::info!(
+                        "{}: capturing {}x{} {:?}",
+                        self.device,
+                        c.format.width,
+                        c.format.height,
+                        c.format.format
+                    );
+                    last_error.clear();
+                    backoff = Duration::from_millis(250);
+                    c
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    if msg != last_error {
+                        log::warn!("{}: {msg}; retrying", self.device);
+                        last_error = msg.clone();
+                    }
+                    self.show_no_signal(&msg);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(4));
+                    continue;
+                }
+            };
+            let mut prev = self.current().0;
+            let mut last_frame = Instant::now();
+            loop {
+                let fmt = cap.format;
+                let r = cap.next_frame(Duration::from_millis(500), |bytes| {
+                    let mut img = Image::new(1, 1);
+                    convert::convert(&fmt, bytes, &mut img).map(|()| img)
+                });
+                match r {
+                    Ok(Some(Ok(img))) => {
+                        last_frame = Instant::now();
+                        let was = self.has_signal();
+                        let d = if was {
+                            convert::damage(&prev, &img)
+                        } else {
+                            vec![Rect::new(0, 0, img.width, img.height)]
+                        };
+                        if !was {
+                            log::info!("{}: signal", self.device);
+                        }
+                        if !d.is_empty() || !was {
+                            self.publish(img, d, true);
+                            prev = self.current().0;
+                        }
+                    }
+                    Ok(Some(Err(e))) => log::debug!("{}: {e:#}", self.device),
+                    Ok(None) => {
+                        if last_frame.elapsed() > SIGNAL_TIMEOUT {
+                            self.show_no_signal("no frames");
+                            if last_frame.elapsed() > SIGNAL_TIMEOUT * 3 {
+                                // Reopen: some drivers need a new stream after the source
+                                // changed.
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.show_no_signal(&format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            drop(cap);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The card shown without a signal.
+pub fn no_signal(w: u16, h: u16, device: &str) -> Image {
+    let mut img = Image::new(w, h);
+    img.fill(Rect::new(0, 0, w, h), 0x202028);
+    let scale = (w / 120).clamp(1, 8);
+    let text = "NO SIGNAL";
+    let tw = 9 * 6 * scale;
+    let x = w.saturating_sub(tw) / 2;
+    let y = (h / 2).saturating_sub(7 * scale);
+    draw_text(&mut img, x, y, text, scale, 0xe0e0e0);
+    let small = (scale / 2).max(1);
+    let dx = w.saturating_sub(device.len() as u16 * 6 * small) / 2;
+    draw_text(&mut img, dx, y + 10 * scale, device, small, 0x909090);
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub {
+            state: Mutex::new(State {
+                image: Arc::new(Image::new(128, 128)),
+                seq: 1,
+                history: VecDeque::new(),
+                signal: true,
+            }),
+            device: "test".into(),
+        }
+    }
+
+    #[test]
+    fn viewers_get_the_union_of_what_they_missed() {
+        let h = hub();
+        assert!(h.changes_since(1).is_none());
+        h.publish(Image::new(128, 128), vec![Rect::new(0, 0, 64, 64)], true);
+        h.publish(Image::new(128, 128), vec![Rect::new(64, 64, 64, 64)], true);
+        let c = h.changes_since(1).unwrap();
+        assert_eq!(c.seq, 3);
+        assert_eq!(
+            c.damage.unwrap(),
+            [Rect::new(0, 0, 64, 64), Rect::new(64, 64, 64, 64)]
+        );
+        assert_eq!(h.changes_since(2).unwrap().damage.unwrap().len(), 1);
+        // a new viewer, or one further behind than the history: everything
+        assert!(h.changes_since(0).unwrap().damage.is_none());
+        for _ in 0..HISTORY + 2 {
+            h.publish(Image::new(128, 128), vec![Rect::new(0, 0, 1, 1)], true);
+        }
+        assert!(h.changes_since(3).unwrap().damage.is_none());
+        // a new size forgets the history
+        let s = h.current().1;
+        h.publish(Image::new(64, 32), vec![Rect::new(0, 0, 64, 32)], true);
+        let c = h.changes_since(s).unwrap();
+        assert_eq!((c.image.width, c.image.height), (64, 32));
+    }
+
+    #[test]
+    fn the_no_signal_card_says_so() {
+        let img = no_signal(320, 240, "/dev/video0");
+        let lit = img.data.chunks_exact(4).filter(|p| p[0] == 0xe0).count();
+        assert!(lit > 200, "{lit} text pixels");
+        let tiny = no_signal(1, 1, "/dev/video0");
+        assert_eq!((tiny.width, tiny.height), (1, 1));
+    }
+}
