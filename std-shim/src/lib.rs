@@ -3,8 +3,9 @@
 //! # Layers
 //!
 //! ```text
-//! application  nbd::{server, catalog, backend, client, copy}   vnc::{server, client, desktop, security}
+//! application  nbd::{server, catalog, backend, client, copy}   vnc::{server, client, desktop, security, sharing}
 //!              services (listeners, caps, stop)                 serve (VNC + NBD from one credential set)
+//! device       video (V4L2 capture, Hub)   input (HID gadget sink)   gadget (configfs)   media (LUNs, HTTP, kernel nbd)
 //! session      pump::Session: one connection's core + application, Sans-IO
 //! driver       pump::Pump (the step: plaintext, STARTTLS hand-over via tls_glue::Link, TLS records)
 //!              io::blocking::run_blocking  |  io::tokio::run_tokio  |  io::listen (accept loops)

@@ -28,6 +28,7 @@ pub mod faults;
 pub mod raw;
 pub mod tlsio;
 pub mod vnc;
+pub mod web;
 
 use std::collections::HashSet;
 use std::ffi::OsStr;

@@ -126,6 +126,20 @@ impl Catalog {
     ) -> Result<&'static Self> {
         let mut specs = Vec::new();
         for (name, path) in files {
+            // An http:// URL is an image on a web server, read with range requests (the same
+            // source virtual media take), always read-only.
+            if let Some(url) = path.to_str().filter(|p| p.starts_with("http://")) {
+                let backend = crate::media::http::HttpBackend::open(url)
+                    .with_context(|| format!("export {name}"))?;
+                specs.push(ExportSpec {
+                    name: name.clone(),
+                    description: url.to_string(),
+                    backend: Arc::new(backend) as Arc<dyn Backend>,
+                    read_only: true,
+                    tls_only: false,
+                });
+                continue;
+            }
             let backend = crate::nbd::backend::FileBackend::open(path, read_only)
                 .with_context(|| format!("open {}", path.display()))?;
             specs.push(ExportSpec {

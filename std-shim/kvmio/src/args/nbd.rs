@@ -100,7 +100,8 @@ pub(crate) struct NbdServeArgs {
     /// Unix socket to listen on.
     #[arg(long, value_name = "PATH")]
     pub(crate) unix: Option<PathBuf>,
-    /// Export a file or block device (repeatable).
+    /// Export a file, a block device or an http:// URL (read with range requests, read-only)
+    /// (repeatable).
     #[arg(long = "export", value_name = "NAME=PATH")]
     pub(crate) exports: Vec<String>,
     /// Export a RAM disk (repeatable). Its data lives only as long as the process: FLUSH and

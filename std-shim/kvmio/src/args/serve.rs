@@ -72,7 +72,8 @@ pub(crate) struct ServeArgs {
     /// Do not serve NBD.
     #[arg(long)]
     pub(crate) no_nbd: bool,
-    /// Export a file or block device (repeatable).
+    /// Export a file, a block device or an http:// URL (read with range requests, read-only)
+    /// (repeatable).
     #[arg(long = "export", value_name = "NAME=PATH")]
     pub(crate) exports: Vec<String>,
     /// Export a RAM disk (repeatable; default one of 64M named "disk"). Its data lives only
