@@ -1,9 +1,10 @@
 //! Virtual media end to end in the emulated appliance: `kvmio gadget up` (a CD-ROM LUN and a
-//! disk LUN), `kvmio vnc serve --media 0=http://…` with the image on nginx outside the VM
-//! (range requests, through the kernel's nbd device), `kvmio media insert|eject|status`
+//! disk LUN), the main job `kvmio serve --media 0=http://…` with the image on nginx outside
+//! the VM (range requests, through the kernel's nbd device), `kvmio media insert|eject|status`
 //! through the control socket, a local file on the disk LUN. The target computer (the host side
-//! of dummy_hcd) reads `/dev/sr0` and `/dev/sda` with the images' SHA-256, sees ejects and
-//! inserts, and gets I/O errors, not a hang, when the web server dies.
+//! of dummy_hcd) reads `/dev/sr0` and `/dev/sda` with the images' SHA-256, writes to the disk
+//! (the bytes land in the file), sees ejects and inserts, and gets I/O errors, not a hang, when
+//! the web server dies.
 
 use std::path::Path;
 use std::process::Command;
@@ -120,11 +121,14 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
     let up = a.run_ok(&["kvmio", "gadget", "up"]);
     assert!(up.contains("lun 0 cdrom"), "{up}");
     let url1 = format!("http://{HOST_IP}:{port}/one.iso");
+    // the main job, as on a device (no TLS here: the test is about the media)
     let server = a.spawn(&[
         "kvmio",
-        "vnc",
         "serve",
-        "--listen",
+        "--tls",
+        "off",
+        "--no-nbd",
+        "--vnc-listen",
         "127.0.0.1:5900",
         "--media",
         &format!("0={url1}"),
@@ -154,6 +158,16 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
         target_sha(&mut a, "/dev/sda", 4 << 20),
         disk,
         "disk from a file"
+    );
+
+    // the target writes to the disk: the bytes land in the backing file on the host
+    a.sh("dd if=/dev/urandom of=/tmp/w.bin bs=4096 count=8 2>/dev/null");
+    a.sh("dd if=/tmp/w.bin of=/dev/sda bs=4096 seek=100 conv=fsync 2>/dev/null");
+    let written = a.read_file("/tmp/w.bin");
+    let backing = std::fs::read(a.share().join("disk.img")).unwrap();
+    assert!(
+        backing[100 * 4096..108 * 4096] == written[..],
+        "the target's write did not reach the backing file"
     );
     let st = a.run_ok(&["kvmio", "media", "status", "--control", CONTROL]);
     assert!(st.contains(&format!("0:cdrom:{url1}")), "{st}");
