@@ -28,6 +28,9 @@ fn yuv(y: u8, u: u8, v: u8) -> [u8; 3] {
 /// Converts one frame of `f` (`bytes` as the driver filled them) into `out` (which is
 /// resized to the frame).
 pub fn convert(f: &Negotiated, bytes: &[u8], out: &mut Image) -> Result<()> {
+    if f.format == PixelFormat::Mjpeg {
+        return mjpeg(f, bytes, out);
+    }
     let (w, h) = (f.width as usize, f.height as usize);
     let stride = f.stride as usize;
     if bytes.len() < stride * (h - 1) + w * f.format.bytes_per_pixel() as usize {
@@ -67,7 +70,90 @@ pub fn convert(f: &Negotiated, bytes: &[u8], out: &mut Image) -> Result<()> {
                     }
                 }
             }
+            PixelFormat::Mjpeg => unreachable!("decoded above"),
         }
+    }
+    Ok(())
+}
+
+/// Whether a JPEG has neither Huffman tables (DHT) nor an `AVI1` APP0 before its first scan:
+/// what many USB grabbers send (the standard tables of the MJPEG/AVI convention apply, which
+/// zune-jpeg supplies once it sees the `AVI1` marker).
+fn lacks_tables(d: &[u8]) -> bool {
+    if d.len() < 4 || d[0] != 0xff || d[1] != 0xd8 {
+        return false;
+    }
+    let mut i = 2;
+    while i + 4 <= d.len() {
+        if d[i] != 0xff {
+            return false;
+        }
+        let m = d[i + 1];
+        match m {
+            0xff => {
+                i += 1;
+                continue;
+            }
+            0x01 | 0xd0..=0xd7 => {
+                i += 2;
+                continue;
+            }
+            0xc4 => return false,
+            0xda => return true,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([d[i + 2], d[i + 3]]));
+        if m == 0xe0 && d.get(i + 4..i + 8) == Some(b"AVI1") {
+            return false;
+        }
+        if len < 2 {
+            return false;
+        }
+        i += 2 + len;
+    }
+    false
+}
+
+/// Decodes one MJPEG frame (of the negotiated size; a frame of another size is an error).
+fn mjpeg(f: &Negotiated, bytes: &[u8], out: &mut Image) -> Result<()> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let patched;
+    let data = if lacks_tables(bytes) {
+        let mut v = Vec::with_capacity(bytes.len() + 9);
+        v.extend_from_slice(&bytes[..2]);
+        v.extend_from_slice(&[0xff, 0xe0, 0x00, 0x07, b'A', b'V', b'I', b'1', 0]);
+        v.extend_from_slice(&bytes[2..]);
+        patched = v;
+        &patched[..]
+    } else {
+        bytes
+    };
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(f.width as usize)
+        .set_max_height(f.height as usize);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(data), options);
+    let rgb = d
+        .decode()
+        .map_err(|e| anyhow::anyhow!("a bad MJPEG frame: {e:?}"))?;
+    let info = d
+        .info()
+        .ok_or_else(|| anyhow::anyhow!("a bad MJPEG frame"))?;
+    let (w, h) = (usize::from(info.width), usize::from(info.height));
+    if (w, h) != (f.width as usize, f.height as usize) || rgb.len() != w * h * 3 {
+        bail!(
+            "an MJPEG frame of {w}x{h} in a {}x{} stream",
+            f.width,
+            f.height
+        );
+    }
+    if (usize::from(out.width), usize::from(out.height)) != (w, h) {
+        *out = Image::new(w as u16, h as u16);
+    }
+    for (d, s) in out.data.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
+        d.copy_from_slice(&[s[2], s[1], s[0], 0]);
     }
     Ok(())
 }
@@ -168,6 +254,68 @@ mod tests {
         }
         let f = fmt(PixelFormat::Yuyv, 4, 4, 0);
         assert!(convert(&f, &[0; 10], &mut Image::new(1, 1)).is_err());
+    }
+
+    /// Removes every DHT segment, as many webcams send their frames.
+    fn strip_dht(j: &[u8]) -> Vec<u8> {
+        let mut out = j[..2].to_vec();
+        let mut i = 2;
+        loop {
+            let m = j[i + 1];
+            if m == 0xda {
+                out.extend_from_slice(&j[i..]);
+                return out;
+            }
+            let len = usize::from(u16::from_be_bytes([j[i + 2], j[i + 3]]));
+            if m != 0xc4 {
+                out.extend_from_slice(&j[i..i + 2 + len]);
+            }
+            i += 2 + len;
+        }
+    }
+
+    #[test]
+    fn mjpeg_frames_decode_with_or_without_their_tables() {
+        let (w, h) = (64u16, 48u16);
+        let mut rgb = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                rgb.extend_from_slice(&[(x * 4) as u8, (y * 5) as u8, 128]);
+            }
+        }
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 100)
+            .encode(&rgb, w, h, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let f = Negotiated {
+            format: PixelFormat::Mjpeg,
+            width: u32::from(w),
+            height: u32::from(h),
+            stride: 0,
+            size_image: 1 << 20,
+        };
+        let mut img = Image::new(1, 1);
+        convert(&f, &jpeg, &mut img).unwrap();
+        assert_eq!((img.width, img.height), (w, h));
+        let worst = img
+            .to_rgb8()
+            .iter()
+            .zip(&rgb)
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .max()
+            .unwrap();
+        assert!(worst <= 12, "quality 100 JPEG off by {worst}");
+        // the standard tables fill in for missing ones: the same picture
+        let bare = strip_dht(&jpeg);
+        assert!(bare.len() < jpeg.len() && lacks_tables(&bare) && !lacks_tables(&jpeg));
+        let mut img2 = Image::new(1, 1);
+        convert(&f, &bare, &mut img2).unwrap();
+        assert_eq!(img, img2);
+        // a frame of another size, and garbage, are errors
+        let small = Negotiated { width: 32, ..f };
+        assert!(convert(&small, &jpeg, &mut img2).is_err());
+        assert!(convert(&f, &[0xff, 0xd8, 0xff, 0xda, 0, 2, 1, 2, 3], &mut img2).is_err());
+        assert!(convert(&f, b"not a jpeg", &mut img2).is_err());
     }
 
     #[test]

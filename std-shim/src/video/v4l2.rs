@@ -54,11 +54,19 @@ pub enum PixelFormat {
     Rgb24,
     /// 24-bit B, G, R (`BGR3`).
     Bgr24,
+    /// Motion JPEG (`MJPG`): one JPEG per frame, decoded on capture.
+    Mjpeg,
 }
 
 impl PixelFormat {
     /// In the order a capture prefers them.
-    pub const PREFERRED: [PixelFormat; 4] = [Self::Yuyv, Self::Rgb24, Self::Bgr24, Self::Uyvy];
+    pub const PREFERRED: [PixelFormat; 5] = [
+        Self::Yuyv,
+        Self::Rgb24,
+        Self::Bgr24,
+        Self::Uyvy,
+        Self::Mjpeg,
+    ];
 
     /// The fourcc.
     pub const fn fourcc(self) -> u32 {
@@ -67,6 +75,7 @@ impl PixelFormat {
             Self::Uyvy => *b"UYVY",
             Self::Rgb24 => *b"RGB3",
             Self::Bgr24 => *b"BGR3",
+            Self::Mjpeg => *b"MJPG",
         };
         u32::from_le_bytes(b)
     }
@@ -83,18 +92,17 @@ impl PixelFormat {
             "uyvy" => Self::Uyvy,
             "rgb24" | "rgb3" => Self::Rgb24,
             "bgr24" | "bgr3" => Self::Bgr24,
-            "mjpeg" | "mjpg" => {
-                bail!("MJPEG capture is not supported yet (yuyv, uyvy, rgb24, bgr24 are)")
-            }
-            _ => bail!("pixel format {s:?}: yuyv, uyvy, rgb24 or bgr24"),
+            "mjpeg" | "mjpg" => Self::Mjpeg,
+            _ => bail!("pixel format {s:?}: yuyv, uyvy, rgb24, bgr24 or mjpeg"),
         })
     }
 
-    /// Bytes per pixel.
+    /// Bytes per pixel (0: compressed).
     pub const fn bytes_per_pixel(self) -> u32 {
         match self {
             Self::Yuyv | Self::Uyvy => 2,
             Self::Rgb24 | Self::Bgr24 => 3,
+            Self::Mjpeg => 0,
         }
     }
 }
@@ -229,7 +237,7 @@ impl Capture {
                 .find(|p| offered.contains(&p.fourcc()))
                 .with_context(|| {
                     format!(
-                        "{}: none of YUYV, RGB3, BGR3, UYVY (the device offers {})",
+                        "{}: none of YUYV, RGB3, BGR3, UYVY, MJPG (the device offers {})",
                         path.display(),
                         offered
                             .iter()
@@ -426,6 +434,13 @@ pub fn check_format(n: &Negotiated) -> Result<()> {
             n.height
         );
     }
+    if n.format == PixelFormat::Mjpeg {
+        // Compressed: sizeimage is the largest frame the driver may deliver.
+        if n.size_image == 0 || n.size_image > 64 << 20 {
+            bail!("the device reports {} bytes per MJPEG frame", n.size_image);
+        }
+        return Ok(());
+    }
     let row = n.width * n.format.bytes_per_pixel();
     if n.stride < row || u64::from(n.stride) * u64::from(n.height) > u64::from(n.size_image) {
         bail!(
@@ -484,6 +499,21 @@ mod tests {
             assert!(check_format(&bad).is_err(), "{bad:?}");
         }
         assert_eq!(PixelFormat::parse("RGB3").unwrap(), PixelFormat::Rgb24);
-        assert!(PixelFormat::parse("mjpeg").is_err());
+        assert_eq!(PixelFormat::parse("mjpeg").unwrap(), PixelFormat::Mjpeg);
+        assert!(PixelFormat::parse("h264").is_err());
+        let mjpeg = Negotiated {
+            format: PixelFormat::Mjpeg,
+            stride: 0,
+            size_image: 1 << 20,
+            ..ok
+        };
+        assert!(check_format(&mjpeg).is_ok());
+        assert!(
+            check_format(&Negotiated {
+                size_image: 0,
+                ..mjpeg
+            })
+            .is_err()
+        );
     }
 }

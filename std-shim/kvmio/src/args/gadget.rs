@@ -113,7 +113,7 @@ pub(crate) struct VideoArgs {
     /// the test pattern; without a signal viewers see a NO SIGNAL card until frames return.
     #[arg(long, value_name = "DEV")]
     pub(crate) video: Option<PathBuf>,
-    /// Capture pixel format: yuyv, uyvy, rgb24, bgr24 (default: the first of these the
+    /// Capture pixel format: yuyv, uyvy, rgb24, bgr24, mjpeg (default: the first of these the
     /// device offers).
     #[arg(long, value_name = "FORMAT")]
     pub(crate) video_format: Option<String>,
