@@ -29,7 +29,8 @@
 //!     ..VncSettings::default()
 //! };
 //! serve.add_vnc(endpoints(&[], None, 5900)?, &vnc)?;
-//! let catalog = Catalog::build(&[], &[("disk".into(), 64 << 20)], false, 0)?;
+//! let remote = std_shim::nbd::client::ClientTls::default();
+//! let catalog = Catalog::build(&[], &[("disk".into(), 64 << 20)], false, 0, &remote)?;
 //! serve.add_nbd(catalog, endpoints(&[], None, 10809)?);
 //! let control = Arc::new(ServerControl::default());
 //! stop_on_signals(&control)?;

@@ -116,8 +116,19 @@ impl Appliance {
             ports.insert(g, h);
             nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
         }
+        // One tcp-pipe per guest connection: QEMU's `-tcp:` form would open a single
+        // connection at start, which a server that speaks first (NBD) greets too early.
+        let pipe = kvmio_bin().with_file_name("tcp-pipe");
+        assert!(
+            pipe.is_file(),
+            "{} is missing: build it with `cargo build --release -p kvmio-tests --bins`",
+            pipe.display()
+        );
         for p in host_ports {
-            nic.push_str(&format!(",guestfwd=tcp:{HOST_IP}:{p}-tcp:127.0.0.1:{p}"));
+            nic.push_str(&format!(
+                ",guestfwd=tcp:{HOST_IP}:{p}-cmd:{} 127.0.0.1:{p}",
+                pipe.display()
+            ));
         }
         let serial = work.path().join("serial.log");
         let qemu_bin = crate::tool("qemu-system-x86_64");

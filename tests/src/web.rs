@@ -40,15 +40,33 @@ impl Drop for Nginx {
 
 /// nginx serving `root` on 127.0.0.1:`port` (static files answer range requests).
 pub fn nginx(dir: &Path, root: &Path, port: u16) -> Nginx {
+    nginx_on(dir, root, &format!("127.0.0.1:{port}"), port, None)
+}
+
+/// nginx serving `root` over HTTPS on 127.0.0.1:`port` with the server certificate and key of
+/// the QEMU-layout credentials directory `creds`.
+pub fn nginx_tls(dir: &Path, root: &Path, port: u16, creds: &Path) -> Nginx {
+    nginx_on(dir, root, &format!("127.0.0.1:{port}"), port, Some(creds))
+}
+
+fn nginx_on(dir: &Path, root: &Path, listen: &str, port: u16, creds: Option<&Path>) -> Nginx {
     let conf = dir.join("nginx.conf");
     let d = dir.display();
+    let listen = match creds {
+        None => listen.to_string(),
+        Some(c) => format!(
+            "{listen} ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate {}; ssl_certificate_key {}",
+            c.join("server-cert.pem").display(),
+            c.join("server-key.pem").display()
+        ),
+    };
     std::fs::write(
         &conf,
         format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{}}\nhttp {{\n access_log off;\n client_body_temp_path {d}/cb;\n\
              proxy_temp_path {d}/px;\n fastcgi_temp_path {d}/fc;\n uwsgi_temp_path {d}/uw;\n\
-             scgi_temp_path {d}/sc;\n server {{ listen 127.0.0.1:{port}; root {}; }}\n}}\n",
+             scgi_temp_path {d}/sc;\n server {{ listen {listen}; root {}; }}\n}}\n",
             root.display()
         ),
     )

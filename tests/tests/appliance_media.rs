@@ -1,18 +1,20 @@
 //! Virtual media end to end in the emulated appliance: `kvmio gadget up` (a CD-ROM LUN and a
 //! disk LUN), the main job `kvmio serve --media 0=http://…` with the image on nginx outside
 //! the VM (range requests, through the kernel's nbd device), `kvmio media insert|eject|status`
-//! through the control socket, a local file on the disk LUN. The target computer (the host side
-//! of dummy_hcd) reads `/dev/sr0` and `/dev/sda` with the images' SHA-256, writes to the disk
-//! (the bytes land in the file), sees ejects and inserts, and gets I/O errors, not a hang, when
-//! the web server dies.
+//! through the control socket, a local file on the disk LUN, then a disk served by qemu-nbd over
+//! NBD + TLS (client certificates required) and a CD-ROM from nginx over HTTPS, both verified
+//! with a CA made at test time. The target computer (the host side of dummy_hcd) reads
+//! `/dev/sr0` and `/dev/sda` with the images' SHA-256, writes to the disks (the bytes land in
+//! the file and in qemu-nbd's image), sees ejects and inserts, and gets I/O errors, not a hang,
+//! when the web server or qemu-nbd dies.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvmio_tests::appliance::{Appliance, HOST_IP};
-use kvmio_tests::free_port;
-use kvmio_tests::web::nginx;
+use kvmio_tests::web::{nginx, nginx_tls};
+use kvmio_tests::{PeerTls, free_port, qemu_nbd};
 
 const CONTROL: &str = "/run/kvmio/media.sock";
 
@@ -99,7 +101,7 @@ fn target_sees_no_medium(a: &mut Appliance, dev: &str) {
 }
 
 #[test]
-fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
+fn the_target_reads_media_from_http_https_nbd_tls_and_files_and_sees_ejects() {
     let work = kvmio_tests::tempdir();
     let www = work.path().join("www");
     std::fs::create_dir(&www).unwrap();
@@ -115,8 +117,37 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
     }
     let port = free_port();
     let mut web = nginx(work.path(), &www, port);
+    // TLS: one CA; the server certificates name the address the guest reaches the host by
+    let pki_dir = work.path().join("pki");
+    kvmio_tests::run(
+        kvmio_tests::kvmio()
+            .args(["creds", "generate"])
+            .arg(&pki_dir)
+            .args(["--ip", HOST_IP, "--ip", "127.0.0.1"]),
+    )
+    .expect_ok();
+    let web_tls_dir = work.path().join("tls-web");
+    std::fs::create_dir(&web_tls_dir).unwrap();
+    let iso3 = image(&www.join("three.iso"), 2048 * 512, 5);
+    std::fs::set_permissions(
+        www.join("three.iso"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let tls_port = free_port();
+    let _web_tls = nginx_tls(&web_tls_dir, &www, tls_port, &pki_dir);
+    let nbd_img = work.path().join("nbd.img");
+    let nbd_sha = image(&nbd_img, 3 << 20, 6);
+    let tls = PeerTls {
+        dir: &pki_dir,
+        verify_peer: true,
+    };
+    // on the host's loopback, where the guest's forwarded connections come from
+    let (mut qemu, nbd_port) = qemu_nbd(&nbd_img, Some(tls), &[]);
 
-    let mut a = Appliance::boot_full(&[], &[], &[port]);
+    let mut a = Appliance::boot_full(&[], &[], &[port, tls_port, nbd_port]);
+    // the CA and the client certificate qemu-nbd asks for, as a device would keep them
+    copy_dir(&pki_dir, &a.share().join("pki"));
     let disk = image(&a.share().join("disk.img"), 4 << 20, 3);
     let up = a.run_ok(&["kvmio", "gadget", "up"]);
     assert!(up.contains("lun 0 cdrom"), "{up}");
@@ -134,6 +165,8 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
         &format!("0={url1}"),
         "--media-control",
         CONTROL,
+        "--remote-tls-creds",
+        "/mnt/host/pki",
     ]);
     a.wait_output(server, "vnc serving", Duration::from_secs(60));
 
@@ -143,16 +176,7 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
         iso1,
         "CD-ROM over HTTP"
     );
-    let ins = a.run_ok(&[
-        "kvmio",
-        "media",
-        "insert",
-        "--control",
-        CONTROL,
-        "--lun",
-        "1",
-        "/mnt/host/disk.img",
-    ]);
+    let ins = media_ok(&mut a, &["insert", "--lun", "1", "/mnt/host/disk.img"]);
     assert!(ins.contains("LUN 1: /mnt/host/disk.img"), "{ins}");
     assert_eq!(
         target_sha(&mut a, "/dev/sda", 4 << 20),
@@ -169,32 +193,15 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
         backing[100 * 4096..108 * 4096] == written[..],
         "the target's write did not reach the backing file"
     );
-    let st = a.run_ok(&["kvmio", "media", "status", "--control", CONTROL]);
+    let st = media_ok(&mut a, &["status"]);
     assert!(st.contains(&format!("0:cdrom:{url1}")), "{st}");
     assert!(st.contains("1:disk:/mnt/host/disk.img"), "{st}");
 
     // eject: the target sees no disc; another one inserted is read in full
-    a.run_ok(&[
-        "kvmio",
-        "media",
-        "eject",
-        "--control",
-        CONTROL,
-        "--lun",
-        "0",
-    ]);
+    media_ok(&mut a, &["eject", "--lun", "0"]);
     target_sees_no_medium(&mut a, "/dev/sr0");
     let url2 = format!("http://{HOST_IP}:{port}/two.iso");
-    a.run_ok(&[
-        "kvmio",
-        "media",
-        "insert",
-        "--control",
-        CONTROL,
-        "--lun",
-        "0",
-        &url2,
-    ]);
+    media_ok(&mut a, &["insert", "--lun", "0", &url2]);
     assert_eq!(
         target_sha(&mut a, "/dev/sr0", 2048 * 700),
         iso2,
@@ -202,28 +209,18 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
     );
 
     // bad requests get clear answers
-    let bad = a.run(&[
-        "kvmio",
-        "media",
-        "insert",
-        "--control",
-        CONTROL,
-        "--lun",
-        "7",
-        &url2,
-    ]);
+    let bad = media(&mut a, &["insert", "--lun", "7", &url2]);
     assert_ne!(bad.code, Some(0));
     assert!(bad.stderr.contains("no LUN 7"), "{}", bad.stderr);
-    let bad = a.run(&[
-        "kvmio",
-        "media",
-        "insert",
-        "--control",
-        CONTROL,
-        "--lun",
-        "0",
-        &format!("http://{HOST_IP}:{port}/missing.iso"),
-    ]);
+    let bad = media(
+        &mut a,
+        &[
+            "insert",
+            "--lun",
+            "0",
+            &format!("http://{HOST_IP}:{port}/missing.iso"),
+        ],
+    );
     assert_ne!(bad.code, Some(0));
     assert!(bad.stderr.contains("404"), "{}", bad.stderr);
 
@@ -232,16 +229,7 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
     let big = image(&www.join("big.iso"), 16 << 20, 4);
     std::fs::set_permissions(www.join("big.iso"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let url3 = format!("http://{HOST_IP}:{port}/big.iso");
-    a.run_ok(&[
-        "kvmio",
-        "media",
-        "insert",
-        "--control",
-        CONTROL,
-        "--lun",
-        "0",
-        &url3,
-    ]);
+    media_ok(&mut a, &["insert", "--lun", "0", &url3]);
     wait_medium(&mut a, "/dev/sr0", 16 << 20);
     web.stop();
     let t0 = Instant::now();
@@ -272,9 +260,83 @@ fn the_target_reads_media_from_http_and_files_and_sees_ejects() {
         a.output(server).1
     );
     // and the server is still there for the next medium
-    let st = a.run_ok(&["kvmio", "media", "status", "--control", CONTROL]);
+    let st = media_ok(&mut a, &["status"]);
     assert!(st.contains("1:disk:/mnt/host/disk.img"), "{st}");
     assert!(st.contains(&format!("0:cdrom:{url3}")), "{st}");
     let _ = big;
+
+    // a disk from qemu-nbd over NBD + TLS, in place of the file; the target writes to it and
+    // the bytes land in qemu-nbd's image
+    let nbds = format!("nbds://{HOST_IP}:{nbd_port}/disk");
+    let ins = media_ok(&mut a, &["insert", "--lun", "1", &nbds]);
+    assert!(ins.contains(&format!("LUN 1: {nbds}")), "{ins}");
+    assert_eq!(
+        target_sha(&mut a, "/dev/sda", 3 << 20),
+        nbd_sha,
+        "disk over NBD + TLS"
+    );
+    a.sh("dd if=/dev/urandom of=/tmp/n.bin bs=4096 count=4 2>/dev/null");
+    a.sh("dd if=/tmp/n.bin of=/dev/sda bs=4096 seek=200 conv=fsync 2>/dev/null");
+    let written = a.read_file("/tmp/n.bin");
+    let upstream = std::fs::read(&nbd_img).unwrap();
+    assert!(
+        upstream[200 * 4096..204 * 4096] == written[..],
+        "the target's write did not reach qemu-nbd's image"
+    );
+    // a CD-ROM over HTTPS, in place of the one whose web server died
+    let https = format!("https://{HOST_IP}:{tls_port}/three.iso");
+    media_ok(&mut a, &["insert", "--lun", "0", &https]);
+    assert_eq!(
+        target_sha(&mut a, "/dev/sr0", 2048 * 512),
+        iso3,
+        "CD-ROM over HTTPS"
+    );
+    let st = media_ok(&mut a, &["status"]);
+    assert!(st.contains(&format!("0:cdrom:{https}")), "{st}");
+    assert!(st.contains(&format!("1:disk:{nbds}")), "{st}");
+
+    // qemu-nbd dies: the target's reads fail with I/O errors instead of hanging (the caches
+    // of both sides, one kernel here, dropped so that the reads reach the source)
+    qemu.stop();
+    a.sh("echo 3 > /proc/sys/vm/drop_caches");
+    let dead = a.run(&[
+        "dd",
+        "if=/dev/sda",
+        "of=/dev/null",
+        "bs=65536",
+        "skip=32",
+        "count=8",
+    ]);
+    assert!(dead.code.is_some(), "reading a dead NBD source hung");
+    assert_ne!(dead.code, Some(0), "reading a dead NBD source succeeded");
+    assert!(
+        dead.stderr.contains("I/O error") || dead.stderr.contains("Input/output error"),
+        "the target did not get I/O errors from the dead NBD source: {}",
+        dead.stderr
+    );
     a.kill(server);
+}
+
+/// `kvmio media ARGS… --control CONTROL` in the guest.
+fn media(a: &mut Appliance, args: &[&str]) -> kvmio_tests::appliance::GuestOut {
+    let mut argv = vec!["kvmio", "media"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--control", CONTROL]);
+    a.run(&argv)
+}
+
+/// [`media`], which must succeed; its stdout.
+#[track_caller]
+fn media_ok(a: &mut Appliance, args: &[&str]) -> String {
+    let o = media(a, args);
+    assert_eq!(o.code, Some(0), "kvmio media {args:?}: {}", o.stderr);
+    o.stdout
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }

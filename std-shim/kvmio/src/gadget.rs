@@ -134,15 +134,32 @@ pub(crate) fn hid_config(a: &HidArgs) -> Result<Option<HidGadgetConfig>> {
     }))
 }
 
+/// What verifies `https://` and `nbds://` sources: `--remote-tls-creds`, else the server's
+/// own credentials directory.
+pub(crate) fn remote_tls(
+    a: &crate::args::gadget::MediaArgs,
+    server_creds: Option<&std::path::Path>,
+    tls12: bool,
+) -> std_shim::nbd::client::ClientTls {
+    std_shim::nbd::client::ClientTls {
+        creds: a
+            .remote_tls_creds
+            .clone()
+            .or(server_creds.map(std::path::Path::to_path_buf)),
+        tls12,
+    }
+}
+
 /// Starts the virtual media of a server from `--media*` (`None` if none was asked for). Keep
 /// the result alive as long as the server runs: dropping it ejects remote media.
 pub(crate) fn start_media(
     a: &crate::args::gadget::MediaArgs,
+    tls: std_shim::nbd::client::ClientTls,
 ) -> Result<Option<std::sync::Arc<std_shim::media::Media>>> {
     if a.media.is_empty() && a.media_control.is_none() {
         return Ok(None);
     }
-    let media = std_shim::media::Media::new(a.media_gadget.as_deref().unwrap_or("kvmio"))?;
+    let media = std_shim::media::Media::new(a.media_gadget.as_deref().unwrap_or("kvmio"), tls)?;
     for m in &a.media {
         let (lun, source) = m
             .split_once('=')

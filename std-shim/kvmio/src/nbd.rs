@@ -23,7 +23,11 @@ use crate::progress::Bars;
 /// Runs `kvmio nbd serve`.
 pub(crate) fn serve(a: NbdServeArgs) -> Result<()> {
     let (files, memory) = parse_export_args(&a.exports, &a.memory)?;
-    let catalog = Catalog::build(&files, &memory, a.read_only, 64 << 20)?;
+    let remote = std_shim::nbd::client::ClientTls {
+        creds: a.remote_tls_creds.clone().or(a.tls_creds.clone()),
+        tls12: a.tls12,
+    };
+    let catalog = Catalog::build(&files, &memory, a.read_only, 64 << 20, &remote)?;
     let endpoints = std_shim::io::endpoints(&a.listen, a.unix.as_deref(), 10809)?;
     let tls = if a.tls == TlsPolicy::Off {
         if a.tls_creds.is_some() || !a.tls_authz.is_empty() {

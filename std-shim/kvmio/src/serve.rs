@@ -64,6 +64,8 @@ pub(crate) struct FileMedia {
     /// `LUN=SOURCE` inserted at start.
     #[serde(default)]
     pub(crate) insert: Vec<String>,
+    /// The CA directory verifying https:// and nbds:// sources (media and exports).
+    pub(crate) remote_tls_creds: Option<PathBuf>,
 }
 
 /// `[tls]`.
@@ -266,8 +268,12 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         },
         media_control: a.media.media_control.clone().or(file.media.control.clone()),
         media_gadget: a.media.media_gadget.clone().or(file.media.gadget.clone()),
+        remote_tls_creds: a
+            .media
+            .remote_tls_creds
+            .clone()
+            .or(file.media.remote_tls_creds.clone()),
     };
-    let _media = crate::gadget::start_media(&media_args)?;
     let serve_vnc = !a.no_vnc && file.vnc.enabled.unwrap_or(true);
     let serve_nbd = !a.no_nbd && file.nbd.enabled.unwrap_or(true);
     if !serve_vnc && !serve_nbd {
@@ -289,6 +295,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         let config = std_shim::tls::server_config(&dir, verify_peer, &authz, tls12)?;
         (Some(dir), Some(config))
     };
+    let remote = crate::gadget::remote_tls(&media_args, creds_dir.as_deref(), tls12);
+    let _media = crate::gadget::start_media(&media_args, remote.clone())?;
 
     let mut serve = Serve::new(ServeOptions {
         runtime,
@@ -366,7 +374,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
                 }
             }
         }
-        let catalog = Catalog::build(&files, &memory, a.read_only || file.nbd.read_only, 64 << 20)?;
+        let read_only = a.read_only || file.nbd.read_only;
+        let catalog = Catalog::build(&files, &memory, read_only, 64 << 20, &remote)?;
         let listen = if a.nbd_listen.is_empty() {
             &file.nbd.listen
         } else {

@@ -16,7 +16,6 @@ use crate::args::vnc::{VncCaptureArgs, VncServeArgs};
 /// Runs `kvmio vnc serve`.
 pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
     let hid = crate::gadget::hid_config(&a.hid)?;
-    let _media = crate::gadget::start_media(&a.media)?;
     let video = crate::gadget::video_config(&a.video)?;
     let config = VncSettings {
         security: a.security.as_deref(),
@@ -42,6 +41,8 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
         None
     };
     config.validate(tls_dir.is_some())?;
+    let remote = crate::gadget::remote_tls(&a.media, a.tls_creds.as_deref(), a.tls12);
+    let _media = crate::gadget::start_media(&a.media, remote)?;
     let tls_config = match &tls_dir {
         Some(dir) => Some(std_shim::tls::server_config(
             dir,

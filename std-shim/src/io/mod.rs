@@ -4,6 +4,7 @@
 pub mod blocking;
 pub mod listen;
 pub mod stream;
+pub mod tls_stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

@@ -1,6 +1,10 @@
-//! A disk image behind an HTTP URL, read with range requests (what iDRAC, iLO and OpenBMC's
-//! legacy virtual media do): an NBD [`Backend`], so the same image can be a gadget LUN (through
-//! [`super::kernel_nbd`]) or an NBD export.
+//! A disk image behind an HTTP or HTTPS URL, read with range requests (what iDRAC, iLO and
+//! OpenBMC's legacy virtual media do): an NBD [`Backend`], so the same image can be a gadget LUN
+//! (through [`super::kernel_nbd`]) or an NBD export.
+//!
+//! `https://` runs TLS through [`crate::io::tls_stream`] and verifies the server against the CA
+//! of the media's credentials directory (as `nbds://` does): a certificate that does not chain
+//! to it, or names another host, fails the open; there is no fallback to plain HTTP.
 //!
 //! One keep-alive connection, reopened when the server closes it; every read is
 //! `GET` with `Range: bytes=A-B` and must come back as `206` with exactly that range. Reads and
@@ -14,33 +18,39 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::io::tls_stream::TlsStream;
 use crate::nbd::backend::Backend;
+use crate::nbd::client::ClientTls;
 
 /// Time one request may take to start answering (and between its bytes).
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest response header accepted.
 const MAX_HEADER: usize = 16 * 1024;
 
-/// An `http://host[:port]/path` URL.
+/// An `http://host[:port]/path` or `https://…` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https`.
+    pub tls: bool,
     /// Host name or address.
     pub host: String,
-    /// Port (default 80).
+    /// Port (default 80, or 443 for https).
     pub port: u16,
     /// Path with query, starting with `/`.
     pub path: String,
 }
 
 impl HttpUrl {
-    /// Parses an `http://` URL (`https://` is not supported yet: say so clearly).
+    /// Parses an `http://` or `https://` URL.
     pub fn parse(url: &str) -> Result<Self> {
-        if url.starts_with("https://") {
-            bail!("{url}: https media are not supported yet; serve the image over http or NBD");
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .with_context(|| format!("{url}: not an http:// URL"))?;
+        let (tls, rest) = match url.strip_prefix("https://") {
+            Some(r) => (true, r),
+            None => (
+                false,
+                url.strip_prefix("http://")
+                    .with_context(|| format!("{url}: not an http:// or https:// URL"))?,
+            ),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -54,12 +64,13 @@ impl HttpUrl {
                 p.parse::<u16>()
                     .with_context(|| format!("{url}: bad port {p:?}"))?,
             ),
-            _ => (authority, 80),
+            _ => (authority, if tls { 443 } else { 80 }),
         };
         if host.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
             bail!("{url}: bad host or path");
         }
         Ok(Self {
+            tls,
             host: host.to_string(),
             port,
             path: path.to_string(),
@@ -67,17 +78,61 @@ impl HttpUrl {
     }
 }
 
-impl std::fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+impl HttpUrl {
+    /// `host:port`, an IPv6 address in brackets (for `Host:` and messages).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
-/// The image behind an HTTP URL.
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.path)
+    }
+}
+
+/// The image behind an HTTP(S) URL.
 pub struct HttpBackend {
     url: HttpUrl,
     size: u64,
-    conn: Mutex<Option<BufReader<TcpStream>>>,
+    tls: Option<tls_glue::TlsClientConfig>,
+    conn: Mutex<Option<BufReader<Conn>>>,
+}
+
+/// A connection to the web server.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
 }
 
 /// What a range response said.
@@ -90,12 +145,21 @@ struct Partial {
 
 impl HttpBackend {
     /// Opens the URL: the server must answer a one-byte range request with `206` and the
-    /// image's total size.
-    pub fn open(url: &str) -> Result<Self> {
+    /// image's total size. `tls` says where the CA for `https://` is.
+    pub fn open(url: &str, tls: &ClientTls) -> Result<Self> {
         let url = HttpUrl::parse(url)?;
+        let tls = if url.tls {
+            Some(
+                tls.config(None)
+                    .with_context(|| format!("{url}: the CA to verify it"))?,
+            )
+        } else {
+            None
+        };
         let b = Self {
             url,
             size: 0,
+            tls,
             conn: Mutex::new(None),
         };
         let mut one = [0u8; 1];
@@ -108,7 +172,7 @@ impl HttpBackend {
         &self.url
     }
 
-    fn connect(&self) -> io::Result<BufReader<TcpStream>> {
+    fn connect(&self) -> io::Result<BufReader<Conn>> {
         use std::net::ToSocketAddrs;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for a in (self.url.host.as_str(), self.url.port).to_socket_addrs()? {
@@ -117,7 +181,13 @@ impl HttpBackend {
                     s.set_read_timeout(Some(TIMEOUT))?;
                     s.set_write_timeout(Some(TIMEOUT))?;
                     s.set_nodelay(true)?;
-                    return Ok(BufReader::with_capacity(256 * 1024, s));
+                    let conn = match &self.tls {
+                        None => Conn::Plain(s),
+                        Some(config) => {
+                            Conn::Tls(Box::new(TlsStream::connect(s, config, &self.url.host)?))
+                        }
+                    };
+                    return Ok(BufReader::with_capacity(256 * 1024, conn));
                 }
                 Err(e) => last = e,
             }
@@ -151,20 +221,20 @@ impl HttpBackend {
 
     fn request(
         &self,
-        conn: &mut BufReader<TcpStream>,
+        conn: &mut BufReader<Conn>,
         buf: &mut [u8],
         offset: u64,
     ) -> io::Result<(u64, bool)> {
         let end = offset + buf.len() as u64 - 1;
         let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}:{}\r\nRange: bytes={offset}-{end}\r\n\
+            "GET {} HTTP/1.1\r\nHost: {}\r\nRange: bytes={offset}-{end}\r\n\
              User-Agent: kvmio/{}\r\nAccept-Encoding: identity\r\n\r\n",
             self.url.path,
-            self.url.host,
-            self.url.port,
+            self.url.authority(),
             env!("CARGO_PKG_VERSION")
         );
         conn.get_mut().write_all(req.as_bytes())?;
+        conn.get_mut().flush()?;
         let head = read_head(conn)?;
         let (status, p, keep) = parse_head(&head)?;
         if status != 206 {
@@ -196,7 +266,7 @@ fn is_stale(e: &io::Error) -> bool {
 }
 
 /// Reads up to and including the blank line that ends the header.
-fn read_head(conn: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
+fn read_head(conn: &mut BufReader<Conn>) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
     loop {
         let n = conn
@@ -303,8 +373,14 @@ mod tests {
             ("10.0.2.100", 8080, "/media/debian.iso?x=1")
         );
         let u = HttpUrl::parse("http://example.com").unwrap();
-        assert_eq!((u.port, u.path.as_str()), (80, "/"));
-        assert!(HttpUrl::parse("https://example.com/x").is_err());
+        assert_eq!((u.tls, u.port, u.path.as_str()), (false, 80, "/"));
+        let u = HttpUrl::parse("https://[::1]:8443/a.iso").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "::1", 8443, "/a.iso")
+        );
+        assert_eq!(HttpUrl::parse("https://example.com/x").unwrap().port, 443);
+        assert_eq!(u.to_string(), "https://[::1]:8443/a.iso");
         assert!(HttpUrl::parse("ftp://example.com/x").is_err());
         assert!(HttpUrl::parse("http://u:p@example.com/x").is_err());
         assert!(HttpUrl::parse("http://example.com/a b").is_err());

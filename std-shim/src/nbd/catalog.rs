@@ -116,26 +116,30 @@ pub fn parse_export_args(exports: &[String], memory: &[String]) -> Result<Export
 }
 
 impl Catalog {
-    /// A catalog from `--export NAME=PATH` files, `--memory NAME=SIZE` RAM disks, and if both are
-    /// empty, `default_ram` bytes of RAM disk named `disk`. Lives for the whole process.
+    /// A catalog from `--export NAME=PATH` files or URLs (see [`crate::media::open_remote`];
+    /// `remote_tls` verifies `https://` and `nbds://` servers), `--memory NAME=SIZE` RAM disks,
+    /// and if both are empty, `default_ram` bytes of RAM disk named `disk`. Lives for the whole
+    /// process.
     pub fn build(
         files: &[(String, std::path::PathBuf)],
         memory: &[(String, u64)],
         read_only: bool,
         default_ram: u64,
+        remote_tls: &crate::nbd::client::ClientTls,
     ) -> Result<&'static Self> {
         let mut specs = Vec::new();
         for (name, path) in files {
-            // An http:// URL is an image on a web server, read with range requests (the same
-            // source virtual media take), always read-only.
-            if let Some(url) = path.to_str().filter(|p| p.starts_with("http://")) {
-                let backend = crate::media::http::HttpBackend::open(url)
+            // A URL is a remote image (the same sources virtual media take): a web server's,
+            // read with range requests (read-only), or another NBD server's export, read and
+            // written by kvmio's client (read-only if that server says so).
+            if let Some(url) = path.to_str().filter(|p| crate::media::is_remote(p)) {
+                let (backend, remote_ro) = crate::media::open_remote(url, remote_tls)
                     .with_context(|| format!("export {name}"))?;
                 specs.push(ExportSpec {
                     name: name.clone(),
                     description: url.to_string(),
-                    backend: Arc::new(backend) as Arc<dyn Backend>,
-                    read_only: true,
+                    backend,
+                    read_only: read_only || remote_ro,
                     tls_only: false,
                 });
                 continue;

@@ -244,6 +244,29 @@ pub struct ClientTls {
     pub tls12: bool,
 }
 
+impl ClientTls {
+    /// The client configuration from `dir` (a URI's own `tls-certificates`), else from
+    /// [`creds`](Self::creds), else from QEMU's default directory. Loading and checking
+    /// credentials costs more than a handshake, so it is done once per directory for the
+    /// process (copy opens several connections, ping many, media reconnect).
+    pub fn config(&self, dir: Option<&std::path::Path>) -> Result<tls_glue::TlsClientConfig> {
+        let dir = crate::tls::creds_dir(dir.or(self.creds.as_deref()))?;
+        type Cache = Vec<(std::path::PathBuf, bool, tls_glue::TlsClientConfig)>;
+        static CONFIGS: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+        let mut cache = CONFIGS.lock().map_err(|_| anyhow!("poisoned"))?;
+        Ok(
+            match cache.iter().find(|(d, t, _)| *d == dir && *t == self.tls12) {
+                Some((_, _, c)) => c.clone(),
+                None => {
+                    let c = crate::tls::client_config(&dir, self.tls12)?;
+                    cache.push((dir, self.tls12, c.clone()));
+                    c
+                }
+            },
+        )
+    }
+}
+
 /// Opens the transport of `uri`.
 pub fn open(uri: &NbdUri) -> Result<Stream> {
     Ok(match &uri.transport {
@@ -268,20 +291,7 @@ pub fn starter(uri: &NbdUri, tls: &ClientTls) -> Result<Option<TlsStarter>> {
     if !uri.tls_verify_peer {
         bail!("tls-verify-peer=false is refused: kvmio always verifies the server's certificate");
     }
-    let dir = crate::tls::creds_dir(uri.tls_certificates.as_deref().or(tls.creds.as_deref()))?;
-    // Loading and checking credentials costs more than a handshake: do it once per directory
-    // for the process (copy opens several connections, ping many).
-    static CONFIGS: std::sync::Mutex<Vec<(std::path::PathBuf, bool, tls_glue::TlsClientConfig)>> =
-        std::sync::Mutex::new(Vec::new());
-    let mut cache = CONFIGS.lock().map_err(|_| anyhow!("poisoned"))?;
-    let config = match cache.iter().find(|(d, t, _)| *d == dir && *t == tls.tls12) {
-        Some((_, _, c)) => c.clone(),
-        None => {
-            let c = crate::tls::client_config(&dir, tls.tls12)?;
-            cache.push((dir, tls.tls12, c.clone()));
-            c
-        }
-    };
+    let config = tls.config(uri.tls_certificates.as_deref())?;
     Ok(Some(crate::tls::client_starter(config, uri.server_name())))
 }
 

@@ -94,10 +94,17 @@ fn parse_u16(s: &str) -> Result<u16, String> {
 /// Virtual media of `kvmio serve` and `kvmio vnc serve`.
 #[derive(Args, Debug, Default, Clone)]
 pub(crate) struct MediaArgs {
-    /// Insert a medium at start: LUN=SOURCE, SOURCE a file, a block device or an http:// URL
-    /// read with range requests (repeatable).
+    /// Insert a medium at start: LUN=SOURCE, SOURCE a file, a block device, an http:// or
+    /// https:// URL read with range requests, or an NBD export (nbd://, nbds://, nbd+unix://)
+    /// (repeatable).
     #[arg(long = "media", value_name = "LUN=SOURCE")]
     pub(crate) media: Vec<String>,
+    /// Credentials directory (QEMU layout: ca-cert.pem, optional client-cert.pem and
+    /// client-key.pem) verifying https:// and nbds:// sources, of media and of exports
+    /// (default: --tls-creds, else QEMU's default directory); an nbds URI's tls-certificates=
+    /// wins.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) remote_tls_creds: Option<PathBuf>,
     /// Accept `kvmio media insert|eject|status` on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub(crate) media_control: Option<PathBuf>,

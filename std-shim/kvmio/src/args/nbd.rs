@@ -100,10 +100,15 @@ pub(crate) struct NbdServeArgs {
     /// Unix socket to listen on.
     #[arg(long, value_name = "PATH")]
     pub(crate) unix: Option<PathBuf>,
-    /// Export a file, a block device or an http:// URL (read with range requests, read-only)
-    /// (repeatable).
+    /// Export a file, a block device, an http:// or https:// URL (read with range requests,
+    /// read-only) or another server's export (nbd://, nbds://, nbd+unix://) (repeatable).
     #[arg(long = "export", value_name = "NAME=PATH")]
     pub(crate) exports: Vec<String>,
+    /// Credentials directory (ca-cert.pem, optional client-cert.pem and client-key.pem)
+    /// verifying https:// and nbds:// exports (default: --tls-creds, else QEMU's default
+    /// directory).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) remote_tls_creds: Option<PathBuf>,
     /// Export a RAM disk (repeatable). Its data lives only as long as the process: FLUSH and
     /// FUA promise nothing for it (file exports: acknowledged after FLUSH or with FUA means on
     /// disk).
