@@ -3,6 +3,8 @@
 //! /dev/video0` captures it, and a viewer on the host (`kvmio vnc capture` through the port
 //! forward) sees the frame: exact for RGB24, within a stated bound for YUYV. The capture device
 //! going away (vivid unbound) gives the NO SIGNAL card, and frames come back when it returns.
+//! A source that changes mode (vivid's DV timings controls) resizes a connected viewer's desktop
+//! (DesktopSize); one that loses the link shows NO SIGNAL until it returns.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -47,13 +49,7 @@ fn loop_hdmi(a: &mut Appliance) {
         "/dev/video1",
         &format!("--set-output={o}"),
     ]);
-    a.run_ok(&[
-        "v4l2-ctl",
-        "-d",
-        "/dev/video0",
-        "-c",
-        "loop_video=1,osd_text_mode=2",
-    ]);
+    set_ctrl(a, "loop_video=1,osd_text_mode=2");
 }
 
 /// Starts writing `frame` (raw, `fourcc`) to the output node in a loop.
@@ -158,12 +154,22 @@ fn is_no_signal(img: &Rgb) -> bool {
     bg * 10 > img.width * img.height * 9 && text > 100
 }
 
-#[test]
-fn the_viewer_sees_the_captured_frames_and_no_signal() {
+/// The appliance with v4l2-ctl, vivid's HDMI loop on, and a scratch directory.
+fn boot_vivid() -> (Appliance, kvmio_tests::TempDir) {
     let v4l2_ctl = kvmio_tests::tool("v4l2-ctl");
     let mut a = Appliance::boot_with(&[VNC], &[&v4l2_ctl]);
-    let dir = kvmio_tests::tempdir();
     loop_hdmi(&mut a);
+    (a, kvmio_tests::tempdir())
+}
+
+/// Sets a control of the capture node (`NAME=VALUE`).
+fn set_ctrl(a: &mut Appliance, ctrl: &str) {
+    a.run_ok(&["v4l2-ctl", "-d", "/dev/video0", "-c", ctrl]);
+}
+
+#[test]
+fn the_viewer_sees_the_captured_frames_and_no_signal() {
+    let (mut a, dir) = boot_vivid();
 
     // RGB24: pixel for pixel
     let pic = test_picture(W, H, 7);
@@ -220,5 +226,190 @@ fn the_viewer_sees_the_captured_frames_and_no_signal() {
     assert_eq!((img.width, img.height), (640, 480));
     let (_, log) = a.output(server);
     assert!(log.contains("/dev/video9"), "{log}");
+    a.kill(server);
+}
+
+/// A viewer that stays connected: None security, Raw pixels and the DesktopSize
+/// pseudo-encoding; a reader thread keeps asking for incremental updates of the current size
+/// and reports every size the server announces.
+struct SizeViewer {
+    s: std::net::TcpStream,
+    init: (u16, u16),
+    sizes: std::sync::mpsc::Receiver<(u16, u16)>,
+}
+
+fn read_n(s: &mut std::net::TcpStream, n: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut v = vec![0u8; n];
+    s.read_exact(&mut v).ok().map(|_| v)
+}
+
+fn update_request(incremental: bool, (w, h): (u16, u16)) -> [u8; 10] {
+    let (w, h) = (w.to_be_bytes(), h.to_be_bytes());
+    [3, u8::from(incremental), 0, 0, 0, 0, w[0], w[1], h[0], h[1]]
+}
+
+impl SizeViewer {
+    fn connect(port: u16) -> Self {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(read_n(&mut s, 12).unwrap(), b"RFB 003.008\n");
+        s.write_all(b"RFB 003.008\n").unwrap();
+        let n = read_n(&mut s, 1).unwrap()[0];
+        let types = read_n(&mut s, usize::from(n)).unwrap();
+        assert!(types.contains(&1), "None offered: {types:?}");
+        s.write_all(&[1]).unwrap();
+        assert_eq!(read_n(&mut s, 4).unwrap(), [0; 4]);
+        s.write_all(&[1]).unwrap();
+        let init = read_n(&mut s, 24).unwrap();
+        let size = (
+            u16::from_be_bytes([init[0], init[1]]),
+            u16::from_be_bytes([init[2], init[3]]),
+        );
+        let bytes_pp = usize::from(init[4] / 8);
+        let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
+        read_n(&mut s, name_len).unwrap();
+        // SetEncodings: Raw, DesktopSize (-223)
+        let mut m = vec![2, 0, 0, 2];
+        for e in [0i32, -223] {
+            m.extend_from_slice(&e.to_be_bytes());
+        }
+        s.write_all(&m).unwrap();
+        s.write_all(&update_request(false, size)).unwrap();
+        let (tx, sizes) = std::sync::mpsc::channel();
+        let mut r = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut cur = size;
+            while let Some(hdr) = read_n(&mut r, 4) {
+                match hdr[0] {
+                    0 => {}
+                    2 => continue, // Bell: one byte
+                    t => panic!("unexpected server message {t}"),
+                }
+                let rects = u16::from_be_bytes([hdr[2], hdr[3]]);
+                for _ in 0..rects {
+                    let Some(rh) = read_n(&mut r, 12) else {
+                        return;
+                    };
+                    let (w, h) = (
+                        u16::from_be_bytes([rh[4], rh[5]]),
+                        u16::from_be_bytes([rh[6], rh[7]]),
+                    );
+                    match i32::from_be_bytes(rh[8..12].try_into().unwrap()) {
+                        0 => {
+                            let n = usize::from(w) * usize::from(h) * bytes_pp;
+                            if read_n(&mut r, n).is_none() {
+                                return;
+                            }
+                        }
+                        -223 => {
+                            cur = (w, h);
+                            let _ = tx.send(cur);
+                        }
+                        e => panic!("unexpected encoding {e}"),
+                    }
+                }
+                use std::io::Write;
+                if r.write_all(&update_request(true, cur)).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            s,
+            init: size,
+            sizes,
+        }
+    }
+
+    /// Waits for the server to announce `want` as the desktop's size.
+    #[track_caller]
+    fn wait_size(&self, want: (u16, u16)) {
+        let end = Instant::now() + Duration::from_secs(90);
+        let mut seen = Vec::new();
+        while Instant::now() < end {
+            if let Ok(s) = self.sizes.recv_timeout(Duration::from_millis(200)) {
+                if s == want {
+                    return;
+                }
+                seen.push(s);
+            }
+        }
+        panic!("the desktop never became {want:?} (announced: {seen:?})");
+    }
+}
+
+impl Drop for SizeViewer {
+    fn drop(&mut self) {
+        let _ = self.s.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The index of the first entry of vivid's `dv_timings` menu that starts with `prefix`.
+fn dv_preset(a: &mut Appliance, prefix: &str) -> String {
+    let menus = a.run_ok(&["v4l2-ctl", "-d", "/dev/video0", "--list-ctrls-menus"]);
+    let mut in_dv = false;
+    for l in menus.lines() {
+        let t = l.trim();
+        // control lines are indented with spaces, their menu entries with tabs
+        if !l.starts_with('\t') {
+            in_dv = t.starts_with("dv_timings ");
+            continue;
+        }
+        if in_dv
+            && let Some((i, name)) = t.split_once(": ")
+            && name.starts_with(prefix)
+        {
+            return i.to_string();
+        }
+    }
+    panic!("no {prefix} in vivid's dv_timings menu:\n{menus}")
+}
+
+/// The HDMI source changes mode while a viewer is connected: kvmio's capture notices through
+/// the receiver's DV timings (QUERY_DV_TIMINGS), locks to the new ones (S_DV_TIMINGS) and the
+/// viewer is told the new desktop size; a source that loses the link (ENOLINK) gives the NO
+/// SIGNAL card, and frames come back with it. vivid's "DV Timings Signal Mode" control plays
+/// the source.
+#[test]
+fn a_source_mode_change_resizes_the_viewers_desktop() {
+    let (mut a, dir) = boot_vivid();
+    let server = serve(&mut a, &["--video", "/dev/video0"]);
+    let log = a.wait_output(server, "capturing", Duration::from_secs(30));
+    assert!(log.contains("(source 1280x720p"), "{log}");
+    let viewer = SizeViewer::connect(a.port(VNC));
+    assert_eq!(viewer.init, (W as u16, H as u16));
+
+    // the source switches to 1024x768 (vivid: "Selected DV Timings" with that preset)
+    let preset = dv_preset(&mut a, "1024x768p60");
+    set_ctrl(&mut a, &format!("dv_timings={preset}"));
+    set_ctrl(&mut a, "dv_timings_signal_mode=4");
+    viewer.wait_size((1024, 768));
+    let log = a.wait_output(
+        server,
+        "source changed to 1024x768p60",
+        Duration::from_secs(10),
+    );
+    assert!(log.contains("capturing 1024x768"), "{log}");
+    let img = capture_until(&a, dir.path(), "resized", |img| {
+        (img.width, img.height) == (1024, 768) && !is_no_signal(img)
+    });
+    assert_eq!(img.width, 1024);
+
+    // the link goes (ENOLINK): NO SIGNAL of the last size; it returns: frames again
+    set_ctrl(&mut a, "dv_timings_signal_mode=1");
+    let img = capture_until(&a, dir.path(), "nolink", is_no_signal);
+    assert_eq!((img.width, img.height), (1024, 768));
+    a.wait_output(server, "no signal (no link)", Duration::from_secs(10));
+    set_ctrl(&mut a, "dv_timings_signal_mode=4");
+    capture_until(&a, dir.path(), "relinked", |img| {
+        (img.width, img.height) == (1024, 768) && !is_no_signal(img)
+    });
+    assert!(
+        a.wait(server, Duration::ZERO).is_none(),
+        "the server exited"
+    );
+    drop(viewer);
     a.kill(server);
 }

@@ -180,8 +180,8 @@ pub(crate) fn video_config(
     a: &crate::args::gadget::VideoArgs,
 ) -> Result<Option<std_shim::video::VideoConfig>> {
     let Some(device) = &a.video else {
-        if a.video_format.is_some() || a.video_size.is_some() {
-            bail!("--video-format and --video-size need --video DEV");
+        if a.video_format.is_some() || a.video_size.is_some() || a.video_fps.is_some() {
+            bail!("--video-format, --video-size and --video-fps need --video DEV");
         }
         return Ok(None);
     };
@@ -198,7 +198,11 @@ pub(crate) fn video_config(
         .map(|(w, h)| (u32::from(w), u32::from(h)));
     Ok(Some(std_shim::video::VideoConfig {
         device: device.clone(),
-        capture: std_shim::video::v4l2::CaptureConfig { format, size },
+        capture: std_shim::video::v4l2::CaptureConfig {
+            format,
+            size,
+            fps: a.video_fps,
+        },
     }))
 }
 

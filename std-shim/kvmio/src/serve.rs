@@ -129,6 +129,8 @@ pub(crate) struct FileVnc {
     pub(crate) video_format: Option<String>,
     /// Its size.
     pub(crate) video_size: Option<String>,
+    /// Its frame rate.
+    pub(crate) video_fps: Option<u32>,
 }
 
 /// `[nbd]`.
@@ -337,6 +339,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
                 .clone()
                 .or(file.vnc.video_format.clone()),
             video_size: a.video.video_size.clone().or(file.vnc.video_size.clone()),
+            video_fps: a.video.video_fps.or(file.vnc.video_fps),
         })?;
         let settings = VncSettings {
             security: security.map(String::as_str),

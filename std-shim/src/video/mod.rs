@@ -19,6 +19,8 @@ use crate::vnc::desktop::{Image, draw_text};
 pub const HISTORY: usize = 64;
 /// No frame for this long is "no signal".
 pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a digital input's receiver is asked whether the source changed.
+pub const SOURCE_CHECK: Duration = Duration::from_secs(1);
 /// The size of the no-signal card before any frame was seen.
 pub const DEFAULT_SIZE: (u16, u16) = (1024, 768);
 
@@ -170,13 +172,12 @@ impl Hub {
         loop {
             let mut cap = match v4l2::Capture::open(&config.device, &config.capture) {
                 Ok(c) => {
-                    log::info!(
-                        "{}: capturing {}x{} {:?}",
-                        self.device,
-                        c.format.width,
-                        c.format.height,
-                        c.format.format
-                    );
+                    let rate = c.rate.map(|r| format!(" at {r:.2} Hz")).unwrap_or_default();
+                    let timings = c
+                        .timings
+                        .map(|t| format!(" (source {t})"))
+                        .unwrap_or_default();
+                    log::info!("{}: capturing {}{rate}{timings}", self.device, c.format);
                     last_error.clear();
                     backoff = Duration::from_millis(250);
                     c
@@ -195,7 +196,24 @@ impl Hub {
             };
             let mut prev = self.current().0;
             let mut last_frame = Instant::now();
+            let mut last_check = Instant::now();
             loop {
+                // A digital source may change mode or go away while frames still come (the
+                // receiver keeps sending its last or a blank picture): ask it now and then.
+                if last_check.elapsed() >= SOURCE_CHECK {
+                    last_check = Instant::now();
+                    match cap.source_changed() {
+                        Ok(None) => {}
+                        Ok(Some(t)) => {
+                            log::info!("{}: the source changed to {t}: following", self.device);
+                            break;
+                        }
+                        Err(e) => {
+                            self.show_no_signal(&format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
                 let fmt = cap.format;
                 let r = cap.next_frame(Duration::from_millis(500), |bytes| {
                     let mut img = Image::new(1, 1);

@@ -31,6 +31,11 @@ const VIDIOC_QBUF: u64 = ioc(R | W, 15, 88);
 const VIDIOC_DQBUF: u64 = ioc(R | W, 17, 88);
 const VIDIOC_STREAMON: u64 = ioc(W, 18, 4);
 const VIDIOC_STREAMOFF: u64 = ioc(W, 19, 4);
+const VIDIOC_G_PARM: u64 = ioc(R | W, 21, 204);
+const VIDIOC_S_PARM: u64 = ioc(R | W, 22, 204);
+const VIDIOC_S_DV_TIMINGS: u64 = ioc(R | W, 87, 132);
+const VIDIOC_G_DV_TIMINGS: u64 = ioc(R | W, 88, 132);
+const VIDIOC_QUERY_DV_TIMINGS: u64 = ioc(R, 99, 132);
 
 const BUF_TYPE_VIDEO_CAPTURE: u32 = 1;
 const MEMORY_MMAP: u32 = 1;
@@ -121,6 +126,146 @@ pub struct CaptureConfig {
     pub format: Option<PixelFormat>,
     /// A frame size (`None`: what the device is set to, e.g. the HDMI source's timings).
     pub size: Option<(u32, u32)>,
+    /// Frames per second (`None`: the device's rate; an HDMI input's follows its timings).
+    pub fps: Option<u32>,
+}
+
+/// The DV timings of a digital input (HDMI, DVI) as the receiver detects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// Active width.
+    pub width: u32,
+    /// Active height.
+    pub height: u32,
+    /// Interlaced.
+    pub interlaced: bool,
+    /// Pixel clock in Hz.
+    pub pixelclock: u64,
+    /// Total width and height, blanking included.
+    pub total: (u32, u32),
+}
+
+impl Timings {
+    // struct v4l2_dv_timings (packed, 132 bytes): type 0, bt at 4: width 4, height 8,
+    // interlaced 12, polarities 16, pixelclock 20 (u64), hfrontporch 28, hsync 32,
+    // hbackporch 36, vfrontporch 40, vsync 44, vbackporch 48, il_vfrontporch 52, il_vsync 56,
+    // il_vbackporch 60.
+    fn parse(b: &[u8; 132]) -> Self {
+        let u = |at| get_u32(b, at);
+        let interlaced = u(12) != 0;
+        let htotal = u(4) + u(28) + u(32) + u(36);
+        let mut vtotal = u(8) + u(40) + u(44) + u(48);
+        if interlaced {
+            vtotal += u(52) + u(56) + u(60);
+        }
+        Self {
+            width: u(4),
+            height: u(8),
+            interlaced,
+            pixelclock: u64::from_ne_bytes(b[20..28].try_into().expect("8 bytes")),
+            total: (htotal, vtotal),
+        }
+    }
+
+    /// Frames (fields for interlaced) per second.
+    pub fn rate(&self) -> f64 {
+        let pixels = u64::from(self.total.0) * u64::from(self.total.1);
+        if pixels == 0 {
+            0.0
+        } else {
+            self.pixelclock as f64 / pixels as f64
+        }
+    }
+}
+
+impl std::fmt::Display for Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.interlaced { 'i' } else { 'p' };
+        write!(f, "{}x{}{kind}{:.2}", self.width, self.height, self.rate())
+    }
+}
+
+/// What a digital input's receiver sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// A signal with these timings (and the raw structure, to set them).
+    Locked(Timings, [u8; 132]),
+    /// No usable signal: why (no link, no lock, out of range).
+    NoSignal(&'static str),
+    /// The input has no DV timings (a webcam, a USB grabber that scales by itself).
+    NotDigital,
+}
+
+/// Asks the receiver what it sees (`VIDIOC_QUERY_DV_TIMINGS`).
+pub fn query_timings(f: &File) -> Detected {
+    let mut t = [0u8; 132];
+    match ioctl(f, VIDIOC_QUERY_DV_TIMINGS, &mut t) {
+        Ok(()) => {
+            let timings = Timings::parse(&t);
+            if timings.width == 0
+                || timings.height == 0
+                || timings.width > MAX_SIDE
+                || timings.height > MAX_SIDE
+            {
+                return Detected::NoSignal("absurd timings");
+            }
+            Detected::Locked(timings, t)
+        }
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOLINK) => Detected::NoSignal("no link"),
+            Some(libc::ENOLCK) => Detected::NoSignal("no lock"),
+            Some(libc::ERANGE) => Detected::NoSignal("timings out of range"),
+            _ => Detected::NotDigital,
+        },
+    }
+}
+
+/// Makes the receiver use the timings it detected (they take effect while not streaming),
+/// as `v4l2-ctl --set-dv-bt-timings query` does. Returns them; `None` for an input without
+/// DV timings.
+fn lock_timings(f: &File, path: &Path) -> Result<Option<Timings>> {
+    match query_timings(f) {
+        Detected::NotDigital => Ok(None),
+        Detected::NoSignal(why) => bail!("{}: no signal ({why})", path.display()),
+        Detected::Locked(t, mut raw) => {
+            let mut cur = [0u8; 132];
+            let same = ioctl(f, VIDIOC_G_DV_TIMINGS, &mut cur).is_ok() && Timings::parse(&cur) == t;
+            if !same {
+                ioctl(f, VIDIOC_S_DV_TIMINGS, &mut raw)
+                    .with_context(|| format!("{}: VIDIOC_S_DV_TIMINGS {t}", path.display()))?;
+                log::info!("{}: source timings {t}", path.display());
+            }
+            Ok(Some(t))
+        }
+    }
+}
+
+// struct v4l2_streamparm (204 bytes): type 0, parm.capture at 4: capability 4, capturemode 8,
+// timeperframe 12 (numerator) and 16 (denominator).
+const CAP_TIMEPERFRAME: u32 = 0x1000;
+
+/// Asks for `fps` frames per second if the device lets the rate be chosen; returns the rate
+/// in effect (`None`: the device does not say).
+fn frame_rate(f: &File, path: &Path, fps: Option<u32>) -> Option<f64> {
+    let mut p = [0u8; 204];
+    put_u32(&mut p, 0, BUF_TYPE_VIDEO_CAPTURE);
+    ioctl(f, VIDIOC_G_PARM, &mut p).ok()?;
+    if let Some(fps) = fps {
+        if get_u32(&p, 4) & CAP_TIMEPERFRAME != 0 {
+            put_u32(&mut p, 12, 1);
+            put_u32(&mut p, 16, fps);
+            if let Err(e) = ioctl(f, VIDIOC_S_PARM, &mut p) {
+                log::warn!("{}: VIDIOC_S_PARM {fps} fps: {e}", path.display());
+            }
+        } else {
+            log::warn!(
+                "{}: the frame rate cannot be chosen on this input (it follows the source)",
+                path.display()
+            );
+        }
+    }
+    let (num, den) = (get_u32(&p, 12), get_u32(&p, 16));
+    (num != 0 && den != 0).then(|| f64::from(den) / f64::from(num))
 }
 
 /// The format the device agreed to.
@@ -138,6 +283,12 @@ pub struct Negotiated {
     pub size_image: u32,
 }
 
+impl std::fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{} {:?}", self.width, self.height, self.format)
+    }
+}
+
 struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
@@ -149,6 +300,10 @@ pub struct Capture {
     maps: Vec<Mapping>,
     /// The agreed format.
     pub format: Negotiated,
+    /// The source's DV timings when the input has them (HDMI).
+    pub timings: Option<Timings>,
+    /// Frames per second, when the device says.
+    pub rate: Option<f64>,
     streaming: bool,
 }
 
@@ -247,6 +402,9 @@ impl Capture {
                     )
                 })?,
         };
+        // A digital input captures what its source sends: lock to the detected timings before
+        // the format is read (they set the frame size).
+        let timings = lock_timings(&file, path)?;
         let mut fmt = [0u8; 208];
         put_u32(&mut fmt, 0, BUF_TYPE_VIDEO_CAPTURE);
         ioctl(&file, VIDIOC_G_FMT, &mut fmt).context("VIDIOC_G_FMT")?;
@@ -281,10 +439,15 @@ impl Capture {
                 n.height
             );
         }
+        let rate = frame_rate(&file, path, config.fps)
+            .or_else(|| timings.map(|t| t.rate()))
+            .filter(|r| r.is_finite() && *r > 0.0);
         let mut c = Self {
             file,
             maps: Vec::new(),
             format: n,
+            timings,
+            rate,
             streaming: false,
         };
         c.start()?;
@@ -336,6 +499,21 @@ impl Capture {
         ioctl(&self.file, VIDIOC_STREAMON, &mut t).context("VIDIOC_STREAMON")?;
         self.streaming = true;
         Ok(())
+    }
+
+    /// Whether the source still sends what the capture was opened for: `Ok(None)` if so,
+    /// `Ok(Some(timings))` if it changed to other timings (reopen to follow), `Err` if the
+    /// signal is gone. Inputs without DV timings always say `Ok(None)`.
+    pub fn source_changed(&self) -> Result<Option<Timings>> {
+        let Some(cur) = self.timings else {
+            return Ok(None);
+        };
+        match query_timings(&self.file) {
+            Detected::Locked(t, _) if t == cur => Ok(None),
+            Detected::Locked(t, _) => Ok(Some(t)),
+            Detected::NoSignal(why) => bail!("no signal ({why})"),
+            Detected::NotDigital => Ok(None),
+        }
     }
 
     fn buffer(&self, index: u32) -> [u8; 88] {
@@ -472,6 +650,34 @@ mod tests {
         assert_eq!(VIDIOC_DQBUF, 0xc058_5611);
         assert_eq!(VIDIOC_STREAMON, 0x4004_5612);
         assert_eq!(VIDIOC_ENUM_FMT, 0xc040_5602);
+        assert_eq!(VIDIOC_G_PARM, 0xc0cc_5615);
+        assert_eq!(VIDIOC_S_PARM, 0xc0cc_5616);
+        assert_eq!(VIDIOC_S_DV_TIMINGS, 0xc084_5657);
+        assert_eq!(VIDIOC_G_DV_TIMINGS, 0xc084_5658);
+        assert_eq!(VIDIOC_QUERY_DV_TIMINGS, 0x8084_5663);
+    }
+
+    #[test]
+    fn dv_timings_are_read_from_the_kernel_layout() {
+        // CEA-861 1920x1080p60: 148.5 MHz, 2200 x 1125 in all
+        let mut raw = [0u8; 132];
+        for (at, v) in [
+            (4, 1920),
+            (8, 1080),
+            (28, 88),
+            (32, 44),
+            (36, 148),
+            (40, 4),
+            (44, 5),
+            (48, 36),
+        ] {
+            put_u32(&mut raw, at, v);
+        }
+        raw[20..28].copy_from_slice(&148_500_000u64.to_ne_bytes());
+        let t = Timings::parse(&raw);
+        assert_eq!((t.width, t.height, t.total), (1920, 1080, (2200, 1125)));
+        assert!((t.rate() - 60.0).abs() < 1e-9);
+        assert_eq!(t.to_string(), "1920x1080p60.00");
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub(crate) struct VideoArgs {
     /// Capture size (default: what the device is set to, e.g. the source's timings).
     #[arg(long, value_name = "WxH")]
     pub(crate) video_size: Option<String>,
+    /// Capture frame rate, where the device lets it be chosen (an HDMI input's follows the
+    /// source's timings, which kvmio locks to).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub(crate) video_fps: Option<u32>,
 }
 
 /// The default control socket.
