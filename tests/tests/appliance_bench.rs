@@ -127,9 +127,10 @@ fn capture_to_viewers() {
     let v4l2_ctl = kvmio_tests::tool("v4l2-ctl");
     let mut a = Appliance::boot_with(&[VNC], &[&v4l2_ctl]);
     eprintln!(
-        "| capture | viewers | encoding | frames/s per viewer | kvmio CPU ms per delivered frame |"
+        "| capture | viewers | encoding | frames/s per viewer | kvmio CPU ms per delivered frame \
+         | updates sent as another viewer's encode |"
     );
-    eprintln!("|---|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|---|");
     for (w, h) in [(1280, 720), (1920, 1080)] {
         // vivid's webcam input, its test pattern moving right, at its highest frame rate
         a.run_ok(&["v4l2-ctl", "-d", "/dev/video0", "--set-input=0"]);
@@ -171,6 +172,7 @@ fn capture_to_viewers() {
         ]);
         a.wait_output(server, "vnc serving", Duration::from_secs(60));
         let pid = a.run_ok(&["pidof", "kvmio"]).trim().to_string();
+        let mut copies_before = 0;
         for (viewers, encoding, name) in [
             (1, 16, "ZRLE"),
             (4, 16, "ZRLE"),
@@ -199,10 +201,29 @@ fn capture_to_viewers() {
             for t in threads {
                 let _ = t.join();
             }
+            // the server logs, per viewer that left, how many updates were another
+            // viewer's encode
+            std::thread::sleep(Duration::from_secs(1));
+            let (o, e) = a.output(server);
+            let copies: u64 = format!("{o}{e}")
+                .lines()
+                .filter_map(|l| {
+                    l.split_once(" updates (")?
+                        .1
+                        .split_once(" of them")?
+                        .0
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum();
+            let shared = copies - copies_before;
+            copies_before = copies;
             let delivered = (f1 - f0) as f64;
             let per_viewer = delivered / secs / viewers as f64;
             let cpu_ms = (c1 - c0) as f64 * 10.0 / delivered.max(1.0);
-            eprintln!("| {w}×{h} YUYV | {viewers} | {name} | {per_viewer:.1} | {cpu_ms:.1} |");
+            eprintln!(
+                "| {w}×{h} YUYV | {viewers} | {name} | {per_viewer:.1} | {cpu_ms:.1} | {shared} |"
+            );
         }
         a.kill(server);
     }

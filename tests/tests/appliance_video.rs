@@ -413,3 +413,55 @@ fn a_source_mode_change_resizes_the_viewers_desktop() {
     drop(viewer);
     a.kill(server);
 }
+
+/// Two viewers of a moving picture in the same format and encoding (Raw): each captured frame
+/// is encoded once, for the first viewer that asks, and the other gets the same bytes (the
+/// server's log counts them when a viewer leaves). rfb-core's `shared_updates` tests show the
+/// bytes are the ones its own encode would have made.
+#[test]
+fn viewers_of_the_same_frames_share_one_encode() {
+    let (mut a, _dir) = boot_vivid();
+    // vivid's webcam input, its test pattern moving right
+    a.run_ok(&["v4l2-ctl", "-d", "/dev/video0", "--set-input=0"]);
+    set_ctrl(&mut a, "horizontal_movement=6");
+    let server = serve(
+        &mut a,
+        &[
+            "--video",
+            "/dev/video0",
+            "--video-format",
+            "yuyv",
+            "--video-size",
+            "640x360",
+        ],
+    );
+    a.wait_output(server, "capturing 640x360 Yuyv", Duration::from_secs(30));
+    let viewers = [
+        SizeViewer::connect(a.port(VNC)),
+        SizeViewer::connect(a.port(VNC)),
+    ];
+    for v in &viewers {
+        assert_eq!(v.init, (640, 360));
+    }
+    std::thread::sleep(Duration::from_secs(15));
+    drop(viewers);
+    let log = a.wait_output(server, "another viewer's encode", Duration::from_secs(20));
+    let copies: u64 = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once(" updates (")?
+                .1
+                .split_once(" of them")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!("updates copied from the other viewer's encode: {copies}");
+    assert!(copies > 0, "{log}");
+    assert!(
+        a.wait(server, Duration::ZERO).is_none(),
+        "the server exited"
+    );
+    a.kill(server);
+}

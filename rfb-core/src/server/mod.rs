@@ -73,7 +73,9 @@ mod update;
 #[cfg(feature = "alloc")]
 mod zrle;
 
-pub use update::{CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, UpdateSource};
+pub use update::{
+    CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, SharedUpdateKey, UpdateSource,
+};
 
 use crate::Progress;
 use crate::auth::CHALLENGE_LEN;

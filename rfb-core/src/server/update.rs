@@ -68,6 +68,19 @@ impl<'a> UpdateSource<'a> {
     }
 }
 
+/// What makes two sessions' updates from the same pixels byte-identical: see
+/// [`Server::shared_update_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SharedUpdateKey {
+    /// The encoding of the pixel rectangles (Raw, RRE or Hextile).
+    pub encoding: Encoding,
+    /// The framebuffer's format.
+    pub native: PixelFormat,
+    /// The format on the wire.
+    pub wire: PixelFormat,
+}
+
 /// Progress of [`Server::encode_update`].
 #[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +207,16 @@ impl Server {
     }
 
     fn start_update(&mut self, src: &UpdateSource<'_>) -> Result<UpdateState, CommandError> {
+        let (st, resized) = self.plan_update(src)?;
+        if resized {
+            self.width = src.framebuffer.width();
+            self.height = src.framebuffer.height();
+        }
+        Ok(st)
+    }
+
+    /// What the next update made from `src` holds, and whether it is a resize; changes nothing.
+    fn plan_update(&self, src: &UpdateSource<'_>) -> Result<(UpdateState, bool), CommandError> {
         if self.phase != super::Phase::Normal
             || !(self.update_requested || self.continuous.is_some())
         {
@@ -255,11 +278,7 @@ impl Server {
         if last_rect && flags & bits::LAST_RECT == 0 {
             return Err(CommandError::InvalidArgument);
         }
-        if resized {
-            self.width = fb.width();
-            self.height = fb.height();
-        }
-        Ok(UpdateState {
+        let st = UpdateState {
             stage: Stage::Header,
             pseudo,
             size_ext: ext,
@@ -272,7 +291,64 @@ impl Server {
             damage: 0,
             rect: RectState::Start,
             encoding,
+        };
+        Ok((st, resized))
+    }
+
+    /// The key under which the next update made from `src` can be shared with other sessions,
+    /// or `None` if it cannot.
+    ///
+    /// An update can be shared when it holds only changed pixels (no resize, CopyRect, cursor,
+    /// name, LED state or key acknowledgement due, no LastRect needed) in a stateless encoding
+    /// (Raw, RRE, Hextile; ZRLE's zlib stream belongs to one connection). Two sessions whose
+    /// keys are equal produce byte-identical updates from the same framebuffer contents and the
+    /// same damage list, so a server with many viewers of one picture can encode it once, send
+    /// those bytes to every session with an equal key and tell each with
+    /// [`update_sent`](Self::update_sent). Checking that the contents and the damage are the
+    /// same is the caller's part.
+    pub fn shared_update_key(&self, src: &UpdateSource<'_>) -> Option<SharedUpdateKey> {
+        if self.update.is_some() {
+            return None;
+        }
+        let (st, resized) = self.plan_update(src).ok()?;
+        let fb = &src.framebuffer;
+        if resized
+            || st.pseudo != 0
+            || st.last_rect
+            || src.damage.iter().any(|d| self.as_copy(d, fb).is_some())
+        {
+            return None;
+        }
+        let encoding = match st.encoding {
+            e @ (Encoding::Hextile | Encoding::Rre) => e,
+            #[cfg(feature = "alloc")]
+            Encoding::Zrle => return None,
+            _ => Encoding::Raw,
+        };
+        Some(SharedUpdateKey {
+            encoding,
+            native: fb.format(),
+            wire: effective_format(&self.client_format),
         })
+    }
+
+    /// Records that the update for `src` went out as bytes another session encoded under
+    /// `key` (see [`shared_update_key`](Self::shared_update_key)): the session moves on exactly
+    /// as if [`encode_update`](Self::encode_update) had written them.
+    /// [`CommandError::InvalidArgument`] if this session's key for `src` is not `key` (nothing
+    /// changes then; encode the update instead).
+    pub fn update_sent(
+        &mut self,
+        src: &UpdateSource<'_>,
+        key: SharedUpdateKey,
+    ) -> Result<(), CommandError> {
+        if self.shared_update_key(src) != Some(key) {
+            return Err(CommandError::InvalidArgument);
+        }
+        self.desktop_size_reply = None;
+        self.qemu_key_ack_pending = false;
+        self.finish_update();
+        Ok(())
     }
 
     /// Encodes (part of) a FramebufferUpdate from `src` into `out` (at least

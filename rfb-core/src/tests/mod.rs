@@ -3,6 +3,7 @@
 mod harness;
 mod negotiation;
 mod security;
+mod shared_updates;
 mod updates;
 mod wire_roundtrip;
 

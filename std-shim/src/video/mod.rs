@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rfb_core::server::{Damage, SharedUpdateKey};
 use rfb_core::wire::Rect;
 
 use crate::vnc::desktop::{Image, draw_text};
@@ -23,6 +24,50 @@ pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SOURCE_CHECK: Duration = Duration::from_secs(1);
 /// The size of the no-signal card before any frame was seen.
 pub const DEFAULT_SIZE: (u16, u16) = (1024, 768);
+
+/// Encoded updates the hub keeps for other viewers of the same frame (per frame: one per
+/// distinct encoding and pixel format in use).
+pub const SHARED_UPDATES: usize = 8;
+/// And their bytes at most.
+pub const SHARED_BYTES: usize = 32 << 20;
+
+/// What an encoded update was made from: the frame, the areas sent and how they were encoded
+/// (`rfb_core`'s [`SharedUpdateKey`]). Viewers with equal keys get the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKey {
+    /// The frame's number.
+    pub seq: u64,
+    /// The rectangles sent, in order.
+    pub damage: Vec<Rect>,
+    /// The encoding and the formats.
+    pub update: SharedUpdateKey,
+}
+
+impl SharedKey {
+    /// The key of an update of frame `seq` holding `damage` (changed areas only).
+    pub fn new(seq: u64, damage: &[Damage], update: SharedUpdateKey) -> Self {
+        let damage = damage
+            .iter()
+            .map(|d| match *d {
+                Damage::Changed(r) | Damage::Copied { dst: r, .. } => r,
+            })
+            .collect();
+        Self {
+            seq,
+            damage,
+            update,
+        }
+    }
+}
+
+/// How often viewers reused another viewer's encode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedStats {
+    /// Updates encoded and kept.
+    pub kept: u64,
+    /// Updates sent from kept bytes.
+    pub reused: u64,
+}
 
 /// A capture device and what to ask it for.
 #[derive(Debug, Clone)]
@@ -39,6 +84,9 @@ struct State {
     /// `(seq, damage of frame seq against frame seq - 1)`, oldest first.
     history: VecDeque<(u64, Vec<Rect>)>,
     signal: bool,
+    /// Encoded updates of the current frame, oldest first.
+    shared: VecDeque<(SharedKey, Arc<[u8]>)>,
+    shared_stats: SharedStats,
 }
 
 /// One capture shared by every viewer.
@@ -81,6 +129,8 @@ impl Hub {
                 seq: 1,
                 history: VecDeque::new(),
                 signal: false,
+                shared: VecDeque::new(),
+                shared_stats: SharedStats::default(),
             }),
             device,
         });
@@ -137,6 +187,38 @@ impl Hub {
         })
     }
 
+    /// The bytes another viewer's update was encoded to under `key`, if they are still kept.
+    pub fn shared_update(&self, key: &SharedKey) -> Option<Arc<[u8]>> {
+        let mut s = self.lock();
+        let bytes = s.shared.iter().find(|(k, _)| k == key)?.1.clone();
+        s.shared_stats.reused += 1;
+        Some(bytes)
+    }
+
+    /// Keeps an update encoded for the frame `key.seq` for the other viewers (only while that
+    /// frame is the current one; at most [`SHARED_UPDATES`] of [`SHARED_BYTES`] in all).
+    pub fn keep_update(&self, key: SharedKey, bytes: &[u8]) {
+        let mut s = self.lock();
+        if key.seq != s.seq || bytes.len() > SHARED_BYTES || s.shared.iter().any(|(k, _)| *k == key)
+        {
+            return;
+        }
+        s.shared.push_back((key, Arc::from(bytes)));
+        s.shared_stats.kept += 1;
+        let mut total: usize = s.shared.iter().map(|(_, b)| b.len()).sum();
+        while s.shared.len() > SHARED_UPDATES || total > SHARED_BYTES {
+            let Some((_, b)) = s.shared.pop_front() else {
+                break;
+            };
+            total -= b.len();
+        }
+    }
+
+    /// How often viewers shared an encode.
+    pub fn shared_stats(&self) -> SharedStats {
+        self.lock().shared_stats
+    }
+
     /// Publishes a new frame with its damage against the previous one.
     fn publish(&self, image: Image, damage: Vec<Rect>, signal: bool) {
         let mut s = self.lock();
@@ -152,6 +234,8 @@ impl Hub {
         }
         s.image = Arc::new(image);
         s.signal = signal;
+        // Every viewer moves on to the new frame: what was encoded for the old one is done.
+        s.shared.clear();
     }
 
     fn show_no_signal(&self, why: &str) {
@@ -286,6 +370,8 @@ mod tests {
                 seq: 1,
                 history: VecDeque::new(),
                 signal: true,
+                shared: VecDeque::new(),
+                shared_stats: SharedStats::default(),
             }),
             device: "test".into(),
         }
@@ -315,6 +401,57 @@ mod tests {
         h.publish(Image::new(64, 32), vec![Rect::new(0, 0, 64, 32)], true);
         let c = h.changes_since(s).unwrap();
         assert_eq!((c.image.width, c.image.height), (64, 32));
+    }
+
+    #[test]
+    fn kept_updates_are_found_by_their_key_and_bounded() {
+        use rfb_core::wire::{Encoding, PixelFormat};
+        let h = hub();
+        let update = SharedUpdateKey {
+            encoding: Encoding::Hextile,
+            native: PixelFormat::RGB888,
+            wire: PixelFormat::RGB888,
+        };
+        let key = |seq, n| SharedKey {
+            seq,
+            damage: vec![Rect::new(0, 0, n, 1)],
+            update,
+        };
+        h.keep_update(key(1, 1), b"one");
+        assert_eq!(h.shared_update(&key(1, 1)).as_deref(), Some(&b"one"[..]));
+        // another area, another format, or a frame that is not the current one: not found
+        assert!(h.shared_update(&key(1, 2)).is_none());
+        let other = SharedKey {
+            update: SharedUpdateKey {
+                wire: PixelFormat::RGB565,
+                ..update
+            },
+            ..key(1, 1)
+        };
+        assert!(h.shared_update(&other).is_none());
+        h.keep_update(key(7, 1), b"stale");
+        assert!(h.shared_update(&key(7, 1)).is_none());
+        // a new frame forgets the old frame's updates
+        h.publish(Image::new(128, 128), vec![Rect::new(0, 0, 1, 1)], true);
+        assert!(h.shared_update(&key(1, 1)).is_none());
+        // at most SHARED_UPDATES, the oldest go first
+        for n in 0..SHARED_UPDATES as u16 + 3 {
+            h.keep_update(key(2, n + 1), &[0; 16]);
+        }
+        assert!(h.shared_update(&key(2, 1)).is_none());
+        assert!(
+            h.shared_update(&key(2, SHARED_UPDATES as u16 + 3))
+                .is_some()
+        );
+        // and never more than SHARED_BYTES
+        h.keep_update(key(2, 500), &vec![0; SHARED_BYTES / 2 + 1]);
+        h.keep_update(key(2, 501), &vec![0; SHARED_BYTES / 2 + 1]);
+        assert!(h.shared_update(&key(2, 500)).is_none());
+        assert!(h.shared_update(&key(2, 501)).is_some());
+        h.keep_update(key(2, 502), &vec![0; SHARED_BYTES + 1]);
+        assert!(h.shared_update(&key(2, 502)).is_none());
+        let st = h.shared_stats();
+        assert_eq!((st.kept, st.reused), (SHARED_UPDATES as u64 + 6, 3));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use rfb_core::{AuthThrottle, Framebuffer};
 
 use crate::input::{Input, Viewer};
 use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
+use crate::video::SharedKey;
 use crate::vnc::desktop::{Desktop, Image, NATIVE, Pattern, clip};
 use crate::vnc::security::{
     PlainUsers, SecName, ZlibRsCompressor, format_security_list, server_offer,
@@ -274,6 +275,8 @@ pub struct VncServerSession {
     next_led_poll: Instant,
     authenticated: bool,
     updates: u64,
+    /// Updates sent as bytes another viewer's session encoded (see `video::Hub::keep_update`).
+    copies: u64,
 }
 
 fn union(a: Option<Rect>, b: Rect) -> Rect {
@@ -330,6 +333,7 @@ impl VncServerSession {
             next_led_poll: now,
             authenticated: false,
             updates: 0,
+            copies: 0,
         })
     }
 
@@ -672,21 +676,47 @@ impl VncServerSession {
         if damage.is_empty() && !self.forced && !leds {
             return Ok(());
         }
-        let Some(img) = self.fb.as_ref().map(Fb::image) else {
+        let Some(fbuf) = self.fb.as_ref() else {
             return Ok(());
         };
+        let img = fbuf.image();
         let fb = Framebuffer::new(&img.data, img.width, img.height, img.stride(), NATIVE)
             .map_err(|e| anyhow!("{e}"))?;
         let src = UpdateSource::new(fb, &damage);
-        loop {
-            let buf = out.tail(256 * 1024);
-            let st = self
+        // A captured frame is the same for every viewer: an update that holds only its pixels
+        // in a stateless encoding is encoded by the first viewer that needs it and copied by
+        // the others that need the same areas in the same format.
+        let shared = match fbuf {
+            Fb::Video { hub, seq, .. } if out.files().is_empty() => self
                 .server
-                .encode_update(&src, buf)
-                .map_err(|e| anyhow!("rfb: encode: {e}"))?;
-            out.commit(st.written);
-            if st.done {
-                break;
+                .shared_update_key(&src)
+                .map(|update| (hub.clone(), SharedKey::new(*seq, &damage, update))),
+            _ => None,
+        };
+        let kept = shared
+            .as_ref()
+            .and_then(|(hub, key)| Some((hub.shared_update(key)?, key.update)));
+        if let Some((bytes, update)) = kept {
+            self.server
+                .update_sent(&src, update)
+                .map_err(|e| anyhow!("rfb: shared update: {e}"))?;
+            out.extend(&bytes);
+            self.copies += 1;
+        } else {
+            let start = out.len();
+            loop {
+                let buf = out.tail(256 * 1024);
+                let st = self
+                    .server
+                    .encode_update(&src, buf)
+                    .map_err(|e| anyhow!("rfb: encode: {e}"))?;
+                out.commit(st.written);
+                if st.done {
+                    break;
+                }
+            }
+            if let Some((hub, key)) = shared {
+                hub.keep_update(key, &out.as_slice()[start..]);
             }
         }
         self.updates += 1;
@@ -788,7 +818,16 @@ impl Session for VncServerSession {
     fn eof(&mut self) -> Result<()> {
         match self.server.handle_eof() {
             Ok(()) => {
-                log::info!("{}: disconnected after {} updates", self.peer, self.updates);
+                if self.copies > 0 {
+                    log::info!(
+                        "{}: disconnected after {} updates ({} of them another viewer's encode)",
+                        self.peer,
+                        self.updates,
+                        self.copies
+                    );
+                } else {
+                    log::info!("{}: disconnected after {} updates", self.peer, self.updates);
+                }
                 Ok(())
             }
             Err(e) => Err(anyhow!("rfb: {e}")),
