@@ -42,7 +42,7 @@ tests/publish-check.sh
 step "no_std builds for thumbv7em-none-eabihf"
 cargo build -p nbd-core --target thumbv7em-none-eabihf --no-default-features
 cargo build -p rfb-core --target thumbv7em-none-eabihf --no-default-features
-cargo build -p tls-glue --target thumbv7em-none-eabihf --no-default-features --features rustcrypto
+cargo build -p tls-glue --target thumbv7em-none-eabihf --no-default-features --features rustcrypto,websocket
 
 step "cores linked into a Cortex-M binary with no global allocator, run under qemu-system-arm"
 (cd tests/no-alloc-link && cargo build --release --target thumbv7em-none-eabihf)

@@ -170,6 +170,8 @@ mod pin;
 mod rustcrypto;
 #[cfg(any(feature = "test-support", fuzzing))]
 pub mod test_support;
+#[cfg(feature = "websocket")]
+pub mod ws;
 mod x509;
 
 pub use acl::{Acl, AclFormat, AclPolicy, glob_match};

@@ -110,3 +110,52 @@ pub fn tls12_only_client(creds: &crate::TlsCreds) -> crate::TlsClientConfig {
     crate::TlsClientConfig::build(creds, &crate::ClientOptions::default(), V12)
         .expect("TLS 1.2 client configuration")
 }
+
+/// The WebSocket fuzz entry point: arbitrary bytes from a peer into a server
+/// [`WebSocket`](crate::ws::WebSocket) and a client one, cut into pieces at sizes the input
+/// chooses, with the payload consumed as a protocol core would, then EOF. Nothing may panic,
+/// and nothing may grow past the configured bounds.
+#[cfg(feature = "websocket")]
+pub fn fuzz_websocket(data: &[u8]) {
+    use crate::ws::{Event, WebSocket, WsConfig};
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first & 0x3f) + 1;
+    let config = WsConfig::default()
+        .with_max_head(512)
+        .with_max_headers(8)
+        .with_max_frame(4096)
+        .with_payload_limit(1024);
+    for mut ws in [
+        WebSocket::server(config),
+        WebSocket::client(config, "h", "/", None, [7; 16], [1; 32]),
+    ] {
+        let mut input = rest;
+        let mut out = [0u8; 64];
+        while !input.is_empty() {
+            let n = match ws.handle_input(&input[..chunk.min(input.len())]) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            assert!(ws.payload().len() <= 1024);
+            while let Some(e) = ws.poll_event() {
+                if let Event::Http(_) = e {
+                    let _ = ws.http_done(first & 0x40 != 0);
+                }
+            }
+            // a core takes half of what it is given, and answers
+            let p = ws.payload().len();
+            ws.consume_payload(p.div_ceil(2));
+            if ws.is_open() {
+                let _ = ws.frame(b"ok", &mut out);
+            }
+            while ws.poll_transmit(&mut out).is_some() {}
+            if n == 0 && ws.payload().is_empty() {
+                break;
+            }
+            input = &input[n..];
+        }
+        let _ = ws.handle_eof();
+    }
+}
