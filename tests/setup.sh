@@ -19,6 +19,9 @@ pkgs+=(kmod cpio binutils util-linux)
 pkgs+=(nginx-light)
 # v4l2-ctl writes the frames vivid's HDMI output loops into its capture node
 pkgs+=(v4l-utils)
+# the console in a browser (tests/tests/vnc_browser.rs): Debian's Chromium and noVNC, websockify,
+# certutil for the browser profile's trust store
+pkgs+=(chromium novnc websockify libnss3-tools)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -50,6 +53,9 @@ if ! id kvmio-vnc >/dev/null 2>&1; then
   $SUDO useradd --system --no-create-home --shell /usr/sbin/nologin kvmio-vnc
 fi
 echo 'kvmio-vnc:Plain-Test-1' | $SUDO chpasswd
+
+# noVNC 1.7 and playwright-core from the npm registry, at the versions package-lock.json pins
+(cd "$(dirname "$0")/browser" && npm ci --no-audit --no-fund)
 
 rustup target list --installed | grep -q thumbv7em-none-eabihf || rustup target add thumbv7em-none-eabihf
 rustup toolchain list | grep -q '^1.88' || rustup toolchain install 1.88 --profile minimal

@@ -165,3 +165,4 @@ pub mod services;
 pub mod tls;
 pub mod video;
 pub mod vnc;
+pub mod web;

@@ -79,6 +79,8 @@ pub struct Serve {
     vnc: Option<SocketAddr>,
     nbd: Option<SocketAddr>,
     catalog: Option<&'static Catalog>,
+    vnc_shared: Option<Arc<crate::vnc::server::VncShared>>,
+    websocket: Option<SocketAddr>,
 }
 
 impl Serve {
@@ -90,6 +92,8 @@ impl Serve {
             vnc: None,
             nbd: None,
             catalog: None,
+            vnc_shared: None,
+            websocket: None,
         }
     }
 
@@ -110,8 +114,10 @@ impl Serve {
         }
         config.validate(x509)?;
         self.vnc = first_tcp(&endpoints);
-        self.services.push(crate::vnc::server::service(
-            config,
+        let shared = crate::vnc::server::VncShared::new(config);
+        self.vnc_shared = Some(shared.clone());
+        self.services.push(crate::vnc::server::service_shared(
+            shared,
             VncServiceOptions {
                 endpoints,
                 tls: tls.filter(|_| x509).cloned(),
@@ -120,6 +126,40 @@ impl Serve {
             },
         ));
         Ok(())
+    }
+
+    /// Adds the VNC console's WebSocket listener on `endpoints` (after [`add_vnc`](Self::add_vnc),
+    /// whose viewers, input and security it shares): wss with the same credentials when TLS
+    /// is on, ws otherwise, and `web`'s files for requests that are not upgrades.
+    pub fn add_vnc_websocket(
+        &mut self,
+        endpoints: Vec<Endpoint>,
+        web: Option<crate::web::WebRoot>,
+    ) -> Result<()> {
+        let Some(shared) = self.vnc_shared.clone() else {
+            bail!("the WebSocket listener serves the VNC console: add it first");
+        };
+        let o = &self.options;
+        let tls = o.tls.clone().filter(|_| o.policy != TlsPolicy::Off);
+        let security = crate::web::websocket_security(&shared.config().security, tls.is_some())?;
+        self.websocket = first_tcp(&endpoints);
+        self.services.push(crate::web::service(
+            shared,
+            crate::web::WebServiceOptions {
+                endpoints,
+                tls,
+                web,
+                security,
+                max_connections: o.max_connections,
+                backlog: o.backlog,
+            },
+        ));
+        Ok(())
+    }
+
+    /// The first TCP address of the WebSocket listener (once added).
+    pub fn websocket_address(&self) -> Option<SocketAddr> {
+        self.websocket
     }
 
     /// Adds NBD virtual media: `catalog` on `endpoints`.

@@ -131,6 +131,11 @@ pub(crate) struct FileVnc {
     pub(crate) video_size: Option<String>,
     /// Its frame rate.
     pub(crate) video_fps: Option<u32>,
+    /// WebSocket listen addresses.
+    #[serde(default)]
+    pub(crate) websocket: Vec<String>,
+    /// Static files on the WebSocket port.
+    pub(crate) web: Option<PathBuf>,
 }
 
 /// `[nbd]`.
@@ -365,6 +370,18 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             video: video.as_ref(),
         };
         serve.add_vnc(endpoints(listen, None, 5900)?, &settings)?;
+        let websocket = if a.web.vnc_websocket.is_empty() {
+            &file.vnc.websocket
+        } else {
+            &a.web.vnc_websocket
+        };
+        let web = a.web.web.as_ref().or(file.vnc.web.as_ref());
+        if !websocket.is_empty() {
+            let root = web.map(|d| std_shim::web::WebRoot::new(d)).transpose()?;
+            serve.add_vnc_websocket(endpoints(websocket, None, 5700)?, root)?;
+        } else if web.is_some() {
+            bail!("--web needs --vnc-websocket (the files are served on the WebSocket port)");
+        }
     }
     if serve_nbd {
         let (mut files, mut memory) = parse_export_args(&a.exports, &a.memory)?;

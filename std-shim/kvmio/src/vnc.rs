@@ -8,7 +8,7 @@ use std_shim::io::listen::ServerControl;
 use std_shim::services::{self, stop_on_signals};
 use std_shim::vnc::client::{self, CaptureOptions, parse_encodings};
 use std_shim::vnc::security::{VncAddr, parse_security_list, read_password_file};
-use std_shim::vnc::server::{VncServiceOptions, service};
+use std_shim::vnc::server::{VncServiceOptions, VncShared, service_shared};
 use std_shim::vnc::settings::VncSettings;
 
 use crate::args::vnc::{VncCaptureArgs, VncServeArgs};
@@ -53,20 +53,45 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
         None => None,
     };
     let endpoints = std_shim::io::endpoints(&a.listen, None, 5900)?;
-    let service = service(
-        config,
+    let shared = VncShared::new(config);
+    let mut all = vec![service_shared(
+        shared.clone(),
         VncServiceOptions {
             endpoints,
-            tls: tls_config,
+            tls: tls_config.clone(),
             max_connections: a.max_connections,
             backlog: a.backlog,
         },
-    );
+    )];
+    if !a.web.vnc_websocket.is_empty() {
+        let security =
+            std_shim::web::websocket_security(&shared.config().security, tls_config.is_some())?;
+        all.push(std_shim::web::service(
+            shared,
+            std_shim::web::WebServiceOptions {
+                endpoints: std_shim::io::endpoints(&a.web.vnc_websocket, None, 5700)?,
+                tls: tls_config,
+                web: a
+                    .web
+                    .web
+                    .as_deref()
+                    .map(std_shim::web::WebRoot::new)
+                    .transpose()?,
+                security,
+                max_connections: a.max_connections,
+                backlog: a.backlog,
+            },
+        ));
+    }
     let control = Arc::new(ServerControl::default());
     stop_on_signals(&control)?;
-    services::run(vec![service], a.runtime, control, |_, what, bound| {
+    services::run(all, a.runtime, control, |label, what, bound| {
         for b in bound {
-            eprintln!("kvmio: vnc serving {what} on {b}");
+            if label == "vnc" {
+                eprintln!("kvmio: vnc serving {what} on {b}");
+            } else {
+                eprintln!("kvmio: {label} serving {what} on {b}");
+            }
         }
     })?;
     eprintln!("kvmio: stopped");

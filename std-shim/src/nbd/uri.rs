@@ -167,7 +167,8 @@ fn split_host_port(a: &str) -> Result<(String, u16)> {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String> {
+/// `%XX` escapes decoded (URIs, HTTP request paths).
+pub(crate) fn percent_decode(s: &str) -> Result<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -47,8 +47,13 @@ pub struct VncServiceOptions {
 /// The VNC service: sessions over one shared configuration (password, users, desktop, the
 /// failed-login blacklist). A peer blocked for failed logins is told so and closed.
 pub fn service(config: VncServerConfig, o: VncServiceOptions) -> crate::services::Service {
-    let what = describe(&config);
-    let shared = VncShared::new(config);
+    service_shared(VncShared::new(config), o)
+}
+
+/// The VNC service over `shared`, which other listeners (the WebSocket one) may share: the
+/// viewers, the input and the failed-login throttle are the same for all.
+pub fn service_shared(shared: Arc<VncShared>, o: VncServiceOptions) -> crate::services::Service {
+    let what = describe(shared.config());
     crate::services::Service {
         label: "vnc",
         what,
@@ -140,7 +145,11 @@ impl VncServerConfig {
     }
 
     fn core_config(&self) -> ServerConfig {
-        let (types, subtypes) = server_offer(&self.security);
+        self.core_config_for(&self.security)
+    }
+
+    fn core_config_for(&self, security: &[SecName]) -> ServerConfig {
+        let (types, subtypes) = server_offer(security);
         let mut c = ServerConfig::with_security(&types, &subtypes);
         c.handshake_timeout = Some(self.handshake_timeout);
         c
@@ -297,6 +306,17 @@ impl VncServerSession {
     /// A session for a connection from `peer` (`ip:port`). Fails (the connection is then
     /// closed at once) while the peer is blocked for failed logins.
     pub fn new(shared: Arc<VncShared>, peer: String) -> Result<Self> {
+        let security = shared.config.security.clone();
+        Self::with_security(shared, peer, &security)
+    }
+
+    /// A session that offers `security` instead of the configured types (the WebSocket
+    /// listener's mapping of them; see `web::websocket_security`).
+    pub fn with_security(
+        shared: Arc<VncShared>,
+        peer: String,
+        security: &[SecName],
+    ) -> Result<Self> {
         let key = peer_key(&peer);
         if let Some(d) = shared.blocked(key) {
             bail!(
@@ -306,7 +326,7 @@ impl VncServerSession {
         }
         let now = Instant::now();
         let mut server = Server::new(
-            shared.config.core_config(),
+            shared.config.core_config_for(security),
             shared.core_now(now),
             random_challenge()?,
         );

@@ -86,6 +86,20 @@ pub(crate) struct ViewerArgs {
     pub(crate) share: Option<SharePolicy>,
 }
 
+/// The console for browsers (`kvmio vnc serve`, `kvmio serve`).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub(crate) struct WebArgs {
+    /// Also serve the VNC console over WebSocket on this address (repeatable; as QEMU's
+    /// websocket=): wss with the same credentials when the VNC port uses TLS, ws otherwise.
+    /// Browsers (noVNC) connect to ws[s]://ADDR/.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) vnc_websocket: Vec<String>,
+    /// Serve the files of DIR on the WebSocket port for requests that are not upgrades (e.g.
+    /// /usr/share/novnc: the console at https://ADDR/vnc.html).
+    #[arg(long, value_name = "DIR", requires = "vnc_websocket")]
+    pub(crate) web: Option<std::path::PathBuf>,
+}
+
 /// A share policy.
 pub(crate) fn share_policy() -> impl TypedValueParser<Value = SharePolicy> {
     one_of(&[

@@ -48,6 +48,8 @@ pub(crate) struct ServeArgs {
     pub(crate) plain_users: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) viewers: super::ViewerArgs,
+    #[command(flatten)]
+    pub(crate) web: super::WebArgs,
     /// Serve this PNG instead of the animated test pattern.
     #[arg(long, value_name = "FILE")]
     pub(crate) image: Option<PathBuf>,

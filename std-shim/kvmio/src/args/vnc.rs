@@ -38,6 +38,8 @@ pub(crate) struct VncServeArgs {
     pub(crate) plain_users: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) viewers: super::ViewerArgs,
+    #[command(flatten)]
+    pub(crate) web: super::WebArgs,
     /// TLS credentials directory in the QEMU layout (ca-cert.pem, server-cert.pem,
     /// server-key.pem, optional ca-crl.pem) for the X509 types.
     #[arg(long, value_name = "DIR")]

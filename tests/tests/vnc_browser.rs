@@ -1,0 +1,456 @@
+//! The console in a real browser: noVNC (npm `@novnc/novnc` 1.7 on a bare page of ours, and
+//! Debian's `novnc` package with its own UI) in Debian's Chromium, driven headless by
+//! playwright-core (`tests/browser/console.mjs`), against `kvmio vnc serve --vnc-websocket
+//! --web`: over ws with VncAuth, over wss (the test CA trusted by the browser profile's NSS
+//! database) with the X509 types mapped to VncAuth and Plain; the canvas equals the served
+//! picture pixel for pixel (the encodings noVNC gets are lossless), keys typed and clicks made
+//! in the page arrive as the expected keysyms, QEMU scancodes and pointer events. websockify
+//! in front of the TCP port is the other way browsers get in. Hostile WebSocket input on the
+//! live port gets the RFC's answers and the server stays healthy.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kvmio_tests::vnc::*;
+use kvmio_tests::{Runtime, pki, run, tempdir};
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// A web root with our console page and noVNC 1.7's core next to it.
+fn console_root(dir: &Path) -> PathBuf {
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(
+        browser_dir().join("page/console.html"),
+        root.join("console.html"),
+    )
+    .unwrap();
+    let novnc = browser_dir().join("node_modules/@novnc/novnc");
+    assert!(
+        novnc.join("core/rfb.js").exists(),
+        "noVNC is missing: tests/setup.sh installs it (npm ci in tests/browser)"
+    );
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(&novnc)
+        .arg(root.join("novnc"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    root
+}
+
+/// A HOME whose Chromium profile trusts the CA in `ca` (NSS database, as a user would add it).
+fn browser_home(dir: &Path, ca: Option<&Path>) -> PathBuf {
+    let home = dir.join("home");
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db_arg = format!("sql:{}", db.display());
+    run(Command::new("certutil").args(["-N", "--empty-password", "-d", &db_arg])).expect_ok();
+    if let Some(ca) = ca {
+        run(Command::new("certutil")
+            .args([
+                "-A",
+                "-t",
+                "C,,",
+                "-n",
+                "kvmio test CA",
+                "-d",
+                &db_arg,
+                "-i",
+            ])
+            .arg(ca))
+        .expect_ok();
+    }
+    home
+}
+
+/// What the browser saw.
+struct Seen {
+    state: String,
+    canvas: Option<Rgb>,
+    stderr: String,
+}
+
+/// Opens `url` in Chromium with `args` for console.mjs.
+fn browse(home: &Path, url: &str, dir: &Path, args: &[&str]) -> Seen {
+    let out = dir.join(format!("canvas-{}.rgba", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let o = run(Command::new("node")
+        .current_dir(browser_dir())
+        .env("HOME", home)
+        .arg("console.mjs")
+        .arg(url)
+        .arg(&out)
+        .args(args));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = o.stderr.clone();
+    assert!(o.ok(), "the browser script failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{stderr}"));
+    let canvas = std::fs::read(&out).ok().map(|raw| {
+        let nl = raw.iter().position(|&b| b == b'\n').unwrap();
+        let head = std::str::from_utf8(&raw[..nl]).unwrap();
+        let (w, h) = head.split_once(' ').unwrap();
+        let (w, h) = (w.parse::<usize>().unwrap(), h.parse::<usize>().unwrap());
+        let rgba = &raw[nl + 1..];
+        assert_eq!(rgba.len(), w * h * 4);
+        Rgb {
+            width: w,
+            height: h,
+            data: rgba
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+        }
+    });
+    Seen {
+        state: v["state"].as_str().unwrap_or_default().to_string(),
+        canvas,
+        stderr,
+    }
+}
+
+/// The WebSocket port from the server's start-up lines.
+fn websocket_port(s: &mut VncServer) -> u16 {
+    let log = s
+        .proc
+        .wait_log("kvmio: vnc-websocket serving", Duration::from_secs(20));
+    log.lines()
+        .filter(|l| l.starts_with("kvmio: vnc-websocket serving"))
+        .find_map(|l| {
+            l.rsplit_once(" on 127.0.0.1:")
+                .and_then(|(_, p)| p.trim().parse::<u16>().ok())
+        })
+        .unwrap_or_else(|| panic!("no WebSocket port in:\n{log}"))
+}
+
+#[track_caller]
+fn assert_console(seen: &Seen, pic: &Rgb, what: &str) {
+    assert_eq!(seen.state, "connected", "{what}: {}", seen.stderr);
+    let c = seen.canvas.as_ref().expect("a canvas");
+    assert_same_image(c, pic, what);
+}
+
+/// The browser's keys and clicks in the server's log (the log input sink), in order.
+#[track_caller]
+fn assert_input(s: &mut VncServer, what: &str) {
+    let log = s
+        .proc
+        .wait_log("pointer buttons 0b00000000", Duration::from_secs(10));
+    let keys: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once("] ").map(|(_, m)| m))
+        .filter(|m| m.starts_with("key ") || m.starts_with("pointer buttons"))
+        .collect();
+    // "a1" typed, then Shift+Z: QEMU extended key events (noVNC sends them when the server
+    // offers them), keysyms with the key's position; then a click at (10, 10) on the canvas
+    let expect = [
+        "key 'a' (0x0061) (scancode 0x1e) down",
+        "key 'a' (0x0061) (scancode 0x1e) up",
+        "key '1' (0x0031) (scancode 0x2) down",
+        "key '1' (0x0031) (scancode 0x2) up",
+        "key Shift (scancode 0x2a) down",
+        "key 'Z' (0x005a) (scancode 0x2c) down",
+        "key 'Z' (0x005a) (scancode 0x2c) up",
+        "key Shift (scancode 0x2a) up",
+        "pointer buttons 0b00000001 at 10,10",
+        "pointer buttons 0b00000000 at 10,10",
+    ];
+    let mut it = keys.iter();
+    for e in expect {
+        assert!(
+            it.any(|k| *k == e),
+            "{what}: {e:?} not seen in order; the server saw:\n{}",
+            keys.join("\n")
+        );
+    }
+}
+
+#[test]
+fn novnc_in_chromium_over_ws_and_wss() {
+    let dir = tempdir();
+    let pic = test_picture(320, 200, 11);
+    let png = picture_file(dir.path(), &pic, "console.png");
+    let root = console_root(dir.path());
+    let pw = text_file(dir.path(), "pw", "s3cret");
+    let users = text_file(dir.path(), "users", "ada:lovelace\n");
+    let pki = pki(&dir.path().join("pki"));
+    let home = browser_home(dir.path(), Some(&pki.dir.join("ca-cert.pem")));
+    let root_s = root.to_str().unwrap();
+    let png_s = png.to_str().unwrap();
+
+    // ws, VncAuth: the picture, then keys and a click
+    let mut s = VncServer::start(
+        Runtime::Threads,
+        &[
+            "--image",
+            png_s,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--vnc-websocket",
+            "127.0.0.1:0",
+            "--web",
+            root_s,
+        ],
+    );
+    let port = websocket_port(&mut s);
+    let url = format!("http://127.0.0.1:{port}/console.html?password=s3cret");
+    let seen = browse(
+        &home,
+        &url,
+        dir.path(),
+        &["--type", "a1", "--press", "Shift+KeyZ", "--click", "10,10"],
+    );
+    assert_console(&seen, &pic, "noVNC 1.7 over ws, VncAuth");
+    assert_input(&mut s, "ws");
+    let log = s.log();
+    assert!(
+        log.contains("WebSocket open (VNC security VncAuth)"),
+        "{log}"
+    );
+    // a wrong password is refused like on the TCP port
+    let seen = browse(
+        &home,
+        &format!("http://127.0.0.1:{port}/console.html?password=wrong"),
+        dir.path(),
+        &[],
+    );
+    assert_ne!(seen.state, "connected");
+    assert!(seen.canvas.is_none());
+    s.proc.wait_log(
+        "VNC password authentication failed",
+        Duration::from_secs(10),
+    );
+    s.assert_healthy(&["--password-file", pw.to_str().unwrap()], &pic);
+    drop(s);
+
+    // wss: the TCP port's X509Vnc and X509Plain become VncAuth and Plain inside the TLS the
+    // WebSocket runs in; the browser trusts the test CA
+    let tls = [
+        "--tls-creds",
+        pki.dir.to_str().unwrap(),
+        "--tls-verify-peer",
+        "no",
+        "--security",
+        "X509Plain,X509Vnc",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--plain-users",
+        users.to_str().unwrap(),
+        "--image",
+        png_s,
+        "--vnc-websocket",
+        "127.0.0.1:0",
+        "--web",
+        root_s,
+    ];
+    let mut s = VncServer::start(Runtime::Tokio, &tls);
+    let port = websocket_port(&mut s);
+    let seen = browse(
+        &home,
+        &format!("https://127.0.0.1:{port}/console.html?user=ada&password=lovelace"),
+        dir.path(),
+        &["--type", "a1", "--press", "Shift+KeyZ", "--click", "10,10"],
+    );
+    assert_console(&seen, &pic, "noVNC 1.7 over wss, Plain");
+    assert_input(&mut s, "wss");
+    let log = s.log();
+    assert!(log.contains("(wss)"), "{log}");
+    assert!(log.contains("user \"ada\""), "{log}");
+    // a browser that does not trust the CA gets nothing
+    let untrusting = browser_home(&dir.path().join("other"), None);
+    let seen = browse(
+        &untrusting,
+        &format!("https://127.0.0.1:{port}/console.html?user=ada&password=lovelace"),
+        dir.path(),
+        &[],
+    );
+    assert_ne!(seen.state, "connected");
+    assert!(seen.canvas.is_none());
+
+    // Debian's novnc package with its own UI, from the same listener's --web
+    drop(s);
+    let mut debian = tls.to_vec();
+    let n = debian.len();
+    debian[n - 1] = "/usr/share/novnc";
+    let mut s = VncServer::start(Runtime::Threads, &debian);
+    let port = websocket_port(&mut s);
+    let seen = browse(
+        &home,
+        &format!("https://127.0.0.1:{port}/vnc.html?autoconnect=1&password=s3cret&path=websockify"),
+        dir.path(),
+        &["--novnc-app"],
+    );
+    assert_console(&seen, &pic, "Debian's noVNC (vnc.html) over wss, VncAuth");
+    s.proc.assert_alive();
+}
+
+#[test]
+fn novnc_through_websockify_in_front_of_the_tcp_port() {
+    let dir = tempdir();
+    let pic = test_picture(200, 120, 12);
+    let png = picture_file(dir.path(), &pic, "p.png");
+    let root = console_root(dir.path());
+    let home = browser_home(dir.path(), None);
+    let s = VncServer::start(Runtime::Threads, &["--image", png.to_str().unwrap()]);
+    let target = format!("127.0.0.1:{}", s.port);
+    let (mut ws, port) = kvmio_tests::start_on_free_port("websockify", |port| {
+        let mut c = Command::new("websockify");
+        c.arg("--web")
+            .arg(&root)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&target);
+        c
+    });
+    let seen = browse(
+        &home,
+        &format!("http://127.0.0.1:{port}/console.html"),
+        dir.path(),
+        &[],
+    );
+    assert_console(&seen, &pic, "noVNC 1.7 through websockify");
+    ws.assert_alive();
+}
+
+/// Opens the WebSocket by hand and returns the stream after the 101.
+fn upgrade(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+    s
+}
+
+/// Reads until the server's close frame; returns its status code.
+fn close_code(s: &mut TcpStream) -> u16 {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    // frames from the server: unmasked; find the close (opcode 8)
+    let mut at = 0;
+    while at + 2 <= all.len() {
+        let op = all[at] & 0x0f;
+        let (len, hl) = match all[at + 1] & 0x7f {
+            126 => (
+                usize::from(u16::from_be_bytes([all[at + 2], all[at + 3]])),
+                4,
+            ),
+            127 => (
+                u64::from_be_bytes(all[at + 2..at + 10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (usize::from(n), 2),
+        };
+        if op == 8 {
+            return u16::from_be_bytes([all[at + hl], all[at + hl + 1]]);
+        }
+        at += hl + len;
+    }
+    panic!("no close frame in {} bytes", all.len())
+}
+
+#[test]
+fn hostile_websocket_input_gets_the_rfc_answers() {
+    let dir = tempdir();
+    let pic = test_picture(64, 48, 13);
+    let png = picture_file(dir.path(), &pic, "p.png");
+    let mut s = VncServer::start(
+        Runtime::Tokio,
+        &[
+            "--image",
+            png.to_str().unwrap(),
+            "--vnc-websocket",
+            "127.0.0.1:0",
+        ],
+    );
+    let port = websocket_port(&mut s);
+    let mask = [1u8, 2, 3, 4];
+    let cases: [(&str, Vec<u8>, u16); 5] = [
+        ("unmasked frame", vec![0x82, 0x01, 0x00], 1002),
+        (
+            "2^63 length",
+            [&[0x82u8, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0][..], &mask].concat(),
+            1002,
+        ),
+        (
+            "a 1 GiB frame",
+            [&[0x82u8, 0xff, 0, 0, 0, 0, 0x40, 0, 0, 0][..], &mask].concat(),
+            1009,
+        ),
+        ("opcode 3", [&[0x83u8, 0x80][..], &mask].concat(), 1002),
+        (
+            "fragmented ping",
+            [&[0x09u8, 0x81][..], &mask, &[0]].concat(),
+            1002,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut c = upgrade(port);
+        c.write_all(&bytes).unwrap();
+        assert_eq!(close_code(&mut c), code, "{what}");
+    }
+    // a close in the middle of an RFB message: the server answers the close
+    let mut c = upgrade(port);
+    let half = [b'R', b'F', b'B', b' '];
+    let mut f = vec![0x82, 0x84];
+    f.extend_from_slice(&mask);
+    f.extend(half.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    f.extend_from_slice(&[0x88, 0x82]);
+    f.extend_from_slice(&mask);
+    f.extend([0x03u8, 0xe8].iter().zip(mask.iter()).map(|(b, m)| b ^ m));
+    c.write_all(&f).unwrap();
+    assert_eq!(close_code(&mut c), 1000);
+    // a never-ending header: 431 and the connection closed, no growth
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nX-Long: ").unwrap();
+    let chunk = [b'a'; 4096];
+    for _ in 0..8 {
+        if c.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    // a plain request without --web: 426, and an unknown version: 426 with ours
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /vnc.html HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 426 "), "{resp}");
+    // the server is fine, on both ports
+    s.assert_healthy(&[], &pic);
+    let log = s.log();
+    assert!(log.contains("close 1009"), "{log}");
+}
