@@ -454,3 +454,102 @@ fn hostile_websocket_input_gets_the_rfc_answers() {
     let log = s.log();
     assert!(log.contains("close 1009"), "{log}");
 }
+
+/// `kvmio vnc capture ws://` and `wss://`: against kvmio's own WebSocket listener (wss with
+/// the client certificate verified, as on the TCP port; refused without one) and through
+/// websockify in front of the TCP port.
+#[test]
+fn our_client_over_ws_wss_and_websockify() {
+    let dir = tempdir();
+    let pic = test_picture(160, 100, 14);
+    let png = picture_file(dir.path(), &pic, "p.png");
+    let pw = text_file(dir.path(), "pw", "s3cret");
+    let p = pki(&dir.path().join("pki"));
+    let (png_s, pw_s, pki_s) = (
+        png.to_str().unwrap(),
+        pw.to_str().unwrap(),
+        p.dir.to_str().unwrap(),
+    );
+    let mut s = VncServer::start(
+        Runtime::Tokio,
+        &[
+            "--image",
+            png_s,
+            "--tls-creds",
+            pki_s,
+            "--security",
+            "X509Vnc",
+            "--password-file",
+            pw_s,
+            "--vnc-websocket",
+            "127.0.0.1:0",
+        ],
+    );
+    let port = websocket_port(&mut s);
+    let out = dir.path().join("wss.png");
+    let args = [
+        "--security",
+        "X509Vnc",
+        "--tls-creds",
+        pki_s,
+        "--password-file",
+        pw_s,
+    ];
+    let o = capture(&format!("wss://127.0.0.1:{port}/"), &out, &args).expect_ok();
+    assert_same_image(&read_png(&out), &pic, "kvmio over wss");
+    assert!(o.text().contains("VncAuth"), "{}", o.text());
+    assert!(o.text().contains("TLS"), "{}", o.text());
+    // without a client certificate: the TLS handshake fails, nothing is shown
+    let ca_only = dir.path().join("ca-only");
+    kvmio_tests::ca_only_dir(&p.dir, &ca_only);
+    let mut a = args;
+    a[3] = ca_only.to_str().unwrap();
+    capture(&format!("wss://127.0.0.1:{port}/"), &out, &a).expect_fail();
+    // plain ws to a TLS listener: refused too (the server expects a TLS ClientHello)
+    capture(
+        &format!("ws://127.0.0.1:{port}/"),
+        &out,
+        &["--security", "VncAuth"],
+    )
+    .expect_fail();
+    s.proc.assert_alive();
+    drop(s);
+
+    // ws, and through websockify to the TCP port
+    let s = VncServer::start(
+        Runtime::Threads,
+        &[
+            "--image",
+            png_s,
+            "--password-file",
+            pw_s,
+            "--vnc-websocket",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut s = s;
+    let port = websocket_port(&mut s);
+    let out = dir.path().join("ws.png");
+    capture(
+        &format!("ws://127.0.0.1:{port}/websockify"),
+        &out,
+        &["--password-file", pw_s],
+    )
+    .expect_ok();
+    assert_same_image(&read_png(&out), &pic, "kvmio over ws");
+    let target = format!("127.0.0.1:{}", s.port);
+    let (mut w, wport) = kvmio_tests::start_on_free_port("websockify", |port| {
+        let mut c = Command::new("websockify");
+        c.arg(format!("127.0.0.1:{port}")).arg(&target);
+        c
+    });
+    let out = dir.path().join("websockify.png");
+    capture(
+        &format!("ws://127.0.0.1:{wport}/"),
+        &out,
+        &["--password-file", pw_s],
+    )
+    .expect_ok();
+    assert_same_image(&read_png(&out), &pic, "kvmio through websockify");
+    w.assert_alive();
+}

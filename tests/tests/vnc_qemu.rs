@@ -3,6 +3,8 @@
 //! (our client presents its certificate). The capture must equal QEMU's own `screendump`
 //! pixel for pixel (the guest is stopped first so the screen cannot change in between).
 //! Also: anonymous TLS is refused with its reason, and a missing client certificate fails.
+//! QEMU's WebSocket listener (`websocket=`) as the peer of `kvmio vnc capture ws://` and, with
+//! its TLS credentials, `wss://` (VncAuth inside, our client certificate verified).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,11 +41,22 @@ fn boot_and_stop(q: &Qemu, dir: &Path) {
 /// Captures until the capture equals QEMU's screendumps taken just before and after.
 fn capture_matches_screendump(q: &Qemu, dir: &Path, args: &[&str], what: &str) -> String {
     let url = format!("vnc://127.0.0.1:{}", q.port);
+    capture_url_matches_screendump(q, &url, dir, args, what)
+}
+
+/// The same from `url` (QEMU's WebSocket listener, say).
+fn capture_url_matches_screendump(
+    q: &Qemu,
+    url: &str,
+    dir: &Path,
+    args: &[&str],
+    what: &str,
+) -> String {
     let mut last = None;
     for attempt in 0..5 {
         let before = q.screendump(dir, &format!("{what}-before-{attempt}"));
         let out = dir.join(format!("{what}-{attempt}.png"));
-        let o = capture(&url, &out, args).expect_ok();
+        let o = capture(url, &out, args).expect_ok();
         let after = q.screendump(dir, &format!("{what}-after-{attempt}"));
         let got = read_png(&out);
         if before == after {
@@ -175,4 +188,46 @@ fn anonymous_tls_is_refused_with_the_reason() {
     .expect_fail()
     .expect_stderr(&["TLSNone", "anonymous TLS is not supported"]);
     assert!(!out.exists());
+}
+
+#[test]
+fn our_client_through_qemus_websocket() {
+    let dir = tempdir();
+    let p = pki(&dir.path().join("pki"));
+    let pkidir = p.dir.display().to_string();
+    let pw = text_file(dir.path(), "pw.txt", "secret")
+        .display()
+        .to_string();
+    let creds = format!(
+        "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
+        kvmio_tests::qemu_escape(&pkidir)
+    );
+    // ws, None
+    let ws = kvmio_tests::free_port();
+    let q = Qemu::start(&format!(",websocket=127.0.0.1:{ws}"), &[]);
+    boot_and_stop(&q, dir.path());
+    let url = format!("ws://127.0.0.1:{ws}/");
+    let text = capture_url_matches_screendump(&q, &url, dir.path(), &["--security", "None"], "ws");
+    assert!(text.contains("RFB 3.8, None"), "{text}");
+    drop(q);
+    // wss: QEMU's X509 credentials on the WebSocket, VncAuth inside, verify-peer on
+    let ws = kvmio_tests::free_port();
+    let q = Qemu::start(
+        &format!(",tls-creds=tls0,password=on,websocket=127.0.0.1:{ws}"),
+        &["-object", &creds],
+    );
+    q.qmp(&[r#"{"execute":"set_password","arguments":{"protocol":"vnc","password":"secret"}}"#]);
+    boot_and_stop(&q, dir.path());
+    let url = format!("wss://127.0.0.1:{ws}/");
+    let args = [
+        "--security",
+        "X509Vnc",
+        "--tls-creds",
+        &pkidir,
+        "--password-file",
+        &pw,
+    ];
+    let text = capture_url_matches_screendump(&q, &url, dir.path(), &args, "wss");
+    assert!(text.contains("RFB 3.8, VncAuth"), "{text}");
+    assert!(text.contains("TLS"), "{text}");
 }

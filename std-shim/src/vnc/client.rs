@@ -456,7 +456,7 @@ impl Session for VncClientSession {
 }
 
 /// Connects to `addr` and captures one complete screen.
-pub fn capture(addr: &VncAddr, opts: CaptureOptions) -> Result<Captured> {
+pub fn capture(addr: &VncAddr, mut opts: CaptureOptions) -> Result<Captured> {
     let starter: Option<TlsStarter> = match &opts.tls_creds {
         Some(dir) => {
             let config = crate::tls::client_config(dir, false)?;
@@ -464,14 +464,40 @@ pub fn capture(addr: &VncAddr, opts: CaptureOptions) -> Result<Captured> {
         }
         None => None,
     };
-    let session = VncClientSession::new(opts, starter.is_some())?;
+    if let Some((true, _)) = &addr.websocket
+        && starter.is_none()
+    {
+        bail!("wss:// needs --tls-creds DIR (its ca-cert.pem checks the server)");
+    }
     let s = std::net::TcpStream::connect((addr.host.as_str(), addr.port))
         .with_context(|| format!("connect to {addr}"))?;
     s.set_nodelay(true)?;
     let mut stream = Stream::Tcp(s);
-    let mut pump = Pump::new(session, 1 << 20, starter);
-    run_blocking(&mut pump, &mut stream).with_context(|| format!("{addr}"))?;
-    pump.into_session()
-        .into_captured()
-        .with_context(|| format!("{addr}"))
+    let captured = match &addr.websocket {
+        None => {
+            let session = VncClientSession::new(opts, starter.is_some())?;
+            let mut pump = Pump::new(session, 1 << 20, starter);
+            run_blocking(&mut pump, &mut stream).with_context(|| format!("{addr}"))?;
+            pump.into_session().into_captured()
+        }
+        Some((wss, path)) => {
+            // The TLS is the WebSocket's: inside it the X509 types are what they carry.
+            opts.security = crate::web::websocket_security(&opts.security, *wss)?;
+            let inner = VncClientSession::new(opts, false)?;
+            let host = if addr.host.contains(':') {
+                format!("[{}]:{}", addr.host, addr.port)
+            } else {
+                format!("{}:{}", addr.host, addr.port)
+            };
+            let session = crate::web::client::WsClientSession::new(inner, &host, path, *wss)?;
+            let mut pump = Pump::new(session, 1 << 20, starter.filter(|_| *wss));
+            run_blocking(&mut pump, &mut stream).with_context(|| format!("{addr}"))?;
+            let (inner, tls) = pump.into_session().into_parts();
+            inner.into_captured().map(|mut c| {
+                c.tls = c.tls.or(tls);
+                c
+            })
+        }
+    };
+    captured.with_context(|| format!("{addr}"))
 }

@@ -318,23 +318,42 @@ pub struct VncAddr {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// Over WebSocket (`ws://`, `wss://`): whether TLS carries it, and the request path.
+    pub websocket: Option<(bool, String)>,
 }
 
 impl VncAddr {
-    /// Parses an address.
+    /// Parses an address: `vnc://HOST[:PORT]`, `HOST[:DISPLAY-PORT]`, `HOST::PORT`, or
+    /// `ws://HOST[:PORT][/PATH]` and `wss://…` for a WebSocket (QEMU's `websocket=`, kvmio's
+    /// `--vnc-websocket`, websockify; ports 80 and 443 by default).
     pub fn parse(s: &str) -> Result<Self> {
-        let rest = match s.split_once("://") {
-            Some(("vnc", r)) => r,
-            Some((scheme, _)) => bail!("unknown scheme {scheme:?} (expected vnc://HOST:PORT)"),
+        let (rest, websocket) = match s.split_once("://") {
+            Some(("vnc", r)) => (r, None),
+            Some((scheme @ ("ws" | "wss"), r)) => {
+                let (hp, path) = match r.find('/') {
+                    Some(i) => (&r[..i], r[i..].to_string()),
+                    None => (r, "/".to_string()),
+                };
+                (hp, Some((scheme == "wss", path)))
+            }
+            Some((scheme, _)) => {
+                bail!("unknown scheme {scheme:?} (expected vnc://, ws:// or wss://HOST:PORT)")
+            }
             None => {
                 if let Some((h, p)) = s.split_once("::") {
                     return Ok(Self {
                         host: h.to_string(),
                         port: p.parse().with_context(|| format!("bad port in {s:?}"))?,
+                        websocket: None,
                     });
                 }
-                s
+                (s, None)
             }
+        };
+        let default_port = match &websocket {
+            Some((true, _)) => 443,
+            Some((false, _)) => 80,
+            None => 5900,
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = if let Some(r) = rest.strip_prefix('[') {
@@ -343,7 +362,7 @@ impl VncAddr {
                 .with_context(|| format!("unclosed [ in {s:?}"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().with_context(|| format!("bad port in {s:?}"))?,
-                None if after.is_empty() => 5900,
+                None if after.is_empty() => default_port,
                 None => bail!("unexpected {after:?} in {s:?}"),
             };
             (h.to_string(), port)
@@ -353,22 +372,31 @@ impl VncAddr {
                     h.to_string(),
                     p.parse().with_context(|| format!("bad port in {s:?}"))?,
                 ),
-                None => (rest.to_string(), 5900),
+                None => (rest.to_string(), default_port),
             }
         };
         if host.is_empty() {
             bail!("no host in {s:?}");
         }
-        Ok(Self { host, port })
+        Ok(Self {
+            host,
+            port,
+            websocket,
+        })
     }
 }
 
 impl fmt::Display for VncAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, path) = match &self.websocket {
+            Some((true, p)) => ("wss", p.as_str()),
+            Some((false, p)) => ("ws", p.as_str()),
+            None => ("vnc", ""),
+        };
         if self.host.contains(':') {
-            write!(f, "vnc://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}{path}", self.host, self.port)
         } else {
-            write!(f, "vnc://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}{path}", self.host, self.port)
         }
     }
 }
@@ -507,6 +535,15 @@ mod tests {
         assert_eq!(VncAddr::parse("vnc://host").unwrap().port, 5900);
         assert_eq!(VncAddr::parse("localhost::6000").unwrap().port, 6000);
         assert!(VncAddr::parse("http://x:1").is_err());
+        let w = VncAddr::parse("ws://127.0.0.1:5700/websockify").unwrap();
+        assert_eq!(
+            (w.port, w.websocket.clone()),
+            (5700, Some((false, "/websockify".into())))
+        );
+        assert_eq!(w.to_string(), "ws://127.0.0.1:5700/websockify");
+        let w = VncAddr::parse("wss://[::1]").unwrap();
+        assert_eq!((w.host.as_str(), w.port), ("::1", 443));
+        assert_eq!(w.websocket, Some((true, "/".into())));
         assert!(VncAddr::parse("vnc://:1").is_err());
     }
 

@@ -11,6 +11,7 @@
 //! WebSocket already runs in (or with a client certificate when the credentials verify peers),
 //! never with less than the TCP port asks.
 
+pub mod client;
 pub mod files;
 
 use std::sync::Arc;

@@ -1,0 +1,176 @@
+//! The client side: a [`Session`] (our VNC client) over WebSocket, for `kvmio vnc capture
+//! ws://…` and `wss://…` (kvmio's `--vnc-websocket`, QEMU's `websocket=`, websockify).
+
+use anyhow::{Result, anyhow, bail};
+use tls_glue::ws::{CloseCode, Event, WebSocket, WsConfig};
+
+use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
+
+/// `inner` over a WebSocket to `host` (the `Host` header) and `path`; `wss`: TLS first (the
+/// pump's TLS starter connects it).
+pub struct WsClientSession<S> {
+    ws: WebSocket,
+    inner: S,
+    wss: bool,
+    tls_started: bool,
+    open: bool,
+    inner_out: OutBuf,
+    done: bool,
+    tls: Option<String>,
+}
+
+impl<S: Session> WsClientSession<S> {
+    /// The session; masks and the key are drawn from the OS random source.
+    pub fn new(inner: S, host: &str, path: &str, wss: bool) -> Result<Self> {
+        let mut nonce = [0u8; 16];
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| anyhow!("OS random source: {e}"))?;
+        getrandom::fill(&mut seed).map_err(|e| anyhow!("OS random source: {e}"))?;
+        Ok(Self {
+            ws: WebSocket::client(WsConfig::default(), host, path, Some("binary"), nonce, seed),
+            inner,
+            wss,
+            tls_started: false,
+            open: false,
+            inner_out: OutBuf::default(),
+            done: false,
+            tls: None,
+        })
+    }
+
+    /// The session inside, and the TLS protocol and cipher of wss.
+    pub fn into_parts(self) -> (S, Option<String>) {
+        (self.inner, self.tls)
+    }
+
+    fn flush_ws(&mut self, out: &mut OutBuf) {
+        let p = self.ws.pending_transmit();
+        if !p.is_empty() {
+            out.extend(p);
+            let n = p.len();
+            self.ws.transmit_done(n);
+        }
+    }
+}
+
+impl<S: Session> Session for WsClientSession<S> {
+    fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed> {
+        if self.wss && !self.tls_started {
+            self.tls_started = true;
+            return Ok(Processed {
+                consumed: 0,
+                control: Control::StartTls,
+            });
+        }
+        if self.done {
+            return Ok(Processed {
+                consumed: input.len(),
+                control: Control::Close,
+            });
+        }
+        self.flush_ws(out);
+        let mut consumed = 0;
+        loop {
+            let n = match self.ws.handle_input(&input[consumed..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.flush_ws(out);
+                    bail!("{e}");
+                }
+            };
+            consumed += n;
+            self.flush_ws(out);
+            while let Some(e) = self.ws.poll_event() {
+                match e {
+                    Event::Open { .. } => {
+                        log::info!("WebSocket open");
+                        self.open = true;
+                    }
+                    Event::Closed { code } => {
+                        log::info!(
+                            "the server closed the WebSocket ({})",
+                            code.map(|c| c.to_string())
+                                .unwrap_or_else(|| "no status".into())
+                        );
+                        self.flush_ws(out);
+                        self.done = true;
+                        self.inner.eof()?;
+                        return Ok(Processed {
+                            consumed: input.len(),
+                            control: Control::Close,
+                        });
+                    }
+                    Event::Http(_) => bail!("an HTTP request from the server"),
+                }
+            }
+            if self.open {
+                let p = self.inner.process(self.ws.payload(), &mut self.inner_out)?;
+                self.ws.consume_payload(p.consumed);
+                self.inner_out
+                    .materialize()
+                    .map_err(|e| anyhow!("read a file segment: {e}"))?;
+                let data = self.inner_out.as_slice();
+                if !data.is_empty() {
+                    let len = self.ws.framed_len(data.len());
+                    let w = self
+                        .ws
+                        .frame(data, out.tail(len))
+                        .map_err(|e| anyhow!("{e}"))?;
+                    out.commit(w);
+                }
+                self.inner_out.clear();
+                match p.control {
+                    Control::Continue => {}
+                    Control::Close => {
+                        self.ws.close(CloseCode::NORMAL, "");
+                        self.flush_ws(out);
+                        self.done = true;
+                        return Ok(Processed {
+                            consumed,
+                            control: Control::Close,
+                        });
+                    }
+                    Control::StartTls => {
+                        bail!(
+                            "the server asks for TLS inside the WebSocket: use wss:// with \
+                             a non-X509 security type instead"
+                        )
+                    }
+                }
+                if p.consumed > 0 && !self.ws.payload().is_empty() {
+                    continue;
+                }
+            }
+            if n == 0 || consumed == input.len() {
+                break;
+            }
+        }
+        Ok(Processed {
+            consumed,
+            control: Control::Continue,
+        })
+    }
+
+    fn tls_established(&mut self, peer: &PeerInfo) -> Result<()> {
+        log::info!("TLS {} (server certificate verified, wss)", peer.cipher);
+        self.tls = Some(peer.cipher.clone());
+        Ok(())
+    }
+
+    fn eof(&mut self) -> Result<()> {
+        let inner = self.inner.eof();
+        if self.done {
+            return Ok(());
+        }
+        self.ws.handle_eof().map_err(|e| anyhow!("{e}"))?;
+        inner
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.inner.deadline()
+    }
+
+    fn timeout(&mut self, now: std::time::Instant) {
+        self.inner.timeout(now)
+    }
+}
