@@ -23,6 +23,7 @@
 //! skip.
 
 pub mod appliance;
+pub mod browser;
 pub mod faultfs;
 pub mod faults;
 pub mod raw;

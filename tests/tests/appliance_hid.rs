@@ -423,3 +423,122 @@ fn keyboard_mouse_and_leds_reach_the_target() {
     a.run_ok(&["kvmio", "gadget", "up", "--lun", "none"]);
     a.run_ok(&["kvmio", "gadget", "down"]);
 }
+
+const KEY_1: u16 = 2;
+const WS: u16 = 5700;
+
+/// The README's browser console, all the way to the target: the main job `kvmio serve` in the
+/// appliance with the HID gadget, TLS (the credentials made on the host, verify-peer off for
+/// the browser) and `--web` Debian's noVNC; Chromium on the host opens
+/// `https://…/vnc.html`, logs in (VncAuth inside wss), sees the console, types and clicks, and
+/// the target's evdev nodes get the keys (by position: noVNC sends QEMU extended key events)
+/// and the button.
+#[test]
+fn the_browser_console_types_into_the_target() {
+    use kvmio_tests::browser::{browse, browser_home};
+    let mut a = Appliance::boot(&[VNC, WS]);
+    let share = a.share().to_path_buf();
+    let p = kvmio_tests::pki(&share.join("pki"));
+    std::fs::write(share.join("pw"), "s3cret\n").unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-rL")
+        .arg("/usr/share/novnc")
+        .arg(share.join("novnc"))
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "Debian's novnc package (tests/setup.sh installs it)"
+    );
+    a.run_ok(&["kvmio", "gadget", "up"]);
+    let kbd = a.evfind("dummy_hcd.0-1/input0");
+    let mouse = a.evfind("dummy_hcd.0-1/input1");
+    let server = a.spawn(&[
+        "kvmio",
+        "serve",
+        "--tls",
+        "require",
+        "--tls-creds",
+        "/mnt/host/pki",
+        "--tls-verify-peer",
+        "no",
+        "--no-nbd",
+        "--vnc-listen",
+        "0.0.0.0:5900",
+        "--vnc-security",
+        "X509Vnc",
+        "--password-file",
+        "/mnt/host/pw",
+        "--size",
+        &format!("{W}x{H}"),
+        "--hid",
+        "kvmio",
+        "--vnc-websocket",
+        "0.0.0.0:5700",
+        "--web",
+        "/mnt/host/novnc",
+    ]);
+    a.wait_output(server, "vnc-websocket serving", Duration::from_secs(60));
+    let rec = a.ev_start(&kbd);
+    let prec = a.ev_start(&mouse);
+
+    let dir = kvmio_tests::tempdir();
+    let home = browser_home(dir.path(), Some(&p.dir.join("ca-cert.pem")));
+    let url = format!(
+        "https://127.0.0.1:{}/vnc.html?autoconnect=1&password=s3cret&path=websockify",
+        a.port(WS)
+    );
+    let seen = browse(
+        &home,
+        &url,
+        dir.path(),
+        &[
+            "--novnc-app",
+            "--type",
+            "a1",
+            "--press",
+            "Shift+KeyZ",
+            "--click",
+            "100,50",
+        ],
+    );
+    assert_eq!(seen.state, "connected", "{}", seen.stderr);
+    let c = seen.canvas.expect("the console's canvas");
+    assert_eq!((c.width, c.height), (usize::from(W), usize::from(H)));
+
+    // the page clicks the canvas once to focus it, then types: the keys in order
+    let got = take_keys(&mut a, rec, 8);
+    assert_eq!(
+        releases_sorted(&got),
+        releases_sorted(&[
+            (KEY_A, 1),
+            (KEY_A, 0),
+            (KEY_1, 1),
+            (KEY_1, 0),
+            (KEY_LEFTSHIFT, 1),
+            (KEY_Z, 1),
+            (KEY_Z, 0),
+            (KEY_LEFTSHIFT, 0),
+        ]),
+        "{got:?}"
+    );
+    // and the clicks (the focusing one and the one at 100,50) as left-button presses
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut ev = Vec::new();
+    while Instant::now() < end
+        && ev
+            .iter()
+            .filter(|e: &&(u16, u16, i32)| **e == (EV_KEY, BTN_LEFT, 0))
+            .count()
+            < 2
+    {
+        ev.extend(a.ev_take(prec, 64, Duration::from_millis(500)));
+    }
+    let presses = ev.iter().filter(|e| **e == (EV_KEY, BTN_LEFT, 1)).count();
+    assert_eq!(presses, 2, "{ev:?}");
+    let (log, err) = a.output(server);
+    let log = format!("{log}{err}");
+    assert!(log.contains("(wss)"), "{log}");
+    assert!(log.contains("GET /vnc.html"), "{log}");
+    a.kill(server);
+}
