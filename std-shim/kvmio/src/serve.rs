@@ -524,6 +524,13 @@ mod tests {
         assert_eq!(c.tls.mode, Some(TlsPolicy::Require));
         assert_eq!(c.nbd.exports.len(), 2);
         assert!(c.vnc.listen.iter().any(|l| l.contains("5900")));
+        // the commented keys parse too
+        let uncommented = text
+            .replace("# websocket = ", "websocket = ")
+            .replace("# web = ", "web = ");
+        let c: FileConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(c.vnc.websocket, ["0.0.0.0:5700"]);
+        assert_eq!(c.vnc.web.as_deref(), Some(Path::new("/usr/share/novnc")));
     }
 
     #[test]
