@@ -237,6 +237,8 @@ mod parse;
 pub mod auth;
 mod error;
 pub mod hid;
+#[cfg(feature = "alloc")]
+pub mod jpeg;
 mod pixel;
 pub mod time;
 pub mod wire;

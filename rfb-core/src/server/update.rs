@@ -126,6 +126,12 @@ pub(crate) enum RectState {
         sent: usize,
         len: usize,
     },
+    #[cfg(feature = "alloc")]
+    Tight {
+        piece_no: u32,
+        sent: usize,
+        len: usize,
+    },
     Cursor {
         row: u16,
         mask_sent: usize,
@@ -163,6 +169,10 @@ fn piece_count(r: &Rect, encoding: Encoding) -> u32 {
     #[cfg(feature = "alloc")]
     if encoding == Encoding::Zrle {
         return u32::from(r.height.div_ceil(zrle_band(r.width)));
+    }
+    #[cfg(feature = "alloc")]
+    if matches!(encoding, Encoding::Tight | Encoding::TightPng) {
+        return super::tight::piece_count(r);
     }
     let _ = (r, encoding);
     1
@@ -282,8 +292,8 @@ impl Server {
     /// call (else [`CommandError::QueueFull`]).
     ///
     /// Pixels are translated from the framebuffer's format into the client's and encoded with
-    /// the client's preferred supported encoding (ZRLE, Hextile, RRE or Raw); copied areas go
-    /// out as CopyRect when the client asked for it.
+    /// the client's preferred supported encoding (Tight, TightPNG, ZRLE, Hextile, RRE or Raw);
+    /// copied areas go out as CopyRect when the client asked for it.
     pub fn encode_update(
         &mut self,
         src: &UpdateSource<'_>,
@@ -569,6 +579,14 @@ impl Server {
                         len: 0,
                     };
                 }
+                #[cfg(feature = "alloc")]
+                Encoding::Tight | Encoding::TightPng => {
+                    st.rect = RectState::Tight {
+                        piece_no: 0,
+                        sent: 0,
+                        len: 0,
+                    };
+                }
                 Encoding::Hextile => {
                     if out.len() < RectHeaderRepr::LEN {
                         return Ok(None);
@@ -619,8 +637,12 @@ impl Server {
         }
         let r = Self::damage_rect(d, fb);
         #[cfg(feature = "alloc")]
-        if matches!(st.rect, RectState::Zrle { .. }) {
-            let (n, finished) = self.encode_zrle_step(st, r, source, &mut out[pos..])?;
+        if matches!(st.rect, RectState::Zrle { .. } | RectState::Tight { .. }) {
+            let (n, finished) = if matches!(st.rect, RectState::Zrle { .. }) {
+                self.encode_zrle_step(st, r, source, &mut out[pos..])?
+            } else {
+                self.encode_tight_step(st, r, source, &mut out[pos..])?
+            };
             pos += n;
             if finished {
                 st.rect = RectState::Start;
@@ -711,7 +733,7 @@ impl Server {
                 *ty >= tiles_y
             }
             #[cfg(feature = "alloc")]
-            RectState::Zrle { .. } => true,
+            RectState::Zrle { .. } | RectState::Tight { .. } => true,
             RectState::Start | RectState::Cursor { .. } => true,
         };
         if finished {

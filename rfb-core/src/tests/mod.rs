@@ -3,6 +3,8 @@
 mod harness;
 mod negotiation;
 mod security;
+#[cfg(feature = "alloc")]
+mod tight;
 mod updates;
 mod wire_roundtrip;
 
