@@ -78,6 +78,8 @@ mod update;
 #[cfg(feature = "alloc")]
 mod zrle;
 
+#[cfg(feature = "alloc")]
+pub use tight::TightStats;
 pub use update::{CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, UpdateSource};
 
 use crate::Progress;
@@ -678,6 +680,19 @@ impl Server {
     /// The pixel encoding updates use (chosen from the client's SetEncodings order).
     pub fn client_encoding(&self) -> Encoding {
         self.prefs.encoding
+    }
+
+    /// The compression level the client asked for (−256…−247: 0…9; 6 when it did not).
+    pub fn client_compress_level(&self) -> u8 {
+        self.prefs.level
+    }
+
+    /// The JPEG quality (1…100) Tight rectangles of photo-like content are sent with, from the
+    /// client's quality level or fine quality; `None` when the client asked for none, its pixel
+    /// format cannot have JPEG (colour-mapped, 8 bits per pixel) or there is no JPEG encoder.
+    #[cfg(feature = "alloc")]
+    pub fn client_jpeg_quality(&self) -> Option<u8> {
+        self.tight_jpeg().map(|(p, _)| p.quality)
     }
 
     /// Whether the client's SetEncodings listed `encoding` (a pseudo-encoding, CopyRect, RRE,

@@ -136,8 +136,30 @@ pub(crate) fn jpeg_params(
     })
 }
 
+/// How many Tight (and TightPNG) rectangles of each kind a connection sent
+/// ([`Server::tight_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TightStats {
+    /// One colour.
+    pub fill: u64,
+    /// Two colours, 1-bit indices.
+    pub mono: u64,
+    /// A palette of 3…256 colours, 8-bit indices.
+    pub indexed: u64,
+    /// Full colour, copy filter.
+    pub full_colour: u64,
+    /// Full colour, gradient filter.
+    pub gradient: u64,
+    /// JPEG.
+    pub jpeg: u64,
+    /// PNG (TightPNG).
+    pub png: u64,
+}
+
 /// Per-connection Tight state: the four zlib streams, the JPEG encoder, reusable buffers.
 pub(crate) struct TightEncoder {
+    pub(crate) stats: TightStats,
     streams: [Option<Box<dyn ZrleCompressor>>; STREAMS],
     levels: [u8; STREAMS],
     jpeg: Option<Box<dyn JpegEncoder>>,
@@ -255,6 +277,7 @@ pub(crate) fn gradient_pays(rgb: &[u8], w: usize, h: usize) -> bool {
 impl TightEncoder {
     pub(crate) fn new() -> Self {
         Self {
+            stats: TightStats::default(),
             streams: [None, None, None, None],
             levels: [0; STREAMS],
             jpeg: None,
@@ -409,6 +432,7 @@ impl TightEncoder {
             self.wire.push(FILL);
             let p = self.px[0];
             f.put_tpixel(&mut self.wire, p);
+            self.stats.fill += 1;
             return Ok(());
         }
         if !fits && let Some((params, factory)) = jpeg {
@@ -428,6 +452,7 @@ impl TightEncoder {
                 && self.body.len() <= MAX_COMPACT_LEN as usize;
             if ok {
                 self.wire.push(JPEG);
+                self.stats.jpeg += 1;
                 return self.put_body();
             }
             // A failing encoder: the piece goes out lossless.
@@ -437,8 +462,10 @@ impl TightEncoder {
         }
         if fits {
             let (n, mono) = if self.plen == 2 {
+                self.stats.mono += 1;
                 (STREAM_MONO, true)
             } else {
+                self.stats.indexed += 1;
                 (STREAM_INDEXED, false)
             };
             let reset = self.stream(n, level, make);
@@ -488,6 +515,7 @@ impl TightEncoder {
                 );
                 self.wire.push(FILTER_GRADIENT);
                 gradient(&self.rgb, w, h, &mut self.data);
+                self.stats.gradient += 1;
                 return self.put_data(STREAM_GRADIENT);
             }
             self.data.extend_from_slice(&self.rgb);
@@ -499,6 +527,7 @@ impl TightEncoder {
         }
         let reset = self.stream(STREAM_FULL, level, make);
         self.wire.push(u8::from(reset) << STREAM_FULL);
+        self.stats.full_colour += 1;
         self.put_data(STREAM_FULL)
     }
 
@@ -547,6 +576,7 @@ impl TightEncoder {
         };
         res.map_err(|_| CommandError::InvalidState)?;
         self.wire.push(PNG);
+        self.stats.png += 1;
         self.put_body()
     }
 }
@@ -569,9 +599,14 @@ pub(crate) fn gradient(rgb: &[u8], w: usize, h: usize, out: &mut Vec<u8>) {
 }
 
 impl Server {
+    /// How many Tight and TightPNG rectangles of each kind this connection sent so far.
+    pub fn tight_stats(&self) -> TightStats {
+        self.tight.as_ref().map(|t| t.stats).unwrap_or_default()
+    }
+
     /// The JPEG settings for this client, if it may get JPEG (a quality asked for, a
     /// true-colour format of 16 or 32 bits per pixel, an encoder).
-    fn tight_jpeg(&self) -> Option<(JpegParams, JpegEncoderFactory)> {
+    pub(crate) fn tight_jpeg(&self) -> Option<(JpegParams, JpegEncoderFactory)> {
         let pf = &self.client_format;
         if !pf.true_colour || !matches!(pf.bits_per_pixel, 16 | 32) {
             return None;

@@ -304,6 +304,30 @@ fn every_sub_encoding_every_format_pixel_exact() {
                 };
                 assert_eq!(rects[0].kind, want, "{what}");
                 assert_eq!(rects[0].resets, 0, "{what}");
+                let st = p.server.tight_stats();
+                let counted = match rects[0].kind {
+                    Kind::Fill => st.fill,
+                    Kind::Basic { colours: 2, .. } => st.mono,
+                    Kind::Basic {
+                        filter: FILTER_PALETTE,
+                        ..
+                    } => st.indexed,
+                    Kind::Basic {
+                        filter: FILTER_GRADIENT,
+                        ..
+                    } => st.gradient,
+                    Kind::Basic { .. } => st.full_colour,
+                    Kind::Jpeg => st.jpeg,
+                    Kind::Png(_) => st.png,
+                };
+                let all = st.fill
+                    + st.mono
+                    + st.indexed
+                    + st.full_colour
+                    + st.gradient
+                    + st.jpeg
+                    + st.png;
+                assert_eq!((counted, all), (1, 1), "{what}: {st:?}");
             }
         }
     }
@@ -684,6 +708,15 @@ fn jpeg_within_psnr_bound() {
             );
             let rects = walk(&update, &wire);
             assert!(rects.iter().any(|r| r.kind == Kind::Jpeg), "{rects:?}");
+            let jpegs = rects.iter().filter(|r| r.kind == Kind::Jpeg).count() as u64;
+            assert_eq!(p.server.tight_stats().jpeg, jpegs);
+            let q = [10u8, 20, 30, 40, 50, 60, 70, 80, 90, 95][usize::from(level)];
+            let asked = if wire.bits_per_pixel == 8 {
+                None
+            } else {
+                Some(q)
+            };
+            assert_eq!(p.server.client_jpeg_quality(), asked);
             let expect = p.expected_client_fb(&wire);
             let q = psnr(&p.client_fb, &expect);
             assert!(
@@ -712,6 +745,7 @@ fn jpeg_within_psnr_bound() {
         );
         assert_exact(&p, &wire, &format!("{wire:?}"));
         assert!(walk(&update, &wire).iter().all(|r| r.kind != Kind::Jpeg));
+        assert_eq!(p.server.client_jpeg_quality(), None, "{wire:?}");
     }
     // Without a quality level there is no JPEG.
     let (p, update) = tight_session(

@@ -520,10 +520,15 @@ impl VncServerSession {
                         .map_err(|e| anyhow!("{e}"))?;
                 }
                 Event::PixelFormat(f) => log::debug!("{}: pixel format {f:?}", self.peer),
-                Event::EncodingsChanged => log::debug!(
-                    "{}: encodings changed, sending {:?}",
+                Event::EncodingsChanged => log::info!(
+                    "{}: encoding {:?}, compression level {}, {}",
                     self.peer,
-                    self.server.client_encoding()
+                    self.server.client_encoding(),
+                    self.server.client_compress_level(),
+                    match self.server.client_jpeg_quality() {
+                        Some(q) => format!("JPEG quality {q}"),
+                        None => "no JPEG".into(),
+                    }
                 ),
                 Event::UpdateRequested { incremental, rect } => {
                     if incremental {
@@ -788,7 +793,21 @@ impl Session for VncServerSession {
     fn eof(&mut self) -> Result<()> {
         match self.server.handle_eof() {
             Ok(()) => {
-                log::info!("{}: disconnected after {} updates", self.peer, self.updates);
+                let t = self.server.tight_stats();
+                let tight = if t == Default::default() {
+                    String::new()
+                } else {
+                    format!(
+                        "; Tight rectangles: {} fill, {} mono, {} indexed, {} full colour, \
+                         {} gradient, {} JPEG, {} PNG",
+                        t.fill, t.mono, t.indexed, t.full_colour, t.gradient, t.jpeg, t.png
+                    )
+                };
+                log::info!(
+                    "{}: disconnected after {} updates{tight}",
+                    self.peer,
+                    self.updates
+                );
                 Ok(())
             }
             Err(e) => Err(anyhow!("rfb: {e}")),
