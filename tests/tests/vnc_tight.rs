@@ -201,7 +201,7 @@ fn tigervnc_viewer_decodes_our_tight() {
 #[test]
 fn gtk_vnc_viewer_decodes_our_tight() {
     let dir = tempdir();
-    // 512 pixels wide: the pieces are 128 rows, so each half is its own pieces.
+    // The server's pieces are 64 rows high: each half is its own pieces.
     let top = few_colours(512, 128, 3);
     let bottom = photo(512, 128);
     let pic = stack(&top, &bottom);

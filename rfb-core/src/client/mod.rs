@@ -488,9 +488,10 @@ pub struct Client {
     jpeg: JpegSlot,
 }
 
-/// The client's JPEG decoder (for Tight).
+/// The client's JPEG decoder (for Tight), boxed twice to keep `Client` small (a thin pointer;
+/// the default decoder is zero-sized, so only the outer box allocates, 16 bytes).
 #[cfg(feature = "alloc")]
-struct JpegSlot(Option<alloc::boxed::Box<dyn crate::jpeg::JpegDecoder>>);
+struct JpegSlot(Option<alloc::boxed::Box<alloc::boxed::Box<dyn crate::jpeg::JpegDecoder>>>);
 
 #[cfg(feature = "alloc")]
 impl core::fmt::Debug for JpegSlot {
@@ -507,7 +508,9 @@ impl core::fmt::Debug for JpegSlot {
 impl JpegSlot {
     fn default_decoder() -> Self {
         #[cfg(feature = "jpeg-decode")]
-        return Self(Some(crate::jpeg::ZuneJpegDecoder::boxed()));
+        return Self(Some(alloc::boxed::Box::new(
+            crate::jpeg::ZuneJpegDecoder::boxed(),
+        )));
         #[cfg(not(feature = "jpeg-decode"))]
         Self(None)
     }

@@ -77,7 +77,7 @@ impl Client {
         &mut self,
         decoder: Option<alloc::boxed::Box<dyn crate::jpeg::JpegDecoder>>,
     ) {
-        self.jpeg.0 = decoder;
+        self.jpeg.0 = decoder.map(alloc::boxed::Box::new);
     }
 
     /// FramebufferUpdateRequest.
@@ -646,7 +646,8 @@ impl Client {
                 let t = self
                     .tight
                     .get_or_insert_with(|| alloc::boxed::Box::new(tight::TightDecoder::new()));
-                let (n, done) = t.decode(input, &mut sink, self.jpeg.0.as_deref_mut())?;
+                let jpeg = self.jpeg.0.as_deref_mut().map(|b| &mut **b);
+                let (n, done) = t.decode(input, &mut sink, jpeg)?;
                 (n, done, RectDecoder::Tight)
             }
         };

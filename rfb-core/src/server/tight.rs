@@ -1,8 +1,8 @@
 //! Tight and TightPNG encoding (`alloc`).
 //!
-//! Every damage rectangle is cut into pieces at most [`MAX_WIDTH`] pixels wide and
-//! [`PIECE_AREA`] pixels large (TigerVNC's limits; each piece is one Tight rectangle). A piece
-//! is encoded as the first of these that fits:
+//! Every damage rectangle is cut into pieces at most [`PIECE_WIDTH`] pixels wide and
+//! [`PIECE_AREA`] pixels large (well inside Tight's limit of [`MAX_WIDTH`]; each piece is one
+//! Tight rectangle). A piece is encoded as the first of these that fits:
 //!
 //! * one colour: **Fill**;
 //! * two colours: the **palette** filter with 1-bit indices, zlib stream 1;
@@ -27,7 +27,7 @@
 //! used; when the client changes its compression level a stream is made anew at the next use
 //! and the control byte tells the client to reset its side of that stream.
 //!
-//! Each piece is encoded whole into a buffer (at most about 260 KiB) and copied out across
+//! Each piece is encoded whole into a buffer (at most about 66 KiB) and copied out across
 //! [`Server::encode_update`] calls, as ZRLE's bands are.
 //!
 //! [`CompressorFactory`]: crate::zlib::CompressorFactory
@@ -49,8 +49,17 @@ use crate::wire::tight::{
 use crate::wire::{Encoding, PixelFormat, Rect, RectHeaderRepr};
 use crate::zlib::{CompressorFactory, ZrleCompressor, compress_all};
 
-/// Most pixels in one Tight rectangle.
-pub(crate) const PIECE_AREA: u32 = 65536;
+/// Widest piece. Tight allows 2048 pixels across and TigerVNC sends up to 65536 pixels in a
+/// rectangle, but a piece is analysed whole: smaller ones find more palettes and solid areas
+/// (on the benchmark's desktop, 256 × 64 pieces came out 17 % smaller lossless and 40 %
+/// smaller with JPEG than 2048-wide stripes of 65536 pixels, in the same time).
+pub(crate) const PIECE_WIDTH: u16 = 256;
+
+/// Most pixels in one piece.
+pub(crate) const PIECE_AREA: u32 = 16384;
+
+// Inside Tight's (and TigerVNC's) limits.
+const _: () = assert!(PIECE_WIDTH <= MAX_WIDTH && PIECE_AREA <= 65536);
 
 /// Smallest piece sent as JPEG (smaller ones cost more in JPEG headers than they save).
 pub(crate) const JPEG_MIN_AREA: u32 = 256;
@@ -67,7 +76,7 @@ const SLOTS: usize = 1024;
 
 /// The pieces of `r`: `(piece width, piece height, columns, rows)`.
 pub(crate) fn grid(r: &Rect) -> (u16, u16, u32, u32) {
-    let pw = r.width.clamp(1, MAX_WIDTH);
+    let pw = r.width.clamp(1, PIECE_WIDTH);
     let ph = (PIECE_AREA / u32::from(pw)).min(u32::from(r.height.max(1))) as u16;
     (
         pw,
@@ -235,13 +244,14 @@ impl Format {
 /// pixels themselves: an estimate of the bits each would leave to zlib. A pixel equal to its
 /// left or upper neighbour is cheap either way (a match); any other costs about 24 bits
 /// raw, and `2 + log2 |residual|` bits per channel after the filter (a residual equal to the
-/// left one's is a match). Photo-like content has small residuals, text and drawings large
-/// ones next to flat areas.
+/// left one's is a match), counted on every other row. Photo-like content has small residuals,
+/// text and drawings large ones next to flat areas.
 pub(crate) fn gradient_pays(rgb: &[u8], w: usize, h: usize) -> bool {
     let mut copy = 0u64;
     let mut grad = 0u64;
     let mut prev_res = [0u8; 3];
-    for y in 0..h {
+    // Every other row is enough for an estimate.
+    for y in (0..h).step_by(2) {
         let row = &rgb[y * w * 3..(y + 1) * w * 3];
         let up = (y > 0).then(|| &rgb[(y - 1) * w * 3..y * w * 3]);
         for x in 0..w {

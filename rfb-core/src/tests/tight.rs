@@ -344,8 +344,8 @@ fn desktop_pattern_every_format() {
     }
 }
 
-/// Wide and large rectangles are cut into pieces of at most 2048 pixels across and 65536 in
-/// all, which cover the rectangle.
+/// Wide and large rectangles are cut into pieces of at most 256 pixels across and 16384 in all
+/// (inside Tight's 2048 and 65536), which cover the rectangle.
 #[test]
 fn large_rectangles_are_split() {
     let (w, h) = (2100u16, 70u16);
@@ -366,10 +366,12 @@ fn large_rectangles_are_split() {
     let rects = walk(&update, &PixelFormat::RGB888);
     let area: u32 = rects.iter().map(|r| r.rect.area()).sum();
     assert_eq!(area, u32::from(w) * u32::from(h));
-    assert_eq!(rects.len(), 2 * 3, "{rects:?}");
-    assert_eq!(rects[0].rect, Rect::new(0, 0, 2048, 32));
-    assert_eq!(rects[1].rect, Rect::new(2048, 0, 52, 32));
-    assert_eq!(rects[5].rect, Rect::new(2048, 64, 52, 6));
+    // 9 columns (8 of 256, one of 52) by 2 rows (64 and 6).
+    assert_eq!(rects.len(), 9 * 2, "{rects:?}");
+    assert_eq!(rects[0].rect, Rect::new(0, 0, 256, 64));
+    assert_eq!(rects[8].rect, Rect::new(2048, 0, 52, 64));
+    assert_eq!(rects[17].rect, Rect::new(2048, 64, 52, 6));
+    assert!(rects.iter().any(|r| r.kind == Kind::Fill), "{rects:?}");
 }
 
 proptest! {
@@ -460,7 +462,16 @@ fn compression_level_change_resets_streams() {
             assert_eq!(r.resets, 0, "{r:?}");
         }
     }
-    assert_eq!(seen, 0b111, "{changed:?}");
+    let used = changed.iter().fold(0u8, |m, r| match r.kind {
+        Kind::Basic { stream, .. } => m | 1 << stream,
+        _ => m,
+    });
+    assert_eq!(seen, used, "{changed:?}");
+    assert_eq!(
+        used & 0b111,
+        0b111,
+        "mono, indexed and full colour: {changed:?}"
+    );
 }
 
 /// A running client in `format` after a None handshake with a `w` × `h` server, having asked
