@@ -4,7 +4,7 @@
 # and real TLS client first flights (ClientHello for TLS 1.3 and 1.2, from Python's ssl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run -q -p rfb-core --features alloc --example fuzz_seeds -- fuzz/corpus
+cargo run -q -p rfb-core --features jpeg --example fuzz_seeds -- fuzz/corpus
 python3 - <<'PY'
 import os, ssl
 out = os.path.join("fuzz", "corpus", "tls_server")

@@ -62,7 +62,7 @@ cargo test --workspace
 step "the crates' tool examples, briefly (the role examples ran above, in crate_examples)"
 examples_scratch=$(mktemp -d)
 cargo run -q --release -p tls-glue --features generate --example throughput -- 64
-cargo run -q --release -p rfb-core --features alloc --example fuzz_seeds -- "$examples_scratch/corpus"
+cargo run -q --release -p rfb-core --features jpeg --example fuzz_seeds -- "$examples_scratch/corpus"
 for t in rfb_server rfb_client rfb_decoders; do
   test -n "$(ls -A "$examples_scratch/corpus/$t")"
 done

@@ -1,5 +1,7 @@
 /*
- * The libvncserver side of bench/rfb/run.sh: libvncserver's own Hextile and ZRLE encoders on the
+ * The libvncserver side of bench/rfb/run.sh: libvncserver's own Hextile, ZRLE and Tight encoders
+ * (TightJPEG: Tight for a client asking for JPEG quality level 8, libvncserver's TurboVNC
+ * mapping of it: quality 92, 4:4:4) on the
  * frames vnc_encode_bench wrote (1920x1080, 32-bit 0x00RRGGBB little endian; damage.txt holds
  * the rectangles of the update from frame A to frame B).
  *
@@ -73,7 +75,7 @@ struct conn {
     pthread_t reader;
 };
 
-static struct conn connect_client(rfbScreenInfoPtr screen, int encoding) {
+static struct conn connect_client(rfbScreenInfoPtr screen, int encoding, int quality) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
         perror("socketpair");
@@ -90,6 +92,12 @@ static struct conn connect_client(rfbScreenInfoPtr screen, int encoding) {
     c.cl->format = screen->serverFormat;
     c.cl->translateFn = rfbTranslateNone;
     c.cl->preferredEncoding = encoding;
+    c.cl->tightCompressLevel = getenv("BENCH_LEVEL") ? atoi(getenv("BENCH_LEVEL")) : 6;
+    c.cl->tightQualityLevel = quality;
+    /* libvncserver's Tight uses JPEG whenever turboQualityLevel is set, which rfbNewClient
+     * does: -1 is lossless. */
+    c.cl->turboQualityLevel = quality >= 0 ? 92 : -1;
+    c.cl->turboSubsampLevel = 0; /* 4:4:4 */
     c.cl->state = RFB_NORMAL;
     return c;
 }
@@ -109,12 +117,18 @@ static void update(rfbClientPtr cl, int encoding, const int (*rects)[4], int n) 
     rfbFramebufferUpdateMsg *fu = (rfbFramebufferUpdateMsg *)cl->updateBuf;
     fu->type = rfbFramebufferUpdate;
     fu->pad = 0;
-    fu->nRects = Swap16IfLE((uint16_t)n);
+    int count = 0;
+    for (int i = 0; i < n; i++)
+        count += encoding == rfbEncodingTight
+                     ? rfbNumCodedRectsTight(cl, rects[i][0], rects[i][1], rects[i][2], rects[i][3])
+                     : 1;
+    fu->nRects = Swap16IfLE((uint16_t)count);
     cl->ublen = sz_rfbFramebufferUpdateMsg;
     for (int i = 0; i < n; i++) {
-        rfbBool ok = encoding == rfbEncodingHextile
-                         ? rfbSendRectEncodingHextile(cl, rects[i][0], rects[i][1], rects[i][2], rects[i][3])
-                         : rfbSendRectEncodingZRLE(cl, rects[i][0], rects[i][1], rects[i][2], rects[i][3]);
+        int x = rects[i][0], y = rects[i][1], w = rects[i][2], h = rects[i][3];
+        rfbBool ok = encoding == rfbEncodingHextile ? rfbSendRectEncodingHextile(cl, x, y, w, h)
+                     : encoding == rfbEncodingTight ? rfbSendRectEncodingTight(cl, x, y, w, h)
+                                                    : rfbSendRectEncodingZRLE(cl, x, y, w, h);
         if (!ok) {
             fprintf(stderr, "encoder failed\n");
             exit(1);
@@ -174,16 +188,19 @@ int main(int argc, char **argv) {
     static uint64_t times[4096];
     const struct {
         const char *name;
-        int enc;
-    } encoders[] = {{"Hextile", rfbEncodingHextile}, {"ZRLE", rfbEncodingZRLE}};
-    for (int e = 0; e < 2; e++) {
-        int enc = encoders[e].enc;
+        int enc, quality;
+    } encoders[] = {{"Hextile", rfbEncodingHextile, -1},
+                    {"ZRLE", rfbEncodingZRLE, -1},
+                    {"Tight", rfbEncodingTight, -1},
+                    {"TightJPEG", rfbEncodingTight, 8}};
+    for (int e = 0; e < 4; e++) {
+        int enc = encoders[e].enc, quality = encoders[e].quality;
         /* Full frame: a fresh client each time (a new client's first update). */
         int n = 0;
         uint64_t bytes = 0, start = now_ns();
         screen->frameBuffer = a;
         while (n < 5 || ((now_ns() - start) / 1e9 < budget_s && n < 200)) {
-            struct conn c = connect_client(screen, enc);
+            struct conn c = connect_client(screen, enc, quality);
             uint64_t t = now_ns();
             update(c.cl, enc, full, 1);
             times[n++] = now_ns() - t;
@@ -199,7 +216,7 @@ int main(int argc, char **argv) {
             n = 0;
             start = now_ns();
             while (n < 5 || ((now_ns() - start) / 1e9 < budget_s && n < 200)) {
-                struct conn c = connect_client(screen, enc);
+                struct conn c = connect_client(screen, enc, quality);
                 screen->frameBuffer = a;
                 update(c.cl, enc, full, 1);
                 screen->frameBuffer = b;

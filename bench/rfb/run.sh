@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# VNC encoders side by side: rfb-core (Rust, as `kvmio vnc serve` runs it: ZRLE through
-# zlib-rs) and libvncserver (C, compiled here against libvncserver-dev), Hextile and ZRLE, on
+# VNC encoders side by side: rfb-core (Rust, as `kvmio vnc serve` runs it: ZRLE and Tight
+# through zlib-rs) and libvncserver (C, compiled here against libvncserver-dev), Hextile, ZRLE,
+# Tight and Tight with JPEG, on
 # the same 1920x1080 desktop-like frame: a full update and a 10 % damage update. Both sides read
 # the frames from files the Rust side writes, encode in the server's own pixel format and write
 # every update to a socketpair drained by a reader thread. Prints a Markdown table.

@@ -1,5 +1,5 @@
-//! Every decoder (Raw, CopyRect, RRE, Hextile, ZRLE and the pseudo-encodings) on arbitrary
-//! rectangles: the same bytes as one rectangle with chosen encoding, geometry and body
+//! Every decoder (Raw, CopyRect, RRE, Hextile, ZRLE, Tight with JPEG and the pseudo-encodings)
+//! on arbitrary rectangles: the same bytes as one rectangle with chosen encoding, geometry and body
 //! (`rfb_core::fuzzing::rect`), as server messages after a handshake that asked for every
 //! encoding (`fuzzing::client_messages`), and through every wire parser (`fuzzing::wire`).
 #![no_main]

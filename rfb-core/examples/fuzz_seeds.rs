@@ -5,10 +5,11 @@
 //! * `rfb_server`: `[sel]` + what a client sends (every security configuration × version);
 //! * `rfb_client`: `[sel]` + what a server sends to a client that asks for nothing special;
 //! * `rfb_decoders`: `[format]` + server messages after ServerInit (every encoding and
-//!   pseudo-encoding, `fuzzing::client_messages`), and single rectangles
-//!   (`[encoding | cut << 4, format, x, y, w, h, body]`, `fuzzing::rect`).
+//!   pseudo-encoding, Tight also with a JPEG quality, `fuzzing::client_messages`), and single
+//!   rectangles (`[encoding | cut << 4, format, x, y, w, h, body]`, `fuzzing::rect`).
 //!
-//! `cargo run -p rfb-core --features alloc --example fuzz_seeds -- fuzz/corpus`
+//! `cargo run -p rfb-core --features jpeg --example fuzz_seeds -- fuzz/corpus` (with
+//! `--features alloc` only, no JPEG seeds)
 
 use std::path::{Path, PathBuf};
 
@@ -275,7 +276,8 @@ fn main() {
                 Encoding::Rre,
                 Encoding::Hextile,
                 Encoding::Zrle,
-            ][usize::from(sel) % 4],
+                Encoding::Tight,
+            ][usize::from(sel) % 5],
             Encoding::CopyRect,
             Encoding::ExtendedDesktopSize,
             Encoding::LastRect,
@@ -327,20 +329,34 @@ fn main() {
         PixelFormat::BGR233,
     ];
     for (fi, format) in formats.iter().enumerate() {
-        for (ei, enc) in [
-            Encoding::Raw,
-            Encoding::Rre,
-            Encoding::Hextile,
-            Encoding::Zrle,
+        // (Tight with a JPEG quality needs the JPEG features: `--features jpeg`)
+        let jpeg = cfg!(feature = "jpeg");
+        for (ei, (enc, quality)) in [
+            (Encoding::Raw, None),
+            (Encoding::Rre, None),
+            (Encoding::Hextile, None),
+            (Encoding::Zrle, None),
+            (Encoding::Tight, None),
+            (Encoding::Tight, Some(5)),
         ]
         .iter()
         .enumerate()
+        .filter(|(_, (_, q))| q.is_none() || jpeg)
         {
+            let with_quality = |encs: &[Encoding]| {
+                let mut v = encs.to_vec();
+                v.extend(quality.map(Encoding::jpeg_quality));
+                v
+            };
+            let tag = match quality {
+                Some(q) => format!("{enc:?}-jpeg{q}"),
+                None => format!("{enc:?}"),
+            };
             let (sc, cc) = configs(0);
             let fb = Fb::new(64, 64, *format, 17 + ei as u32);
             let mut p = Pair::new(sc, cc, fb, [7; 16]);
             p.pump(&[]);
-            p.c.set_encodings(&[
+            p.c.set_encodings(&with_quality(&[
                 *enc,
                 Encoding::CopyRect,
                 Encoding::DesktopSize,
@@ -349,7 +365,7 @@ fn main() {
                 Encoding::LastRect,
                 Encoding::QemuExtendedKeyEvent,
                 Encoding::from(-256 + 1),
-            ])
+            ]))
             .unwrap();
             p.c.request_update(false, Rect::new(0, 0, 64, 64)).unwrap();
             let damage = [
@@ -365,12 +381,7 @@ fn main() {
             let at = p.init_at.expect("ServerInit sent");
             let mut seed = vec![fi as u8];
             seed.extend_from_slice(&p.s2c[at..]);
-            write(
-                &dir,
-                "rfb_decoders",
-                &format!("messages-{enc:?}-{fi}"),
-                &seed,
-            );
+            write(&dir, "rfb_decoders", &format!("messages-{tag}-{fi}"), &seed);
             n += 1;
 
             // The same first rectangle alone, in fuzzing::rect's layout.
@@ -378,23 +389,24 @@ fn main() {
             let fb = Fb::new(64, 64, *format, 31 + ei as u32);
             let mut p = Pair::new(sc, cc, fb, [7; 16]);
             p.pump(&[]);
-            p.c.set_encodings(&[*enc]).unwrap();
+            p.c.set_encodings(&with_quality(&[*enc])).unwrap();
             p.c.request_update(false, Rect::new(0, 0, 64, 64)).unwrap();
             p.pump(&[Damage::Changed(Rect::new(3, 2, 50, 40))]);
             let at = p.init_at.unwrap();
             let msg = &p.s2c[at..];
             assert_eq!(&msg[..4], &[0, 0, 0, 1]);
-            // RECT_ENCODINGS in rfb_core::fuzzing: Raw 0, CopyRect 1, RRE 2, Hextile 3, ZRLE 4
-            let idx = [0u8, 2, 3, 4][ei];
+            // RECT_ENCODINGS in rfb_core::fuzzing: Raw 0, CopyRect 1, RRE 2, Hextile 3, ZRLE 4,
+            // Tight 11 (the high nibble 3 is the cut size, 48 a multiple of the 12 entries)
+            let idx = [0u8, 2, 3, 4, 11, 11][ei];
             let mut seed = vec![idx | (3 << 4), fi as u8];
             seed.extend_from_slice(&msg[4..12]);
             seed.extend_from_slice(&msg[16..]);
-            write(&dir, "rfb_decoders", &format!("rect-{enc:?}-{fi}"), &seed);
+            write(&dir, "rfb_decoders", &format!("rect-{tag}-{fi}"), &seed);
             n += 1;
         }
     }
     // A cursor, a desktop size and a name as single rectangles.
-    let mut cursor = vec![5 | (2 << 4), 0, 0, 1, 0, 2, 0, 4, 0, 3];
+    let mut cursor = vec![5 | (3 << 4), 0, 0, 1, 0, 2, 0, 4, 0, 3];
     cursor.extend(std::iter::repeat_n(0x5a, 4 * 3 * 4));
     cursor.extend_from_slice(&[0xf0, 0x70, 0x30]);
     write(&dir, "rfb_decoders", "rect-cursor", &cursor);

@@ -69,8 +69,19 @@ pub enum ProtocolError {
     MalformedHextile,
     /// A ZRLE tile is malformed (bad sub-encoding, palette index, run length, or trailing data).
     MalformedZrle,
-    /// The zlib stream inside a ZRLE rectangle is corrupt.
+    /// The zlib stream inside a ZRLE or Tight rectangle is corrupt.
     ZlibError,
+    /// A Tight rectangle is malformed (bad control byte, filter, palette index, data length,
+    /// too much or too little zlib data, or bytes after the end of its zlib stream).
+    MalformedTight,
+    /// A Tight rectangle (other than Fill) is wider than 2048 pixels.
+    TightTooWide,
+    /// A Tight JPEG rectangle arrived and the client has no JPEG decoder.
+    JpegUnsupported,
+    /// A Tight JPEG rectangle is larger than the client's `max_jpeg_pixels`.
+    JpegTooLarge,
+    /// A Tight JPEG image cannot be decoded, or is not the rectangle's size.
+    BadJpeg,
     /// A cursor shape exceeds the configured maximum size.
     CursorTooLarge,
     /// SetColourMapEntries addresses entries past 65535 (CVE-2017-5885).
@@ -126,6 +137,11 @@ impl fmt::Display for ProtocolError {
             MalformedHextile => f.write_str("malformed Hextile data"),
             MalformedZrle => f.write_str("malformed ZRLE data"),
             ZlibError => f.write_str("corrupt zlib stream"),
+            MalformedTight => f.write_str("malformed Tight data"),
+            TightTooWide => f.write_str("Tight rectangle wider than 2048 pixels"),
+            JpegUnsupported => f.write_str("Tight JPEG rectangle without a JPEG decoder"),
+            JpegTooLarge => f.write_str("Tight JPEG rectangle larger than the configured limit"),
+            BadJpeg => f.write_str("undecodable Tight JPEG image or one of the wrong size"),
             CursorTooLarge => f.write_str("cursor shape too large"),
             ColourMapOutOfRange => f.write_str("colour map entries out of range"),
             UnexpectedEof => f.write_str("connection closed in the middle of a message"),

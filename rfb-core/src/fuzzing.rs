@@ -262,24 +262,31 @@ fn running_client(sel: u8) -> Option<Client> {
     }
     if cfg!(feature = "alloc") {
         let _ = encs.push(Encoding::Zrle);
+        let _ = encs.push(Encoding::Tight);
     }
+    let _ = c.set_encodings(&encs);
+    // With a JPEG decoder, Tight's JPEG rectangles are allowed too.
+    let _ = encs.push(Encoding::jpeg_quality(5));
     let _ = c.set_encodings(&encs);
     Some(c)
 }
 
 /// Completes a None handshake with a 64 × 64 server, asks for every encoding this client
-/// decodes, then feeds `data` as server messages (the decoders' fuzz target).
-pub fn client_messages(data: &[u8]) {
+/// decodes, then feeds `data` as server messages (the decoders' fuzz target). Returns the
+/// rectangles decoded (for tests: the input got that far).
+pub fn client_messages(data: &[u8]) -> usize {
     let Some((&sel, rest)) = data.split_first() else {
-        return;
+        return 0;
     };
-    if let Some(c) = running_client(sel) {
-        drive_client(c, chunks(rest));
+    match running_client(sel) {
+        Some(c) => drive_client(c, chunks(rest)),
+        None => 0,
     }
 }
 
-/// Encodings (and pseudo-encodings) [`rect`] puts on its rectangle.
-const RECT_ENCODINGS: [Encoding; 11] = [
+/// Encodings (and pseudo-encodings) [`rect`] puts on its rectangle: `data[0] % 12` picks one
+/// (twelve of them, so a seed's `index | 3 << 4` is `index`, 48 being a multiple of 12).
+const RECT_ENCODINGS: [Encoding; 12] = [
     Encoding::Raw,
     Encoding::CopyRect,
     Encoding::Rre,
@@ -291,18 +298,20 @@ const RECT_ENCODINGS: [Encoding; 11] = [
     Encoding::DesktopName,
     Encoding::LastRect,
     Encoding::QemuExtendedKeyEvent,
+    Encoding::Tight,
 ];
 
 /// Each decoder on an arbitrary rectangle: `data[0]` picks the encoding (and the cut size),
 /// `data[1]` the wire pixel format, `data[2..10]` are x, y, width, height; the rest is the
 /// rectangle's body (and whatever follows it), fed in pieces to a client after a handshake.
-pub fn rect(data: &[u8]) {
+/// Returns the rectangles decoded (0 or 1).
+pub fn rect(data: &[u8]) -> usize {
     if data.len() < 10 {
-        return;
+        return 0;
     }
     let enc = RECT_ENCODINGS[usize::from(data[0]) % RECT_ENCODINGS.len()];
     let Some(c) = running_client(data[1]) else {
-        return;
+        return 0;
     };
     let mut msg = [0u8; 4096];
     msg[..4].copy_from_slice(&[0, 0, 0, 1]);
@@ -312,10 +321,12 @@ pub fn rect(data: &[u8]) {
     let n = body.len().min(msg.len() - 16);
     msg[16..16 + n].copy_from_slice(&body[..n]);
     let step = usize::from(data[0] / 16) + 1;
-    drive_client(c, msg[..16 + n].chunks(step));
+    drive_client(c, msg[..16 + n].chunks(step))
 }
 
-fn drive_client<'a>(mut c: Client, input: impl Iterator<Item = &'a [u8]>) {
+/// Feeds `input` to `c`; returns the rectangles it decoded.
+fn drive_client<'a>(mut c: Client, input: impl Iterator<Item = &'a [u8]>) -> usize {
+    let mut rects = 0;
     let mut buf = [0u8; 4096];
     let mut out = [0u8; 512];
     let mut fbdata = [0u8; 32 * 32 * 4];
@@ -331,13 +342,13 @@ fn drive_client<'a>(mut c: Client, input: impl Iterator<Item = &'a [u8]>) {
                 c.pixel_format()
             };
             let Ok(mut fb) = FramebufferMut::new(&mut fbdata, 32, 32, 128, fmt) else {
-                return;
+                return rects;
             };
             let (consumed, progressed) = match c.handle_input_fb(&buf[..have], &mut fb) {
                 Ok(p) => (p.consumed, p.consumed > 0 || p.lent.is_some()),
                 Err(_) => {
                     while c.poll_event().is_some() {}
-                    return;
+                    return rects;
                 }
             };
             buf.copy_within(consumed..have, 0);
@@ -345,6 +356,9 @@ fn drive_client<'a>(mut c: Client, input: impl Iterator<Item = &'a [u8]>) {
             let mut ev = false;
             while let Some(e) = c.poll_event() {
                 ev = true;
+                if let client::Event::Rect { .. } = e {
+                    rects += 1;
+                }
                 if let client::Event::NeedCredentials(k) = e {
                     let _ = match k {
                         Credentials::Password => c.send_password(b"pw"),
@@ -364,6 +378,7 @@ fn drive_client<'a>(mut c: Client, input: impl Iterator<Item = &'a [u8]>) {
         }
     }
     let _ = c.handle_eof();
+    rects
 }
 
 /// Parses `data` with every wire representation.

@@ -1,14 +1,16 @@
 //! Sans-IO RFB (VNC) protocol core: server and client state machines for RFB 3.3, 3.7 and 3.8
 //! with None, VNC authentication and VeNCrypt (Plain, X509None, X509Vnc, X509Plain, and None/Vnc
 //! offered inside VeNCrypt), all client and server messages, and framebuffer encoders/decoders
-//! (Raw, CopyRect, RRE, Hextile; ZRLE with the `alloc` feature; DesktopSize,
-//! ExtendedDesktopSize, Cursor, LastRect, DesktopName and QEMU extended key pseudo-encodings).
+//! (Raw, CopyRect, RRE, Hextile; ZRLE and Tight (with JPEG) both ways and TightPNG on the
+//! server with the `alloc` feature; DesktopSize, ExtendedDesktopSize, Cursor, LastRect,
+//! DesktopName and QEMU extended key pseudo-encodings).
 //!
 //! The crate does no I/O, reads no clock and draws no random numbers; it is `no_std` and does not
-//! allocate (except for ZRLE under `alloc`). The driver owns every buffer, the framebuffer too.
-//! No feature needs `std`: ZRLE compresses through the `zlib::ZrleCompressor` trait
-//! (`miniz_oxide` by default; a hosted driver may plug in a faster zlib, as std-shim does with
-//! `zlib-rs`).
+//! allocate (except for ZRLE and Tight under `alloc`). The driver owns every buffer, the
+//! framebuffer too. No feature needs `std`: ZRLE and Tight compress through the
+//! `zlib::ZrleCompressor` trait (`miniz_oxide` by default; a hosted driver may plug in a faster
+//! zlib, as std-shim does with `zlib-rs`), and Tight's JPEG goes through the `jpeg` traits
+//! (pure-Rust defaults with the `jpeg-encode` and `jpeg-decode` features).
 //!
 //! # Shape
 //!
@@ -212,7 +214,8 @@
 //! (native format and stride) and a damage list, translates to the client's pixel format and
 //! encodes tile by tile straight into the caller's buffer (≥ [`server::MIN_ENCODE_BUFFER`]),
 //! resuming where it stopped on the next call. The encoding follows the client's SetEncodings
-//! order among ZRLE, Hextile, RRE and Raw; `Damage::Copied` becomes CopyRect when allowed.
+//! order among Tight, TightPNG, ZRLE, Hextile, RRE and Raw; `Damage::Copied` becomes CopyRect
+//! when allowed.
 //! The client decodes every rectangle into a [`FramebufferMut`] the application lends to
 //! [`client::Client::handle_input_fb`], clipping every write and checking every rectangle,
 //! sub-rectangle, CopyRect source, cursor size and colour-map range.
@@ -237,6 +240,8 @@ mod parse;
 pub mod auth;
 mod error;
 pub mod hid;
+#[cfg(feature = "alloc")]
+pub mod jpeg;
 mod pixel;
 pub mod time;
 pub mod wire;

@@ -1,6 +1,7 @@
-//! The Rust side of `bench/rfb/run.sh`: rfb-core's Hextile and ZRLE encoders (ZRLE through
-//! std-shim's zlib-rs compressor, as `kvmio vnc serve` uses it) on a 1920×1080 desktop-like
-//! frame, full and a 10 % damage update, written to a socket as a server would.
+//! The Rust side of `bench/rfb/run.sh`: rfb-core's Hextile, ZRLE and Tight encoders (ZRLE and
+//! Tight through std-shim's zlib-rs compressor, as `kvmio vnc serve` uses it; `TightJPEG` is
+//! Tight for a client asking for JPEG quality level 8) on a 1920×1080 desktop-like frame, full
+//! and a 10 % damage update, written to a socket as a server would.
 //!
 //! `vnc_encode_bench frames DIR` writes the frames both sides encode (`frame-a.raw`,
 //! `frame-b.raw`: 32-bit little-endian 0x00RRGGBB, rows without padding; `damage.txt`: the
@@ -8,7 +9,8 @@
 //! prints `encoder case fastest_ns median_ns bytes iterations` lines. `vnc_encode_bench sizes` prints the
 //! state sizes of the rfb-core server and client.
 //!
-//! Environment: `BENCH_SECONDS` (time per case, default 3), `BENCH_ONLY=Hextile|ZRLE`,
+//! Environment: `BENCH_SECONDS` (time per case, default 3),
+//! `BENCH_ONLY=Hextile|ZRLE|Tight|TightJPEG`,
 //! `BENCH_LEVEL` (the zlib level the client asks for, default 6 = libvncserver's fixed one),
 //! `BENCH_MINIZ=1` (rfb-core's default miniz_oxide compressor instead of zlib-rs).
 
@@ -125,7 +127,7 @@ fn write_frames(dir: &Path) {
 
 /// A server past the handshake (None, 3.8) whose client asked for `enc` in 32-bit RGB888 (the
 /// framebuffer's own format: no translation on either side of the comparison).
-fn server_for(enc: Encoding) -> Server {
+fn server_for(enc: Encoding, quality: Option<u8>) -> Server {
     let mut s = Server::new(
         ServerConfig::with_security(&[SecurityType::None], &[]),
         Instant::ZERO,
@@ -140,9 +142,12 @@ fn server_for(enc: Encoding) -> Server {
         .unwrap_or(6);
     let mut input = Vec::new();
     input.extend_from_slice(b"RFB 003.008\n\x01\x01");
-    input.extend_from_slice(&[2, 0, 0, 2]);
+    input.extend_from_slice(&[2, 0, 0, 2 + u8::from(quality.is_some())]);
     input.extend_from_slice(&(i32::from(enc) as u32).to_be_bytes());
     input.extend_from_slice(&((-256 + level) as u32).to_be_bytes());
+    if let Some(q) = quality {
+        input.extend_from_slice(&(i32::from(Encoding::jpeg_quality(q)) as u32).to_be_bytes());
+    }
     let mut at = 0;
     let mut out = vec![0u8; 4096];
     while at < input.len() {
@@ -222,7 +227,12 @@ fn run(dir: &Path) {
             .unwrap_or(3),
     );
     let only = std::env::var("BENCH_ONLY").ok();
-    for (name, enc) in [("Hextile", Encoding::Hextile), ("ZRLE", Encoding::Zrle)] {
+    for (name, enc, quality) in [
+        ("Hextile", Encoding::Hextile, None),
+        ("ZRLE", Encoding::Zrle, None),
+        ("Tight", Encoding::Tight, None),
+        ("TightJPEG", Encoding::Tight, Some(8)),
+    ] {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
@@ -231,7 +241,7 @@ fn run(dir: &Path) {
         let mut size = 0;
         let start = StdInstant::now();
         while times.len() < 5 || (start.elapsed() < budget && times.len() < 200) {
-            let mut s = server_for(enc);
+            let mut s = server_for(enc, quality);
             request(&mut s, false);
             let t = StdInstant::now();
             size = encode(&mut s, fa, &full, &mut out, &mut tx);
@@ -247,7 +257,7 @@ fn run(dir: &Path) {
             let mut times = Vec::new();
             let start = StdInstant::now();
             while times.len() < 5 || (start.elapsed() < budget && times.len() < 200) {
-                let mut s = server_for(enc);
+                let mut s = server_for(enc, quality);
                 request(&mut s, false);
                 encode(&mut s, fa, &full, &mut out, &mut tx);
                 request(&mut s, true);

@@ -1,6 +1,7 @@
 //! Harness for the VNC tests: `kvmio vnc serve` / `kvmio vnc capture`, the third-party peers
-//! (gvnccapture, TigerVNC vncviewer under Xvfb, Xvnc, QEMU's VNC server), images (PNG, PPM,
-//! pixel-exact comparison, finding a picture inside a screenshot) and raw RFB helpers.
+//! (gvnccapture, gtk-vnc's gvncviewer and TigerVNC vncviewer under Xvfb, Xvnc, QEMU's VNC
+//! server), images (PNG, PPM, pixel-exact comparison, finding a picture inside a screenshot)
+//! and raw RFB helpers.
 //!
 //! A missing peer is a test failure naming the Debian package (tests/setup.sh installs them).
 
@@ -19,7 +20,7 @@ use crate::{LISTEN_DEADLINE, Proc, Runtime, TempDir, kvmio, tempdir};
 /// The Debian package shipping a VNC peer program.
 fn vnc_package(program: &str) -> &'static str {
     match program {
-        "gvnccapture" => "gvncviewer",
+        "gvnccapture" | "gvncviewer" => "gvncviewer",
         "vncviewer" => "tigervnc-viewer",
         "Xvnc" => "tigervnc-standalone-server",
         "vncpasswd" => "tigervnc-tools",

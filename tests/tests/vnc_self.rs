@@ -156,7 +156,15 @@ fn every_encoding_pixel_exact() {
     let image = picture_file(s.dir.path(), &pic, "enc.png");
     let image = image.display().to_string();
     let srv = VncServer::start(Runtime::Threads, &["--image", &image]);
-    for enc in ["zrle", "hextile", "rre", "raw", "raw,zrle"] {
+    for enc in [
+        "tight",
+        "zrle",
+        "hextile",
+        "rre",
+        "raw",
+        "raw,zrle",
+        "hextile,tight",
+    ] {
         let out = s.dir.path().join(format!("{enc}.png"));
         capture(
             &srv.url(),

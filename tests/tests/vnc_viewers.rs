@@ -154,6 +154,8 @@ fn tigervnc_asking_for_exclusive_access_disconnects_the_others() {
     c.env("DISPLAY", x.env())
         .env("HOME", dir.path())
         .args(["-Shared=0", "-SecurityTypes", "None", "-geometry", "+0+0"])
+        // the picture is compared pixel for pixel: Tight (the viewer's default) without JPEG
+        .arg("-NoJPEG")
         .arg(format!("127.0.0.1::{}", s.port));
     let mut viewer = Proc::spawn("vncviewer -Shared=0", c);
     s.proc.wait_log(

@@ -44,11 +44,13 @@
 //! The code is one file per phase: this one holds the types, the state, the input dispatch
 //! and the polls; `handshake.rs` everything up to ServerInit; `normal.rs` the server messages
 //! of the normal phase and the session commands; `decode.rs` the Raw, RRE and Hextile decoders;
-//! `zrle.rs` the ZRLE decoder.
+//! `zrle.rs` the ZRLE decoder; `tight.rs` the Tight decoder.
 
 mod decode;
 mod handshake;
 mod normal;
+#[cfg(feature = "alloc")]
+mod tight;
 #[cfg(feature = "alloc")]
 mod zrle;
 
@@ -72,6 +74,9 @@ pub struct ClientLimits {
     pub max_cursor: u16,
     /// Longest reason or desktop name accepted (the first 128 bytes are kept).
     pub max_string: u32,
+    /// Largest Tight JPEG rectangle accepted, in pixels: its image is decoded whole into a
+    /// buffer of three bytes a pixel (servers send at most 65536; default 2048 × 2048).
+    pub max_jpeg_pixels: u32,
 }
 
 impl Default for ClientLimits {
@@ -80,6 +85,7 @@ impl Default for ClientLimits {
             max_cut_text: 1 << 20,
             max_cursor: 256,
             max_string: 1 << 16,
+            max_jpeg_pixels: 2048 * 2048,
         }
     }
 }
@@ -361,6 +367,8 @@ enum RectDecoder {
     Hextile(Hextile),
     #[cfg(feature = "alloc")]
     Zrle,
+    #[cfg(feature = "alloc")]
+    Tight,
 }
 
 /// A message being received in pieces.
@@ -474,6 +482,38 @@ pub struct Client {
     msg: Msg,
     #[cfg(feature = "alloc")]
     zrle: Option<alloc::boxed::Box<zrle::ZrleDecoder>>,
+    #[cfg(feature = "alloc")]
+    tight: Option<alloc::boxed::Box<tight::TightDecoder>>,
+    #[cfg(feature = "alloc")]
+    jpeg: JpegSlot,
+}
+
+/// The client's JPEG decoder (for Tight), boxed twice to keep `Client` small (a thin pointer;
+/// the default decoder is zero-sized, so only the outer box allocates, 16 bytes).
+#[cfg(feature = "alloc")]
+struct JpegSlot(Option<alloc::boxed::Box<alloc::boxed::Box<dyn crate::jpeg::JpegDecoder>>>);
+
+#[cfg(feature = "alloc")]
+impl core::fmt::Debug for JpegSlot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "JpegDecoder"
+        } else {
+            "no JPEG decoder"
+        })
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl JpegSlot {
+    fn default_decoder() -> Self {
+        #[cfg(feature = "jpeg-decode")]
+        return Self(Some(alloc::boxed::Box::new(
+            crate::jpeg::ZuneJpegDecoder::boxed(),
+        )));
+        #[cfg(not(feature = "jpeg-decode"))]
+        Self(None)
+    }
 }
 
 impl Client {
@@ -500,6 +540,10 @@ impl Client {
             msg: Msg::Idle,
             #[cfg(feature = "alloc")]
             zrle: None,
+            #[cfg(feature = "alloc")]
+            tight: None,
+            #[cfg(feature = "alloc")]
+            jpeg: JpegSlot::default_decoder(),
             config,
         }
     }

@@ -29,13 +29,27 @@ impl Client {
     }
 
     /// SetEncodings, in order of preference (at most 90). Only encodings this client decodes are
-    /// allowed (Raw, CopyRect, RRE, Hextile, ZRLE with `alloc`, and the pseudo-encodings of
-    /// [`Encoding`] it handles, plus compression levels).
+    /// allowed (Raw, CopyRect, RRE, Hextile, ZRLE and Tight with `alloc`, and the
+    /// pseudo-encodings of [`Encoding`] it handles, plus compression levels, and JPEG quality
+    /// levels when it has a JPEG decoder: see `set_jpeg_decoder`, with `alloc`).
     pub fn set_encodings(&mut self, encodings: &[Encoding]) -> Result<(), CommandError> {
         self.running()?;
         let mut bits = 0;
         for e in encodings {
             bits |= e.bit().ok_or(CommandError::InvalidArgument)?;
+            // TightPNG is for browsers: this client has no PNG decoder.
+            if *e == Encoding::TightPng {
+                return Err(CommandError::InvalidArgument);
+            }
+            let jpeg = e.jpeg_quality_level().is_some() || e.jpeg_fine_quality().is_some();
+            #[cfg(feature = "alloc")]
+            if jpeg && self.jpeg.0.is_none() {
+                return Err(CommandError::InvalidArgument);
+            }
+            #[cfg(not(feature = "alloc"))]
+            if jpeg {
+                return Err(CommandError::InvalidArgument);
+            }
         }
         let n = SetEncodingsHeaderRepr::LEN + 4 * encodings.len();
         if encodings.len() > 90 {
@@ -52,6 +66,18 @@ impl Client {
         })?;
         self.requested = bits;
         Ok(())
+    }
+
+    /// Chooses the JPEG decompressor for Tight JPEG rectangles (`None`: none; then JPEG quality
+    /// levels cannot be asked for and a JPEG rectangle is a protocol error). The default is
+    /// [`ZuneJpegDecoder`](crate::jpeg::ZuneJpegDecoder) with the `jpeg-decode` feature, else
+    /// none.
+    #[cfg(feature = "alloc")]
+    pub fn set_jpeg_decoder(
+        &mut self,
+        decoder: Option<alloc::boxed::Box<dyn crate::jpeg::JpegDecoder>>,
+    ) {
+        self.jpeg.0 = decoder.map(alloc::boxed::Box::new);
     }
 
     /// FramebufferUpdateRequest.
@@ -401,13 +427,16 @@ impl Client {
             | Encoding::Rre
             | Encoding::Hextile
             | Encoding::Zrle
+            | Encoding::Tight
             | Encoding::CopyRect => {
                 if !r.fits_in(self.width, self.height) {
                     return Err(P::RectangleOutOfBounds.into());
                 }
+                // Empty ZRLE, RRE and Tight rectangles still carry their headers.
                 if r.is_empty()
                     && h.encoding != Encoding::CopyRect
                     && h.encoding != Encoding::Zrle
+                    && h.encoding != Encoding::Tight
                     && h.encoding != Encoding::Rre
                 {
                     self.end_rect(remaining, Some((r, h.encoding)));
@@ -419,6 +448,8 @@ impl Client {
                     Encoding::Hextile => RectDecoder::Hextile(Hextile::new()),
                     #[cfg(feature = "alloc")]
                     Encoding::Zrle => RectDecoder::Zrle,
+                    #[cfg(feature = "alloc")]
+                    Encoding::Tight => RectDecoder::Tight,
                     // CopyRect reuses the RRE-header slot for its 4 bytes (see rect_data).
                     _ => RectDecoder::Raw {
                         x: u16::MAX,
@@ -432,6 +463,13 @@ impl Client {
                     self.zrle
                         .get_or_insert_with(|| alloc::boxed::Box::new(zrle::ZrleDecoder::new()))
                         .start(r, bpp, cp);
+                }
+                #[cfg(feature = "alloc")]
+                if h.encoding == Encoding::Tight {
+                    let max = self.config.limits.max_jpeg_pixels;
+                    self.tight
+                        .get_or_insert_with(|| alloc::boxed::Box::new(tight::TightDecoder::new()))
+                        .start(r, self.format, max);
                 }
                 Ok((n, None))
             }
@@ -601,6 +639,16 @@ impl Client {
                     .get_or_insert_with(|| alloc::boxed::Box::new(zrle::ZrleDecoder::new()));
                 let (n, done) = z.decode(input, &mut sink)?;
                 (n, done, RectDecoder::Zrle)
+            }
+            #[cfg(feature = "alloc")]
+            (_, RectDecoder::Tight) => {
+                // `rect_header` made the decoder and started the rectangle.
+                let t = self
+                    .tight
+                    .get_or_insert_with(|| alloc::boxed::Box::new(tight::TightDecoder::new()));
+                let jpeg = self.jpeg.0.as_deref_mut().map(|b| &mut **b);
+                let (n, done) = t.decode(input, &mut sink, jpeg)?;
+                (n, done, RectDecoder::Tight)
             }
         };
         if finished {

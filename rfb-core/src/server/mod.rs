@@ -64,15 +64,22 @@
 //! the polls and the event queue; `handshake.rs` the version, the security types, VeNCrypt,
 //! authentication and ClientInit/ServerInit; `normal.rs` the client messages of the normal
 //! phase and the session commands; `update.rs` framebuffer updates; `encode.rs` the Raw, RRE
-//! and Hextile encoders; `zrle.rs` the ZRLE encoder.
+//! and Hextile encoders; `zrle.rs` the ZRLE encoder; `tight.rs` the Tight and TightPNG encoder
+//! (`png.rs` its PNG writer).
 
 mod encode;
 mod handshake;
 mod normal;
+#[cfg(feature = "alloc")]
+mod png;
+#[cfg(feature = "alloc")]
+mod tight;
 mod update;
 #[cfg(feature = "alloc")]
 mod zrle;
 
+#[cfg(feature = "alloc")]
+pub use tight::TightStats;
 pub use update::{
     CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, SharedUpdateKey, UpdateSource,
 };
@@ -442,8 +449,14 @@ pub(crate) struct Prefs {
     /// Best pixel encoding we support, in the client's order.
     pub(crate) encoding: Encoding,
     pub(crate) flags: u32,
-    /// zlib level for ZRLE (compression-level pseudo-encoding; default 6).
+    /// zlib level for ZRLE and Tight (compression-level pseudo-encoding; default 6).
     pub(crate) level: u8,
+    /// JPEG quality level 0…9 (−32…−23), if asked for.
+    pub(crate) quality: Option<u8>,
+    /// TigerVNC's fine JPEG quality 0…100 (−512…−412), if asked for.
+    pub(crate) fine_quality: Option<u8>,
+    /// JPEG chroma subsampling level 0…5 (−768…−763), if asked for.
+    pub(crate) subsampling: Option<u8>,
 }
 
 impl Prefs {
@@ -452,6 +465,9 @@ impl Prefs {
             encoding: Encoding::Raw,
             flags: 0,
             level: 6,
+            quality: None,
+            fine_quality: None,
+            subsampling: None,
         }
     }
     /// Folds in the next encoding of a SetEncodings; the first pixel encoding this crate
@@ -462,7 +478,12 @@ impl Prefs {
         };
         let pixel = matches!(
             e,
-            Encoding::Raw | Encoding::Rre | Encoding::Hextile | Encoding::Zrle
+            Encoding::Raw
+                | Encoding::Rre
+                | Encoding::Hextile
+                | Encoding::Zrle
+                | Encoding::Tight
+                | Encoding::TightPng
         );
         if pixel && !*picked {
             self.encoding = e;
@@ -471,6 +492,15 @@ impl Prefs {
         self.flags |= bit;
         if let Some(l) = e.compress_level() {
             self.level = l;
+        }
+        if let Some(q) = e.jpeg_quality_level() {
+            self.quality = Some(q);
+        }
+        if let Some(q) = e.jpeg_fine_quality() {
+            self.fine_quality = Some(q);
+        }
+        if let Some(s) = e.jpeg_subsampling() {
+            self.subsampling = Some(s);
         }
     }
 }
@@ -523,6 +553,20 @@ pub struct Server {
     pub(crate) zrle: Option<alloc::boxed::Box<zrle::ZrleEncoder>>,
     #[cfg(feature = "alloc")]
     pub(crate) zlib: crate::zlib::CompressorFactory,
+    #[cfg(feature = "alloc")]
+    pub(crate) tight: Option<alloc::boxed::Box<tight::TightEncoder>>,
+    #[cfg(feature = "alloc")]
+    pub(crate) jpeg: Option<crate::jpeg::JpegEncoderFactory>,
+}
+
+/// The JPEG compressor a new server starts with: the crate's own with `jpeg-encode`, else
+/// none (no JPEG until the application plugs one in).
+#[cfg(feature = "alloc")]
+fn default_jpeg_encoder() -> Option<crate::jpeg::JpegEncoderFactory> {
+    #[cfg(feature = "jpeg-encode")]
+    return Some(crate::jpeg::RustJpegEncoder::boxed);
+    #[cfg(not(feature = "jpeg-encode"))]
+    None
 }
 
 /// Most bytes, and messages, one step of `handle_input` queues (a fence answer is the largest;
@@ -594,6 +638,10 @@ impl Server {
             zrle: None,
             #[cfg(feature = "alloc")]
             zlib: crate::zlib::MinizCompressor::boxed,
+            #[cfg(feature = "alloc")]
+            tight: None,
+            #[cfg(feature = "alloc")]
+            jpeg: default_jpeg_encoder(),
             config,
         };
         let v = ProtocolVersionRepr::of(s.config.max_version);
@@ -636,8 +684,22 @@ impl Server {
         self.prefs.encoding
     }
 
+    /// The compression level the client asked for (−256…−247: 0…9; 6 when it did not).
+    pub fn client_compress_level(&self) -> u8 {
+        self.prefs.level
+    }
+
+    /// The JPEG quality (1…100) Tight rectangles of photo-like content are sent with, from the
+    /// client's quality level or fine quality; `None` when the client asked for none, its pixel
+    /// format cannot have JPEG (colour-mapped, 8 bits per pixel) or there is no JPEG encoder.
+    #[cfg(feature = "alloc")]
+    pub fn client_jpeg_quality(&self) -> Option<u8> {
+        self.tight_jpeg().map(|(p, _)| p.quality)
+    }
+
     /// Whether the client's SetEncodings listed `encoding` (a pseudo-encoding, CopyRect, RRE,
-    /// Hextile or ZRLE; always false for Raw and the compression levels).
+    /// Hextile, ZRLE, Tight or TightPNG; always false for Raw and the compression and JPEG
+    /// levels).
     pub fn client_supports(&self, encoding: Encoding) -> bool {
         encoding
             .bit()

@@ -8,19 +8,32 @@ use super::*;
 impl Server {
     // ---------------------------------------------------------------- commands
 
-    /// Chooses the zlib implementation ZRLE compresses with (default
-    /// [`MinizCompressor`](crate::zlib::MinizCompressor)). Call before the first ZRLE update:
-    /// once the connection's stream exists this returns [`CommandError::InvalidState`].
+    /// Chooses the zlib implementation ZRLE and Tight compress with (default
+    /// [`MinizCompressor`](crate::zlib::MinizCompressor)): ZRLE's one stream, Tight's four and
+    /// every TightPNG image. Call before the first ZRLE or Tight update: once a stream exists
+    /// this returns [`CommandError::InvalidState`].
     #[cfg(feature = "alloc")]
     pub fn set_zrle_compressor(
         &mut self,
         factory: crate::zlib::CompressorFactory,
     ) -> Result<(), CommandError> {
-        if self.zrle.is_some() {
+        if self.zrle.is_some() || self.tight.is_some() {
             return Err(CommandError::InvalidState);
         }
         self.zlib = factory;
         Ok(())
+    }
+
+    /// Chooses the JPEG compressor Tight and TightPNG use for clients that ask for a JPEG
+    /// quality (`None`: no JPEG, everything lossless). The default is
+    /// [`RustJpegEncoder`](crate::jpeg::RustJpegEncoder) with the `jpeg-encode` feature, else
+    /// none. Takes effect at the next JPEG rectangle.
+    #[cfg(feature = "alloc")]
+    pub fn set_jpeg_encoder(&mut self, factory: Option<crate::jpeg::JpegEncoderFactory>) {
+        self.jpeg = factory;
+        if let Some(t) = &mut self.tight {
+            t.drop_jpeg();
+        }
     }
 
     /// Rings the client's bell.

@@ -139,6 +139,12 @@ pub(crate) enum RectState {
         sent: usize,
         len: usize,
     },
+    #[cfg(feature = "alloc")]
+    Tight {
+        piece_no: u32,
+        sent: usize,
+        len: usize,
+    },
     Cursor {
         row: u16,
         mask_sent: usize,
@@ -176,6 +182,10 @@ fn piece_count(r: &Rect, encoding: Encoding) -> u32 {
     #[cfg(feature = "alloc")]
     if encoding == Encoding::Zrle {
         return u32::from(r.height.div_ceil(zrle_band(r.width)));
+    }
+    #[cfg(feature = "alloc")]
+    if matches!(encoding, Encoding::Tight | Encoding::TightPng) {
+        return super::tight::piece_count(r);
     }
     let _ = (r, encoding);
     1
@@ -300,7 +310,7 @@ impl Server {
     ///
     /// An update can be shared when it holds only changed pixels (no resize, CopyRect, cursor,
     /// name, LED state or key acknowledgement due, no LastRect needed) in a stateless encoding
-    /// (Raw, RRE, Hextile; ZRLE's zlib stream belongs to one connection). Two sessions whose
+    /// (Raw, RRE, Hextile; the zlib streams of ZRLE and Tight belong to one connection). Two sessions whose
     /// keys are equal produce byte-identical updates from the same framebuffer contents and the
     /// same damage list, so a server with many viewers of one picture can encode it once, send
     /// those bytes to every session with an equal key and tell each with
@@ -319,11 +329,11 @@ impl Server {
         {
             return None;
         }
+        // Only the stateless encodings: ZRLE's and Tight's zlib streams belong to one
+        // connection.
         let encoding = match st.encoding {
-            e @ (Encoding::Hextile | Encoding::Rre) => e,
-            #[cfg(feature = "alloc")]
-            Encoding::Zrle => return None,
-            _ => Encoding::Raw,
+            e @ (Encoding::Raw | Encoding::Hextile | Encoding::Rre) => e,
+            _ => return None,
         };
         Some(SharedUpdateKey {
             encoding,
@@ -358,8 +368,8 @@ impl Server {
     /// call (else [`CommandError::QueueFull`]).
     ///
     /// Pixels are translated from the framebuffer's format into the client's and encoded with
-    /// the client's preferred supported encoding (ZRLE, Hextile, RRE or Raw); copied areas go
-    /// out as CopyRect when the client asked for it.
+    /// the client's preferred supported encoding (Tight, TightPNG, ZRLE, Hextile, RRE or Raw);
+    /// copied areas go out as CopyRect when the client asked for it.
     pub fn encode_update(
         &mut self,
         src: &UpdateSource<'_>,
@@ -645,6 +655,14 @@ impl Server {
                         len: 0,
                     };
                 }
+                #[cfg(feature = "alloc")]
+                Encoding::Tight | Encoding::TightPng => {
+                    st.rect = RectState::Tight {
+                        piece_no: 0,
+                        sent: 0,
+                        len: 0,
+                    };
+                }
                 Encoding::Hextile => {
                     if out.len() < RectHeaderRepr::LEN {
                         return Ok(None);
@@ -695,8 +713,12 @@ impl Server {
         }
         let r = Self::damage_rect(d, fb);
         #[cfg(feature = "alloc")]
-        if matches!(st.rect, RectState::Zrle { .. }) {
-            let (n, finished) = self.encode_zrle_step(st, r, source, &mut out[pos..])?;
+        if matches!(st.rect, RectState::Zrle { .. } | RectState::Tight { .. }) {
+            let (n, finished) = if matches!(st.rect, RectState::Zrle { .. }) {
+                self.encode_zrle_step(st, r, source, &mut out[pos..])?
+            } else {
+                self.encode_tight_step(st, r, source, &mut out[pos..])?
+            };
             pos += n;
             if finished {
                 st.rect = RectState::Start;
@@ -787,7 +809,7 @@ impl Server {
                 *ty >= tiles_y
             }
             #[cfg(feature = "alloc")]
-            RectState::Zrle { .. } => true,
+            RectState::Zrle { .. } | RectState::Tight { .. } => true,
             RectState::Start | RectState::Cursor { .. } => true,
         };
         if finished {

@@ -4,6 +4,8 @@ mod harness;
 mod negotiation;
 mod security;
 mod shared_updates;
+#[cfg(feature = "alloc")]
+mod tight;
 mod updates;
 mod wire_roundtrip;
 

@@ -117,11 +117,11 @@ fn updates_with_more_than_pixels_are_not_shared() {
         src_y: 8,
     }];
     assert!(none(&p, &p.server_fb, &copied));
-    // ZRLE's stream belongs to its connection
+    // ZRLE's and Tight's streams belong to their connection
     #[cfg(feature = "alloc")]
-    {
-        let z = viewer(Encoding::Zrle, PixelFormat::RGB888);
-        assert!(none(&z, &z.server_fb, &damage));
+    for e in [Encoding::Zrle, Encoding::Tight] {
+        let z = viewer(e, PixelFormat::RGB888);
+        assert!(none(&z, &z.server_fb, &damage), "{e:?}");
     }
     // LED state due
     let mut l = viewer(Encoding::Hextile, PixelFormat::RGB888);

@@ -62,10 +62,11 @@ pub(crate) fn transcript(auth: Auth, enc: Encoding, wire: PixelFormat) -> (Vec<u
     (p.rec_c2s, p.rec_s2c)
 }
 
-fn pixel_encodings() -> Vec<Encoding> {
+pub(crate) fn pixel_encodings() -> Vec<Encoding> {
     let mut v = vec![Encoding::Raw, Encoding::Rre, Encoding::Hextile];
     if cfg!(feature = "alloc") {
         v.push(Encoding::Zrle);
+        v.push(Encoding::Tight);
     }
     v
 }
@@ -563,10 +564,7 @@ fn cut_sets(len: usize, seed: u64) -> Vec<Vec<usize>> {
 
 #[test]
 fn split_invariance_fixed_cuts() {
-    let mut encs = vec![Encoding::Raw, Encoding::Rre, Encoding::Hextile];
-    if cfg!(feature = "alloc") {
-        encs.push(Encoding::Zrle);
-    }
+    let encs = pixel_encodings();
     for auth in [
         Auth::None,
         Auth::Vnc,
@@ -613,8 +611,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn split_invariance_random_cuts(cuts in prop::collection::vec(1usize..300, 1..400), pick in 0usize..4) {
-        let enc = [Encoding::Raw, Encoding::Rre, Encoding::Hextile, if cfg!(feature = "alloc") { Encoding::Zrle } else { Encoding::Hextile }][pick];
+    fn split_invariance_random_cuts(cuts in prop::collection::vec(1usize..300, 1..400), pick in 0usize..5) {
+        let encs = pixel_encodings();
+        let enc = encs[pick % encs.len()];
         let (c2s, s2c) = transcript(Auth::X509Vnc, enc, PixelFormat::RGB888);
         let whole = run_server_split(Auth::X509Vnc, &c2s, &[c2s.len()]);
         prop_assert_eq!(run_server_split(Auth::X509Vnc, &c2s, &cuts), whole);
@@ -644,7 +643,7 @@ proptest! {
     /// Valid sessions with a few corrupted bytes: every failure is an error, never a panic, and
     /// the client's framebuffer writes stay in bounds.
     #[test]
-    fn mutated_sessions_never_panic(pick in 0usize..4, muts in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+    fn mutated_sessions_never_panic(pick in 0usize..5, muts in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
         let t = transcripts();
         let (enc, c2s, s2c) = &t[pick % t.len()];
         let mut s2c = s2c.clone();

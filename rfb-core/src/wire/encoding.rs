@@ -35,6 +35,8 @@ enum_with_unknown! {
         QemuExtendedKeyEvent = -258,
         /// −259: QEMU audio.
         QemuAudio = -259,
+        /// −260: TightPNG (Tight with PNG instead of Basic compression; noVNC).
+        TightPng = -260,
         /// −261: QEMU LED state.
         QemuLedState = -261,
         /// −307: desktop name changes.
@@ -71,11 +73,14 @@ pub(crate) mod bits {
     pub(crate) const CONTINUOUS: u32 = 1 << 11;
     pub(crate) const EXT_CLIPBOARD: u32 = 1 << 12;
     pub(crate) const QEMU_LED: u32 = 1 << 13;
+    pub(crate) const TIGHT: u32 = 1 << 14;
+    pub(crate) const TIGHT_PNG: u32 = 1 << 15;
 }
 
 impl Encoding {
-    /// Its bit in a SetEncodings set ([`bits`]): 0 for Raw and the compression levels (nothing
-    /// to ask for), `None` for what this crate does not implement (ZRLE without `alloc`).
+    /// Its bit in a SetEncodings set ([`bits`]): 0 for Raw, the compression and JPEG levels
+    /// (nothing to ask for), `None` for what this crate does not implement (ZRLE and Tight
+    /// without `alloc`).
     pub(crate) fn bit(self) -> Option<u32> {
         use bits::*;
         Some(match self {
@@ -84,6 +89,8 @@ impl Encoding {
             Self::Rre => RRE,
             Self::Hextile => HEXTILE,
             Self::Zrle if cfg!(feature = "alloc") => ZRLE,
+            Self::Tight if cfg!(feature = "alloc") => TIGHT,
+            Self::TightPng if cfg!(feature = "alloc") => TIGHT_PNG,
             Self::DesktopSize => DESKTOP_SIZE,
             Self::ExtendedDesktopSize => EXT_DESKTOP_SIZE,
             Self::Cursor => CURSOR,
@@ -94,7 +101,13 @@ impl Encoding {
             Self::ContinuousUpdates => CONTINUOUS,
             Self::ExtendedClipboard => EXT_CLIPBOARD,
             Self::QemuLedState => QEMU_LED,
-            e if e.compress_level().is_some() => 0,
+            e if e.compress_level().is_some()
+                || e.jpeg_quality_level().is_some()
+                || e.jpeg_fine_quality().is_some()
+                || e.jpeg_subsampling().is_some() =>
+            {
+                0
+            }
             _ => return None,
         })
     }
@@ -103,5 +116,56 @@ impl Encoding {
     pub fn compress_level(self) -> Option<u8> {
         let v = i32::from(self);
         (-256..=-247).contains(&v).then(|| (v + 256) as u8)
+    }
+
+    /// The compression-level pseudo-encoding for `level` (0 … 9; larger values are 9).
+    pub fn compress(level: u8) -> Self {
+        Self::from(-256 + i32::from(level.min(9)))
+    }
+
+    /// JPEG quality level pseudo-encoding (−32 … −23 = level 0 … 9), if this is one.
+    pub fn jpeg_quality_level(self) -> Option<u8> {
+        let v = i32::from(self);
+        (-32..=-23).contains(&v).then(|| (v + 32) as u8)
+    }
+
+    /// The JPEG quality level pseudo-encoding for `level` (0 … 9; larger values are 9).
+    pub fn jpeg_quality(level: u8) -> Self {
+        Self::from(-32 + i32::from(level.min(9)))
+    }
+
+    /// TigerVNC's fine-grained JPEG quality pseudo-encoding (−512 … −412 = quality 0 … 100), if
+    /// this is one.
+    pub fn jpeg_fine_quality(self) -> Option<u8> {
+        let v = i32::from(self);
+        (-512..=-412).contains(&v).then(|| (v + 512) as u8)
+    }
+
+    /// JPEG chroma subsampling level pseudo-encoding (−768 … −763), if this is one: 0 none,
+    /// 1 4× (4:2:0), 2 2× (4:2:2), 3 greyscale, 4 8×, 5 16× (the last two are served as 4×).
+    pub fn jpeg_subsampling(self) -> Option<u8> {
+        let v = i32::from(self);
+        (-768..=-763).contains(&v).then(|| (v + 768) as u8)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn pseudo_encoding_ranges() {
+        assert_eq!(i32::from(Encoding::jpeg_quality(0)), -32);
+        assert_eq!(i32::from(Encoding::jpeg_quality(9)), -23);
+        assert_eq!(Encoding::from(-27).jpeg_quality_level(), Some(5));
+        assert_eq!(Encoding::from(-22).jpeg_quality_level(), None);
+        assert_eq!(Encoding::from(-33).jpeg_quality_level(), None);
+        assert_eq!(Encoding::compress(3), Encoding::from(-253));
+        assert_eq!(Encoding::from(-412).jpeg_fine_quality(), Some(100));
+        assert_eq!(Encoding::from(-411).jpeg_fine_quality(), None);
+        assert_eq!(Encoding::from(-766).jpeg_subsampling(), Some(2));
+        assert_eq!(Encoding::from(-762).jpeg_subsampling(), None);
+        assert_eq!(Encoding::from(-260), Encoding::TightPng);
+        assert_eq!(Encoding::from(-30).bit(), Some(0));
     }
 }

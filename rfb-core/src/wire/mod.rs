@@ -6,8 +6,8 @@
 //! crate does not know are kept as `Unknown(n)`.
 //!
 //! The layouts inside pixel-encoded rectangles are here too, for the server's encoders and the
-//! client's decoders alike: [`rre`], [`hextile`] (sub-encoding bits) and [`zrle`] (tile
-//! sub-encodings), plus [`CopyRectRepr`].
+//! client's decoders alike: [`rre`], [`hextile`] (sub-encoding bits), [`zrle`] (tile
+//! sub-encodings) and [`tight`] (control byte, filters, compact lengths), plus [`CopyRectRepr`].
 
 mod client_msg;
 mod encoding;
@@ -16,6 +16,7 @@ mod pixel_format;
 pub mod rre;
 mod security;
 mod server_msg;
+pub mod tight;
 mod version;
 pub mod zrle;
 

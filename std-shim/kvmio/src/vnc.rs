@@ -112,6 +112,7 @@ pub(crate) fn capture(a: VncCaptureArgs) -> Result<()> {
         .transpose()?;
     opts.username = a.username.clone();
     opts.encodings = parse_encodings(&a.encodings)?;
+    opts.quality = a.quality;
     opts.timeout = Duration::from_secs(a.timeout.max(1));
     let c = client::capture(&addr, opts)?;
     c.image
@@ -126,6 +127,8 @@ pub(crate) fn capture(a: VncCaptureArgs) -> Result<()> {
             .unwrap_or_default(),
         c.name
     );
+    let rects: Vec<String> = c.rects.iter().map(|(e, n)| format!("{n} {e:?}")).collect();
+    println!("Rectangles: {}", rects.join(", "));
     println!(
         "Saved {}x{} display to {}",
         c.image.width,

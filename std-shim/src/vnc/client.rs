@@ -31,6 +31,9 @@ pub struct CaptureOptions {
     pub tls_creds: Option<PathBuf>,
     /// Pixel encodings to ask for, most preferred first.
     pub encodings: Vec<Encoding>,
+    /// JPEG quality level (0-9) to ask for: Tight may then send photo-like areas as JPEG
+    /// (lossy). `None`: lossless.
+    pub quality: Option<u8>,
     /// Give up after this long.
     pub timeout: Duration,
 }
@@ -55,22 +58,24 @@ impl CaptureOptions {
                 Encoding::Rre,
                 Encoding::Raw,
             ],
+            quality: None,
             timeout: Duration::from_secs(60),
         }
     }
 }
 
-/// Parses a list of pixel encodings, most preferred first: `zrle`, `hextile`, `rre`, `raw`
-/// (comma-separated, any case).
+/// Parses a list of pixel encodings, most preferred first: `tight`, `zrle`, `hextile`, `rre`,
+/// `raw` (comma-separated, any case).
 pub fn parse_encodings(s: &str) -> Result<Vec<Encoding>> {
     let mut v = Vec::new();
     for e in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         v.push(match e.to_ascii_lowercase().as_str() {
+            "tight" => Encoding::Tight,
             "zrle" => Encoding::Zrle,
             "hextile" => Encoding::Hextile,
             "rre" => Encoding::Rre,
             "raw" => Encoding::Raw,
-            _ => bail!("unknown encoding {e:?} (zrle, hextile, rre, raw)"),
+            _ => bail!("unknown encoding {e:?} (tight, zrle, hextile, rre, raw)"),
         });
     }
     if v.is_empty() {
@@ -94,6 +99,8 @@ pub struct Captured {
     pub updates: u32,
     /// TLS details, if TLS was used.
     pub tls: Option<String>,
+    /// Rectangles decoded, per encoding, in the order the encodings first came.
+    pub rects: Vec<(Encoding, u32)>,
 }
 
 /// One capturing client connection.
@@ -112,6 +119,7 @@ pub struct VncClientSession {
     server_format: PixelFormat,
     done: bool,
     tls: Option<String>,
+    rects: Vec<(Encoding, u32)>,
 }
 
 /// Pseudo-encodings the capture asks for besides the pixel encodings: the cursor shape is sent
@@ -156,6 +164,7 @@ impl VncClientSession {
             server_format: NATIVE,
             done: false,
             tls: None,
+            rects: Vec::new(),
         })
     }
 
@@ -179,6 +188,7 @@ impl VncClientSession {
             server_format: self.server_format,
             updates: self.updates,
             tls: self.tls,
+            rects: self.rects,
         })
     }
 
@@ -259,6 +269,9 @@ impl VncClientSession {
                         .map_err(|e| anyhow!("{e}"))?;
                     let mut encs = self.opts.encodings.clone();
                     encs.extend(PSEUDO);
+                    if let Some(q) = self.opts.quality {
+                        encs.push(Encoding::jpeg_quality(q));
+                    }
                     self.client
                         .set_encodings(&encs)
                         .map_err(|e| anyhow!("{e}"))?;
@@ -271,6 +284,10 @@ impl VncClientSession {
                 }
                 Action::Rect(r, enc) => {
                     log::debug!("rectangle {r:?} {enc:?}");
+                    match self.rects.iter_mut().find(|(e, _)| *e == enc) {
+                        Some((_, n)) => *n += 1,
+                        None => self.rects.push((enc, 1)),
+                    }
                     let w = usize::from(self.image.width);
                     let r = r.clip_to(self.image.width, self.image.height);
                     for y in r.y..r.y + r.height {

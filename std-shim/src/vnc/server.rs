@@ -544,10 +544,15 @@ impl VncServerSession {
                         .map_err(|e| anyhow!("{e}"))?;
                 }
                 Event::PixelFormat(f) => log::debug!("{}: pixel format {f:?}", self.peer),
-                Event::EncodingsChanged => log::debug!(
-                    "{}: encodings changed, sending {:?}",
+                Event::EncodingsChanged => log::info!(
+                    "{}: encoding {:?}, compression level {}, {}",
                     self.peer,
-                    self.server.client_encoding()
+                    self.server.client_encoding(),
+                    self.server.client_compress_level(),
+                    match self.server.client_jpeg_quality() {
+                        Some(q) => format!("JPEG quality {q}"),
+                        None => "no JPEG".into(),
+                    }
                 ),
                 Event::UpdateRequested { incremental, rect } => {
                     if incremental {
@@ -838,16 +843,26 @@ impl Session for VncServerSession {
     fn eof(&mut self) -> Result<()> {
         match self.server.handle_eof() {
             Ok(()) => {
-                if self.copies > 0 {
-                    log::info!(
-                        "{}: disconnected after {} updates ({} of them another viewer's encode)",
-                        self.peer,
-                        self.updates,
-                        self.copies
-                    );
+                let t = self.server.tight_stats();
+                let tight = if t == Default::default() {
+                    String::new()
                 } else {
-                    log::info!("{}: disconnected after {} updates", self.peer, self.updates);
-                }
+                    format!(
+                        "; Tight rectangles: {} fill, {} mono, {} indexed, {} full colour, \
+                         {} gradient, {} JPEG, {} PNG",
+                        t.fill, t.mono, t.indexed, t.full_colour, t.gradient, t.jpeg, t.png
+                    )
+                };
+                let copies = if self.copies > 0 {
+                    format!(" ({} of them another viewer's encode)", self.copies)
+                } else {
+                    String::new()
+                };
+                log::info!(
+                    "{}: disconnected after {} updates{copies}{tight}",
+                    self.peer,
+                    self.updates
+                );
                 Ok(())
             }
             Err(e) => Err(anyhow!("rfb: {e}")),

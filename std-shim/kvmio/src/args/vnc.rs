@@ -105,9 +105,13 @@ pub(crate) struct VncCaptureArgs {
     /// client-cert.pem + client-key.pem for servers that want a client certificate.
     #[arg(long, value_name = "DIR")]
     pub(crate) tls_creds: Option<PathBuf>,
-    /// Pixel encodings to ask for, most preferred first: zrle, hextile, rre, raw.
+    /// Pixel encodings to ask for, most preferred first: tight, zrle, hextile, rre, raw.
     #[arg(long, value_name = "LIST", default_value = "zrle,hextile,rre,raw")]
     pub(crate) encodings: String,
+    /// Ask for JPEG at this quality level (0 lowest … 9 highest): a Tight server may then send
+    /// photo-like areas as JPEG, so the capture is no longer exact. Default: lossless.
+    #[arg(long, value_name = "0-9", value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub(crate) quality: Option<u8>,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub(crate) timeout: u64,
