@@ -884,3 +884,18 @@ pub fn ensure_pam_user() {
     )
     .expect_ok();
 }
+
+/// Peak signal-to-noise ratio between two pictures of the same size, in dB.
+pub fn psnr(a: &Rgb, b: &Rgb) -> f64 {
+    assert_eq!((a.width, a.height), (b.width, b.height));
+    let se: f64 = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    if se == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (255.0f64 * 255.0 / (se / a.data.len() as f64)).log10()
+}

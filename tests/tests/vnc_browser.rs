@@ -18,6 +18,10 @@ use kvmio_tests::browser::{Seen, browse, browser_home, console_root};
 use kvmio_tests::vnc::*;
 use kvmio_tests::{Runtime, pki, tempdir};
 
+/// The least PSNR accepted where noVNC gets JPEG (Tight at its default quality 6) of the
+/// test picture.
+const JPEG_PSNR: f64 = 24.0;
+
 /// The WebSocket port from the server's start-up lines.
 fn websocket_port(s: &mut VncServer) -> u16 {
     let log = s
@@ -109,11 +113,38 @@ fn novnc_in_chromium_over_ws_and_wss() {
         dir.path(),
         &["--type", "a1", "--press", "Shift+KeyZ", "--click", "10,10"],
     );
-    assert_console(&seen, &pic, "noVNC 1.7 over ws, VncAuth");
+    // noVNC's own choice: Tight with JPEG quality 6
+    assert_eq!(seen.state, "connected", "{}", seen.stderr);
+    let canvas = seen.canvas.as_ref().expect("a canvas");
+    let db = psnr(canvas, &pic);
+    eprintln!("noVNC 1.7, Tight with JPEG quality 6: PSNR {db:.1} dB");
+    assert!(db >= JPEG_PSNR, "PSNR {db:.1} dB");
     assert_input(&mut s, "ws");
     let log = s.log();
     assert!(
         log.contains("WebSocket open (VNC security VncAuth)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("encoding Tight, compression level 2, JPEG quality"),
+        "{log}"
+    );
+    // the lossless encodings, chosen by the page: pixel for pixel
+    for (name, list) in [
+        ("Tight", "7"),
+        ("TightPNG", "-260"),
+        ("ZRLE", "16"),
+        ("Hextile", "5"),
+    ] {
+        let url = format!(
+            "http://127.0.0.1:{port}/console.html?password=s3cret&encodings={list},-223,-224,-258"
+        );
+        let seen = browse(&home, &url, dir.path(), &[]);
+        assert_console(&seen, &pic, &format!("noVNC 1.7 over ws, {name}"));
+    }
+    let log = s.log();
+    assert!(
+        log.contains("encoding TightPng, compression level"),
         "{log}"
     );
     // a wrong password is refused like on the TCP port
@@ -160,7 +191,8 @@ fn novnc_in_chromium_over_ws_and_wss() {
         dir.path(),
         &["--type", "a1", "--press", "Shift+KeyZ", "--click", "10,10"],
     );
-    assert_console(&seen, &pic, "noVNC 1.7 over wss, Plain");
+    assert_eq!(seen.state, "connected", "{}", seen.stderr);
+    assert!(psnr(seen.canvas.as_ref().unwrap(), &pic) >= JPEG_PSNR);
     assert_input(&mut s, "wss");
     let log = s.log();
     assert!(log.contains("(wss)"), "{log}");
@@ -189,7 +221,10 @@ fn novnc_in_chromium_over_ws_and_wss() {
         dir.path(),
         &["--novnc-app"],
     );
-    assert_console(&seen, &pic, "Debian's noVNC (vnc.html) over wss, VncAuth");
+    assert_eq!(seen.state, "connected", "{}", seen.stderr);
+    let db = psnr(seen.canvas.as_ref().unwrap(), &pic);
+    eprintln!("Debian's noVNC 1.3 (its own UI), Tight with JPEG: PSNR {db:.1} dB");
+    assert!(db >= JPEG_PSNR, "PSNR {db:.1} dB");
     s.proc.assert_alive();
 }
 
@@ -216,7 +251,8 @@ fn novnc_through_websockify_in_front_of_the_tcp_port() {
         dir.path(),
         &[],
     );
-    assert_console(&seen, &pic, "noVNC 1.7 through websockify");
+    assert_eq!(seen.state, "connected", "{}", seen.stderr);
+    assert!(psnr(seen.canvas.as_ref().unwrap(), &pic) >= JPEG_PSNR);
     ws.assert_alive();
 }
 

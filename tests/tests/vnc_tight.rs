@@ -16,21 +16,6 @@ use std::time::{Duration, Instant};
 use kvmio_tests::vnc::*;
 use kvmio_tests::{Proc, Runtime, tempdir};
 
-/// Peak signal-to-noise ratio between two pictures of the same size, in dB.
-fn psnr(a: &Rgb, b: &Rgb) -> f64 {
-    assert_eq!((a.width, a.height), (b.width, b.height));
-    let se: f64 = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
-    if se == 0.0 {
-        return f64::INFINITY;
-    }
-    10.0 * (255.0f64 * 255.0 / (se / a.data.len() as f64)).log10()
-}
-
 /// A photo-like picture: smooth colour ramps with a little noise.
 fn photo(width: usize, height: usize) -> Rgb {
     let mut rng = 0x1234_5678u32;
