@@ -490,3 +490,54 @@ fn our_client_over_ws_wss_and_websockify() {
     assert_same_image(&read_png(&out), &pic, "kvmio through websockify");
     w.assert_alive();
 }
+
+/// JPEG pass-through to the browser: a frame that already is a JPEG (`--image photo.jpg`, as
+/// an MJPEG capture gives) reaches noVNC (Tight, JPEG quality 6) as those bytes, decoded by
+/// Chromium: close to what the server decoded for everybody else, and counted as passed
+/// through, not encoded again.
+#[test]
+fn a_jpeg_frame_reaches_novnc_as_it_is() {
+    use rfb_core::jpeg::{JpegEncoder, RustJpegEncoder, Subsampling};
+    let dir = tempdir();
+    let pic = test_picture(320, 200, 15);
+    let mut jpeg = Vec::new();
+    RustJpegEncoder
+        .encode(&pic.data, 320, 200, 90, Subsampling::None, &mut jpeg)
+        .unwrap();
+    let file = dir.path().join("p.jpg");
+    std::fs::write(&file, &jpeg).unwrap();
+    let root = console_root(dir.path());
+    let home = browser_home(dir.path(), None);
+    let mut s = VncServer::start(
+        Runtime::Threads,
+        &[
+            "--image",
+            file.to_str().unwrap(),
+            "--vnc-websocket",
+            "127.0.0.1:0",
+            "--web",
+            root.to_str().unwrap(),
+        ],
+    );
+    let port = websocket_port(&mut s);
+    let raw = dir.path().join("raw.png");
+    capture(&s.url(), &raw, &["--encodings", "raw"]).expect_ok();
+    let decoded = read_png(&raw);
+    let seen = browse(
+        &home,
+        &format!("http://127.0.0.1:{port}/console.html"),
+        dir.path(),
+        &[],
+    );
+    assert_eq!(seen.state, "connected", "{}", seen.stderr);
+    let db = psnr(seen.canvas.as_ref().unwrap(), &decoded);
+    eprintln!("the passed-through JPEG in Chromium against kvmio's decoding: {db:.1} dB");
+    assert!(db >= 40.0, "PSNR {db:.1} dB");
+    let log = s
+        .proc
+        .wait_log("JPEG frames passed through", Duration::from_secs(10));
+    assert!(
+        log.contains(", 0 JPEG, 0 PNG, 1 JPEG frames passed through"),
+        "{log}"
+    );
+}

@@ -305,3 +305,45 @@ fn our_client_decodes_qemu_tight() {
     );
     assert_same_image(&tight, &dump, "Tight capture of QEMU");
 }
+
+/// JPEG pass-through: `--image photo.jpg` (a frame that already is a JPEG, as an MJPEG capture
+/// gives) reaches a client that takes Tight JPEG as those very bytes. Our client decodes them
+/// with the same decoder the server used for everybody else, so the Tight capture equals the
+/// Raw one pixel for pixel, and the server counts the frame as passed through, not encoded.
+#[test]
+fn a_jpeg_frame_passes_through() {
+    use rfb_core::jpeg::{JpegEncoder, RustJpegEncoder, Subsampling};
+    let dir = tempdir();
+    let pic = photo(320, 240);
+    let mut jpeg = Vec::new();
+    RustJpegEncoder
+        .encode(&pic.data, 320, 240, 85, Subsampling::Quarter, &mut jpeg)
+        .unwrap();
+    let file = dir.path().join("photo.jpg");
+    std::fs::write(&file, &jpeg).unwrap();
+    let mut s = VncServer::start(Runtime::Threads, &["--image", file.to_str().unwrap()]);
+    let raw = dir.path().join("raw.png");
+    capture(&s.url(), &raw, &["--encodings", "raw"]).expect_ok();
+    let raw = read_png(&raw);
+    assert!(psnr(&raw, &pic) > 30.0, "the server decoded the JPEG");
+    let tight = dir.path().join("tight.png");
+    let o = capture(
+        &s.url(),
+        &tight,
+        &["--encodings", "tight", "--quality", "6"],
+    )
+    .expect_ok();
+    assert_same_image(&read_png(&tight), &raw, "Tight JPEG pass-through");
+    let log = s
+        .proc
+        .wait_log("JPEG frames passed through", Duration::from_secs(10));
+    let c = tight_counts(&log);
+    assert_eq!(count(&c, "JPEG frames passed through"), 1, "{log}");
+    assert_eq!(count(&c, "JPEG"), 0, "{log}");
+    eprintln!("{}", o.text());
+    // without a quality the client gets no JPEG: the pixels, encoded losslessly
+    let lossless = dir.path().join("lossless.png");
+    capture(&s.url(), &lossless, &["--encodings", "tight"]).expect_ok();
+    assert_same_image(&read_png(&lossless), &raw, "Tight without JPEG");
+    s.proc.assert_alive();
+}

@@ -164,6 +164,9 @@ pub struct TightStats {
     pub jpeg: u64,
     /// PNG (TightPNG).
     pub png: u64,
+    /// JPEG frames sent as they came ([`UpdateSource::jpeg`](super::UpdateSource::jpeg)),
+    /// without decoding and encoding again.
+    pub jpeg_passthrough: u64,
 }
 
 /// Per-connection Tight state: the four zlib streams, the JPEG encoder, reusable buffers.
@@ -609,6 +612,63 @@ pub(crate) fn gradient(rgb: &[u8], w: usize, h: usize, out: &mut Vec<u8>) {
 }
 
 impl Server {
+    /// Whether the update for `src` is its JPEG as it is: the client's encoding is Tight or
+    /// TightPNG, it may get JPEG, and the frame fits one Tight rectangle.
+    pub(crate) fn jpeg_passthrough(&self, src: &super::UpdateSource<'_>) -> bool {
+        let fb = &src.framebuffer;
+        src.jpeg
+            .is_some_and(|j| j.len() <= MAX_COMPACT_LEN as usize)
+            && matches!(self.prefs.encoding, Encoding::Tight | Encoding::TightPng)
+            && self.tight_jpeg_params().is_some()
+            && fb.width() <= MAX_WIDTH
+            && fb.width() > 0
+            && fb.height() > 0
+    }
+
+    /// Writes the pass-through rectangle from byte `sent` of it on (header, JPEG control
+    /// byte, compact length, the JPEG); `None` if not even the header fits, else `(written,
+    /// finished)`.
+    pub(crate) fn write_passthrough(
+        &mut self,
+        jpeg: &[u8],
+        sent: usize,
+        out: &mut [u8],
+    ) -> Option<(usize, bool)> {
+        let mut head = [0u8; RectHeaderRepr::LEN + 1 + 3];
+        RectHeaderRepr {
+            rect: Rect::new(0, 0, self.width, self.height),
+            encoding: if self.prefs.encoding == Encoding::TightPng {
+                Encoding::TightPng
+            } else {
+                Encoding::Tight
+            },
+        }
+        .emit(&mut head);
+        head[RectHeaderRepr::LEN] = JPEG;
+        let n = emit_compact_len(jpeg.len() as u32, &mut head[RectHeaderRepr::LEN + 1..]);
+        let head = &head[..RectHeaderRepr::LEN + 1 + n];
+        let mut pos = 0;
+        if sent == 0 {
+            if out.len() < head.len() {
+                return None;
+            }
+            out[..head.len()].copy_from_slice(head);
+            pos = head.len();
+        }
+        let from = sent.saturating_sub(head.len());
+        let n = (jpeg.len() - from).min(out.len() - pos);
+        out[pos..pos + n].copy_from_slice(&jpeg[from..from + n]);
+        pos += n;
+        let done = from + n == jpeg.len();
+        if done {
+            let t = self
+                .tight
+                .get_or_insert_with(|| Box::new(TightEncoder::new()));
+            t.stats.jpeg_passthrough += 1;
+        }
+        Some((pos, done))
+    }
+
     /// How many Tight and TightPNG rectangles of each kind this connection sent so far.
     pub fn tight_stats(&self) -> TightStats {
         self.tight.as_ref().map(|t| t.stats).unwrap_or_default()
@@ -617,16 +677,21 @@ impl Server {
     /// The JPEG settings for this client, if it may get JPEG (a quality asked for, a
     /// true-colour format of 16 or 32 bits per pixel, an encoder).
     pub(crate) fn tight_jpeg(&self) -> Option<(JpegParams, JpegEncoderFactory)> {
+        Some((self.tight_jpeg_params()?, self.jpeg?))
+    }
+
+    /// Whether this client takes JPEG (a quality asked for, a true-colour format of 16 or 32
+    /// bits per pixel), encoder or not.
+    fn tight_jpeg_params(&self) -> Option<JpegParams> {
         let pf = &self.client_format;
         if !pf.true_colour || !matches!(pf.bits_per_pixel, 16 | 32) {
             return None;
         }
-        let p = jpeg_params(
+        jpeg_params(
             self.prefs.quality,
             self.prefs.fine_quality,
             self.prefs.subsampling,
-        )?;
-        Some((p, self.jpeg?))
+        )
     }
 
     /// Writes (part of) the Tight rectangles of `r`; returns `(bytes written, finished)`.

@@ -53,6 +53,12 @@ pub struct UpdateSource<'a> {
     pub desktop_name: Option<&'a [u8]>,
     /// Screen layout for ExtendedDesktopSize (≤ 16; empty means one screen covering everything).
     pub screens: &'a [Screen],
+    /// The whole framebuffer as a JPEG file, as a capture device delivered it (MJPEG) or as
+    /// it was read. A client that takes Tight (or TightPNG) JPEG gets it as it is, one
+    /// rectangle covering the framebuffer, instead of the damage encoded anew (JPEG
+    /// pass-through, `alloc`); other clients get the damage from `framebuffer` as usual. The
+    /// caller vouches that it is the same picture.
+    pub jpeg: Option<&'a [u8]>,
 }
 
 impl<'a> UpdateSource<'a> {
@@ -64,6 +70,7 @@ impl<'a> UpdateSource<'a> {
             cursor: None,
             desktop_name: None,
             screens: &[],
+            jpeg: None,
         }
     }
 }
@@ -162,6 +169,8 @@ pub(crate) struct UpdateState {
     damage: usize,
     rect: RectState,
     encoding: Encoding,
+    /// The update is `src.jpeg` as one Tight JPEG rectangle; bytes of it sent so far.
+    passthrough: Option<usize>,
 }
 
 impl UpdateState {
@@ -274,7 +283,14 @@ impl Server {
         }
         let encoding = self.prefs.encoding;
         let mut rects = pseudo.count_ones();
-        for d in src.damage {
+        #[cfg(feature = "alloc")]
+        let passthrough = self.jpeg_passthrough(src);
+        #[cfg(not(feature = "alloc"))]
+        let passthrough = false;
+        if passthrough {
+            rects += 1;
+        }
+        for d in src.damage.iter().filter(|_| !passthrough) {
             if self.as_copy(d, fb).is_some() {
                 rects += 1;
             } else {
@@ -301,6 +317,7 @@ impl Server {
             damage: 0,
             rect: RectState::Start,
             encoding,
+            passthrough: passthrough.then_some(0),
         };
         Ok((st, resized))
     }
@@ -323,6 +340,7 @@ impl Server {
         let (st, resized) = self.plan_update(src).ok()?;
         let fb = &src.framebuffer;
         if resized
+            || st.passthrough.is_some()
             || st.pseudo != 0
             || st.last_rect
             || src.damage.iter().any(|d| self.as_copy(d, fb).is_some())
@@ -413,6 +431,22 @@ impl Server {
                     }
                 }
                 Stage::Damage => {
+                    #[cfg(feature = "alloc")]
+                    if let Some(sent) = st.passthrough {
+                        let jpeg = src.jpeg.ok_or(CommandError::InvalidArgument)?;
+                        match self.write_passthrough(jpeg, sent, &mut out[pos..]) {
+                            Some((n, done)) => {
+                                pos += n;
+                                st.passthrough = Some(sent + n);
+                                if !done {
+                                    break false;
+                                }
+                                st.stage = Stage::LastRect;
+                                continue;
+                            }
+                            None => break false,
+                        }
+                    }
                     if st.damage >= src.damage.len() {
                         st.stage = Stage::LastRect;
                         continue;

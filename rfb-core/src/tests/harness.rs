@@ -125,6 +125,8 @@ pub(crate) struct Pair {
     pub(crate) server_events: Vec<String>,
     pub(crate) client_events: Vec<String>,
     pub(crate) damage: Vec<Damage>,
+    /// The framebuffer as a JPEG, lent with the updates (`UpdateSource::jpeg`).
+    pub(crate) jpeg: Option<Vec<u8>>,
     pub(crate) out_chunk: usize,
     pub(crate) tls_server: bool,
     pub(crate) tls_client: bool,
@@ -162,6 +164,7 @@ impl Pair {
             server_events: Vec::new(),
             client_events: Vec::new(),
             damage: Vec::new(),
+            jpeg: None,
             out_chunk: 4096,
             tls_server: false,
             tls_client: false,
@@ -349,7 +352,8 @@ impl Pair {
             self.drain_server();
             if self.server.wants_update() && !self.damage.is_empty() {
                 let damage = self.damage.clone();
-                let src = UpdateSource::new(self.server_fb.fb(), &damage);
+                let mut src = UpdateSource::new(self.server_fb.fb(), &damage);
+                src.jpeg = self.jpeg.as_deref();
                 let mut out = vec![0u8; self.out_chunk];
                 loop {
                     let st = self.server.encode_update(&src, &mut out).unwrap();

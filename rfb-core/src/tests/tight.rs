@@ -1212,3 +1212,87 @@ fn fuzz_entry_points_decode_tight() {
         assert_eq!(crate::fuzzing::client_messages(&msgs), 1, "{c:?}");
     }
 }
+
+/// A frame that already is a JPEG (an MJPEG capture) goes to a Tight JPEG client as it is: one
+/// rectangle over the framebuffer carrying exactly those bytes, decoded by the client; clients
+/// without JPEG (no quality asked, Raw, ZRLE) get the pixels as usual.
+#[test]
+#[cfg(all(feature = "jpeg-encode", feature = "jpeg-decode"))]
+fn a_jpeg_frame_passes_through_to_jpeg_clients() {
+    let (w, h) = (200u16, 120u16);
+    let fb = || fb_of(w, h, photo);
+    // the "captured" JPEG of the same picture
+    let rgb: Vec<u8> = {
+        let p = Pair::new(Auth::None, fb(), PixelFormat::RGB888);
+        p.expected_client_fb(&PixelFormat::RGB888)
+            .chunks_exact(4)
+            .flat_map(|px| [px[2], px[1], px[0]])
+            .collect()
+    };
+    let mut jpeg = Vec::new();
+    use crate::jpeg::JpegEncoder as _;
+    crate::jpeg::RustJpegEncoder
+        .encode(&rgb, w, h, 90, crate::jpeg::Subsampling::None, &mut jpeg)
+        .unwrap();
+    let with = |encodings: &[Encoding]| {
+        let mut p = Pair::new(Auth::None, fb(), PixelFormat::RGB888);
+        p.run();
+        p.client.set_encodings(encodings).unwrap();
+        p.run();
+        let at = p.rec_s2c.len();
+        p.jpeg = Some(jpeg.clone());
+        p.client
+            .request_update(false, Rect::new(0, 0, w, h))
+            .unwrap();
+        p.damage = vec![Damage::Changed(Rect::new(0, 0, w, h))];
+        p.run();
+        let update = p.rec_s2c[at..].to_vec();
+        (p, update)
+    };
+    // (TightPNG takes the same path; our client does not decode TightPNG to show it)
+    {
+        let e = Encoding::Tight;
+        let (p, update) = with(&[e, Encoding::jpeg_quality(5)]);
+        // FramebufferUpdate of one rectangle: (0, 0, w, h), JPEG, compact length, the bytes
+        assert_eq!(be16(&update, 2), 1, "{e:?}");
+        let h0 = RectHeaderRepr::parse(&update[4..]).unwrap();
+        assert_eq!((h0.rect, h0.encoding), (Rect::new(0, 0, w, h), e));
+        let body = &update[4 + RectHeaderRepr::LEN..];
+        assert_eq!(body[0], crate::wire::tight::JPEG);
+        let n = compact(jpeg.len()).len();
+        assert_eq!(&body[1..1 + n], &compact(jpeg.len())[..]);
+        assert!(body[1 + n..] == jpeg[..], "{e:?}: not the captured bytes");
+        let t = p.server.tight_stats();
+        assert_eq!((t.jpeg_passthrough, t.jpeg), (1, 0), "{e:?}");
+        // our client decoded it: close to the picture
+        let q = psnr(&p.client_fb, &p.expected_client_fb(&PixelFormat::RGB888));
+        assert!(q >= 35.0, "PSNR {q:.1}");
+    }
+    // without JPEG: encoded from the pixels, exact
+    for encodings in [
+        &[Encoding::Tight][..],
+        &[Encoding::Raw, Encoding::jpeg_quality(5)][..],
+        &[Encoding::Zrle, Encoding::jpeg_quality(5)][..],
+    ] {
+        let (p, _) = with(encodings);
+        assert_exact(&p, &PixelFormat::RGB888, &format!("{encodings:?}"));
+        assert_eq!(p.server.tight_stats().jpeg_passthrough, 0);
+    }
+    // split invariance: the same bytes whatever the encode buffer
+    let (_, a) = with(&[Encoding::Tight, Encoding::jpeg_quality(5)]);
+    let mut p = Pair::new(Auth::None, fb(), PixelFormat::RGB888);
+    p.out_chunk = crate::server::MIN_ENCODE_BUFFER;
+    p.run();
+    p.client
+        .set_encodings(&[Encoding::Tight, Encoding::jpeg_quality(5)])
+        .unwrap();
+    p.run();
+    let at = p.rec_s2c.len();
+    p.jpeg = Some(jpeg.clone());
+    p.client
+        .request_update(false, Rect::new(0, 0, w, h))
+        .unwrap();
+    p.damage = vec![Damage::Changed(Rect::new(0, 0, w, h))];
+    p.run();
+    assert!(p.rec_s2c[at..] == a[..]);
+}

@@ -274,6 +274,7 @@ fn pseudo_encodings_resize_name_cursor_key() {
         }),
         desktop_name: Some(b"renamed"),
         screens: &[],
+        jpeg: None,
     };
     assert!(p.server.wants_update());
     let mut out = vec![0u8; 4096];

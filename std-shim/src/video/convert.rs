@@ -155,6 +155,9 @@ fn mjpeg(f: &Negotiated, bytes: &[u8], out: &mut Image) -> Result<()> {
     for (d, s) in out.data.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
         d.copy_from_slice(&[s[2], s[1], s[0], 0]);
     }
+    // Kept for the viewers that take it as it is (with the AVI1 marker, when the tables were
+    // left out, so that any decoder knows the standard ones apply).
+    out.jpeg = Some(std::sync::Arc::from(data));
     Ok(())
 }
 
@@ -310,7 +313,13 @@ mod tests {
         assert!(bare.len() < jpeg.len() && lacks_tables(&bare) && !lacks_tables(&jpeg));
         let mut img2 = Image::new(1, 1);
         convert(&f, &bare, &mut img2).unwrap();
-        assert_eq!(img, img2);
+        assert_eq!(img.data, img2.data);
+        // the frames are kept for JPEG pass-through: as they came, or with the AVI1 marker
+        // that tells any decoder the standard tables apply (and decode to the same picture)
+        assert_eq!(img.jpeg.as_deref(), Some(&jpeg[..]));
+        let kept = img2.jpeg.clone().unwrap();
+        assert!(kept.windows(4).any(|w| w == b"AVI1") && !lacks_tables(&kept));
+        assert_eq!(Image::decode_jpeg(&kept).unwrap().data, img.data);
         // a frame of another size, and garbage, are errors
         let small = Negotiated { width: 32, ..f };
         assert!(convert(&small, &jpeg, &mut img2).is_err());

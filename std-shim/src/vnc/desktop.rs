@@ -22,6 +22,9 @@ pub struct Image {
     pub height: u16,
     /// `width * height * 4` bytes, `B, G, R, 0` per pixel.
     pub data: Vec<u8>,
+    /// The same picture as the JPEG it was decoded from (an MJPEG capture, a `.jpg` image):
+    /// viewers that take Tight JPEG get these bytes as they are (`UpdateSource::jpeg`).
+    pub jpeg: Option<Arc<[u8]>>,
 }
 
 impl Image {
@@ -31,6 +34,7 @@ impl Image {
             width,
             height,
             data: vec![0; usize::from(width) * usize::from(height) * 4],
+            jpeg: None,
         }
     }
 
@@ -67,7 +71,39 @@ impl Image {
             width,
             height,
             data,
+            jpeg: None,
         })
+    }
+
+    /// Loads a PNG or a JPEG file (by its first bytes). A JPEG is decoded with zune-jpeg and
+    /// kept as it is for the viewers that take Tight JPEG ([`Image::jpeg`]).
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        if bytes.starts_with(&[0xff, 0xd8]) {
+            Self::decode_jpeg(&bytes).with_context(|| format!("image {}", path.display()))
+        } else {
+            Self::decode_png(std::io::Cursor::new(bytes))
+                .with_context(|| format!("image {}", path.display()))
+        }
+    }
+
+    /// Decodes a JPEG (at most 8192 × 8192 pixels), keeping its bytes.
+    pub fn decode_jpeg(bytes: &[u8]) -> Result<Self> {
+        use zune_core::bytestream::ZCursor;
+        use zune_core::colorspace::ColorSpace;
+        use zune_core::options::DecoderOptions;
+        let options = DecoderOptions::default()
+            .jpeg_set_out_colorspace(ColorSpace::RGB)
+            .set_max_width(8192)
+            .set_max_height(8192);
+        let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        let rgb = d
+            .decode()
+            .map_err(|e| anyhow::anyhow!("a bad JPEG: {e:?}"))?;
+        let info = d.info().ok_or_else(|| anyhow::anyhow!("a bad JPEG"))?;
+        let mut img = Self::from_rgb8(info.width, info.height, &rgb)?;
+        img.jpeg = Some(Arc::from(bytes));
+        Ok(img)
     }
 
     /// Loads a PNG file. Every PNG colour type and bit depth is accepted: palettes and grey

@@ -707,7 +707,9 @@ impl VncServerSession {
         let img = fbuf.image();
         let fb = Framebuffer::new(&img.data, img.width, img.height, img.stride(), NATIVE)
             .map_err(|e| anyhow!("{e}"))?;
-        let src = UpdateSource::new(fb, &damage);
+        let mut src = UpdateSource::new(fb, &damage);
+        // A frame that came as a JPEG goes as it is to viewers that take Tight JPEG.
+        src.jpeg = img.jpeg.as_deref();
         // A captured frame is the same for every viewer: an update that holds only its pixels
         // in a stateless encoding is encoded by the first viewer that needs it and copied by
         // the others that need the same areas in the same format.
@@ -849,8 +851,15 @@ impl Session for VncServerSession {
                 } else {
                     format!(
                         "; Tight rectangles: {} fill, {} mono, {} indexed, {} full colour, \
-                         {} gradient, {} JPEG, {} PNG",
-                        t.fill, t.mono, t.indexed, t.full_colour, t.gradient, t.jpeg, t.png
+                         {} gradient, {} JPEG, {} PNG, {} JPEG frames passed through",
+                        t.fill,
+                        t.mono,
+                        t.indexed,
+                        t.full_colour,
+                        t.gradient,
+                        t.jpeg,
+                        t.png,
+                        t.jpeg_passthrough
                     )
                 };
                 let copies = if self.copies > 0 {

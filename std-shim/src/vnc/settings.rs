@@ -135,7 +135,7 @@ impl VncSettings<'_> {
         let desktop = match (self.video, self.image) {
             (Some(_), Some(_)) => bail!("give a capture device or an image, not both"),
             (Some(v), None) => Desktop::Video(crate::video::Hub::start(v.clone())),
-            (None, Some(p)) => Desktop::Still(Arc::new(Image::load_png(p)?)),
+            (None, Some(p)) => Desktop::Still(Arc::new(Image::load(p)?)),
             (None, None) => {
                 let (width, height) = parse_geometry(self.size)?;
                 Desktop::Pattern { width, height }
