@@ -46,9 +46,10 @@ fn assert_console(seen: &Seen, pic: &Rgb, what: &str) {
 /// The browser's keys and clicks in the server's log (the log input sink), in order.
 #[track_caller]
 fn assert_input(s: &mut VncServer, what: &str) {
-    let log = s
-        .proc
-        .wait_log("pointer buttons 0b00000000", Duration::from_secs(10));
+    let log = s.proc.wait_log(
+        "pointer buttons 0b00000000 at 30,20",
+        Duration::from_secs(10),
+    );
     let keys: Vec<&str> = log
         .lines()
         .filter_map(|l| l.split_once("] ").map(|(_, m)| m))
@@ -56,6 +57,7 @@ fn assert_input(s: &mut VncServer, what: &str) {
         .collect();
     // "a1" typed, then Shift+Z: QEMU extended key events (noVNC sends them when the server
     // offers them), keysyms with the key's position; then a click at (10, 10) on the canvas
+    // and the wheel at (30, 20)
     let expect = [
         "key 'a' (0x0061) (scancode 0x1e) down",
         "key 'a' (0x0061) (scancode 0x1e) up",
@@ -67,6 +69,9 @@ fn assert_input(s: &mut VncServer, what: &str) {
         "key Shift (scancode 0x2a) up",
         "pointer buttons 0b00000001 at 10,10",
         "pointer buttons 0b00000000 at 10,10",
+        // the wheel turned down: button 5 pressed and released
+        "pointer buttons 0b00010000 at 30,20",
+        "pointer buttons 0b00000000 at 30,20",
     ];
     let mut it = keys.iter();
     for e in expect {
@@ -111,7 +116,16 @@ fn novnc_in_chromium_over_ws_and_wss() {
         &home,
         &url,
         dir.path(),
-        &["--type", "a1", "--press", "Shift+KeyZ", "--click", "10,10"],
+        &[
+            "--type",
+            "a1",
+            "--press",
+            "Shift+KeyZ",
+            "--click",
+            "10,10",
+            "--wheel",
+            "30,20",
+        ],
     );
     // noVNC's own choice: Tight with JPEG quality 6
     assert_eq!(seen.state, "connected", "{}", seen.stderr);
@@ -189,7 +203,16 @@ fn novnc_in_chromium_over_ws_and_wss() {
         &home,
         &format!("https://127.0.0.1:{port}/console.html?user=ada&password=lovelace"),
         dir.path(),
-        &["--type", "a1", "--press", "Shift+KeyZ", "--click", "10,10"],
+        &[
+            "--type",
+            "a1",
+            "--press",
+            "Shift+KeyZ",
+            "--click",
+            "10,10",
+            "--wheel",
+            "30,20",
+        ],
     );
     assert_eq!(seen.state, "connected", "{}", seen.stderr);
     assert!(psnr(seen.canvas.as_ref().unwrap(), &pic) >= JPEG_PSNR);
