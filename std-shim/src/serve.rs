@@ -141,7 +141,6 @@ impl Serve {
         };
         let o = &self.options;
         let tls = o.tls.clone().filter(|_| o.policy != TlsPolicy::Off);
-        let security = crate::web::websocket_security(&shared.config().security, tls.is_some())?;
         self.websocket = first_tcp(&endpoints);
         self.services.push(crate::web::service(
             shared,
@@ -149,11 +148,10 @@ impl Serve {
                 endpoints,
                 tls,
                 web,
-                security,
                 max_connections: o.max_connections,
                 backlog: o.backlog,
             },
-        ));
+        )?);
         Ok(())
     }
 

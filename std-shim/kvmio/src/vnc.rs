@@ -64,8 +64,6 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
         },
     )];
     if !a.web.vnc_websocket.is_empty() {
-        let security =
-            std_shim::web::websocket_security(&shared.config().security, tls_config.is_some())?;
         all.push(std_shim::web::service(
             shared,
             std_shim::web::WebServiceOptions {
@@ -77,21 +75,16 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
                     .as_deref()
                     .map(std_shim::web::WebRoot::new)
                     .transpose()?,
-                security,
                 max_connections: a.max_connections,
                 backlog: a.backlog,
             },
-        ));
+        )?);
     }
     let control = Arc::new(ServerControl::default());
     stop_on_signals(&control)?;
     services::run(all, a.runtime, control, |label, what, bound| {
         for b in bound {
-            if label == "vnc" {
-                eprintln!("kvmio: vnc serving {what} on {b}");
-            } else {
-                eprintln!("kvmio: {label} serving {what} on {b}");
-            }
+            eprintln!("kvmio: {label} serving {what} on {b}");
         }
     })?;
     eprintln!("kvmio: stopped");

@@ -4,17 +4,16 @@
 use anyhow::{Result, anyhow, bail};
 use tls_glue::ws::{CloseCode, Event, WebSocket, WsConfig};
 
+use super::framed::Framed;
 use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
 
 /// `inner` over a WebSocket to `host` (the `Host` header) and `path`; `wss`: TLS first (the
 /// pump's TLS starter connects it).
 pub struct WsClientSession<S> {
-    ws: WebSocket,
+    link: Framed,
     inner: S,
     wss: bool,
     tls_started: bool,
-    open: bool,
-    inner_out: OutBuf,
     done: bool,
     tls: Option<String>,
 }
@@ -27,12 +26,17 @@ impl<S: Session> WsClientSession<S> {
         getrandom::fill(&mut nonce).map_err(|e| anyhow!("OS random source: {e}"))?;
         getrandom::fill(&mut seed).map_err(|e| anyhow!("OS random source: {e}"))?;
         Ok(Self {
-            ws: WebSocket::client(WsConfig::default(), host, path, Some("binary"), nonce, seed),
+            link: Framed::new(WebSocket::client(
+                WsConfig::default(),
+                host,
+                path,
+                Some("binary"),
+                nonce,
+                seed,
+            )),
             inner,
             wss,
             tls_started: false,
-            open: false,
-            inner_out: OutBuf::default(),
             done: false,
             tls: None,
         })
@@ -41,15 +45,6 @@ impl<S: Session> WsClientSession<S> {
     /// The session inside, and the TLS protocol and cipher of wss.
     pub fn into_parts(self) -> (S, Option<String>) {
         (self.inner, self.tls)
-    }
-
-    fn flush_ws(&mut self, out: &mut OutBuf) {
-        let p = self.ws.pending_transmit();
-        if !p.is_empty() {
-            out.extend(p);
-            let n = p.len();
-            self.ws.transmit_done(n);
-        }
     }
 }
 
@@ -68,31 +63,28 @@ impl<S: Session> Session for WsClientSession<S> {
                 control: Control::Close,
             });
         }
-        self.flush_ws(out);
+        self.link.flush(out);
         let mut consumed = 0;
         loop {
-            let n = match self.ws.handle_input(&input[consumed..]) {
+            let n = match self.link.ws.handle_input(&input[consumed..]) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.flush_ws(out);
+                    self.link.flush(out);
                     bail!("{e}");
                 }
             };
             consumed += n;
-            self.flush_ws(out);
-            while let Some(e) = self.ws.poll_event() {
+            self.link.flush(out);
+            while let Some(e) = self.link.ws.poll_event() {
                 match e {
-                    Event::Open { .. } => {
-                        log::info!("WebSocket open");
-                        self.open = true;
-                    }
+                    Event::Open { .. } => log::info!("WebSocket open"),
                     Event::Closed { code } => {
                         log::info!(
                             "the server closed the WebSocket ({})",
                             code.map(|c| c.to_string())
                                 .unwrap_or_else(|| "no status".into())
                         );
-                        self.flush_ws(out);
+                        self.link.flush(out);
                         self.done = true;
                         self.inner.eof()?;
                         return Ok(Processed {
@@ -103,27 +95,13 @@ impl<S: Session> Session for WsClientSession<S> {
                     Event::Http(_) => bail!("an HTTP request from the server"),
                 }
             }
-            if self.open {
-                let p = self.inner.process(self.ws.payload(), &mut self.inner_out)?;
-                self.ws.consume_payload(p.consumed);
-                self.inner_out
-                    .materialize()
-                    .map_err(|e| anyhow!("read a file segment: {e}"))?;
-                let data = self.inner_out.as_slice();
-                if !data.is_empty() {
-                    let len = self.ws.framed_len(data.len());
-                    let w = self
-                        .ws
-                        .frame(data, out.tail(len))
-                        .map_err(|e| anyhow!("{e}"))?;
-                    out.commit(w);
-                }
-                self.inner_out.clear();
+            if self.link.ws.is_open() {
+                let p = self.link.pass(&mut self.inner, out)?;
                 match p.control {
                     Control::Continue => {}
                     Control::Close => {
-                        self.ws.close(CloseCode::NORMAL, "");
-                        self.flush_ws(out);
+                        self.link.ws.close(CloseCode::NORMAL, "");
+                        self.link.flush(out);
                         self.done = true;
                         return Ok(Processed {
                             consumed,
@@ -137,7 +115,7 @@ impl<S: Session> Session for WsClientSession<S> {
                         )
                     }
                 }
-                if p.consumed > 0 && !self.ws.payload().is_empty() {
+                if p.consumed > 0 && !self.link.ws.payload().is_empty() {
                     continue;
                 }
             }
@@ -162,7 +140,7 @@ impl<S: Session> Session for WsClientSession<S> {
         if self.done {
             return Ok(());
         }
-        self.ws.handle_eof().map_err(|e| anyhow!("{e}"))?;
+        self.link.ws.handle_eof().map_err(|e| anyhow!("{e}"))?;
         inner
     }
 

@@ -13,13 +13,14 @@
 
 pub mod client;
 pub mod files;
+mod framed;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use tls_glue::TlsServerConfig;
-use tls_glue::ws::{CloseCode, Event, WebSocket, WsConfig};
+use tls_glue::ws::{CloseCode, Event, WebSocket, WsConfig, error_response};
 
 use crate::io::Endpoint;
 use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
@@ -31,8 +32,6 @@ pub use files::WebRoot;
 
 /// A connection that has not finished a request or the upgrade by then is closed.
 pub const HTTP_IDLE: Duration = Duration::from_secs(30);
-/// Framed at most this much of the RFB session's output per WebSocket frame.
-const FRAME_CHUNK: usize = 1 << 20;
 
 /// The security types a WebSocket connection offers for a TCP port that offers `tcp`: inside
 /// wss the X509 types become the authentication they carry (the TLS is the WebSocket's); over
@@ -64,8 +63,6 @@ pub struct WebServiceOptions {
     pub tls: Option<TlsServerConfig>,
     /// Static files for requests that are not upgrades.
     pub web: Option<WebRoot>,
-    /// The security types inside (see [`websocket_security`]).
-    pub security: Vec<SecName>,
     /// Most connections at once.
     pub max_connections: usize,
     /// Listen backlog.
@@ -73,18 +70,20 @@ pub struct WebServiceOptions {
 }
 
 /// The WebSocket service for the VNC console whose connections share `shared` (viewers,
-/// input, the failed-login throttle) with its TCP port.
-pub fn service(shared: Arc<VncShared>, o: WebServiceOptions) -> Service {
+/// input, the failed-login throttle) with its TCP port; it offers the TCP port's security
+/// types as [`websocket_security`] maps them.
+pub fn service(shared: Arc<VncShared>, o: WebServiceOptions) -> Result<Service> {
+    let security = websocket_security(&shared.config().security, o.tls.is_some())?;
     let scheme = if o.tls.is_some() { "wss" } else { "ws" };
-    let names: Vec<String> = o.security.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = security.iter().map(ToString::to_string).collect();
     let mut what = format!("VNC over {scheme} ({})", names.join(", "));
     if let Some(w) = &o.web {
         what.push_str(&format!(", files from {}", w.dir().display()));
     }
     let wss = o.tls.is_some();
     let web = o.web.map(Arc::new);
-    let security = Arc::new(o.security);
-    Service {
+    let security = Arc::new(security);
+    Ok(Service {
         label: "vnc-websocket",
         what,
         endpoints: o.endpoints,
@@ -96,12 +95,12 @@ pub fn service(shared: Arc<VncShared>, o: WebServiceOptions) -> Service {
             Ok((Box::new(session) as BoxedSession, 64 * 1024))
         }),
         refusal: None,
-    }
+    })
 }
 
 /// One browser connection: TLS (wss), HTTP and WebSocket, then RFB.
 pub struct WebSession {
-    ws: WebSocket,
+    link: framed::Framed,
     wss: bool,
     tls_started: bool,
     shared: Arc<VncShared>,
@@ -109,11 +108,9 @@ pub struct WebSession {
     web: Option<Arc<WebRoot>>,
     peer: String,
     vnc: Option<VncServerSession>,
-    vnc_out: OutBuf,
     idle_until: Instant,
     /// Close once what is queued went out.
     closing: bool,
-    requests: u64,
 }
 
 impl WebSession {
@@ -126,7 +123,7 @@ impl WebSession {
         security: Arc<Vec<SecName>>,
     ) -> Self {
         Self {
-            ws: WebSocket::server(WsConfig::default()),
+            link: framed::Framed::new(WebSocket::server(WsConfig::default())),
             wss,
             tls_started: false,
             shared,
@@ -134,43 +131,14 @@ impl WebSession {
             web,
             peer,
             vnc: None,
-            vnc_out: OutBuf::default(),
             idle_until: Instant::now() + HTTP_IDLE,
             closing: false,
-            requests: 0,
         }
-    }
-
-    fn flush_ws(&mut self, out: &mut OutBuf) {
-        let p = self.ws.pending_transmit();
-        if !p.is_empty() {
-            out.extend(p);
-            let n = p.len();
-            self.ws.transmit_done(n);
-        }
-    }
-
-    /// Frames what the RFB session wrote.
-    fn frame_vnc(&mut self, out: &mut OutBuf) -> Result<()> {
-        self.vnc_out
-            .materialize()
-            .map_err(|e| anyhow!("read a file segment: {e}"))?;
-        let data = self.vnc_out.as_slice();
-        for chunk in data.chunks(FRAME_CHUNK) {
-            let n = self.ws.framed_len(chunk.len());
-            let w = self
-                .ws
-                .frame(chunk, out.tail(n))
-                .map_err(|e| anyhow!("{e}"))?;
-            out.commit(w);
-        }
-        self.vnc_out.clear();
-        Ok(())
     }
 
     fn close(&mut self, code: CloseCode, why: &str, out: &mut OutBuf) -> Processed {
-        self.ws.close(code, why);
-        self.flush_ws(out);
+        self.link.ws.close(code, why);
+        self.link.flush(out);
         self.closing = true;
         Processed {
             consumed: 0,
@@ -181,23 +149,16 @@ impl WebSession {
     fn on_event(&mut self, e: Event, out: &mut OutBuf) -> Result<Option<Control>> {
         match e {
             Event::Http(req) => {
-                self.requests += 1;
                 self.idle_until = Instant::now() + HTTP_IDLE;
                 let a = match &self.web {
                     Some(w) => w.answer(&req, out),
                     None => {
                         // No --web: only upgrades are served here.
-                        let body = "this port serves the VNC console over WebSocket only\n";
-                        out.extend(
-                            format!(
-                                "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\n\
-                                 Sec-WebSocket-Version: 13\r\nContent-Type: text/plain\r\n\
-                                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        );
-                        self.ws.http_done(false).map_err(|e| anyhow!("{e}"))?;
+                        out.extend(&error_response(
+                            426,
+                            "this port serves the VNC console over WebSocket only",
+                        ));
+                        self.link.ws.http_done(false).map_err(|e| anyhow!("{e}"))?;
                         log::info!("{}: {} {} → 426", self.peer, req.method, req.target);
                         return Ok(Some(Control::Close));
                     }
@@ -211,7 +172,7 @@ impl WebSession {
                     a.body
                 );
                 let keep = req.keep_alive && a.status != 414;
-                self.ws.http_done(keep).map_err(|e| anyhow!("{e}"))?;
+                self.link.ws.http_done(keep).map_err(|e| anyhow!("{e}"))?;
                 if !keep {
                     return Ok(Some(Control::Close));
                 }
@@ -244,7 +205,7 @@ impl WebSession {
                     // the viewer is gone: release what it held, as on EOF
                     let _ = v.eof();
                 }
-                self.flush_ws(out);
+                self.link.flush(out);
                 return Ok(Some(Control::Close));
             }
         }
@@ -269,14 +230,14 @@ impl Session for WebSession {
         }
         let mut consumed = 0;
         loop {
-            let n = match self.ws.handle_input(&input[consumed..]) {
+            let n = match self.link.ws.handle_input(&input[consumed..]) {
                 Ok(n) => n,
                 Err(e) => {
                     log::warn!("{}: {e}", self.peer);
                     if let Some(v) = self.vnc.as_mut() {
                         let _ = v.eof();
                     }
-                    self.flush_ws(out);
+                    self.link.flush(out);
                     self.closing = true;
                     return Ok(Processed {
                         consumed: input.len(),
@@ -285,12 +246,12 @@ impl Session for WebSession {
                 }
             };
             consumed += n;
-            self.flush_ws(out);
+            self.link.flush(out);
             let mut events = false;
-            while let Some(e) = self.ws.poll_event() {
+            while let Some(e) = self.link.ws.poll_event() {
                 events = true;
                 if let Some(c) = self.on_event(e, out)? {
-                    self.flush_ws(out);
+                    self.link.flush(out);
                     self.closing = true;
                     return Ok(Processed {
                         consumed: input.len(),
@@ -300,18 +261,13 @@ impl Session for WebSession {
             }
             // The RFB session: the payload so far, and whatever it wants to send anyway.
             if let Some(v) = self.vnc.as_mut() {
-                let payload = self.ws.payload();
-                let p = v.process(payload, &mut self.vnc_out);
-                let p = match p {
+                let p = match self.link.pass(v, out) {
                     Ok(p) => p,
                     Err(e) => {
                         log::warn!("{}: {e:#}", self.peer);
-                        let _ = self.frame_vnc(out);
                         return Ok(self.close(CloseCode::POLICY, "", out));
                     }
                 };
-                self.ws.consume_payload(p.consumed);
-                self.frame_vnc(out)?;
                 match p.control {
                     Control::Continue => {}
                     Control::Close => return Ok(self.close(CloseCode::NORMAL, "", out)),
@@ -320,7 +276,7 @@ impl Session for WebSession {
                         return Ok(self.close(CloseCode::POLICY, "", out));
                     }
                 }
-                if p.consumed > 0 && !self.ws.payload().is_empty() {
+                if p.consumed > 0 && !self.link.ws.payload().is_empty() {
                     continue;
                 }
             }
@@ -341,7 +297,7 @@ impl Session for WebSession {
 
     fn eof(&mut self) -> Result<()> {
         let vnc = self.vnc.as_mut().map(|v| v.eof());
-        match self.ws.handle_eof() {
+        match self.link.ws.handle_eof() {
             Ok(()) => vnc.unwrap_or(Ok(())),
             Err(e) if self.closing => {
                 log::debug!("{}: {e}", self.peer);
@@ -381,11 +337,13 @@ impl Session for WebSession {
 
     fn shutdown(&mut self, out: &mut OutBuf) -> Result<()> {
         if let Some(v) = self.vnc.as_mut() {
-            v.shutdown(&mut self.vnc_out)?;
-            self.frame_vnc(out)?;
+            v.shutdown(self.link.inner_out())?;
+            self.link.frame_inner(out)?;
         }
-        self.ws.close(CloseCode::GOING_AWAY, "server shutting down");
-        self.flush_ws(out);
+        self.link
+            .ws
+            .close(CloseCode::GOING_AWAY, "server shutting down");
+        self.link.flush(out);
         Ok(())
     }
 }

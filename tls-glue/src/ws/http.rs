@@ -167,8 +167,9 @@ pub(crate) fn parse_request(head: &[u8], config: &WsConfig) -> Result<Parsed, Ws
     Ok(Parsed::Upgrade { response, protocol })
 }
 
-/// A short error response that closes the connection.
-pub(crate) fn error_response(status: u16, why: &str) -> Vec<u8> {
+/// A short plain-text error response that closes the connection (426 also names the
+/// WebSocket version spoken).
+pub fn error_response(status: u16, why: &str) -> Vec<u8> {
     let reason = reason_phrase(status);
     let body_len = why.len() + 1;
     let mut r = Vec::with_capacity(160 + why.len());
