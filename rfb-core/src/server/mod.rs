@@ -71,6 +71,8 @@ mod encode;
 mod handshake;
 mod normal;
 #[cfg(feature = "alloc")]
+mod palette;
+#[cfg(feature = "alloc")]
 mod png;
 #[cfg(feature = "alloc")]
 mod tight;

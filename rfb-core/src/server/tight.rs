@@ -37,6 +37,7 @@ use alloc::vec::Vec;
 
 use super::Server;
 use super::encode::Source;
+use super::palette::Palette;
 use super::png::{PngPixels, write_png};
 use super::update::{RectState, UpdateState};
 use crate::error::CommandError;
@@ -70,7 +71,6 @@ const STREAM_MONO: usize = 1;
 const STREAM_INDEXED: usize = 2;
 const STREAM_GRADIENT: usize = 3;
 
-const NO_ENTRY: u16 = u16::MAX;
 /// Palette hash slots (a power of two, four times the largest palette).
 const SLOTS: usize = 1024;
 
@@ -184,21 +184,14 @@ pub(crate) struct TightEncoder {
     body: Vec<u8>,
     rgb: Vec<u8>,
     scratch: Vec<u8>,
-    slots: [u16; SLOTS],
-    keys: [u32; SLOTS],
-    palette: [u32; MAX_PALETTE],
-    plen: usize,
+    /// The piece's colours.
+    palette: Palette<SLOTS, MAX_PALETTE>,
 }
 
 impl core::fmt::Debug for TightEncoder {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("TightEncoder")
     }
-}
-
-#[inline]
-fn slot_of(p: u32) -> usize {
-    (p.wrapping_mul(0x9e37_79b1) >> 22) as usize
 }
 
 /// The client's pixel format seen as TPIXELs and RGB.
@@ -300,10 +293,7 @@ impl TightEncoder {
             body: Vec::new(),
             rgb: Vec::new(),
             scratch: Vec::new(),
-            slots: [NO_ENTRY; SLOTS],
-            keys: [0; SLOTS],
-            palette: [0; MAX_PALETTE],
-            plen: 0,
+            palette: Palette::new(),
         }
     }
 
@@ -315,46 +305,18 @@ impl TightEncoder {
     /// Counts the colours of `self.px` into the palette, stopping past `max`; returns whether
     /// they fit.
     fn census(&mut self, max: usize) -> bool {
-        self.slots = [NO_ENTRY; SLOTS];
-        self.plen = 0;
+        self.palette.clear();
         let mut last = None;
-        for i in 0..self.px.len() {
-            let p = self.px[i];
+        for &p in &self.px {
             if last == Some(p) {
                 continue;
             }
             last = Some(p);
-            let mut s = slot_of(p);
-            loop {
-                let e = self.slots[s];
-                if e == NO_ENTRY {
-                    if self.plen >= max {
-                        return false;
-                    }
-                    self.slots[s] = self.plen as u16;
-                    self.keys[s] = p;
-                    self.palette[self.plen] = p;
-                    self.plen += 1;
-                    break;
-                }
-                if self.keys[s] == p {
-                    break;
-                }
-                s = (s + 1) & (SLOTS - 1);
+            if self.palette.insert(p, max).is_none() {
+                return false;
             }
         }
         true
-    }
-
-    #[inline]
-    fn index(&self, p: u32) -> u8 {
-        let mut s = slot_of(p);
-        loop {
-            if self.slots[s] != NO_ENTRY && self.keys[s] == p {
-                return self.slots[s] as u8;
-            }
-            s = (s + 1) & (SLOTS - 1);
-        }
     }
 
     /// Stream `n` at `level`: made if missing, made anew if the level changed; returns whether
@@ -441,7 +403,7 @@ impl TightEncoder {
             palette_max(r.area(), jpeg.is_some())
         };
         let fits = self.census(max);
-        if fits && self.plen == 1 {
+        if fits && self.palette.len() == 1 {
             self.wire.push(FILL);
             let p = self.px[0];
             f.put_tpixel(&mut self.wire, p);
@@ -474,7 +436,7 @@ impl TightEncoder {
             return self.png_piece(r, f, fits, level, make);
         }
         if fits {
-            let (n, mono) = if self.plen == 2 {
+            let (n, mono) = if self.palette.len() == 2 {
                 self.stats.mono += 1;
                 (STREAM_MONO, true)
             } else {
@@ -485,14 +447,14 @@ impl TightEncoder {
             self.wire
                 .push(((n as u8) << 4) | READ_FILTER | (u8::from(reset) << n));
             self.wire.push(FILTER_PALETTE);
-            self.wire.push((self.plen - 1) as u8);
-            for k in 0..self.plen {
-                let p = self.palette[k];
+            self.wire.push((self.palette.len() - 1) as u8);
+            for k in 0..self.palette.len() {
+                let p = self.palette.colours()[k];
                 f.put_tpixel(&mut self.wire, p);
             }
             self.data.clear();
             if mono {
-                let zero = self.palette[0];
+                let zero = self.palette.colours()[0];
                 for row in self.px.chunks_exact(w) {
                     for bits in row.chunks(8) {
                         let mut b = 0u8;
@@ -504,11 +466,11 @@ impl TightEncoder {
                 }
             } else {
                 self.data.reserve(w * h);
-                let mut last = (self.px[0], self.index(self.px[0]));
+                let mut last = (self.px[0], self.palette.index(self.px[0]));
                 for i in 0..self.px.len() {
                     let p = self.px[i];
                     if p != last.0 {
-                        last = (p, self.index(p));
+                        last = (p, self.palette.index(p));
                     }
                     self.data.push(last.1);
                 }
@@ -557,13 +519,10 @@ impl TightEncoder {
         let mut comp = make(level);
         self.body.clear();
         let res = if fits {
-            let pal: Vec<[u8; 3]> = self.palette[..self.plen]
-                .iter()
-                .map(|&p| f.rgb(p))
-                .collect();
+            let pal: Vec<[u8; 3]> = self.palette.colours().iter().map(|&p| f.rgb(p)).collect();
             self.data.clear();
             for i in 0..self.px.len() {
-                let k = self.index(self.px[i]);
+                let k = self.palette.index(self.px[i]);
                 self.data.push(k);
             }
             write_png(

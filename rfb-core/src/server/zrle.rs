@@ -18,7 +18,7 @@ use crate::wire::zrle::{
 use crate::wire::{Encoding, Rect, RectHeaderRepr, put32};
 use crate::zlib::{ZrleCompressor, compress_all};
 
-const NO_ENTRY: u16 = u16::MAX;
+use super::palette::Palette;
 
 /// Per-connection ZRLE state: the zlib stream and reusable buffers.
 pub(crate) struct ZrleEncoder {
@@ -28,21 +28,14 @@ pub(crate) struct ZrleEncoder {
     /// The current band on the wire: rectangle header, length, zlib data.
     wire: Vec<u8>,
     px: Vec<u32>,
-    /// Palette lookup: open addressing over 256 slots (`index` into `palette`, or NO_ENTRY).
-    slots: [u16; 256],
-    keys: [u32; 256],
-    palette: [u32; MAX_PALETTE + 1],
+    /// The tile's colours.
+    palette: Palette<256, MAX_PALETTE>,
 }
 
 impl core::fmt::Debug for ZrleEncoder {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("ZrleEncoder")
     }
-}
-
-#[inline]
-fn slot_of(p: u32) -> usize {
-    (p.wrapping_mul(0x9e37_79b1) >> 24) as usize
 }
 
 impl ZrleEncoder {
@@ -52,51 +45,14 @@ impl ZrleEncoder {
             raw: Vec::new(),
             wire: Vec::new(),
             px: vec![0; usize::from(TILE_SIZE) * usize::from(TILE_SIZE)],
-            slots: [NO_ENTRY; 256],
-            keys: [0; 256],
-            palette: [0; MAX_PALETTE + 1],
-        }
-    }
-
-    /// Palette index of `p`, inserting it if there is room (`None` when full).
-    #[inline]
-    fn lookup_insert(&mut self, p: u32, len: &mut usize) -> Option<u8> {
-        let mut s = slot_of(p);
-        loop {
-            let e = self.slots[s];
-            if e == NO_ENTRY {
-                if *len >= MAX_PALETTE {
-                    return None;
-                }
-                self.slots[s] = *len as u16;
-                self.keys[s] = p;
-                self.palette[*len] = p;
-                *len += 1;
-                return Some((*len - 1) as u8);
-            }
-            if self.keys[s] == p {
-                return Some(e as u8);
-            }
-            s = (s + 1) & 255;
-        }
-    }
-
-    #[inline]
-    fn lookup(&self, p: u32) -> u8 {
-        let mut s = slot_of(p);
-        loop {
-            if self.keys[s] == p && self.slots[s] != NO_ENTRY {
-                return self.slots[s] as u8;
-            }
-            s = (s + 1) & 255;
+            palette: Palette::new(),
         }
     }
 
     /// Appends one tile (`w` × `h` packed pixels in `self.px`) to `self.raw`.
     fn tile(&mut self, w: usize, h: usize, cpb: usize, coff: usize) {
         let n = w * h;
-        self.slots = [NO_ENTRY; 256];
-        let mut plen = 0usize;
+        self.palette.clear();
         let mut overflow = false;
         let mut runs = 0usize;
         let mut singles = 0usize;
@@ -114,11 +70,12 @@ impl ZrleEncoder {
                 singles += 1;
             }
             rle_len_bytes += run_length_len(len);
-            if !overflow && self.lookup_insert(p, &mut plen).is_none() {
+            if !overflow && self.palette.insert(p, MAX_PALETTE).is_none() {
                 overflow = true;
             }
             i = j;
         }
+        let plen = self.palette.len();
         let put_cpixel = |out: &mut Vec<u8>, p: u32| {
             let b = unpack(p);
             out.extend_from_slice(&b[coff..coff + cpb]);
@@ -202,14 +159,14 @@ impl ZrleEncoder {
             2 => {
                 self.raw.push(Subencoding::PackedPalette(plen as u8).into());
                 for k in 0..plen {
-                    put_cpixel(&mut self.raw, self.palette[k]);
+                    put_cpixel(&mut self.raw, self.palette.colours()[k]);
                 }
                 let bits = packed_index_bits(plen);
                 for row in px.chunks_exact(w) {
                     let mut byte = 0u8;
                     let mut nbits = 0;
                     for &p in row {
-                        byte = (byte << bits) | self.lookup(p);
+                        byte = (byte << bits) | self.palette.index(p);
                         nbits += bits;
                         if nbits == 8 {
                             self.raw.push(byte);
@@ -225,7 +182,7 @@ impl ZrleEncoder {
             _ => {
                 self.raw.push(Subencoding::PaletteRle(plen as u8).into());
                 for k in 0..plen {
-                    put_cpixel(&mut self.raw, self.palette[k]);
+                    put_cpixel(&mut self.raw, self.palette.colours()[k]);
                 }
                 let mut i = 0;
                 while i < n {
@@ -234,7 +191,7 @@ impl ZrleEncoder {
                     while j < n && px[j] == p {
                         j += 1;
                     }
-                    let idx = self.lookup(p);
+                    let idx = self.palette.index(p);
                     if j - i == 1 {
                         self.raw.push(idx);
                     } else {
