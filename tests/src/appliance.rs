@@ -420,3 +420,18 @@ impl Drop for Appliance {
         let _ = self.qemu.wait();
     }
 }
+
+/// How many updates the VNC server's log says were sent as another viewer's encode (the
+/// "disconnected after N updates (M of them another viewer's encode)" lines, summed).
+pub fn shared_encodes(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| {
+            l.split_once(" updates (")?
+                .1
+                .split_once(" of them")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}

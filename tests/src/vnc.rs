@@ -701,6 +701,32 @@ impl Qemu {
         panic!("QEMU could not get a port");
     }
 
+    /// Waits for SeaBIOS' text screen (720 × 400 with something printed), then stops the guest.
+    pub fn boot_and_stop(&self, dir: &Path) {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut n = 0;
+        loop {
+            let shot = self.screendump(dir, &format!("boot-{n}"));
+            n += 1;
+            let lit = shot
+                .data
+                .chunks(3)
+                .filter(|p| p.iter().any(|&c| c > 0x80))
+                .count();
+            if (shot.width, shot.height) == (720, 400) && lit > 500 {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "no SeaBIOS text screen in 60 s ({}x{})",
+                shot.width,
+                shot.height
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        self.qmp(&[r#"{"execute":"stop"}"#]);
+    }
+
     /// Runs QMP commands (JSON), returning each `return` value; panics on an `error`.
     pub fn qmp(&self, cmds: &[&str]) -> Vec<serde_json::Value> {
         let end = Instant::now() + LISTEN_DEADLINE;

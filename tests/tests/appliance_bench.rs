@@ -205,17 +205,7 @@ fn capture_to_viewers() {
             // viewer's encode
             std::thread::sleep(Duration::from_secs(1));
             let (o, e) = a.output(server);
-            let copies: u64 = format!("{o}{e}")
-                .lines()
-                .filter_map(|l| {
-                    l.split_once(" updates (")?
-                        .1
-                        .split_once(" of them")?
-                        .0
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum();
+            let copies = kvmio_tests::appliance::shared_encodes(&format!("{o}{e}"));
             let shared = copies - copies_before;
             copies_before = copies;
             let delivered = (f1 - f0) as f64;

@@ -446,17 +446,7 @@ fn viewers_of_the_same_frames_share_one_encode() {
     std::thread::sleep(Duration::from_secs(15));
     drop(viewers);
     let log = a.wait_output(server, "another viewer's encode", Duration::from_secs(20));
-    let copies: u64 = log
-        .lines()
-        .filter_map(|l| {
-            l.split_once(" updates (")?
-                .1
-                .split_once(" of them")?
-                .0
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let copies = kvmio_tests::appliance::shared_encodes(&log);
     eprintln!("updates copied from the other viewer's encode: {copies}");
     assert!(copies > 0, "{log}");
     assert!(

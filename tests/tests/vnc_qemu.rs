@@ -7,36 +7,9 @@
 //! its TLS credentials, `wss://` (VncAuth inside, our client certificate verified).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use kvmio_tests::vnc::*;
 use kvmio_tests::{pki, tempdir};
-
-/// Waits for SeaBIOS' text screen (720 × 400 with something printed), then stops the guest.
-fn boot_and_stop(q: &Qemu, dir: &Path) {
-    let end = Instant::now() + Duration::from_secs(60);
-    let mut n = 0;
-    loop {
-        let shot = q.screendump(dir, &format!("boot-{n}"));
-        n += 1;
-        let lit = shot
-            .data
-            .chunks(3)
-            .filter(|p| p.iter().any(|&c| c > 0x80))
-            .count();
-        if (shot.width, shot.height) == (720, 400) && lit > 500 {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "no SeaBIOS text screen in 60 s ({}x{})",
-            shot.width,
-            shot.height
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    q.qmp(&[r#"{"execute":"stop"}"#]);
-}
 
 /// Captures until the capture equals QEMU's screendumps taken just before and after.
 fn capture_matches_screendump(q: &Qemu, dir: &Path, args: &[&str], what: &str) -> String {
@@ -129,7 +102,7 @@ fn our_client_against_qemu() {
         }
         let info = q.qmp(&[r#"{"execute":"query-vnc"}"#]);
         eprintln!("{what}: query-vnc {}", info[0]);
-        boot_and_stop(&q, dir.path());
+        q.boot_and_stop(dir.path());
         let text = capture_matches_screendump(&q, dir.path(), &args, what);
         assert!(text.contains(expect), "{what}: {text}");
         assert!(text.contains("720x400"), "{what}: {text}");
@@ -205,7 +178,7 @@ fn our_client_through_qemus_websocket() {
     // ws, None
     let ws = kvmio_tests::free_port();
     let q = Qemu::start(&format!(",websocket=127.0.0.1:{ws}"), &[]);
-    boot_and_stop(&q, dir.path());
+    q.boot_and_stop(dir.path());
     let url = format!("ws://127.0.0.1:{ws}/");
     let text = capture_url_matches_screendump(&q, &url, dir.path(), &["--security", "None"], "ws");
     assert!(text.contains("RFB 3.8, None"), "{text}");
@@ -217,7 +190,7 @@ fn our_client_through_qemus_websocket() {
         &["-object", &creds],
     );
     q.qmp(&[r#"{"execute":"set_password","arguments":{"protocol":"vnc","password":"secret"}}"#]);
-    boot_and_stop(&q, dir.path());
+    q.boot_and_stop(dir.path());
     let url = format!("wss://127.0.0.1:{ws}/");
     let args = [
         "--security",
