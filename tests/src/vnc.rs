@@ -274,6 +274,18 @@ pub struct VncServer {
     pub port: u16,
 }
 
+fn listen_port(proc: &mut Proc, label: &str) -> u16 {
+    let prefix = format!("kvmio: {label} serving");
+    let log = proc.wait_log(&prefix, LISTEN_DEADLINE);
+    log.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .find_map(|l| {
+            l.rsplit_once(" on 127.0.0.1:")
+                .and_then(|(_, p)| p.trim().parse::<u16>().ok())
+        })
+        .unwrap_or_else(|| panic!("no 127.0.0.1 port for {label} in the server log:\n{log}"))
+}
+
 impl VncServer {
     /// Starts `kvmio vnc serve --runtime RT --listen 127.0.0.1:0 ARGS…` and waits for the
     /// `kvmio: vnc serving … on 127.0.0.1:PORT` line.
@@ -288,16 +300,14 @@ impl VncServer {
             .arg(format!("127.0.0.1:{port}"))
             .args(args);
         let mut proc = Proc::spawn(&format!("kvmio vnc serve ({})", rt.arg()), cmd);
-        let log = proc.wait_log("kvmio: vnc serving", LISTEN_DEADLINE);
-        let port = log
-            .lines()
-            .filter(|l| l.starts_with("kvmio: vnc serving"))
-            .find_map(|l| {
-                l.rsplit_once(" on 127.0.0.1:")
-                    .and_then(|(_, p)| p.trim().parse::<u16>().ok())
-            })
-            .unwrap_or_else(|| panic!("no 127.0.0.1 port in the server log:\n{log}"));
+        let port = listen_port(&mut proc, "vnc");
         Self { proc, port }
+    }
+
+    /// The 127.0.0.1 port of the server's listener `label` (`vnc`, `vnc-websocket`), from its
+    /// `kvmio: LABEL serving … on 127.0.0.1:PORT` line.
+    pub fn port_of(&mut self, label: &str) -> u16 {
+        listen_port(&mut self.proc, label)
     }
 
     /// `vnc://127.0.0.1:PORT`.

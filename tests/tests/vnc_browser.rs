@@ -24,16 +24,7 @@ const JPEG_PSNR: f64 = 24.0;
 
 /// The WebSocket port from the server's start-up lines.
 fn websocket_port(s: &mut VncServer) -> u16 {
-    let log = s
-        .proc
-        .wait_log("kvmio: vnc-websocket serving", Duration::from_secs(20));
-    log.lines()
-        .filter(|l| l.starts_with("kvmio: vnc-websocket serving"))
-        .find_map(|l| {
-            l.rsplit_once(" on 127.0.0.1:")
-                .and_then(|(_, p)| p.trim().parse::<u16>().ok())
-        })
-        .unwrap_or_else(|| panic!("no WebSocket port in:\n{log}"))
+    s.port_of("vnc-websocket")
 }
 
 #[track_caller]
