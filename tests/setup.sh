@@ -22,6 +22,9 @@ pkgs+=(v4l-utils)
 # the console in a browser (tests/tests/vnc_browser.rs): Debian's Chromium and noVNC, websockify,
 # certutil for the browser profile's trust store
 pkgs+=(chromium novnc websockify libnss3-tools)
+# libjpeg-turbo's TurboJPEG library, which the VNC server opens at run time for Tight's JPEG
+# (std-shim/src/vnc/jpeg.rs; its test fails without it)
+pkgs+=(libturbojpeg0)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

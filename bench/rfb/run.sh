@@ -15,7 +15,7 @@ export BENCH_SECONDS=${BENCH_SECONDS:-3}
 
 pkg-config --exists libvncserver || { echo "libvncserver-dev is not installed (tests/setup.sh installs it)" >&2; exit 1; }
 cargo build --release -q -p std-shim --example vnc_encode_bench
-bin=target/release/examples/vnc_encode_bench
+bin=${CARGO_TARGET_DIR:-target}/release/examples/vnc_encode_bench
 "$bin" frames "$work"
 cc -O2 -o "$work/libvnc_bench" bench/rfb/libvnc_bench.c $(pkg-config --cflags --libs libvncserver) -lpthread
 "$work/libvnc_bench" "$work" > "$work/c.txt"

@@ -10,9 +10,10 @@
 //! state sizes of the rfb-core server and client.
 //!
 //! Environment: `BENCH_SECONDS` (time per case, default 3),
-//! `BENCH_ONLY=Hextile|ZRLE|Tight|TightJPEG`,
-//! `BENCH_LEVEL` (the zlib level the client asks for, default 6 = libvncserver's fixed one),
-//! `BENCH_MINIZ=1` (rfb-core's default miniz_oxide compressor instead of zlib-rs).
+//! `BENCH_ONLY=Hextile|ZRLE|Tight|TightJPEG`, `BENCH_CASE=full|text|photo` (one update only),
+//! `BENCH_LEVEL` (the compression level the client asks for, default 6),
+//! `BENCH_MINIZ=1` (rfb-core's default miniz_oxide compressor instead of zlib-rs),
+//! `BENCH_JPEG=auto|libjpeg-turbo|rust` (the JPEG compressor, as `--jpeg-encoder`; default auto).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -23,6 +24,7 @@ use rfb_core::client::Client;
 use rfb_core::server::{Damage, Event, Server, ServerConfig, UpdateSource};
 use rfb_core::wire::{Encoding, PixelFormat, Rect, SecurityType};
 use rfb_core::{Framebuffer, Instant};
+use std_shim::vnc::jpeg::JpegEncoderChoice;
 use std_shim::vnc::security::ZlibRsCompressor;
 
 const W: u16 = 1920;
@@ -136,6 +138,12 @@ fn server_for(enc: Encoding, quality: Option<u8>) -> Server {
     if std::env::var_os("BENCH_MINIZ").is_none() {
         s.set_zrle_compressor(ZlibRsCompressor::boxed).unwrap();
     }
+    let jpeg: JpegEncoderChoice = std::env::var("BENCH_JPEG")
+        .as_deref()
+        .unwrap_or("auto")
+        .parse()
+        .unwrap();
+    s.set_jpeg_encoder(Some(jpeg.factory().unwrap().0));
     let level: i32 = std::env::var("BENCH_LEVEL")
         .ok()
         .and_then(|l| l.parse().ok())
@@ -227,6 +235,8 @@ fn run(dir: &Path) {
             .unwrap_or(3),
     );
     let only = std::env::var("BENCH_ONLY").ok();
+    let case_only = std::env::var("BENCH_CASE").ok();
+    let wanted = |case: &str| case_only.as_deref().is_none_or(|c| c == case);
     for (name, enc, quality) in [
         ("Hextile", Encoding::Hextile, None),
         ("ZRLE", Encoding::Zrle, None),
@@ -237,22 +247,24 @@ fn run(dir: &Path) {
             continue;
         }
         // Full frame: a fresh connection each time (a new client's first update).
-        let mut times = Vec::new();
         let mut size = 0;
-        let start = StdInstant::now();
-        while times.len() < 5 || (start.elapsed() < budget && times.len() < 200) {
-            let mut s = server_for(enc, quality);
-            request(&mut s, false);
-            let t = StdInstant::now();
-            size = encode(&mut s, fa, &full, &mut out, &mut tx);
-            times.push(t.elapsed());
+        if wanted("full") {
+            let mut times = Vec::new();
+            let start = StdInstant::now();
+            while times.len() < 5 || (start.elapsed() < budget && times.len() < 200) {
+                let mut s = server_for(enc, quality);
+                request(&mut s, false);
+                let t = StdInstant::now();
+                size = encode(&mut s, fa, &full, &mut out, &mut tx);
+                times.push(t.elapsed());
+            }
+            let n = times.len();
+            let (min, med) = stats(times);
+            println!("{name} full {min} {med} {size} {n}");
         }
-        let n = times.len();
-        let (min, med) = stats(times);
-        println!("{name} full {min} {med} {size} {n}");
         // 10 % damage: the first update after the full frame on a fresh connection (the zlib
         // stream of ZRLE holds the full frame, as in a real session).
-        for &(case, (x, y, w, h)) in &DAMAGE {
+        for &(case, (x, y, w, h)) in DAMAGE.iter().filter(|d| wanted(d.0)) {
             let part = [Damage::Changed(Rect::new(x, y, w, h))];
             let mut times = Vec::new();
             let start = StdInstant::now();

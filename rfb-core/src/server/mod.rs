@@ -81,7 +81,7 @@ mod update;
 mod zrle;
 
 #[cfg(feature = "alloc")]
-pub use tight::TightStats;
+pub use tight::{TightStats, ZLIB_LEVEL as TIGHT_ZLIB_LEVEL};
 pub use update::{
     CursorShape, Damage, EncodeStatus, MIN_ENCODE_BUFFER, SharedUpdateKey, UpdateSource,
 };
@@ -451,7 +451,8 @@ pub(crate) struct Prefs {
     /// Best pixel encoding we support, in the client's order.
     pub(crate) encoding: Encoding,
     pub(crate) flags: u32,
-    /// zlib level for ZRLE and Tight (compression-level pseudo-encoding; default 6).
+    /// Compression level 0…9 (pseudo-encoding; default 6): ZRLE's zlib level, Tight's through
+    /// [`TIGHT_ZLIB_LEVEL`].
     pub(crate) level: u8,
     /// JPEG quality level 0…9 (−32…−23), if asked for.
     pub(crate) quality: Option<u8>,

@@ -446,6 +446,13 @@ fn compression_level_change_resets_streams() {
     // The same level: no reset.
     let same = round(&mut p, &[Encoding::Tight, Encoding::compress(6)]);
     assert!(same.iter().all(|r| r.resets == 0));
+    // Another level with the same zlib level (5 and 6 are both zlib 3): no reset either.
+    assert_eq!(
+        crate::server::TIGHT_ZLIB_LEVEL[5],
+        crate::server::TIGHT_ZLIB_LEVEL[6]
+    );
+    let alike = round(&mut p, &[Encoding::Tight, Encoding::compress(5)]);
+    assert!(alike.iter().all(|r| r.resets == 0));
     // Another level: each stream is reset once, in the first rectangle that uses it.
     let changed = round(&mut p, &[Encoding::Tight, Encoding::compress(1)]);
     let mut seen = 0u8;

@@ -19,6 +19,7 @@ use std_shim::nbd::catalog::{Catalog, parse_export_args};
 use std_shim::serve::{Serve, ServeOptions};
 use std_shim::services::{Runtime, stop_on_signals};
 use std_shim::tls::TlsPolicy;
+use std_shim::vnc::jpeg::JpegEncoderChoice;
 use std_shim::vnc::settings::VncSettings;
 use std_shim::vnc::sharing::SharePolicy;
 
@@ -123,6 +124,9 @@ pub(crate) struct FileVnc {
     /// `allow-exclusive`, `force-shared` or `ignore`.
     #[serde(default, deserialize_with = "by_name")]
     pub(crate) share: Option<SharePolicy>,
+    /// `auto`, `libjpeg-turbo` or `rust`.
+    #[serde(default, deserialize_with = "by_name")]
+    pub(crate) jpeg_encoder: Option<JpegEncoderChoice>,
     /// Capture device.
     pub(crate) video: Option<PathBuf>,
     /// Its pixel format.
@@ -186,6 +190,11 @@ impl ByName for Runtime {
 impl ByName for SharePolicy {
     const NAME: &'static str = "SharePolicy";
     const NAMES: &'static [&'static str] = &["allow-exclusive", "force-shared", "ignore"];
+}
+
+impl ByName for JpegEncoderChoice {
+    const NAME: &'static str = "JpegEncoderChoice";
+    const NAMES: &'static [&'static str] = &JpegEncoderChoice::NAMES;
 }
 
 impl ByName for TlsPolicy {
@@ -368,6 +377,11 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
                 .map(PathBuf::as_path),
             share: a.viewers.share.or(file.vnc.share).unwrap_or_default(),
             video: video.as_ref(),
+            jpeg: a
+                .viewers
+                .jpeg_encoder
+                .or(file.vnc.jpeg_encoder)
+                .unwrap_or_default(),
         };
         serve.add_vnc(endpoints(listen, None, 5900)?, &settings)?;
         let websocket = if a.web.vnc_websocket.is_empty() {
@@ -527,8 +541,10 @@ mod tests {
         // the commented keys parse too
         let uncommented = text
             .replace("# websocket = ", "websocket = ")
-            .replace("# web = ", "web = ");
+            .replace("# web = ", "web = ")
+            .replace("# jpeg-encoder = ", "jpeg-encoder = ");
         let c: FileConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(c.vnc.jpeg_encoder, Some(JpegEncoderChoice::Auto));
         assert_eq!(c.vnc.websocket, ["0.0.0.0:5700"]);
         assert_eq!(c.vnc.web.as_deref(), Some(Path::new("/usr/share/novnc")));
     }

@@ -29,6 +29,7 @@ pub(crate) fn serve(a: VncServeArgs) -> Result<()> {
         plain_view_users: a.viewers.plain_view_users.as_deref(),
         share: a.viewers.share.unwrap_or_default(),
         video: video.as_ref(),
+        jpeg: a.viewers.jpeg_encoder.unwrap_or_default(),
     }
     .server_config(a.tls_creds.is_some(), a.handshake_timeout)?;
     let needs_tls = config.security.iter().any(|n| n.is_x509());

@@ -117,6 +117,10 @@ pub struct VncServerConfig {
     pub plain_view_users: Option<PlainUsers>,
     /// What the ClientInit shared flag does.
     pub share: SharePolicy,
+    /// The JPEG compressor of Tight rectangles.
+    pub jpeg: rfb_core::jpeg::JpegEncoderFactory,
+    /// Its name (for the start-up line).
+    pub jpeg_name: &'static str,
 }
 
 impl VncServerConfig {
@@ -333,6 +337,7 @@ impl VncServerSession {
         server
             .set_zrle_compressor(ZlibRsCompressor::boxed)
             .map_err(|e| anyhow!("{e}"))?;
+        server.set_jpeg_encoder(Some(shared.config.jpeg));
         let fps = shared.config.fps.clamp(1, 120);
         Ok(Self {
             server,
@@ -1001,5 +1006,6 @@ pub fn describe(config: &VncServerConfig) -> String {
             sub.join(",")
         ));
     }
+    s.push_str(&format!(", JPEG by {}", config.jpeg_name));
     s
 }

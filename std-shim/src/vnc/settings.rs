@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use crate::input::Input;
 use crate::input::hidg::{HidGadget, HidGadgetConfig};
 use crate::vnc::desktop::{Desktop, Image, parse_geometry};
+use crate::vnc::jpeg::JpegEncoderChoice;
 use crate::vnc::security::{
     PlainUsers, SecName, parse_password_file, parse_security_list, view_password_of,
 };
@@ -44,6 +45,8 @@ pub struct VncSettings<'a> {
     pub share: SharePolicy,
     /// Frames from a capture device instead of the pattern or the image.
     pub video: Option<&'a crate::video::VideoConfig>,
+    /// The JPEG compressor for Tight viewers that ask for JPEG.
+    pub jpeg: JpegEncoderChoice,
 }
 
 impl Default for VncSettings<'_> {
@@ -62,6 +65,7 @@ impl Default for VncSettings<'_> {
             plain_view_users: None,
             share: SharePolicy::AllowExclusive,
             video: None,
+            jpeg: JpegEncoderChoice::Auto,
         }
     }
 }
@@ -141,7 +145,10 @@ impl VncSettings<'_> {
                 Desktop::Pattern { width, height }
             }
         };
+        let (jpeg, jpeg_name) = self.jpeg.factory()?;
         Ok(VncServerConfig {
+            jpeg,
+            jpeg_name,
             security,
             password,
             plain_users,

@@ -15,6 +15,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use std_shim::services::Runtime;
 use std_shim::tls::TlsPolicy;
+use std_shim::vnc::jpeg::JpegEncoderChoice;
 use std_shim::vnc::sharing::SharePolicy;
 
 /// `kvmio`.
@@ -84,6 +85,9 @@ pub(crate) struct ViewerArgs {
     /// refused), ignore (everybody shares).
     #[arg(long, value_name = "POLICY", value_parser = share_policy())]
     pub(crate) share: Option<SharePolicy>,
+    /// What makes the JPEG images of Tight viewers that ask for them (noVNC, TigerVNC).
+    #[arg(long, value_name = "ENCODER", value_parser = jpeg_encoder())]
+    pub(crate) jpeg_encoder: Option<JpegEncoderChoice>,
 }
 
 /// The console for browsers (`kvmio vnc serve`, `kvmio serve`).
@@ -98,6 +102,21 @@ pub(crate) struct WebArgs {
     /// /usr/share/novnc: the console at https://ADDR/vnc.html).
     #[arg(long, value_name = "DIR", requires = "vnc_websocket")]
     pub(crate) web: Option<std::path::PathBuf>,
+}
+
+/// A JPEG encoder.
+pub(crate) fn jpeg_encoder() -> impl TypedValueParser<Value = JpegEncoderChoice> {
+    one_of(&[
+        (
+            "auto",
+            "libjpeg-turbo where the system has it, else the built-in one (default)",
+        ),
+        (
+            "libjpeg-turbo",
+            "libturbojpeg.so.0 (Debian libturbojpeg0); refuse to start without it",
+        ),
+        ("rust", "The built-in pure-Rust encoder"),
+    ])
 }
 
 /// A share policy.
