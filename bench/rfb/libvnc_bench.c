@@ -11,6 +11,11 @@
  * header, the rectangles, a final rfbSendUpdateBuf.
  *
  * Prints "encoder case fastest_ns median_ns bytes iterations" lines, like the Rust side.
+ *
+ * `libvnc_bench mjpeg DIR`: the 1080p MJPEG stream (mjpeg-N.jpg) to a TightJPEG client as a
+ * libvncserver-based KVM would serve it: each frame decoded into the framebuffer with the
+ * TurboJPEG functions libvncserver exports (its layer over libjpeg-turbo) and sent as a full
+ * update. Prints "mjpeg libvncserver frames_per_s cpu_ns_per_frame bytes_per_frame frames".
  * Build: cc -O2 -o libvnc_bench libvnc_bench.c $(pkg-config --cflags --libs libvncserver) -lpthread
  */
 #include <pthread.h>
@@ -62,6 +67,18 @@ static char *read_file(const char *dir, const char *name, size_t *len) {
     if (len)
         *len = n;
     return b;
+}
+
+/* The TurboJPEG decompression functions libvncserver exports (turbojpeg.h's). */
+void *tjInitDecompress(void);
+int tjDecompress2(void *handle, const unsigned char *jpeg, unsigned long size, unsigned char *dst,
+                  int width, int pitch, int height, int pixel_format, int flags);
+#define TJPF_BGRX 3
+
+static uint64_t thread_cpu_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + t.tv_nsec;
 }
 
 static uint64_t now_ns(void) {
@@ -150,14 +167,62 @@ static void sort_times(uint64_t *v, int n) {
     qsort(v, n, sizeof *v, cmp_u64);
 }
 
+static rfbScreenInfoPtr make_screen(char *fb) {
+    rfbLogEnable(0);
+    int zero = 0;
+    rfbScreenInfoPtr screen = rfbGetScreen(&zero, NULL, W, H, 8, 3, 4);
+    /* the frames' layout: 0x00RRGGBB little endian */
+    screen->serverFormat.redShift = 16;
+    screen->serverFormat.greenShift = 8;
+    screen->serverFormat.blueShift = 0;
+    screen->frameBuffer = fb;
+    return screen;
+}
+
+#define MJPEG_FRAMES 8
+
+static int mjpeg(const char *dir) {
+    char *jpeg[MJPEG_FRAMES];
+    size_t len[MJPEG_FRAMES];
+    for (int k = 0; k < MJPEG_FRAMES; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "mjpeg-%d.jpg", k);
+        jpeg[k] = read_file(dir, name, &len[k]);
+    }
+    char *fb = calloc((size_t)W * H, 4);
+    rfbScreenInfoPtr screen = make_screen(fb);
+    void *tj = tjInitDecompress();
+    struct conn c = connect_client(screen, rfbEncodingTight, 8);
+    const int full[1][4] = {{0, 0, W, H}};
+    uint64_t n = 0, start = now_ns(), cpu = thread_cpu_ns();
+    while (n < 5 || (now_ns() - start) / 1e9 < budget_s) {
+        int k = (int)(n % MJPEG_FRAMES);
+        if (tjDecompress2(tj, (unsigned char *)jpeg[k], len[k], (unsigned char *)fb, W, W * 4, H,
+                          TJPF_BGRX, 0) != 0) {
+            fprintf(stderr, "tjDecompress2 failed\n");
+            return 1;
+        }
+        update(c.cl, rfbEncodingTight, full, 1);
+        n++;
+    }
+    uint64_t wall = now_ns() - start;
+    cpu = thread_cpu_ns() - cpu;
+    uint64_t bytes = disconnect(&c);
+    printf("mjpeg libvncserver %.1f %llu %llu %llu\n", n / (wall / 1e9), (unsigned long long)(cpu / n),
+           (unsigned long long)(bytes / n), (unsigned long long)n);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: libvnc_bench DIR\n");
+        fprintf(stderr, "usage: libvnc_bench DIR | libvnc_bench mjpeg DIR\n");
         return 2;
     }
-    const char *dir = argv[1];
     if (getenv("BENCH_SECONDS"))
         budget_s = atof(getenv("BENCH_SECONDS"));
+    if (strcmp(argv[1], "mjpeg") == 0 && argc > 2)
+        return mjpeg(argv[2]);
+    const char *dir = argv[1];
     size_t la, lb;
     char *a = read_file(dir, "frame-a.raw", &la);
     char *b = read_file(dir, "frame-b.raw", &lb);
@@ -176,14 +241,7 @@ int main(int argc, char **argv) {
             nd++;
     const int full[1][4] = {{0, 0, W, H}};
 
-    rfbLogEnable(0);
-    int zero = 0;
-    rfbScreenInfoPtr screen = rfbGetScreen(&zero, NULL, W, H, 8, 3, 4);
-    /* the frames' layout: 0x00RRGGBB little endian */
-    screen->serverFormat.redShift = 16;
-    screen->serverFormat.greenShift = 8;
-    screen->serverFormat.blueShift = 0;
-    screen->frameBuffer = a;
+    rfbScreenInfoPtr screen = make_screen(a);
 
     static uint64_t times[4096];
     const struct {

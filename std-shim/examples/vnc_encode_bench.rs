@@ -21,10 +21,14 @@ use std::path::Path;
 use std::time::{Duration, Instant as StdInstant};
 
 use rfb_core::client::Client;
+use rfb_core::jpeg::{JpegEncoder, Subsampling};
 use rfb_core::server::{Damage, Event, Server, ServerConfig, UpdateSource};
 use rfb_core::wire::{Encoding, PixelFormat, Rect, SecurityType};
 use rfb_core::{Framebuffer, Instant};
-use std_shim::vnc::jpeg::JpegEncoderChoice;
+use std_shim::video::convert::convert;
+use std_shim::video::v4l2::{Negotiated, PixelFormat as V4lFormat};
+use std_shim::vnc::desktop::{Image, NATIVE};
+use std_shim::vnc::jpeg::{JpegEncoderChoice, TurboJpegEncoder};
 use std_shim::vnc::security::ZlibRsCompressor;
 
 const W: u16 = 1920;
@@ -104,8 +108,28 @@ fn bytes(px: &[u32]) -> Vec<u8> {
     px.iter().flat_map(|p| p.to_le_bytes()).collect()
 }
 
+/// Frames of the MJPEG stream (`mjpeg-N.jpg`).
+const MJPEG_FRAMES: u32 = 8;
+
+/// The 1080p MJPEG stream a capture device would deliver: desktops whose text and photo area
+/// change every frame, as JPEG quality 85 with 4:2:2 chroma (what HDMI-to-USB dongles send).
+fn write_mjpeg(dir: &Path) {
+    let mut enc = TurboJpegEncoder::new().expect("libturbojpeg.so.0 (tests/setup.sh installs it)");
+    for k in 0..MJPEG_FRAMES {
+        let rgb: Vec<u8> = desktop(10 + k)
+            .iter()
+            .flat_map(|&p| [(p >> 16) as u8, (p >> 8) as u8, p as u8])
+            .collect();
+        let mut jpeg = Vec::new();
+        enc.encode(&rgb, W, H, 85, Subsampling::Half, &mut jpeg)
+            .unwrap();
+        std::fs::write(dir.join(format!("mjpeg-{k}.jpg")), jpeg).unwrap();
+    }
+}
+
 fn write_frames(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
+    write_mjpeg(dir);
     let a = desktop(1);
     // B: both areas are redrawn with other glyphs and other photo noise.
     let mut b = a.clone();
@@ -286,17 +310,110 @@ fn run(dir: &Path) {
     reader.join().unwrap();
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(r, 0);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The MJPEG stream to a Tight viewer that asked for JPEG quality level 8, as `kvmio vnc
+/// serve --video` handles a capture device's frames: each decoded for the framebuffer
+/// (`video::convert`, what every viewer's damage and other encodings come from), then sent as
+/// it came (pass-through) or encoded anew. Prints `mjpeg MODE frames_per_s cpu_ns_per_frame
+/// bytes_per_frame frames` lines.
+fn mjpeg(dir: &Path) {
+    let frames: Vec<Vec<u8>> = (0..MJPEG_FRAMES)
+        .map(|k| std::fs::read(dir.join(format!("mjpeg-{k}.jpg"))).expect("run `frames` first"))
+        .collect();
+    let f = Negotiated {
+        format: V4lFormat::Mjpeg,
+        width: u32::from(W),
+        height: u32::from(H),
+        stride: 0,
+        size_image: 0,
+    };
+    let (mut tx, mut rx) = UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(k) = rx.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+        }
+    });
+    let budget = Duration::from_secs(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3),
+    );
+    let full = [Damage::Changed(Rect::new(0, 0, W, H))];
+    let mut out = vec![0u8; 256 * 1024];
+    for (mode, passthrough, jpeg) in [
+        ("pass-through", true, JpegEncoderChoice::Auto),
+        (
+            "re-encode-libjpeg-turbo",
+            false,
+            JpegEncoderChoice::LibjpegTurbo,
+        ),
+        ("re-encode-rust", false, JpegEncoderChoice::Rust),
+    ] {
+        let mut s = server_for(Encoding::Tight, Some(8));
+        s.set_jpeg_encoder(Some(jpeg.factory().unwrap().0));
+        let mut img = Image::new(W, H);
+        let (mut n, mut bytes) = (0u64, 0usize);
+        let (start, cpu) = (StdInstant::now(), thread_cpu());
+        while n < 5 || start.elapsed() < budget {
+            convert(&f, &frames[n as usize % frames.len()], &mut img).unwrap();
+            let fb = Framebuffer::new(&img.data, W, H, usize::from(W) * 4, NATIVE).unwrap();
+            let mut src = UpdateSource::new(fb, &full);
+            if passthrough {
+                src.jpeg = img.jpeg.as_deref();
+            }
+            request(&mut s, true);
+            loop {
+                let st = s.encode_update(&src, &mut out).unwrap();
+                tx.write_all(&out[..st.written]).unwrap();
+                bytes += st.written;
+                if st.done {
+                    break;
+                }
+            }
+            n += 1;
+        }
+        let (wall, cpu) = (start.elapsed(), thread_cpu() - cpu);
+        let stats = s.tight_stats();
+        assert_eq!(stats.jpeg_passthrough > 0, passthrough, "{mode}: {stats:?}");
+        println!(
+            "mjpeg {mode} {:.1} {} {} {n}",
+            n as f64 / wall.as_secs_f64(),
+            cpu.as_nanos() / u128::from(n),
+            bytes / n as usize
+        );
+    }
+    drop(tx);
+    reader.join().unwrap();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("frames") => write_frames(Path::new(args.get(2).expect("DIR"))),
         Some("run") => run(Path::new(args.get(2).expect("DIR"))),
+        Some("mjpeg") => mjpeg(Path::new(args.get(2).expect("DIR"))),
         Some("sizes") => {
             println!("Server {}", std::mem::size_of::<Server>());
             println!("Client {}", std::mem::size_of::<Client>());
         }
         _ => {
-            eprintln!("usage: vnc_encode_bench frames DIR | run DIR | sizes");
+            eprintln!("usage: vnc_encode_bench frames DIR | run DIR | mjpeg DIR | sizes");
             std::process::exit(2);
         }
     }
