@@ -61,7 +61,7 @@ for line in open(f"{work}/mjpeg.txt"):
     m[mode] = (float(fps), int(cpu), int(size), int(n))
 base = m["libvncserver"][1]
 names = {"libvncserver": "libvncserver: decode (its TurboJPEG layer) + Tight JPEG",
-         "pass-through": "rfb-core: decode (zune-jpeg) + pass-through",
+         "pass-through": "rfb-core: decode (libjpeg-turbo) + pass-through",
          "re-encode-libjpeg-turbo": "rfb-core: decode + Tight JPEG (libjpeg-turbo)",
          "re-encode-rust": "rfb-core: decode + Tight JPEG (jpeg-encoder)"}
 print()

@@ -116,9 +116,6 @@ fn lacks_tables(d: &[u8]) -> bool {
 
 /// Decodes one MJPEG frame (of the negotiated size; a frame of another size is an error).
 fn mjpeg(f: &Negotiated, bytes: &[u8], out: &mut Image) -> Result<()> {
-    use zune_core::bytestream::ZCursor;
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
     let patched;
     let data = if lacks_tables(bytes) {
         let mut v = Vec::with_capacity(bytes.len() + 9);
@@ -130,30 +127,22 @@ fn mjpeg(f: &Negotiated, bytes: &[u8], out: &mut Image) -> Result<()> {
     } else {
         bytes
     };
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_max_width(f.width as usize)
-        .set_max_height(f.height as usize);
-    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(data), options);
-    let rgb = d
-        .decode()
-        .map_err(|e| anyhow::anyhow!("a bad MJPEG frame: {e:?}"))?;
-    let info = d
-        .info()
-        .ok_or_else(|| anyhow::anyhow!("a bad MJPEG frame"))?;
-    let (w, h) = (usize::from(info.width), usize::from(info.height));
-    if (w, h) != (f.width as usize, f.height as usize) || rgb.len() != w * h * 3 {
+    let (fw, fh) = (
+        u16::try_from(f.width).unwrap_or(u16::MAX),
+        u16::try_from(f.height).unwrap_or(u16::MAX),
+    );
+    // No stale frame for pass-through if this one fails half-way.
+    out.jpeg = None;
+    out.decode_jpeg_pixels(data, fw, fh)
+        .map_err(|e| anyhow::anyhow!("a bad MJPEG frame: {e}"))?;
+    if (out.width, out.height) != (fw, fh) {
         bail!(
-            "an MJPEG frame of {w}x{h} in a {}x{} stream",
+            "an MJPEG frame of {}x{} in a {}x{} stream",
+            out.width,
+            out.height,
             f.width,
             f.height
         );
-    }
-    if (usize::from(out.width), usize::from(out.height)) != (w, h) {
-        *out = Image::new(w as u16, h as u16);
-    }
-    for (d, s) in out.data.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
-        d.copy_from_slice(&[s[2], s[1], s[0], 0]);
     }
     // Kept for the viewers that take it as it is (with the AVI1 marker, when the tables were
     // left out, so that any decoder knows the standard ones apply).

@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use rfb_core::server::Damage;
 use rfb_core::wire::{PixelFormat, Rect};
 
+use crate::vnc::jpeg::TurboJpegDecoder;
+
 /// The server's native pixel format.
 pub const NATIVE: PixelFormat = PixelFormat::RGB888;
 
@@ -75,8 +77,8 @@ impl Image {
         })
     }
 
-    /// Loads a PNG or a JPEG file (by its first bytes). A JPEG is decoded with zune-jpeg and
-    /// kept as it is for the viewers that take Tight JPEG ([`Image::jpeg`]).
+    /// Loads a PNG or a JPEG file (by its first bytes). A JPEG is decoded
+    /// ([`Image::decode_jpeg_pixels`]) and kept as it is for the viewers that take Tight JPEG ([`Image::jpeg`]).
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         if bytes.starts_with(&[0xff, 0xd8]) {
@@ -89,21 +91,73 @@ impl Image {
 
     /// Decodes a JPEG (at most 8192 × 8192 pixels), keeping its bytes.
     pub fn decode_jpeg(bytes: &[u8]) -> Result<Self> {
+        let mut img = Self::new(0, 0);
+        img.decode_jpeg_pixels(bytes, 8192, 8192)?;
+        img.jpeg = Some(Arc::from(bytes));
+        Ok(img)
+    }
+
+    /// Decodes a JPEG of at most `max_w` × `max_h` pixels (the header is checked before any
+    /// pixel is) into this image, resized to it; [`Image::jpeg`] is left alone. Through
+    /// libjpeg-turbo where `libturbojpeg.so.0` is installed (one decompressor per thread), else
+    /// zune-jpeg.
+    pub fn decode_jpeg_pixels(&mut self, bytes: &[u8], max_w: u16, max_h: u16) -> Result<()> {
+        use std::cell::RefCell;
+        thread_local! {
+            static TURBO: RefCell<Option<Option<TurboJpegDecoder>>> = const { RefCell::new(None) };
+        }
+        let turbo = TURBO.with(|t| -> Result<bool> {
+            let mut t = t.borrow_mut();
+            let Some(d) = t.get_or_insert_with(TurboJpegDecoder::new) else {
+                return Ok(false);
+            };
+            let (w, h) = d.size(bytes)?;
+            if w > max_w || h > max_h {
+                bail!("a JPEG of {w}x{h}, more than {max_w}x{max_h}");
+            }
+            if (self.width, self.height) != (w, h) {
+                *self = Self {
+                    jpeg: self.jpeg.take(),
+                    ..Self::new(w, h)
+                };
+            }
+            d.decode_bgr0(bytes, w, h, &mut self.data)?;
+            Ok(true)
+        })?;
+        if turbo {
+            return Ok(());
+        }
+        self.decode_zune(bytes, max_w, max_h)
+    }
+
+    /// [`Image::decode_jpeg_pixels`] through zune-jpeg.
+    fn decode_zune(&mut self, bytes: &[u8], max_w: u16, max_h: u16) -> Result<()> {
         use zune_core::bytestream::ZCursor;
         use zune_core::colorspace::ColorSpace;
         use zune_core::options::DecoderOptions;
         let options = DecoderOptions::default()
             .jpeg_set_out_colorspace(ColorSpace::RGB)
-            .set_max_width(8192)
-            .set_max_height(8192);
+            .set_max_width(usize::from(max_w))
+            .set_max_height(usize::from(max_h));
         let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
         let rgb = d
             .decode()
             .map_err(|e| anyhow::anyhow!("a bad JPEG: {e:?}"))?;
         let info = d.info().ok_or_else(|| anyhow::anyhow!("a bad JPEG"))?;
-        let mut img = Self::from_rgb8(info.width, info.height, &rgb)?;
-        img.jpeg = Some(Arc::from(bytes));
-        Ok(img)
+        let (w, h) = (info.width, info.height);
+        if rgb.len() != usize::from(w) * usize::from(h) * 3 {
+            bail!("a bad JPEG: {} bytes of RGB for {w}x{h}", rgb.len());
+        }
+        if (self.width, self.height) != (w, h) {
+            *self = Self {
+                jpeg: self.jpeg.take(),
+                ..Self::new(w, h)
+            };
+        }
+        for (d, s) in self.data.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
+            d.copy_from_slice(&[s[2], s[1], s[0], 0]);
+        }
+        Ok(())
     }
 
     /// Loads a PNG file. Every PNG colour type and bit depth is accepted: palettes and grey
@@ -463,6 +517,48 @@ pub fn clip(r: Rect, bound: Rect) -> Rect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// libjpeg-turbo (what decodes where it is installed, as tests/setup.sh makes it here) and
+    /// zune-jpeg (the fallback) decode the same picture, within the rounding of their IDCTs,
+    /// with the padding byte 0; both refuse an image larger than allowed and garbage.
+    #[test]
+    fn both_jpeg_decoders_agree() {
+        use rfb_core::jpeg::{JpegEncoder, RustJpegEncoder, Subsampling};
+        let (w, h) = (77u16, 41u16);
+        let rgb: Vec<u8> = (0..usize::from(w) * usize::from(h))
+            .flat_map(|i| {
+                let (x, y) = (i % usize::from(w), i / usize::from(w));
+                [(x * 3) as u8, (y * 6) as u8, (x * y) as u8]
+            })
+            .collect();
+        let mut jpeg = Vec::new();
+        RustJpegEncoder
+            .encode(&rgb, w, h, 90, Subsampling::Half, &mut jpeg)
+            .unwrap();
+        crate::vnc::jpeg::available().expect("libturbojpeg.so.0 (Debian libturbojpeg0)");
+        let mut turbo = Image::new(1, 1);
+        turbo.decode_jpeg_pixels(&jpeg, w, h).unwrap();
+        let mut zune = Image::new(1, 1);
+        zune.decode_zune(&jpeg, w, h).unwrap();
+        assert_eq!((turbo.width, turbo.height), (w, h));
+        assert_eq!((zune.width, zune.height), (w, h));
+        let worst = turbo
+            .data
+            .iter()
+            .zip(&zune.data)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 4, "the decoders differ by {worst}");
+        assert!(turbo.data.chunks_exact(4).all(|p| p[3] == 0));
+        assert!(turbo.decode_jpeg_pixels(&jpeg, w - 1, h).is_err());
+        assert!(zune.decode_zune(&jpeg, w, h - 1).is_err());
+        assert!(
+            turbo
+                .decode_jpeg_pixels(b"\xff\xd8 not a jpeg", w, h)
+                .is_err()
+        );
+    }
 
     #[test]
     fn pattern_damage_covers_every_change() {

@@ -62,7 +62,7 @@ impl JpegEncoderChoice {
 }
 
 type Handle = *mut c_void;
-type InitCompress = unsafe extern "C" fn() -> Handle;
+type Init = unsafe extern "C" fn() -> Handle;
 type Compress2 = unsafe extern "C" fn(
     Handle,
     *const c_uchar,
@@ -79,9 +79,32 @@ type Compress2 = unsafe extern "C" fn(
 type BufSize = unsafe extern "C" fn(c_int, c_int, c_int) -> c_ulong;
 type ErrorStr2 = unsafe extern "C" fn(Handle) -> *mut c_char;
 type Destroy = unsafe extern "C" fn(Handle) -> c_int;
+type ErrorCode = unsafe extern "C" fn(Handle) -> c_int;
+type DecompressHeader3 = unsafe extern "C" fn(
+    Handle,
+    *const c_uchar,
+    c_ulong,
+    *mut c_int,
+    *mut c_int,
+    *mut c_int,
+    *mut c_int,
+) -> c_int;
+type Decompress2 = unsafe extern "C" fn(
+    Handle,
+    *const c_uchar,
+    c_ulong,
+    *mut c_uchar,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+) -> c_int;
 
 /// `TJPF_RGB`: three bytes a pixel, red first.
 const TJPF_RGB: c_int = 0;
+/// `TJPF_BGRX`: four bytes a pixel, blue first (the native image's layout).
+const TJPF_BGRX: c_int = 3;
 /// `TJFLAG_NOREALLOC`: write into the buffer given.
 const TJFLAG_NOREALLOC: c_int = 1024;
 
@@ -100,11 +123,15 @@ impl std::str::FromStr for JpegEncoderChoice {
 
 /// The library's entry points (it stays loaded for the life of the process).
 struct Api {
-    init: InitCompress,
+    init: Init,
     compress: Compress2,
     buf_size: BufSize,
     error: ErrorStr2,
     destroy: Destroy,
+    init_decompress: Init,
+    header: DecompressHeader3,
+    decompress: Decompress2,
+    error_code: ErrorCode,
     _lib: libloading::Library,
 }
 
@@ -116,28 +143,25 @@ static API: OnceLock<Result<Api, String>> = OnceLock::new();
 fn load() -> Result<Api, String> {
     // SAFETY: loading libturbojpeg runs no initialisers with requirements on us, and the symbols
     // are looked up with the types of the TurboJPEG 2.x header (turbojpeg.h), which has kept
-    // these signatures since 1.2.
+    // these signatures since 2.0 (tjGetErrorCode), 1.4 (tjDecompressHeader3) and 1.2 (the others).
     unsafe {
         let lib = libloading::Library::new(LIBRARY).map_err(|e| e.to_string())?;
-        let api = Api {
-            init: *lib
-                .get::<InitCompress>(b"tjInitCompress\0")
-                .map_err(|e| e.to_string())?,
-            compress: *lib
-                .get::<Compress2>(b"tjCompress2\0")
-                .map_err(|e| e.to_string())?,
-            buf_size: *lib
-                .get::<BufSize>(b"tjBufSize\0")
-                .map_err(|e| e.to_string())?,
-            error: *lib
-                .get::<ErrorStr2>(b"tjGetErrorStr2\0")
-                .map_err(|e| e.to_string())?,
-            destroy: *lib
-                .get::<Destroy>(b"tjDestroy\0")
-                .map_err(|e| e.to_string())?,
+        fn sym<T: Copy>(lib: &libloading::Library, name: &[u8]) -> Result<T, String> {
+            // SAFETY: the caller names a symbol whose C type is T.
+            unsafe { lib.get::<T>(name).map(|s| *s).map_err(|e| e.to_string()) }
+        }
+        Ok(Api {
+            init: sym(&lib, b"tjInitCompress\0")?,
+            compress: sym(&lib, b"tjCompress2\0")?,
+            buf_size: sym(&lib, b"tjBufSize\0")?,
+            error: sym(&lib, b"tjGetErrorStr2\0")?,
+            destroy: sym(&lib, b"tjDestroy\0")?,
+            init_decompress: sym(&lib, b"tjInitDecompress\0")?,
+            header: sym(&lib, b"tjDecompressHeader3\0")?,
+            decompress: sym(&lib, b"tjDecompress2\0")?,
+            error_code: sym(&lib, b"tjGetErrorCode\0")?,
             _lib: lib,
-        };
-        Ok(api)
+        })
     }
 }
 
@@ -152,31 +176,25 @@ pub fn available() -> Result<(), &'static str> {
 
 /// A [`JpegEncoder`] on libturbojpeg: one compressor handle per connection, made at its first
 /// JPEG rectangle.
-pub struct TurboJpegEncoder {
+pub struct TurboJpegEncoder(Tj);
+
+/// One TurboJPEG handle (a compressor or a decompressor), destroyed when dropped.
+struct Tj {
     api: &'static Api,
     handle: Handle,
 }
 
-// SAFETY: a TurboJPEG handle may be used from any thread, one at a time; `encode` takes `&mut`.
-unsafe impl Send for TurboJpegEncoder {}
+// SAFETY: a TurboJPEG handle may be used from any thread, one at a time; its users take `&mut`.
+unsafe impl Send for Tj {}
 
-impl TurboJpegEncoder {
-    /// A new compressor, or `None` when the library is missing or cannot make one.
-    pub fn new() -> Option<Self> {
+impl Tj {
+    /// A handle from `init` (tjInitCompress or tjInitDecompress), or `None` when the library is
+    /// missing or cannot make one.
+    fn new(init: fn(&Api) -> Init) -> Option<Self> {
         let api = api().ok()?;
-        // SAFETY: tjInitCompress takes nothing and returns a handle or NULL.
-        let handle = unsafe { (api.init)() };
+        // SAFETY: both init functions take nothing and return a handle or NULL.
+        let handle = unsafe { init(api)() };
         (!handle.is_null()).then_some(Self { api, handle })
-    }
-
-    /// The [`JpegEncoderFactory`](rfb_core::jpeg::JpegEncoderFactory) to give
-    /// `Server::set_jpeg_encoder` once [`available`] said yes; a connection whose handle cannot be
-    /// made falls back to rfb-core's own encoder.
-    pub fn boxed() -> Box<dyn JpegEncoder> {
-        match Self::new() {
-            Some(e) => Box::new(e),
-            None => RustJpegEncoder::boxed(),
-        }
     }
 
     /// The library's message for the last failure on this handle.
@@ -193,11 +211,28 @@ impl TurboJpegEncoder {
     }
 }
 
-impl Drop for TurboJpegEncoder {
+impl Drop for Tj {
     fn drop(&mut self) {
-        // SAFETY: the handle came from tjInitCompress and is destroyed once.
+        // SAFETY: the handle came from an init function and is destroyed once.
         unsafe {
             (self.api.destroy)(self.handle);
+        }
+    }
+}
+
+impl TurboJpegEncoder {
+    /// A new compressor, or `None` when the library is missing or cannot make one.
+    pub fn new() -> Option<Self> {
+        Tj::new(|a| a.init).map(Self)
+    }
+
+    /// The [`JpegEncoderFactory`] to give
+    /// `Server::set_jpeg_encoder` once [`available`] said yes; a connection whose handle cannot be
+    /// made falls back to rfb-core's own encoder.
+    pub fn boxed() -> Box<dyn JpegEncoder> {
+        match Self::new() {
+            Some(e) => Box::new(e),
+            None => RustJpegEncoder::boxed(),
         }
     }
 }
@@ -224,7 +259,7 @@ impl JpegEncoder for TurboJpegEncoder {
         };
         let (w, h) = (c_int::from(width), c_int::from(height));
         // SAFETY: tjBufSize is a pure function of its arguments.
-        let room = unsafe { (self.api.buf_size)(w, h, samp) };
+        let room = unsafe { (self.0.api.buf_size)(w, h, samp) };
         if room == c_ulong::MAX || room == 0 {
             return Err(JpegError);
         }
@@ -238,8 +273,8 @@ impl JpegEncoder for TurboJpegEncoder {
         // image can take, and TJFLAG_NOREALLOC keeps the library from replacing it. On success
         // `size` bytes of it are written.
         let r = unsafe {
-            (self.api.compress)(
-                self.handle,
+            (self.0.api.compress)(
+                self.0.handle,
                 rgb.as_ptr(),
                 w,
                 0,
@@ -253,7 +288,7 @@ impl JpegEncoder for TurboJpegEncoder {
             )
         };
         if r != 0 {
-            log::debug!("libturbojpeg: {}", self.error());
+            log::debug!("libturbojpeg: {}", self.0.error());
             return Err(JpegError);
         }
         let size = usize::try_from(size).map_err(|_| JpegError)?;
@@ -262,6 +297,83 @@ impl JpegEncoder for TurboJpegEncoder {
         }
         // SAFETY: the library wrote `size` ≤ `room` bytes from the start of the spare capacity.
         unsafe { out.set_len(start + size) };
+        Ok(())
+    }
+}
+
+/// A TurboJPEG decompressor: what decodes MJPEG capture frames and JPEG images where the
+/// library is installed (`vnc::desktop::Image::decode_jpeg_pixels`), several times faster than
+/// zune-jpeg at 1080p.
+pub struct TurboJpegDecoder(Tj);
+
+impl TurboJpegDecoder {
+    /// A new decompressor, or `None` when the library is missing or cannot make one.
+    pub fn new() -> Option<Self> {
+        Tj::new(|a| a.init_decompress).map(Self)
+    }
+
+    /// The width and height the image's header gives.
+    pub fn size(&mut self, jpeg: &[u8]) -> Result<(u16, u16)> {
+        let (mut w, mut h, mut samp, mut space) = (0, 0, 0, 0);
+        // SAFETY: `jpeg` is readable for its length; the four outputs are writable ints.
+        let r = unsafe {
+            (self.0.api.header)(
+                self.0.handle,
+                jpeg.as_ptr(),
+                jpeg.len() as c_ulong,
+                &mut w,
+                &mut h,
+                &mut samp,
+                &mut space,
+            )
+        };
+        if r != 0 {
+            return Err(anyhow!("a bad JPEG: {}", self.0.error()));
+        }
+        match (u16::try_from(w), u16::try_from(h)) {
+            (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
+            _ => Err(anyhow!("a JPEG of {w}x{h}")),
+        }
+    }
+
+    /// Decodes `jpeg`, whose header says `width` × `height` (see [`size`](Self::size)), into
+    /// `out`: four bytes a pixel, B, G, R and 0, rows without padding.
+    pub fn decode_bgr0(
+        &mut self,
+        jpeg: &[u8],
+        width: u16,
+        height: u16,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let n = usize::from(width) * usize::from(height) * 4;
+        if out.len() != n || self.size(jpeg)? != (width, height) {
+            return Err(anyhow!("a JPEG of another size than {width}x{height}"));
+        }
+        // SAFETY: the header says width × height, so the library writes at most
+        // width × height × 4 bytes (pitch width × 4) into `out`, which is that long.
+        let r = unsafe {
+            (self.0.api.decompress)(
+                self.0.handle,
+                jpeg.as_ptr(),
+                jpeg.len() as c_ulong,
+                out.as_mut_ptr(),
+                c_int::from(width),
+                c_int::from(width) * 4,
+                c_int::from(height),
+                TJPF_BGRX,
+                0,
+            )
+        };
+        // A warning (TJERR_WARNING, 0: "extraneous bytes before marker" and the like, which
+        // capture devices' frames often have) still decoded the whole image.
+        // SAFETY: tjGetErrorCode reads the handle's last error.
+        if r != 0 && unsafe { (self.0.api.error_code)(self.0.handle) } != 0 {
+            return Err(anyhow!("a bad JPEG: {}", self.0.error()));
+        }
+        // The library fills the fourth byte with 255; the native image has 0 there.
+        for px in out.chunks_exact_mut(4) {
+            px[3] = 0;
+        }
         Ok(())
     }
 }
