@@ -10,7 +10,9 @@
 # firmware builds; boot; NBD over TLS with nbdinfo (info, --map), qemu-img (compare,
 # convert), qemu-io (RAM disk write/read back), kvmio nbd copy; VNC over TLS (X509Vnc with a
 # client certificate) with gvnccapture and kvmio vnc capture, pixels checked; X509None
-# refused; hostile input (ci/fwtest.py hostile) with a normal client after every case; one VNC
+# refused; the console over wss (TLS → WebSocket → RFB, tls_glue::ws) with kvmio vnc capture
+# wss://, pixels checked, and its hostile input (ci/fwtest.py wss); hostile input
+# (ci/fwtest.py hostile) with a normal client after every case; one VNC
 # and one NBD session at the same time; the NBD handshake deadline; link down/up through the
 # QEMU monitor and idle host CPU (WFI); footprint figures (llvm-size, the UART `mem:` lines)
 # as a table for docs/BENCHMARKS.md; the UART log free of panics, faults and dropped frames.
@@ -25,6 +27,7 @@ KVMIO=$ROOT/target/release/kvmio
 ELF=target/thumbv7em-none-eabihf/release/embedded-demo
 IMAGE=$HERE/target/thumbv7em-none-eabihf/release/flash-image.bin
 NUCLEO_ELF=target/nucleo/thumbv7em-none-eabihf/release/embedded-demo
+WSS_ELF=target/wss/thumbv7em-none-eabihf/release/embedded-demo
 export CARGO_TERM_COLOR=never
 start=$(date +%s)
 
@@ -79,6 +82,11 @@ if KVMIO_CREDS=$CREDS cargo build --release 2>&1 | grep -qE '^(warning|error)'; 
     fail "the firmware build has warnings or errors"
 fi
 
+step "build the MPS2-AN500 firmware with the wss console (feature wss)"
+KVMIO_CREDS=$CREDS cargo build --release --features wss --target-dir target/wss 2>&1 |
+    grep -E '^(warning|error)|Finished' || true
+[ -f "$WSS_ELF" ] || fail "firmware build with wss"
+
 if [ -z "${CI_SKIP_NUCLEO:-}" ]; then
     step "build NUCLEO-H743ZI firmware (same app, hardware RNG)"
     KVMIO_CREDS=$CREDS cargo build --release --no-default-features --features board-nucleo-h743 \
@@ -91,9 +99,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 VNC_PORT=$(free_port)
 NBD_PORT=$(free_port)
 while [ "$VNC_PORT" -le 5900 ] || [ "$VNC_PORT" = "$NBD_PORT" ]; do VNC_PORT=$(free_port); done
+WS_PORT=$(free_port)
+while [ "$WS_PORT" = "$VNC_PORT" ] || [ "$WS_PORT" = "$NBD_PORT" ]; do WS_PORT=$(free_port); done
 UART_LOG=$WORK/uart.log
 MONITOR=$WORK/monitor.sock
-QEMU_PID=$(VNC_HOST_PORT=$VNC_PORT NBD_HOST_PORT=$NBD_PORT UART_LOG=$UART_LOG BOOT_TIMEOUT=30 \
+QEMU_PID=$(VNC_HOST_PORT=$VNC_PORT NBD_HOST_PORT=$NBD_PORT WS_HOST_PORT=$WS_PORT UART_LOG=$UART_LOG BOOT_TIMEOUT=30 \
     QEMU_MONITOR=$MONITOR ./run-qemu.sh "$ELF") || fail "boot"
 echo "qemu pid $QEMU_PID, VNC 127.0.0.1:$VNC_PORT, NBD 127.0.0.1:$NBD_PORT"
 grep -E 'listening|tls:|vnc:' "$UART_LOG"
@@ -267,6 +277,41 @@ done
 if grep -q 'Failed to send packet' "$UART_LOG"; then fail "slirp dropped frames"; fi
 echo "$(grep -c 'session end' "$UART_LOG") sessions, no panic, fault, heap failure or drop"
 
+step "the wss image: boot it, and its UART log"
+kill "$QEMU_PID" 2>/dev/null || true
+wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=
+UART_LOG=$WORK/uart-wss.log
+QEMU_PID=$(VNC_HOST_PORT=$VNC_PORT NBD_HOST_PORT=$NBD_PORT WS_HOST_PORT=$WS_PORT UART_LOG=$UART_LOG \
+    BOOT_TIMEOUT=30 ./run-qemu.sh "$WSS_ELF") || fail "boot the wss image"
+grep -E 'listening|vnc over wss' "$UART_LOG"
+grep -q 'vnc over wss on tcp port 5700' "$UART_LOG" || fail "the wss image does not serve wss"
+
+step "VNC over wss: kvmio vnc capture wss://, hostile WebSocket input"
+"$KVMIO" vnc capture "wss://127.0.0.1:$WS_PORT/" "$WORK/wss.png" \
+    --password-file "$WORK/vncpass" --tls-creds "$CREDS" || fail "kvmio vnc capture wss://"
+(cd ci && python3 fwtest.py png "$WORK/wss.png" 240 160) || fail "kvmio vnc capture wss:// PNG"
+grep -q 'ws slot 1: WebSocket open' "$UART_LOG" || fail "no WebSocket session in the UART log"
+idle
+wss_mem=$(last_mem)
+echo wrong >"$WORK/badpass"
+if "$KVMIO" vnc capture "wss://127.0.0.1:$WS_PORT/" "$WORK/bad.png" \
+    --password-file "$WORK/badpass" --tls-creds "$CREDS" --timeout 20 >/dev/null 2>&1; then
+    fail "a wrong password was accepted over wss"
+fi
+echo "wrong password refused over wss"
+idle
+(cd ci && python3 fwtest.py wss "$WS_PORT" "$CREDS" "$UART_LOG") || fail "wss hostile input"
+idle
+
+"$KVMIO" vnc capture "vnc://127.0.0.1:$VNC_PORT" "$WORK/kvmio-wss-image.png" --security X509Vnc \
+    --password-file "$WORK/vncpass" --tls-creds "$CREDS" || fail "kvmio vnc capture (wss image)"
+idle
+for bad in PANIC panicked HARDFAULT 'heap_fail=1'; do
+    if grep -q "$bad" "$UART_LOG"; then fail "UART log (wss image): $bad"; fi
+done
+echo "$(grep -c 'session end' "$UART_LOG") sessions on the wss image, no panic, fault or heap failure"
+
 step "footprint (paste into docs/BENCHMARKS.md)"
 kill "$QEMU_PID" 2>/dev/null || true
 wait "$QEMU_PID" 2>/dev/null || true
@@ -297,11 +342,13 @@ echo "| board | flash: .text+.rodata | .nbd_image | static RAM: .data+.bss − h
 echo "|---|---|---|---|---|---|---|---|"
 row "MPS2-AN500 (QEMU)" "$ELF" "$both_mem"
 mps2_static=$STATIC
+row "MPS2-AN500 with the wss console (one wss session live)" "$WSS_ELF" "$wss_mem"
 if [ -z "${CI_SKIP_NUCLEO:-}" ]; then row "NUCLEO-H743ZI" "$NUCLEO_ELF" "" "$both_mem"; fi
 base=$(field "$vnc_mem" heap_now)
 echo
 echo "Per session (heap, measured alone; baseline $base B of credentials and configuration):"
 echo "VNC (kvmio vnc capture): $(( $(field "$vnc_mem" heap_peak) - base )) B;" \
+    "VNC over wss (kvmio vnc capture wss://): $(( $(field "$wss_mem" heap_peak) - base )) B;" \
     "NBD with 16 KiB-record writes (qemu-io): $(( $(field "$ram_mem" heap_peak) - base )) B;" \
     "static per session slot: $(grep -o 'per-slot static.*' "$UART_LOG" | sed 's/per-slot static //')"
 vnc_heap=$(( $(field "$vnc_mem" heap_peak) - base ))

@@ -6,6 +6,7 @@
 # Environment (all optional):
 #   VNC_HOST_PORT  host port forwarded to guest :5900   (default 15900)
 #   NBD_HOST_PORT  host port forwarded to guest :10809  (default 10809)
+#   WS_HOST_PORT   host port forwarded to guest :5700 (wss) (default 15700)
 #   UART_LOG       file receiving the firmware's UART0  (default target/qemu-uart.log)
 #   QEMU_MONITOR   unix socket path for the QEMU monitor (default: none)
 #   QEMU_PCAP      file to capture the guest's Ethernet frames into (default: none)
@@ -21,6 +22,7 @@ cd "$(dirname "$0")"
 ELF=${1:-target/thumbv7em-none-eabihf/release/embedded-demo}
 VNC_HOST_PORT=${VNC_HOST_PORT:-15900}
 NBD_HOST_PORT=${NBD_HOST_PORT:-10809}
+WS_HOST_PORT=${WS_HOST_PORT:-15700}
 UART_LOG=${UART_LOG:-target/qemu-uart.log}
 QEMU_MACHINE=${QEMU_MACHINE:-mps2-an500}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-20}
@@ -44,7 +46,7 @@ fi
 mkdir -p "$(dirname "$UART_LOG")"
 : >"$UART_LOG"
 set -- -M "$QEMU_MACHINE" -nographic -kernel "$ELF" \
-    -nic "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${VNC_HOST_PORT}-:5900,hostfwd=tcp:127.0.0.1:${NBD_HOST_PORT}-:10809"
+    -nic "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${VNC_HOST_PORT}-:5900,hostfwd=tcp:127.0.0.1:${NBD_HOST_PORT}-:10809,hostfwd=tcp:127.0.0.1:${WS_HOST_PORT}-:5700"
 if [ -n "${QEMU_MONITOR:-}" ]; then
     rm -f "$QEMU_MONITOR"
     set -- "$@" -monitor "unix:${QEMU_MONITOR},server,nowait"
@@ -73,5 +75,5 @@ while ! grep -q 'listening' "$UART_LOG" 2>/dev/null; do
     fi
     sleep 0.01
 done
-echo "run-qemu: listening (127.0.0.1:${VNC_HOST_PORT} -> :5900, 127.0.0.1:${NBD_HOST_PORT} -> :10809), UART log $UART_LOG" >&2
+echo "run-qemu: listening (127.0.0.1:${VNC_HOST_PORT} -> :5900, 127.0.0.1:${WS_HOST_PORT} -> :5700, 127.0.0.1:${NBD_HOST_PORT} -> :10809), UART log $UART_LOG" >&2
 echo "$pid"

@@ -8,12 +8,15 @@
   fwtest.py deadline NBD_PORT SECONDS     a client that never negotiates is dropped after SECONDS
   fwtest.py link-idle QEMU_PID MONITOR UART_LOG NBD_PORT CREDS IMAGE
                                           link down/up (QEMU monitor), then idle host CPU
+  fwtest.py wss PORT CREDS UART_LOG       the wss console port: requests and frames that break
+                                          the rules get the RFC's answers
 Environment: VNC_PASSWORD (default "secret").
 """
 
 import os
 import re
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -526,6 +529,117 @@ def cmd_hostile(vnc_port, nbd_port, creds, image_path, uart_log):
           f"({time.monotonic() - started:.1f} s)")
 
 
+WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+WS_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def wss_connect(port, creds, client_cert=True):
+    return peers.tls_wrap(peers.connect(port), creds, client_cert)
+
+
+def ws_head(s):
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += peers.recv_exact(s, 1)
+    return head
+
+
+def ws_upgrade(port, creds):
+    s = wss_connect(port, creds)
+    s.sendall(b"GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: " + WS_KEY +
+              b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = ws_head(s)
+    if not head.startswith(b"HTTP/1.1 101") or WS_ACCEPT not in head:
+        fail(f"upgrade: {head!r}")
+    return s
+
+
+def ws_close_code(s):
+    """Reads to the end; returns the status code of the server's close frame."""
+    data = b""
+    s.settimeout(15)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, OSError):
+        pass
+    at = 0
+    while at + 2 <= len(data):
+        op, n = data[at] & 0x0F, data[at + 1] & 0x7F
+        hl = 2
+        if n == 126:
+            n, hl = struct.unpack(">H", data[at + 2:at + 4])[0], 4
+        elif n == 127:
+            n, hl = struct.unpack(">Q", data[at + 2:at + 10])[0], 10
+        if op == 8:
+            return struct.unpack(">H", data[at + hl:at + hl + 2])[0]
+        at += hl + n
+    fail(f"no close frame in {len(data)} bytes")
+
+
+def cmd_wss(port, creds, uart_log):
+    uart = Uart(uart_log)
+    mask = b"\x01\x02\x03\x04"
+
+    def masked(op_byte, payload):
+        return (bytes([op_byte, 0x80 | len(payload)]) + mask
+                + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def http(request, status):
+        def case():
+            s = wss_connect(port, creds)
+            s.sendall(request)
+            head = ws_head(s)
+            if not head.startswith(b"HTTP/1.1 %d " % status):
+                fail(f"{request[:40]!r}: {head!r}")
+            if not peers.closed_by_server(s):
+                fail(f"{request[:40]!r}: not closed after {status}")
+        return case
+
+    def frame(data, code):
+        def case():
+            s = ws_upgrade(port, creds)
+            s.sendall(data)
+            got = ws_close_code(s)
+            if got != code:
+                fail(f"close code {got}, want {code}")
+        return case
+
+    def no_client_certificate():
+        try:
+            s = wss_connect(port, creds, client_cert=False)
+            s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            s.recv(1)
+        except (ssl.SSLError, ConnectionResetError, OSError):
+            return
+        fail("a client without a certificate got through")
+
+    cases = [
+        ("a request that is not an upgrade: 426",
+         http(b"GET /vnc.html HTTP/1.1\r\nHost: x\r\n\r\n", 426)),
+        ("a never-ending header: 431",
+         http(b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 3000 + b"\r\n\r\n", 431)),
+        ("an unmasked frame: 1002", frame(b"\x82\x01\x00", 1002)),
+        ("a 2^63 length: 1002", frame(b"\x82\xff\x80" + bytes(7) + mask, 1002)),
+        ("a 1 GiB frame: 1009", frame(b"\x82\xff" + struct.pack(">Q", 1 << 30) + mask, 1009)),
+        ("opcode 3: 1002", frame(masked(0x83, b""), 1002)),
+        ("a fragmented ping: 1002", frame(masked(0x09, b"x"), 1002)),
+        ("a close in the middle of an RFB message: answered 1000",
+         frame(masked(0x82, b"RFB ") + masked(0x88, b"\x03\xe8"), 1000)),
+        ("no client certificate: refused", no_client_certificate),
+    ]
+    for name, case in cases:
+        ended = uart.count("session end")
+        t0 = time.monotonic()
+        case()
+        uart.wait_idle(ended + 1)
+        print(f"ok   wss: {name} ({time.monotonic() - t0:.2f} s)")
+
+
 def cmd_deadline(port, seconds):
     """The core's handshake deadline (poll_timeout → embassy_time) drops a silent client."""
     c = Nbd(port)
@@ -595,6 +709,8 @@ def main(argv):
             cmd_hostile(int(args[0]), int(args[1]), args[2], args[3], args[4])
         elif cmd == "deadline":
             cmd_deadline(int(args[0]), float(args[1]))
+        elif cmd == "wss":
+            cmd_wss(int(args[0]), args[1], args[2])
         elif cmd == "link-idle":
             cmd_link_idle(int(args[0]), args[1], args[2], int(args[3]), args[4], args[5])
         else:

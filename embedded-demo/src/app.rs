@@ -1,8 +1,9 @@
-//! The board-independent application: the VNC console (:5900) and the NBD virtual media
-//! (:10809) on an `embassy_net::Stack<'static>`, both over TLS from one shared configuration
-//! ([`crate::tls`]).
+//! The board-independent application: the VNC console (:5900, and with the `wss` feature over
+//! WebSocket in TLS for browsers on :5700) and the NBD virtual media (:10809) on an `embassy_net::Stack<'static>`, all over TLS
+//! from one shared configuration ([`crate::tls`]).
 //!
-//! Session slots: [`VNC_SESSIONS`] on the VNC port, [`NBD_SESSIONS`] on the NBD port; a slot
+//! Session slots: [`VNC_SESSIONS`] on the VNC port, [`VNC_WS_SESSIONS`] on the WebSocket port,
+//! [`NBD_SESSIONS`] on the NBD port; a slot
 //! is one listener task with its own static TCP and driver buffers. One console session at a
 //! time; NBD has a second slot so a client that opens its next connection before the previous
 //! one is closed (kvmio's probe, a quick reconnect) is not refused. At most
@@ -37,21 +38,34 @@ use crate::vnc::VncService;
 
 /// The VNC (RFB) port.
 pub const VNC_PORT: u16 = 5900;
+/// The VNC console over WebSocket in TLS (wss), as kvmio's `--vnc-websocket` default.
+pub const VNC_WS_PORT: u16 = 5700;
 /// The NBD port.
 pub const NBD_PORT: u16 = 10809;
 /// Concurrent VNC sessions (listening sockets on the VNC port).
 pub const VNC_SESSIONS: usize = 1;
+/// Concurrent VNC sessions over wss (none without the `wss` feature).
+pub const VNC_WS_SESSIONS: usize = if cfg!(feature = "wss") { 1 } else { 0 };
 /// Concurrent NBD sessions (listening sockets on the NBD port).
 pub const NBD_SESSIONS: usize = 2;
 /// TCP sockets the application uses; the board sizes `StackResources` with it.
-pub const SOCKET_COUNT: usize = VNC_SESSIONS + NBD_SESSIONS;
+pub const SOCKET_COUNT: usize = VNC_SESSIONS + VNC_WS_SESSIONS + NBD_SESSIONS;
 
-/// The port of session slot `slot` and the slot's index among that port's slots.
+/// `size_of` the wss service, for the `mem:` line (0 without the feature).
+#[cfg(feature = "wss")]
+const WS_SERVICE_SIZE: usize = core::mem::size_of::<crate::ws::WsVncService>();
+#[cfg(not(feature = "wss"))]
+const WS_SERVICE_SIZE: usize = 0;
+
+/// The port of session slot `slot` and the slot's index among that port's slots (the wss
+/// slots come after the VNC port's in the desktop's numbering: [`crate::desktop::SLOTS`]).
 const fn slot_port(slot: usize) -> (u16, usize) {
     if slot < VNC_SESSIONS {
         (VNC_PORT, slot)
+    } else if slot < VNC_SESSIONS + VNC_WS_SESSIONS {
+        (VNC_WS_PORT, slot - VNC_SESSIONS)
     } else {
-        (NBD_PORT, slot - VNC_SESSIONS)
+        (NBD_PORT, slot - VNC_SESSIONS - VNC_WS_SESSIONS)
     }
 }
 /// Receive buffer per socket. The receive buffer is the TCP window a socket advertises, and
@@ -119,11 +133,12 @@ pub fn start(spawner: Spawner, stack: Stack<'static>) {
         crate::storage::RAM_DISK_LEN
     );
     info!(
-        "mem: per-slot static tcp_rx={} tcp_tx={} driver_buffers={} vnc_service={} nbd_service={} slots={} tls_layer={}",
+        "mem: per-slot static tcp_rx={} tcp_tx={} driver_buffers={} vnc_service={} ws_service={} nbd_service={} slots={} tls_layer={}",
         TCP_RX_BUF,
         TCP_TX_BUF,
         core::mem::size_of::<Buffers>(),
         core::mem::size_of::<VncService>(),
+        WS_SERVICE_SIZE,
         core::mem::size_of::<NbdService>(),
         SOCKET_COUNT,
         core::mem::size_of::<tls_glue::TlsLayer>()
@@ -150,6 +165,12 @@ async fn announce(stack: Stack<'static>) {
     stack.wait_config_up().await;
     while LISTENING.load(Ordering::Acquire) < SOCKET_COUNT {
         LISTENING_CHANGED.wait().await;
+    }
+    if cfg!(feature = "wss") {
+        info!(
+            "vnc over wss on tcp port {} ({} session)",
+            VNC_WS_PORT, VNC_WS_SESSIONS
+        );
     }
     match stack.config_v4() {
         Some(c) => info!(
@@ -249,6 +270,14 @@ async fn serve(
     if port == VNC_PORT {
         let mut service = VncService::new(slot)?;
         driver::run(socket, &mut service, bufs).await
+    } else if port == VNC_WS_PORT {
+        #[cfg(feature = "wss")]
+        {
+            let mut service = crate::ws::WsVncService::new(VNC_SESSIONS + slot)?;
+            driver::run(socket, &mut service, bufs).await
+        }
+        #[cfg(not(feature = "wss"))]
+        unreachable!("no wss slots without the feature")
     } else {
         let mut service = NbdService::new(slot)?;
         driver::run(socket, &mut service, bufs).await

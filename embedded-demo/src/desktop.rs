@@ -43,7 +43,7 @@ const TILE_WORDS: usize = (TILES_X * TILES_Y).div_ceil(32);
 const _: () = assert!(WIDTH.is_multiple_of(TILE) && HEIGHT.is_multiple_of(TILE));
 
 /// VNC sessions tracked (one bitmap each).
-pub const SLOTS: usize = crate::app::VNC_SESSIONS;
+pub const SLOTS: usize = crate::app::VNC_SESSIONS + crate::app::VNC_WS_SESSIONS;
 /// Most rectangles one update's damage list holds (beyond: their bounding box).
 pub const MAX_DAMAGE: usize = 12;
 

@@ -54,8 +54,11 @@ pub trait Service {
     fn handle_timeout(&mut self, now: Instant);
 }
 
-/// Plaintext output buffer size: one `poll_transmit` at most (rfb-core's encoder needs 2048).
-pub const PLAIN_OUT: usize = 2048;
+/// Plaintext output buffer size: one `poll_transmit` at most (rfb-core's encoder needs 2048,
+/// and over WebSocket a frame header goes in front of that).
+pub const PLAIN_OUT: usize = 2048 + WS_HEADER;
+/// The WebSocket frame header of a server frame of up to 65535 bytes ([`crate::ws`]).
+pub const WS_HEADER: usize = 4;
 /// The link's buffer ([`Buffers::wire`]): plaintext input before TLS (the largest pre-TLS
 /// message a service accepts whole), then one encrypted record of [`PLAIN_OUT`] bytes plus
 /// overhead and slack ([`Link::seal_in_place`]).

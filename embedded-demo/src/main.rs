@@ -6,7 +6,8 @@
 //!   feature: `board-mps2` (QEMU `mps2-an500`, the default) or `board-nucleo-h743`.
 //! * [`app`]: board-independent services on an `embassy_net::Stack<'static>`: listeners and
 //!   session slots; [`driver`]: the one Sans-IO connection driver (TCP ⇄ TLS ⇄ core) both
-//!   services share; [`vnc`] + [`desktop`] + [`font`]: the VNC console (rfb-core);
+//!   services share; [`vnc`] + [`desktop`] + [`font`]: the VNC console (rfb-core), and
+//!   `ws` (feature `wss`): the same console over WebSocket in TLS for browsers (`tls_glue::ws`);
 //!   [`nbd`] + [`storage`]: the NBD virtual media (nbd-core); [`tls`]: the one set of
 //!   credentials and server configuration both use.
 //! * [`mem`]: stack high-water mark (stack painting) and heap accounting.
@@ -36,6 +37,8 @@ mod rng;
 mod storage;
 mod tls;
 mod vnc;
+#[cfg(feature = "wss")]
+mod ws;
 
 #[cortex_m_rt::entry]
 fn main() -> ! {

@@ -41,13 +41,26 @@ const POINTER_LOG_INTERVAL: Duration = Duration::from_millis(250);
 /// gvnccapture, keeps the server's format and renders an 8 bpp `bbgggrrr` one almost black.)
 const SERVER_INIT_FORMAT: rfb_core::wire::PixelFormat = rfb_core::wire::PixelFormat::RGB888;
 
-fn config() -> ServerConfig {
-    let subtypes: &[VencryptSubtype] = if OFFER_X509NONE {
-        &[VencryptSubtype::X509Vnc, VencryptSubtype::X509None]
+/// The configuration of a session on the VNC port (VeNCrypt with X.509), or (`inside_tls`) of
+/// one inside wss, where the TLS is the WebSocket's and the same choices are offered without
+/// it: VncAuth (for X509Vnc), None (for X509None).
+#[cfg_attr(not(feature = "wss"), allow(unused_variables))]
+fn config(inside_tls: bool) -> ServerConfig {
+    let mut c = if inside_tls {
+        let types: &[SecurityType] = if OFFER_X509NONE {
+            &[SecurityType::VncAuth, SecurityType::None]
+        } else {
+            &[SecurityType::VncAuth]
+        };
+        ServerConfig::with_security(types, &[])
     } else {
-        &[VencryptSubtype::X509Vnc]
+        let subtypes: &[VencryptSubtype] = if OFFER_X509NONE {
+            &[VencryptSubtype::X509Vnc, VencryptSubtype::X509None]
+        } else {
+            &[VencryptSubtype::X509Vnc]
+        };
+        ServerConfig::with_security(&[SecurityType::VeNCrypt], subtypes)
     };
-    let mut c = ServerConfig::with_security(&[SecurityType::VeNCrypt], subtypes);
     // Nothing here needs long client messages: refuse long clipboard texts and credentials.
     c.limits.max_cut_text = 64 * 1024;
     c.limits.max_username = 64;
@@ -84,9 +97,18 @@ fn core_now() -> rfb_core::Instant {
 impl VncService {
     /// A server for a connection accepted now on VNC session slot `slot`.
     pub fn new(slot: usize) -> Result<Self, ServiceError> {
+        Self::with_config(slot, config(false))
+    }
+
+    /// A server inside a TLS the transport already runs (wss, `crate::ws`).
+    #[cfg(feature = "wss")]
+    pub fn inside_tls(slot: usize) -> Result<Self, ServiceError> {
+        Self::with_config(slot, config(true))
+    }
+
+    fn with_config(slot: usize, config: ServerConfig) -> Result<Self, ServiceError> {
         let mut challenge = [0u8; 16];
         crate::rng::fill(&mut challenge).map_err(|_| ServiceError("vnc: no random source"))?;
-        let config = config();
         if let Err(e) = config.validate() {
             error!("vnc: bad configuration: {:?}", e);
             return Err(ServiceError("vnc: bad configuration"));

@@ -406,6 +406,86 @@ fn hostile_websocket_input_gets_the_rfc_answers() {
     assert!(log.contains("close 1009"), "{log}");
 }
 
+/// A connection to the WebSocket port that has not finished a request or the upgrade within
+/// 30 s (`web::HTTP_IDLE`) is closed: one that sends nothing, one stuck in its request head
+/// (slowloris), and one idle after a keep-alive answer; all three at once, and the port serves
+/// the next request.
+#[test]
+fn idle_http_connections_are_closed() {
+    let dir = tempdir();
+    let web = dir.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    std::fs::write(web.join("index.html"), b"<p>console</p>").unwrap();
+    let pic = test_picture(32, 24, 5);
+    let png = picture_file(dir.path(), &pic, "p.png");
+    let mut s = VncServer::start(
+        Runtime::Threads,
+        &[
+            "--image",
+            png.to_str().unwrap(),
+            "--vnc-websocket",
+            "127.0.0.1:0",
+            "--web",
+            web.to_str().unwrap(),
+        ],
+    );
+    let port = websocket_port(&mut s);
+    let get = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: [(&str, &[u8]); 3] = [
+        ("silent", b""),
+        ("half a head", b"GET /index.html HTTP/1.1\r\nHost: x\r\n"),
+        ("idle after an answer", get),
+    ];
+    let threads: Vec<_> = cases
+        .into_iter()
+        .map(|(what, send)| {
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+                let t = std::time::Instant::now();
+                c.write_all(send).unwrap();
+                let mut got = Vec::new();
+                let r = c.read_to_end(&mut got);
+                assert!(r.is_ok(), "{what}: not closed: {r:?}");
+                let got = String::from_utf8_lossy(&got).into_owned();
+                (what, t.elapsed(), got)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (what, waited, got) = t.join().unwrap();
+        // Closed for being idle, not at once.
+        assert!(
+            waited >= Duration::from_secs(25),
+            "{what}: closed after {waited:?}"
+        );
+        if what == "idle after an answer" {
+            assert!(
+                got.starts_with("HTTP/1.1 200 ") && got.ends_with("<p>console</p>"),
+                "{what}: {got}"
+            );
+        } else {
+            assert_eq!(got, "", "{what}");
+        }
+    }
+    let log = s.log();
+    assert_eq!(
+        log.matches("no request or upgrade for 30 s: closing")
+            .count(),
+        3,
+        "{log}"
+    );
+    // The port still answers.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    s.assert_healthy(&[], &pic);
+}
+
 /// `kvmio vnc capture ws://` and `wss://`: against kvmio's own WebSocket listener (wss with
 /// the client certificate verified, as on the TCP port; refused without one) and through
 /// websockify in front of the TCP port.

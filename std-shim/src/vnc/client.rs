@@ -149,8 +149,14 @@ impl VncClientSession {
             opts.timeout.as_micros() as u64
         ));
         let now = Instant::now();
+        let mut client = Client::new(config, rfb_core::Instant::ZERO);
+        // Tight JPEG through libjpeg-turbo where installed (as the server decodes its JPEG
+        // frames), else rfb-core's zune-jpeg.
+        if let Some(d) = crate::vnc::jpeg::TurboJpegDecoder::new() {
+            client.set_jpeg_decoder(Some(Box::new(d)));
+        }
         Ok(Self {
-            client: Client::new(config, rfb_core::Instant::ZERO),
+            client,
             deadline: now + opts.timeout,
             opts,
             tls_configured,

@@ -17,7 +17,9 @@ use std::ffi::{CStr, c_char, c_int, c_uchar, c_ulong, c_void};
 use std::sync::OnceLock;
 
 use anyhow::{Result, anyhow};
-use rfb_core::jpeg::{JpegEncoder, JpegEncoderFactory, JpegError, RustJpegEncoder, Subsampling};
+use rfb_core::jpeg::{
+    JpegDecoder, JpegEncoder, JpegEncoderFactory, JpegError, RustJpegEncoder, Subsampling,
+};
 
 /// The JPEG compressor of a VNC server (`--jpeg-encoder`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -345,12 +347,30 @@ impl TurboJpegDecoder {
         height: u16,
         out: &mut [u8],
     ) -> Result<()> {
-        let n = usize::from(width) * usize::from(height) * 4;
+        self.decompress(jpeg, width, height, out, TJPF_BGRX, 4)?;
+        // The library fills the fourth byte with 255; the native image has 0 there.
+        for px in out.chunks_exact_mut(4) {
+            px[3] = 0;
+        }
+        Ok(())
+    }
+
+    /// Decodes into `out` (`width * height * bpp` bytes of `format`) after checking the header.
+    fn decompress(
+        &mut self,
+        jpeg: &[u8],
+        width: u16,
+        height: u16,
+        out: &mut [u8],
+        format: c_int,
+        bpp: usize,
+    ) -> Result<()> {
+        let n = usize::from(width) * usize::from(height) * bpp;
         if out.len() != n || self.size(jpeg)? != (width, height) {
             return Err(anyhow!("a JPEG of another size than {width}x{height}"));
         }
         // SAFETY: the header says width × height, so the library writes at most
-        // width × height × 4 bytes (pitch width × 4) into `out`, which is that long.
+        // width × height × bpp bytes (pitch width × bpp) into `out`, which is that long.
         let r = unsafe {
             (self.0.api.decompress)(
                 self.0.handle,
@@ -358,9 +378,9 @@ impl TurboJpegDecoder {
                 jpeg.len() as c_ulong,
                 out.as_mut_ptr(),
                 c_int::from(width),
-                c_int::from(width) * 4,
+                c_int::from(width) * bpp as c_int,
                 c_int::from(height),
-                TJPF_BGRX,
+                format,
                 0,
             )
         };
@@ -370,11 +390,25 @@ impl TurboJpegDecoder {
         if r != 0 && unsafe { (self.0.api.error_code)(self.0.handle) } != 0 {
             return Err(anyhow!("a bad JPEG: {}", self.0.error()));
         }
-        // The library fills the fourth byte with 255; the native image has 0 there.
-        for px in out.chunks_exact_mut(4) {
-            px[3] = 0;
-        }
         Ok(())
+    }
+}
+
+/// The Tight client's decoder (`kvmio vnc capture`): 8-bit RGB, the size checked from the
+/// header before anything is written.
+impl JpegDecoder for TurboJpegDecoder {
+    fn decode(
+        &mut self,
+        jpeg: &[u8],
+        width: u16,
+        height: u16,
+        rgb: &mut [u8],
+    ) -> Result<(), JpegError> {
+        self.decompress(jpeg, width, height, rgb, TJPF_RGB, 3)
+            .map_err(|e| {
+                log::debug!("libturbojpeg: {e}");
+                JpegError
+            })
     }
 }
 
@@ -428,6 +462,18 @@ mod tests {
             assert_eq!(&out[3..5], &[0xff, 0xd8], "SOI");
             let mut back = vec![0; rgb.len()];
             ZuneJpegDecoder.decode(&out[3..], w, h, &mut back).unwrap();
+            // libjpeg-turbo's decoder (the client's) reads the same picture, and checks the
+            // size from the header.
+            let mut turbo = vec![0; rgb.len()];
+            let mut dec = TurboJpegDecoder::new().unwrap();
+            JpegDecoder::decode(&mut dec, &out[3..], w, h, &mut turbo).unwrap();
+            let apart = back.iter().zip(&turbo).map(|(a, b)| a.abs_diff(*b)).max();
+            assert!(
+                apart <= Some(4),
+                "{samp:?}: the decoders differ by {apart:?}"
+            );
+            let mut small = vec![0; (usize::from(w) - 1) * usize::from(h) * 3];
+            assert!(JpegDecoder::decode(&mut dec, &out[3..], w - 1, h, &mut small).is_err());
             // Greyscale keeps the BT.601 luma in all three channels, the others each channel.
             let want: Vec<u8> = if samp == Subsampling::Grey {
                 rgb.chunks_exact(3)
