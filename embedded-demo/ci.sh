@@ -107,6 +107,7 @@ QEMU_PID=$(VNC_HOST_PORT=$VNC_PORT NBD_HOST_PORT=$NBD_PORT WS_HOST_PORT=$WS_PORT
     QEMU_MONITOR=$MONITOR ./run-qemu.sh "$ELF") || fail "boot"
 echo "qemu pid $QEMU_PID, VNC 127.0.0.1:$VNC_PORT, NBD 127.0.0.1:$NBD_PORT"
 grep -E 'listening|tls:|vnc:' "$UART_LOG"
+slot_line=$(grep -o 'per-slot static.*' "$UART_LOG" | sed 's/per-slot static //')
 
 # Waits until every session the firmware opened has ended (the slots are free again) and the
 # log has been quiet for 0.2 s: the firmware writes its log when idle, so a line can lag
@@ -350,7 +351,7 @@ echo "Per session (heap, measured alone; baseline $base B of credentials and con
 echo "VNC (kvmio vnc capture): $(( $(field "$vnc_mem" heap_peak) - base )) B;" \
     "VNC over wss (kvmio vnc capture wss://): $(( $(field "$wss_mem" heap_peak) - base )) B;" \
     "NBD with 16 KiB-record writes (qemu-io): $(( $(field "$ram_mem" heap_peak) - base )) B;" \
-    "static per session slot: $(grep -o 'per-slot static.*' "$UART_LOG" | sed 's/per-slot static //')"
+    "static per session slot: $slot_line (the wss image: $(grep -o 'per-slot static.*' "$UART_LOG" | sed 's/per-slot static //'))"
 vnc_heap=$(( $(field "$vnc_mem" heap_peak) - base ))
 nbd_heap=$(( $(field "$ram_mem" heap_peak) - base ))
 worst=$((mps2_static + base + vnc_heap + nbd_heap + $(field "$both_mem" stack_hwm)))
