@@ -12,8 +12,6 @@ use crate::pump::{Control, OutBuf, PeerInfo, Processed, Session};
 pub struct WsClientSession<S> {
     link: Framed,
     inner: S,
-    wss: bool,
-    tls_started: bool,
     done: bool,
     tls: Option<String>,
 }
@@ -26,17 +24,11 @@ impl<S: Session> WsClientSession<S> {
         getrandom::fill(&mut nonce).map_err(|e| anyhow!("OS random source: {e}"))?;
         getrandom::fill(&mut seed).map_err(|e| anyhow!("OS random source: {e}"))?;
         Ok(Self {
-            link: Framed::new(WebSocket::client(
-                WsConfig::default(),
-                host,
-                path,
-                Some("binary"),
-                nonce,
-                seed,
-            )),
+            link: Framed::new(
+                WebSocket::client(WsConfig::default(), host, path, Some("binary"), nonce, seed),
+                wss,
+            ),
             inner,
-            wss,
-            tls_started: false,
             done: false,
             tls: None,
         })
@@ -50,12 +42,8 @@ impl<S: Session> WsClientSession<S> {
 
 impl<S: Session> Session for WsClientSession<S> {
     fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed> {
-        if self.wss && !self.tls_started {
-            self.tls_started = true;
-            return Ok(Processed {
-                consumed: 0,
-                control: Control::StartTls,
-            });
+        if let Some(p) = self.link.tls_first() {
+            return Ok(p);
         }
         if self.done {
             return Ok(Processed {

@@ -1,10 +1,11 @@
-//! What both ends of a WebSocket do with the session inside it: hand it the unmasked payload,
-//! frame what it writes, and send what the layer itself has to say first.
+//! What both ends of a WebSocket do with the session inside it: ask for TLS first (wss), hand
+//! it the unmasked payload, frame what it writes, and send what the layer itself has to say
+//! first.
 
 use anyhow::{Result, anyhow};
 use tls_glue::ws::WebSocket;
 
-use crate::pump::{OutBuf, Processed, Session};
+use crate::pump::{Control, OutBuf, Processed, Session};
 
 /// Framed at most this much of the inner session's output per WebSocket frame.
 const FRAME_CHUNK: usize = 1 << 20;
@@ -13,14 +14,27 @@ const FRAME_CHUNK: usize = 1 << 20;
 pub(crate) struct Framed {
     pub(crate) ws: WebSocket,
     inner_out: OutBuf,
+    /// wss, and the pump has not been asked for TLS yet.
+    tls_pending: bool,
 }
 
 impl Framed {
-    pub(crate) fn new(ws: WebSocket) -> Self {
+    /// `wss`: the WebSocket runs inside TLS from the first byte.
+    pub(crate) fn new(ws: WebSocket, wss: bool) -> Self {
         Self {
             ws,
             inner_out: OutBuf::default(),
+            tls_pending: wss,
         }
+    }
+
+    /// For wss, the first `process` asks the pump for TLS before anything else: this is that
+    /// answer, once.
+    pub(crate) fn tls_first(&mut self) -> Option<Processed> {
+        std::mem::take(&mut self.tls_pending).then_some(Processed {
+            consumed: 0,
+            control: Control::StartTls,
+        })
     }
 
     /// Appends what the layer wants sent (the handshake, pongs, close frames, HTTP errors).

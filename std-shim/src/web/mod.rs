@@ -101,8 +101,6 @@ pub fn service(shared: Arc<VncShared>, o: WebServiceOptions) -> Result<Service> 
 /// One browser connection: TLS (wss), HTTP and WebSocket, then RFB.
 pub struct WebSession {
     link: framed::Framed,
-    wss: bool,
-    tls_started: bool,
     shared: Arc<VncShared>,
     security: Arc<Vec<SecName>>,
     web: Option<Arc<WebRoot>>,
@@ -123,9 +121,7 @@ impl WebSession {
         security: Arc<Vec<SecName>>,
     ) -> Self {
         Self {
-            link: framed::Framed::new(WebSocket::server(WsConfig::default())),
-            wss,
-            tls_started: false,
+            link: framed::Framed::new(WebSocket::server(WsConfig::default()), wss),
             shared,
             security,
             web,
@@ -215,12 +211,8 @@ impl WebSession {
 
 impl Session for WebSession {
     fn process(&mut self, input: &[u8], out: &mut OutBuf) -> Result<Processed> {
-        if self.wss && !self.tls_started {
-            self.tls_started = true;
-            return Ok(Processed {
-                consumed: 0,
-                control: Control::StartTls,
-            });
+        if let Some(p) = self.link.tls_first() {
+            return Ok(p);
         }
         if self.closing {
             return Ok(Processed {
