@@ -115,12 +115,7 @@ impl Image {
             if w > max_w || h > max_h {
                 bail!("a JPEG of {w}x{h}, more than {max_w}x{max_h}");
             }
-            if (self.width, self.height) != (w, h) {
-                *self = Self {
-                    jpeg: self.jpeg.take(),
-                    ..Self::new(w, h)
-                };
-            }
+            self.resize(w, h);
             d.decode_bgr0(bytes, w, h, &mut self.data)?;
             Ok(true)
         })?;
@@ -128,6 +123,16 @@ impl Image {
             return Ok(());
         }
         self.decode_zune(bytes, max_w, max_h)
+    }
+
+    /// Makes the image `w` × `h` (black) unless it is that size already; [`Image::jpeg`] stays.
+    fn resize(&mut self, w: u16, h: u16) {
+        if (self.width, self.height) != (w, h) {
+            *self = Self {
+                jpeg: self.jpeg.take(),
+                ..Self::new(w, h)
+            };
+        }
     }
 
     /// [`Image::decode_jpeg_pixels`] through zune-jpeg.
@@ -148,12 +153,7 @@ impl Image {
         if rgb.len() != usize::from(w) * usize::from(h) * 3 {
             bail!("a bad JPEG: {} bytes of RGB for {w}x{h}", rgb.len());
         }
-        if (self.width, self.height) != (w, h) {
-            *self = Self {
-                jpeg: self.jpeg.take(),
-                ..Self::new(w, h)
-            };
-        }
+        self.resize(w, h);
         for (d, s) in self.data.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
             d.copy_from_slice(&[s[2], s[1], s[0], 0]);
         }

@@ -114,12 +114,16 @@ impl std::str::FromStr for JpegEncoderChoice {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "libjpeg-turbo" => Ok(Self::LibjpegTurbo),
-            "rust" => Ok(Self::Rust),
-            _ => Err(anyhow!("JPEG encoder {s:?}: auto, libjpeg-turbo or rust")),
-        }
+        const VARIANTS: [JpegEncoderChoice; 3] = [
+            JpegEncoderChoice::Auto,
+            JpegEncoderChoice::LibjpegTurbo,
+            JpegEncoderChoice::Rust,
+        ];
+        let i = Self::NAMES
+            .iter()
+            .position(|n| *n == s)
+            .ok_or_else(|| anyhow!("JPEG encoder {s:?}: {}", Self::NAMES.join(", ")))?;
+        Ok(VARIANTS[i])
     }
 }
 
@@ -423,6 +427,14 @@ mod tests {
             assert!(n.parse::<JpegEncoderChoice>().is_ok());
         }
         assert!("turbo".parse::<JpegEncoderChoice>().is_err());
+        assert_eq!(
+            "rust".parse::<JpegEncoderChoice>().unwrap(),
+            JpegEncoderChoice::Rust
+        );
+        assert_eq!(
+            "libjpeg-turbo".parse::<JpegEncoderChoice>().unwrap(),
+            JpegEncoderChoice::LibjpegTurbo
+        );
         assert_eq!(
             JpegEncoderChoice::Rust.factory().unwrap().1,
             "jpeg-encoder (Rust)"

@@ -69,7 +69,8 @@ impl Top {
     }
 }
 
-/// Who may watch, and who may only watch (`kvmio vnc serve`, `kvmio serve`).
+/// What viewers get (`kvmio vnc serve`, `kvmio serve`): who may watch, who may only watch,
+/// and how their JPEG is made.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub(crate) struct ViewerArgs {
     /// View-only VNC password (same formats as --password-file; a 16-byte `vncpasswd -f`
