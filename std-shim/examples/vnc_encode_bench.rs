@@ -213,16 +213,53 @@ fn encode(
     out: &mut [u8],
     sock: &mut UnixStream,
 ) -> usize {
-    let src = UpdateSource::new(fb, damage);
+    encode_source(s, &UpdateSource::new(fb, damage), out, sock)
+}
+
+/// [`encode`] from a whole [`UpdateSource`].
+fn encode_source(
+    s: &mut Server,
+    src: &UpdateSource<'_>,
+    out: &mut [u8],
+    sock: &mut UnixStream,
+) -> usize {
     let mut total = 0;
     loop {
-        let st = s.encode_update(&src, out).unwrap();
+        let st = s.encode_update(src, out).unwrap();
         sock.write_all(&out[..st.written]).unwrap();
         total += st.written;
         if st.done {
             return total;
         }
     }
+}
+
+/// One end of a socket whose other end a thread drains, as a client would (it returns the
+/// bytes it read when the socket is closed).
+fn drained_socket() -> (UnixStream, std::thread::JoinHandle<u64>) {
+    let (tx, mut rx) = UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        while let Ok(k) = rx.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
+    });
+    (tx, reader)
+}
+
+/// Time per case (`BENCH_SECONDS`, default 3).
+fn budget() -> Duration {
+    Duration::from_secs(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3),
+    )
 }
 
 /// `(fastest, median)` in nanoseconds.
@@ -238,26 +275,9 @@ fn run(dir: &Path) {
     let fa = Framebuffer::new(&a, W, H, stride, PixelFormat::RGB888).unwrap();
     let fbb = Framebuffer::new(&b, W, H, stride, PixelFormat::RGB888).unwrap();
     let full = [Damage::Changed(Rect::new(0, 0, W, H))];
-    // A reader drains the socket, as a client would.
-    let (mut tx, mut rx) = UnixStream::pair().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        while let Ok(k) = rx.read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-            n += k as u64;
-        }
-        n
-    });
+    let (mut tx, reader) = drained_socket();
     let mut out = vec![0u8; 256 * 1024];
-    let budget = Duration::from_secs(
-        std::env::var("BENCH_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3),
-    );
+    let budget = budget();
     let only = std::env::var("BENCH_ONLY").ok();
     let case_only = std::env::var("BENCH_CASE").ok();
     let wanted = |case: &str| case_only.as_deref().is_none_or(|c| c == case);
@@ -339,21 +359,8 @@ fn mjpeg(dir: &Path) {
         stride: 0,
         size_image: 0,
     };
-    let (mut tx, mut rx) = UnixStream::pair().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 20];
-        while let Ok(k) = rx.read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-        }
-    });
-    let budget = Duration::from_secs(
-        std::env::var("BENCH_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3),
-    );
+    let (mut tx, reader) = drained_socket();
+    let budget = budget();
     let full = [Damage::Changed(Rect::new(0, 0, W, H))];
     let mut out = vec![0u8; 256 * 1024];
     for (mode, passthrough, jpeg) in [
@@ -378,14 +385,7 @@ fn mjpeg(dir: &Path) {
                 src.jpeg = img.jpeg.as_deref();
             }
             request(&mut s, true);
-            loop {
-                let st = s.encode_update(&src, &mut out).unwrap();
-                tx.write_all(&out[..st.written]).unwrap();
-                bytes += st.written;
-                if st.done {
-                    break;
-                }
-            }
+            bytes += encode_source(&mut s, &src, &mut out, &mut tx);
             n += 1;
         }
         let (wall, cpu) = (start.elapsed(), thread_cpu() - cpu);
