@@ -347,6 +347,32 @@ pub fn picture_file(dir: &Path, pic: &Rgb, name: &str) -> PathBuf {
     p
 }
 
+/// Writes `pic` as a JPEG of `quality` with `subsampling` (rfb-core's pure-Rust encoder) to
+/// `dir/name`; returns the path.
+pub fn jpeg_file(
+    dir: &Path,
+    pic: &Rgb,
+    quality: u8,
+    subsampling: rfb_core::jpeg::Subsampling,
+    name: &str,
+) -> PathBuf {
+    use rfb_core::jpeg::{JpegEncoder, RustJpegEncoder};
+    let mut jpeg = Vec::new();
+    RustJpegEncoder
+        .encode(
+            &pic.data,
+            pic.width as u16,
+            pic.height as u16,
+            quality,
+            subsampling,
+            &mut jpeg,
+        )
+        .expect("encode the JPEG");
+    let p = dir.join(name);
+    std::fs::write(&p, &jpeg).expect("write file");
+    p
+}
+
 /// Writes `text` (plus a newline) to `dir/name`; returns the path.
 pub fn text_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -34,7 +34,20 @@ fn assert_console(seen: &Seen, pic: &Rgb, what: &str) {
     assert_same_image(c, pic, what);
 }
 
-/// The browser's keys and clicks in the server's log (the log input sink), in order.
+/// What the page types and clicks (`tests/browser/console.mjs`); [`assert_input`] checks its
+/// events.
+const INPUT: [&str; 8] = [
+    "--type",
+    "a1",
+    "--press",
+    "Shift+KeyZ",
+    "--click",
+    "10,10",
+    "--wheel",
+    "30,20",
+];
+
+/// The browser's keys and clicks ([`INPUT`]) in the server's log (the log input sink), in order.
 #[track_caller]
 fn assert_input(s: &mut VncServer, what: &str) {
     let log = s.proc.wait_log(
@@ -103,21 +116,7 @@ fn novnc_in_chromium_over_ws_and_wss() {
     );
     let port = websocket_port(&mut s);
     let url = format!("http://127.0.0.1:{port}/console.html?password=s3cret");
-    let seen = browse(
-        &home,
-        &url,
-        dir.path(),
-        &[
-            "--type",
-            "a1",
-            "--press",
-            "Shift+KeyZ",
-            "--click",
-            "10,10",
-            "--wheel",
-            "30,20",
-        ],
-    );
+    let seen = browse(&home, &url, dir.path(), &INPUT);
     // noVNC's own choice: Tight with JPEG quality 6
     assert_eq!(seen.state, "connected", "{}", seen.stderr);
     let canvas = seen.canvas.as_ref().expect("a canvas");
@@ -194,16 +193,7 @@ fn novnc_in_chromium_over_ws_and_wss() {
         &home,
         &format!("https://127.0.0.1:{port}/console.html?user=ada&password=lovelace"),
         dir.path(),
-        &[
-            "--type",
-            "a1",
-            "--press",
-            "Shift+KeyZ",
-            "--click",
-            "10,10",
-            "--wheel",
-            "30,20",
-        ],
+        &INPUT,
     );
     assert_eq!(seen.state, "connected", "{}", seen.stderr);
     assert!(psnr(seen.canvas.as_ref().unwrap(), &pic) >= JPEG_PSNR);
@@ -591,15 +581,15 @@ fn our_client_over_ws_wss_and_websockify() {
 /// through, not encoded again.
 #[test]
 fn a_jpeg_frame_reaches_novnc_as_it_is() {
-    use rfb_core::jpeg::{JpegEncoder, RustJpegEncoder, Subsampling};
     let dir = tempdir();
     let pic = test_picture(320, 200, 15);
-    let mut jpeg = Vec::new();
-    RustJpegEncoder
-        .encode(&pic.data, 320, 200, 90, Subsampling::None, &mut jpeg)
-        .unwrap();
-    let file = dir.path().join("p.jpg");
-    std::fs::write(&file, &jpeg).unwrap();
+    let file = jpeg_file(
+        dir.path(),
+        &pic,
+        90,
+        rfb_core::jpeg::Subsampling::None,
+        "p.jpg",
+    );
     let root = console_root(dir.path());
     let home = browser_home(dir.path(), None);
     let mut s = VncServer::start(

@@ -41,21 +41,26 @@ fn capture_url_matches_screendump(
     panic!("QEMU's screen kept changing while stopped ({what}); last capture {last:?}");
 }
 
+/// Test credentials in `dir`, their directory, a VNC password file (`secret`) and QEMU's
+/// `tls-creds-x509` object for them with client certificates verified.
+fn qemu_credentials(dir: &std::path::Path) -> (kvmio_tests::Pki, String, String, String) {
+    let p = pki(&dir.join("pki"));
+    let pkidir = p.dir.display().to_string();
+    let pw = text_file(dir, "pw.txt", "secret").display().to_string();
+    let creds = format!(
+        "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
+        kvmio_tests::qemu_escape(&pkidir)
+    );
+    (p, pkidir, pw, creds)
+}
+
 /// (name, -vnc options, extra QEMU arguments, client arguments, expected security)
 type QemuCase<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<&'a str>, &'a str);
 
 #[test]
 fn our_client_against_qemu() {
     let dir = tempdir();
-    let p = pki(&dir.path().join("pki"));
-    let pkidir = p.dir.display().to_string();
-    let pw = text_file(dir.path(), "pw.txt", "secret")
-        .display()
-        .to_string();
-    let creds = format!(
-        "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
-        kvmio_tests::qemu_escape(&pkidir)
-    );
+    let (p, pkidir, pw, creds) = qemu_credentials(dir.path());
     let cases: [QemuCase; 4] = [
         (
             "None",
@@ -166,15 +171,7 @@ fn anonymous_tls_is_refused_with_the_reason() {
 #[test]
 fn our_client_through_qemus_websocket() {
     let dir = tempdir();
-    let p = pki(&dir.path().join("pki"));
-    let pkidir = p.dir.display().to_string();
-    let pw = text_file(dir.path(), "pw.txt", "secret")
-        .display()
-        .to_string();
-    let creds = format!(
-        "tls-creds-x509,id=tls0,endpoint=server,dir={},verify-peer=on",
-        kvmio_tests::qemu_escape(&pkidir)
-    );
+    let (_p, pkidir, pw, creds) = qemu_credentials(dir.path());
     // ws, None
     let ws = kvmio_tests::free_port();
     let q = Qemu::start(&format!(",websocket=127.0.0.1:{ws}"), &[]);

@@ -298,15 +298,15 @@ fn our_client_decodes_qemu_tight() {
 /// Raw one pixel for pixel, and the server counts the frame as passed through, not encoded.
 #[test]
 fn a_jpeg_frame_passes_through() {
-    use rfb_core::jpeg::{JpegEncoder, RustJpegEncoder, Subsampling};
     let dir = tempdir();
     let pic = photo(320, 240);
-    let mut jpeg = Vec::new();
-    RustJpegEncoder
-        .encode(&pic.data, 320, 240, 85, Subsampling::Quarter, &mut jpeg)
-        .unwrap();
-    let file = dir.path().join("photo.jpg");
-    std::fs::write(&file, &jpeg).unwrap();
+    let file = jpeg_file(
+        dir.path(),
+        &pic,
+        85,
+        rfb_core::jpeg::Subsampling::Quarter,
+        "photo.jpg",
+    );
     let mut s = VncServer::start(Runtime::Threads, &["--image", file.to_str().unwrap()]);
     let raw = dir.path().join("raw.png");
     capture(&s.url(), &raw, &["--encodings", "raw"]).expect_ok();
