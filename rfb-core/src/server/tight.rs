@@ -64,12 +64,12 @@ pub(crate) const PIECE_AREA: u32 = 16384;
 ///
 /// The scale is the client's trade of CPU for bandwidth, not zlib's: Tight's data is palette
 /// indices and pixels without a run-length step, where zlib's higher levels cost much and give
-/// little. On the benchmark's 1920 × 1080 desktop (`bench/rfb/run.sh`, zlib-rs) zlib level 3
-/// gave 4.5 % more bytes than level 6 in 62 % of its time, level 2 8 % more in 57 %, level 9
-/// 0.4 % fewer than 6 at 1.5 × its time. So the middle of the scale, where VNC clients' defaults
-/// sit (TigerVNC and noVNC 2, TightVNC 6), gets levels 2–3, and 8–9 get zlib's best for slow
-/// links. libvncserver and TurboVNC scale down further still: their level 6 is zlib level 1
-/// (TurboVNC's "CL 1").
+/// little. On the benchmark's 1920 × 1080 desktop (`bench/rfb/run.sh`, zlib-rs, full frame)
+/// zlib level 3 gave 4.5 % more bytes than level 6 in 62 % of its time, level 2 8 % more in
+/// 57 %; level 9 gave 2.3 % *more* than 6 in 6.6 × its time. So the middle of the scale, where
+/// VNC clients' defaults sit (TigerVNC and noVNC 2, TightVNC 6), gets levels 2–3, and the top
+/// of it gets zlib-rs's most useful levels, 5 and 6. libvncserver and TurboVNC scale down
+/// further still: their level 6 is zlib level 1 (TurboVNC's "CL 1").
 pub const ZLIB_LEVEL: [u8; 10] = [0, 1, 2, 2, 3, 3, 3, 4, 5, 6];
 
 // Inside Tight's (and TigerVNC's) limits.

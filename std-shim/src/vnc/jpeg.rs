@@ -1,5 +1,6 @@
 //! Which JPEG compressor Tight viewers get ([`JpegEncoderChoice`]), and libjpeg-turbo's
-//! TurboJPEG library as one ([`TurboJpegEncoder`]), found at run time.
+//! TurboJPEG library, found at run time, as one ([`TurboJpegEncoder`]) and as the decoder of
+//! MJPEG frames, JPEG images and the client's Tight JPEG ([`TurboJpegDecoder`]).
 //!
 //! rfb-core's own encoder (`jpeg-encoder`, pure Rust) is what every build has; where the system
 //! has `libturbojpeg.so.0` (Debian: `libturbojpeg0`) the VNC server uses it instead, because it
@@ -7,9 +8,11 @@
 //! content (`bench/rfb/run.sh`). It is opened with `dlopen` rather than linked, so building
 //! kvmio needs no C library and a machine without it still serves JPEG.
 //!
-//! Five entry points of the TurboJPEG 2.x API are used (`tjInitCompress`, `tjCompress2`,
-//! `tjBufSize`, `tjGetErrorStr2`, `tjDestroy`); the image is written into a buffer sized by
-//! `tjBufSize` (`TJFLAG_NOREALLOC`), so the library never allocates for us.
+//! Nine entry points of the TurboJPEG 2.x API are used (`tjInitCompress`, `tjCompress2`,
+//! `tjBufSize`, `tjInitDecompress`, `tjDecompressHeader3`, `tjDecompress2`, `tjGetErrorStr2`,
+//! `tjGetErrorCode`, `tjDestroy`). Images are written into buffers we size: `tjBufSize`'s bound
+//! with `TJFLAG_NOREALLOC` when encoding, the size from the header when decoding; the library
+//! never allocates them for us.
 
 #![allow(unsafe_code)]
 
