@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use tls_glue::ws::{HttpRequest, reason_phrase};
+use tls_glue::ws::{HttpRequest, reason_phrase, text_response};
 
 use crate::pump::OutBuf;
 
@@ -110,20 +110,11 @@ impl WebRoot {
 }
 
 fn error(out: &mut OutBuf, status: u16, keep_alive: bool, extra: &str) -> Answered {
-    let body = format!("{status} {}\n", reason_phrase(status));
-    let connection = if keep_alive { "keep-alive" } else { "close" };
-    out.extend(
-        format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: {}\r\n{extra}Connection: {connection}\r\n\r\n{body}",
-            reason_phrase(status),
-            body.len()
-        )
-        .as_bytes(),
-    );
+    let why = format!("{status} {}", reason_phrase(status));
+    out.extend(&text_response(status, &why, keep_alive, extra));
     Answered {
         status,
-        body: body.len() as u64,
+        body: why.len() as u64 + 1,
     }
 }
 

@@ -170,18 +170,26 @@ pub(crate) fn parse_request(head: &[u8], config: &WsConfig) -> Result<Parsed, Ws
 /// A short plain-text error response that closes the connection (426 also names the
 /// WebSocket version spoken).
 pub fn error_response(status: u16, why: &str) -> Vec<u8> {
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    text_response(status, why, false, extra)
+}
+
+/// A plain-text response: `status`, `why` and a newline as the body, `Connection:
+/// keep-alive` or `close`, then `extra` header lines (each ending in CRLF).
+pub fn text_response(status: u16, why: &str, keep_alive: bool, extra: &str) -> Vec<u8> {
     let reason = reason_phrase(status);
     let body_len = why.len() + 1;
-    let mut r = Vec::with_capacity(160 + why.len());
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut r = Vec::with_capacity(160 + why.len() + extra.len());
     let head = alloc::format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {body_len}\r\nConnection: close\r\n"
+         Content-Length: {body_len}\r\nConnection: {connection}\r\n{extra}\r\n"
     );
     r.extend_from_slice(head.as_bytes());
-    if status == 426 {
-        r.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n");
-    }
-    r.extend_from_slice(b"\r\n");
     r.extend_from_slice(why.as_bytes());
     r.push(b'\n');
     r

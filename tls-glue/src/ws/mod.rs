@@ -30,7 +30,7 @@ use core::fmt;
 
 pub use conn::{Event, WebSocket};
 pub use frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, header_len};
-pub use http::{HttpRequest, accept_key, error_response, reason_phrase};
+pub use http::{HttpRequest, accept_key, error_response, reason_phrase, text_response};
 
 /// A close status code (RFC 6455 §7.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
